@@ -1,0 +1,102 @@
+"""medsamkit: fully automatic medical image segmentation with the Segment Anything family.
+
+A *prompt provider* finds the region (boxes or points), a SAM-family *segmenter*
+draws the mask, a :class:`Pipeline` chains them, and :mod:`medsamkit.metrics`
+scores the result. ``import medsamkit`` is light: numpy only; torch, OpenCV, SciPy
+and pydantic are imported when the object that needs them is first used.
+
+Example:
+    >>> import medsamkit as msk
+    >>> pipe = msk.Pipeline(msk.OracleBoxPrompter(), msk.LiteMedSAM())
+    >>> result = pipe(image, target=mask)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # value types and protocols
+    "Prompts": "._types",
+    "ImageEncoding": "._types",
+    "PromptMasks": "._types",
+    "SegmentationResult": "._types",
+    "PromptProvider": "._protocols",
+    "Segmenter": "._protocols",
+    # pipeline
+    "Pipeline": "._pipeline",
+    "PipelineConfig": "._pipeline",
+    "ComponentConfig": "._pipeline",
+    "KeepLargestComponents": "._postprocess",
+    "RemoveSmallComponents": "._postprocess",
+    "FillHoles": "._postprocess",
+    # prompt providers
+    "OracleBoxPrompter": ".prompters",
+    "PerturbedBoxPrompter": ".prompters",
+    "MeanMaskPointPrompter": ".prompters",
+    "FixedPrompter": ".prompters",
+    # segmenters and registry
+    "LiteMedSAM": ".segmenters",
+    "load_segmenter": "._registry",
+    "build_prompter": "._registry",
+    "PROMPTERS": "._registry",
+    "SEGMENTERS": "._registry",
+    # geometry
+    "mask_to_xyxy": "._geometry",
+    "component_boxes_xyxy": "._geometry",
+    "grow_boxes_xyxy": "._geometry",
+    # data
+    "MaskFolder": ".data",
+    "Sample": ".data",
+    "read_image": ".data",
+    "read_mask": ".data",
+    "write_mask": ".data",
+    "ImageReadError": ".data",
+    "train_val_test_split": ".data",
+    "kfold_splits": ".data",
+    # evaluation
+    "evaluate": ".evaluation",
+    "EvaluationReport": ".evaluation",
+}
+
+__all__ = sorted([*_EXPORTS, "metrics", "testing", "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    if name in ("metrics", "testing", "data", "prompters", "segmenters", "evaluation"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'medsamkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import metrics, testing
+    from ._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
+    from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
+    from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
+    from ._protocols import PromptProvider, Segmenter
+    from ._registry import PROMPTERS, SEGMENTERS, build_prompter, load_segmenter
+    from ._types import ImageEncoding, PromptMasks, Prompts, SegmentationResult
+    from .data import (
+        ImageReadError,
+        MaskFolder,
+        Sample,
+        kfold_splits,
+        read_image,
+        read_mask,
+        train_val_test_split,
+        write_mask,
+    )
+    from .evaluation import EvaluationReport, evaluate
+    from .prompters import FixedPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
+    from .segmenters import LiteMedSAM

@@ -1,0 +1,96 @@
+"""Mask and box geometry helpers (connected components, boxes, box growth)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import as_mask
+
+__all__ = ["component_boxes_xyxy", "connected_components", "grow_boxes_xyxy", "mask_to_xyxy"]
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label 8-connected foreground components.
+
+    Args:
+        mask: ``(H, W)`` bool mask.
+
+    Returns:
+        ``(labels, n)``: int32 ``(H, W)`` labels (0 = background) and the count.
+    """
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    return labels.astype(np.int32, copy=False), int(n)
+
+
+def mask_to_xyxy(mask: np.ndarray) -> np.ndarray | None:
+    """Tight box around all foreground pixels.
+
+    Args:
+        mask: ``(H, W)`` mask, non-zero = foreground.
+
+    Returns:
+        ``(4,)`` float32 ``(x_min, y_min, x_max, y_max)`` in pixels (inclusive), or
+        None when the mask is empty.
+    """
+    mask = as_mask(mask, name="mask")
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
+
+
+def component_boxes_xyxy(mask: np.ndarray, *, min_area: int = 0) -> np.ndarray:
+    """One tight box per 8-connected component, largest component first.
+
+    Components smaller than ``min_area`` pixels are dropped, except that the
+    largest component is always kept so a small but real structure still gets a box.
+
+    Args:
+        mask: ``(H, W)`` mask, non-zero = foreground.
+        min_area: Minimum component area in pixels.
+
+    Returns:
+        ``(N, 4)`` float32 boxes; ``N = 0`` for an empty mask.
+    """
+    from scipy import ndimage
+
+    mask = as_mask(mask, name="mask")
+    labels, n = connected_components(mask)
+    if n == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    order = np.argsort(-areas, kind="stable")
+    keep = [i for i in order if areas[i] >= min_area] or [order[0]]
+    slices = ndimage.find_objects(labels)
+    boxes = [
+        (slices[i][1].start, slices[i][0].start, slices[i][1].stop - 1, slices[i][0].stop - 1) for i in keep
+    ]
+    return np.asarray(boxes, dtype=np.float32)
+
+
+def grow_boxes_xyxy(box_xyxy: np.ndarray, margin: float, size_hw: tuple[int, int]) -> np.ndarray:
+    """Grow (or with a negative margin shrink) each box by ``margin`` pixels per side, clipped to the image.
+
+    Args:
+        box_xyxy: ``(N, 4)`` boxes in pixels.
+        margin: Pixels added on every side.
+        size_hw: Image ``(height, width)`` used for clipping.
+
+    Returns:
+        ``(N, 4)`` float32 boxes; a shrunk box never inverts (it collapses to its centre).
+    """
+    h, w = size_hw
+    boxes = np.asarray(box_xyxy, dtype=np.float32).copy()
+    boxes[:, :2] -= margin
+    boxes[:, 2:] += margin
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    boxes[:, :2] = np.minimum(boxes[:, :2], centre)
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], centre)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
+    return boxes

@@ -1,0 +1,256 @@
+"""``Pipeline``: prompt provider -> segmenter -> threshold -> combine -> post-processing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._protocols import PromptProvider, Segmenter
+from ._registry import build_postprocessor, build_prompter, component_config, load_segmenter
+from ._types import ImageEncoding, Prompts, SegmentationResult
+from ._validation import as_image, as_mask, check_probability
+
+__all__ = ["ComponentConfig", "Pipeline", "PipelineConfig"]
+
+Combine = Literal["union", "best"]
+CONFIG_FILE = "pipeline.json"
+PROMPTER_STATE_FILE = "prompter.npz"
+
+
+class ComponentConfig(BaseModel):
+    """A registered component: its name and constructor parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineConfig(BaseModel):
+    """Everything needed to rebuild a :class:`Pipeline` (saved with every run)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompter: ComponentConfig
+    segmenter: ComponentConfig
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    combine: Combine = "union"
+    postprocess: list[ComponentConfig] = Field(default_factory=list)
+
+
+class Pipeline:
+    """Fully automatic segmentation of one image: prompts, masks, one final mask.
+
+    Steps: the prompt provider gives ``N`` prompts; the segmenter encodes the image
+    once and decodes all prompts in one call; each prompt's probability map is
+    thresholded; the prompt masks are combined (``union``: any prompt,
+    ``best``: only the prompt with the highest predicted score); the
+    post-processing steps run in order. An image for which the provider gives no
+    prompt gets an empty mask and ``result.note == "no prompt"``; the segmenter is
+    not called.
+
+    Args:
+        prompter: A :class:`PromptProvider`.
+        segmenter: A :class:`Segmenter`.
+        threshold: Probability above which a pixel is foreground, in ``[0, 1]``.
+        combine: ``"union"`` or ``"best"``.
+        postprocess: Callables ``mask -> mask`` applied in order (for example
+            ``[KeepLargestComponents(2), FillHoles()]``).
+
+    Example:
+        >>> pipe = Pipeline(OracleBoxPrompter(), LiteMedSAM())
+        >>> result = pipe(image, target=mask)
+        >>> result.mask.shape == image.shape[:2]
+    """
+
+    def __init__(
+        self,
+        prompter: PromptProvider,
+        segmenter: Segmenter,
+        *,
+        threshold: float = 0.5,
+        combine: Combine = "union",
+        postprocess: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
+    ) -> None:
+        if not callable(prompter) or not hasattr(prompter, "requires_target"):
+            raise TypeError(
+                "prompter: expected a PromptProvider (callable with a requires_target attribute), "
+                f"got {type(prompter).__name__}"
+            )
+        if not isinstance(segmenter, Segmenter):
+            raise TypeError(
+                "segmenter: expected a Segmenter (with model_id, encode() and decode()), "
+                f"got {type(segmenter).__name__}"
+            )
+        if combine not in ("union", "best"):
+            raise ValueError(f"combine: expected 'union' or 'best', got {combine!r}")
+        steps = list(postprocess)
+        for i, step in enumerate(steps):
+            if not callable(step):
+                raise TypeError(f"postprocess[{i}]: expected a callable mask -> mask, got {type(step).__name__}")
+        self.prompter = prompter
+        self.segmenter = segmenter
+        self.threshold = check_probability(threshold, name="threshold")
+        self.combine = combine
+        self.postprocess = tuple(steps)
+
+    def __repr__(self) -> str:
+        return (
+            f"Pipeline({self.prompter!r}, {self.segmenter!r}, threshold={self.threshold}, "
+            f"combine={self.combine!r}, postprocess={list(self.postprocess)!r})"
+        )
+
+    def replace(self, **changes: Any) -> Pipeline:
+        """A copy with some arguments changed (``pipe.replace(threshold=0.6)``); models are shared."""
+        kwargs = {
+            "prompter": self.prompter,
+            "segmenter": self.segmenter,
+            "threshold": self.threshold,
+            "combine": self.combine,
+            "postprocess": self.postprocess,
+        }
+        unknown = set(changes) - set(kwargs)
+        if unknown:
+            raise TypeError(f"replace: unknown arguments {sorted(unknown)}; expected some of {sorted(kwargs)}")
+        kwargs.update(changes)
+        return Pipeline(kwargs.pop("prompter"), kwargs.pop("segmenter"), **kwargs)
+
+    def prompts_for(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
+        """The prompt provider's prompts for ``image``."""
+        if self.prompter.requires_target:
+            prompts = self.prompter(image, target=target)
+        else:
+            prompts = self.prompter(image)
+        if not isinstance(prompts, Prompts):
+            raise TypeError(f"prompter: expected it to return Prompts, got {type(prompts).__name__}")
+        return prompts
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        *,
+        target: np.ndarray | None = None,
+        encoding: ImageEncoding | None = None,
+        prompts: Prompts | None = None,
+    ) -> SegmentationResult:
+        """Segment one image.
+
+        Args:
+            image: ``(H, W)`` or ``(H, W, C)`` image (uint8, uint16, float, ...).
+            target: ``(H, W)`` reference mask; needed by oracle prompters only.
+            encoding: A reusable encoding of ``image`` from ``segmenter.encode``
+                (skips the encoder, e.g. when sweeping thresholds).
+            prompts: Prompts to use instead of asking the prompt provider.
+
+        Returns:
+            A :class:`SegmentationResult` at the input resolution.
+        """
+        image = as_image(image)
+        size_hw = image.shape[:2]
+        if target is not None:
+            target = as_mask(target, name="target", size_hw=size_hw)
+        if prompts is None:
+            prompts = self.prompts_for(image, target=target)
+        if prompts.n == 0:
+            empty = np.zeros(size_hw, dtype=bool)
+            return SegmentationResult(
+                mask=empty,
+                probabilities=np.zeros(size_hw, dtype=np.float32),
+                prompt_masks=np.zeros((0, *size_hw), dtype=bool),
+                scores=np.zeros(0, dtype=np.float32),
+                prompts=prompts,
+                note="no prompt",
+            )
+        prompts = prompts.clipped_to(size_hw)
+        if encoding is None:
+            encoding = self.segmenter.encode(image)
+        elif tuple(encoding.size_hw) != tuple(size_hw):
+            raise ValueError(f"encoding: expected an encoding of a {size_hw} image, got one of {encoding.size_hw}")
+        decoded = self.segmenter.decode(encoding, prompts)
+        return self.finish(decoded.probabilities, decoded.scores, prompts)
+
+    def finish(self, probabilities: np.ndarray, scores: np.ndarray, prompts: Prompts) -> SegmentationResult:
+        """Threshold, combine and post-process decoded ``(N, H, W)`` probabilities."""
+        prompt_masks = probabilities > self.threshold
+        if self.combine == "best":
+            best = int(np.argmax(scores))
+            combined_prob = probabilities[best]
+            mask = prompt_masks[best].copy()
+        else:
+            combined_prob = probabilities.max(axis=0)
+            mask = prompt_masks.any(axis=0)
+        for step in self.postprocess:
+            mask = as_mask(step(mask), name="postprocess output", size_hw=mask.shape)
+        return SegmentationResult(
+            mask=mask,
+            probabilities=combined_prob.astype(np.float32, copy=False),
+            prompt_masks=prompt_masks,
+            scores=np.asarray(scores, dtype=np.float32),
+            prompts=prompts,
+        )
+
+    # -- configuration -------------------------------------------------------------
+
+    @property
+    def config(self) -> PipelineConfig:
+        """The pipeline's configuration (prompter, segmenter, threshold, combine, post-processing)."""
+        return PipelineConfig(
+            prompter=ComponentConfig(**component_config(self.prompter)),
+            segmenter=ComponentConfig(**component_config(self.segmenter)),
+            threshold=self.threshold,
+            combine=self.combine,
+            postprocess=[ComponentConfig(**component_config(step)) for step in self.postprocess],
+        )
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig | dict[str, Any], *, base_dir: str | Path | None = None) -> Pipeline:
+        """Rebuild a pipeline from its config (a fitted prompter's ``state`` path is relative to ``base_dir``)."""
+        if not isinstance(config, PipelineConfig):
+            config = PipelineConfig.model_validate(config)
+        for part in (config.prompter, config.segmenter, *config.postprocess):
+            if part.name.startswith("python:"):
+                raise ValueError(
+                    f"config: component {part.name} is not registered in medsamkit, so the pipeline "
+                    "cannot be rebuilt from its config; build it in Python instead"
+                )
+        prompter_params = dict(config.prompter.params)
+        state = prompter_params.get("state")
+        if state is not None and base_dir is not None and not Path(state).is_absolute():
+            prompter_params["state"] = str(Path(base_dir) / state)
+        return cls(
+            build_prompter(config.prompter.name, **prompter_params),
+            load_segmenter(config.segmenter.name, **config.segmenter.params),
+            threshold=config.threshold,
+            combine=config.combine,
+            postprocess=[build_postprocessor(p.name, **p.params) for p in config.postprocess],
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``pipeline.json`` (and a fitted prompter's state) into ``directory``.
+
+        Returns:
+            The path of ``pipeline.json``.
+        """
+        from .data import atomic_write_text
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = self.config
+        if callable(getattr(self.prompter, "save", None)):
+            self.prompter.save(directory / PROMPTER_STATE_FILE)
+            config.prompter.params["state"] = PROMPTER_STATE_FILE
+        path = directory / CONFIG_FILE
+        atomic_write_text(path, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Pipeline:
+        """Rebuild a pipeline saved with :meth:`save` (or by ``evaluate``) from ``directory``."""
+        directory = Path(directory)
+        path = directory / CONFIG_FILE if directory.is_dir() else directory
+        if not path.is_file():
+            raise FileNotFoundError(f"directory: expected {CONFIG_FILE} in {directory}, found none")
+        return cls.from_config(json.loads(path.read_text()), base_dir=path.parent)

@@ -1,0 +1,142 @@
+"""Names for prompt providers, segmenters and post-processing steps (configs and the CLI)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "POSTPROCESSORS",
+    "PROMPTERS",
+    "SEGMENTERS",
+    "build_postprocessor",
+    "build_prompter",
+    "component_config",
+    "load_segmenter",
+]
+
+
+def _oracle(**params: Any) -> Any:
+    from .prompters import OracleBoxPrompter
+
+    return OracleBoxPrompter(**params)
+
+
+def _perturbed(**params: Any) -> Any:
+    from .prompters import PerturbedBoxPrompter
+
+    return PerturbedBoxPrompter(**params)
+
+
+def _mean_mask(*, state: str | Path | None = None, **params: Any) -> Any:
+    from .prompters import MeanMaskPointPrompter
+
+    if state is None:
+        raise ValueError(
+            "state: the 'mean-mask-points' prompter must be fitted; give the .npz saved by "
+            "MeanMaskPointPrompter.save() (CLI: --prompter-state PATH)"
+        )
+    prompter = MeanMaskPointPrompter.load(state)
+    for key, value in params.items():
+        if getattr(prompter, key) != value:
+            raise ValueError(f"{key}: the saved prompter {state} has {getattr(prompter, key)!r}, the config {value!r}")
+    return prompter
+
+
+def _fixed(*, prompts: dict[str, Any]) -> Any:
+    from ._types import Prompts
+    from .prompters import FixedPrompter
+
+    return FixedPrompter(Prompts.from_dict(prompts))
+
+
+def _litemedsam(*, module: str | None = None, **params: Any) -> Any:
+    if module is not None:
+        raise ValueError(
+            f"segmenter: this config describes a LiteMedSAM wrapping an in-memory module ({module}); "
+            "it cannot be rebuilt from the config. Save the weights and pass checkpoint=PATH."
+        )
+    from .segmenters import LiteMedSAM
+
+    return LiteMedSAM(**params)
+
+
+def _fake(**params: Any) -> Any:
+    from .testing import FakeSegmenter
+
+    return FakeSegmenter(**params)
+
+
+PROMPTERS: dict[str, Callable[..., Any]] = {
+    "oracle-box": _oracle,
+    "perturbed-box": _perturbed,
+    "mean-mask-points": _mean_mask,
+    "fixed": _fixed,
+}
+"""Prompt provider builders by name."""
+
+SEGMENTERS: dict[str, Callable[..., Any]] = {"litemedsam": _litemedsam, "fake": _fake}
+"""Segmenter builders by name (``fake`` is the weight-free test double)."""
+
+
+def _postprocessors() -> dict[str, type]:
+    from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
+
+    return {cls.name: cls for cls in (KeepLargestComponents, RemoveSmallComponents, FillHoles)}
+
+
+POSTPROCESSORS = ("keep-largest", "remove-small", "fill-holes")
+"""Post-processing step names."""
+
+_CLASS_NAMES = {
+    "OracleBoxPrompter": "oracle-box",
+    "PerturbedBoxPrompter": "perturbed-box",
+    "MeanMaskPointPrompter": "mean-mask-points",
+    "FixedPrompter": "fixed",
+    "LiteMedSAM": "litemedsam",
+    "FakeSegmenter": "fake",
+}
+
+
+def _build(table: dict[str, Callable[..., Any]], kind: str, name: str, params: dict[str, Any]) -> Any:
+    if name not in table:
+        raise ValueError(f"{kind}: expected one of {sorted(table)}, got {name!r}")
+    try:
+        return table[name](**params)
+    except TypeError as exc:
+        raise ValueError(f"{kind} {name!r}: bad parameters {params}: {exc}") from exc
+
+
+def build_prompter(name: str, **params: Any) -> Any:
+    """Build a prompt provider by name (``oracle-box``, ``perturbed-box``, ``mean-mask-points``, ``fixed``)."""
+    return _build(PROMPTERS, "prompter", name, params)
+
+
+def load_segmenter(name: str, **params: Any) -> Any:
+    """Build a segmenter by name (``litemedsam``; ``fake`` for tests).
+
+    Args:
+        name: Registered segmenter name.
+        **params: Keyword arguments of the segmenter (for LiteMedSAM: ``checkpoint``, ``device``).
+    """
+    return _build(SEGMENTERS, "segmenter", name, params)
+
+
+def build_postprocessor(name: str, **params: Any) -> Any:
+    """Build a post-processing step by name (``keep-largest``, ``remove-small``, ``fill-holes``)."""
+    return _build(_postprocessors(), "postprocess", name, params)
+
+
+def component_config(component: Any) -> dict[str, Any]:
+    """``{"name", "params"}`` describing a component, for saving a pipeline config.
+
+    Components of other libraries or of your own get ``name = "python:<module>.<Class>"``;
+    such a config documents the run but cannot rebuild it.
+    """
+    cls = type(component)
+    name = getattr(component, "name", None) if cls.__name__ not in _CLASS_NAMES else _CLASS_NAMES[cls.__name__]
+    if not isinstance(name, str) or cls.__module__.split(".")[0] != "medsamkit":
+        name = f"python:{cls.__module__}.{cls.__qualname__}"
+    params = component.params() if callable(getattr(component, "params", None)) else {}
+    return {"name": name, "params": params}

@@ -1,0 +1,107 @@
+"""Geometry shared by SAM-family segmenters: resizing, prompt scaling, upsampling."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._types import ImageEncoding, Prompts
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["check_encoding", "longest_side_size_hw", "prompts_to_model", "to_rgb_float"]
+
+
+def longest_side_size_hw(size_hw: tuple[int, int], target_length: int) -> tuple[int, int]:
+    """Size after resizing so the long side is ``target_length`` (SAM's ``ResizeLongestSide``).
+
+    Args:
+        size_hw: Original ``(height, width)`` in pixels.
+        target_length: Long side after resizing, in pixels.
+
+    Returns:
+        ``(new_height, new_width)``, rounded half up as in SAM and LiteMedSAM.
+    """
+    h, w = size_hw
+    scale = target_length / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def to_rgb_float(image: np.ndarray, input_size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize an image (INTER_AREA, in its native dtype where OpenCV allows) and make it 3-channel float32.
+
+    Resizing happens before the channel expansion and the float conversion, so a
+    16-bit radiograph is never copied at full size as float. RGBA loses its alpha.
+
+    Args:
+        image: Validated ``(H, W)`` or ``(H, W, C)`` image, C in 1, 3, 4.
+        input_size_hw: Target ``(height, width)``.
+
+    Returns:
+        ``(h, w, 3)`` float32 array (values not yet normalised).
+    """
+    import cv2
+
+    if image.ndim == 3:
+        image = image[..., :3] if image.shape[2] >= 3 else image[..., 0]
+    if image.dtype == np.bool_:
+        image = image.astype(np.uint8)
+    elif image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        image = image.astype(np.float32)
+    h, w = input_size_hw
+    if image.shape[:2] != (h, w):
+        image = cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_AREA)
+    image = image.astype(np.float32, copy=False)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return image
+
+
+def check_encoding(encoding: ImageEncoding, model_id: str) -> None:
+    """Refuse an encoding produced by another model or preprocessing."""
+    if not isinstance(encoding, ImageEncoding):
+        raise TypeError(f"encoding: expected an ImageEncoding from encode(), got {type(encoding).__name__}")
+    if encoding.model_id != model_id:
+        raise ValueError(
+            f"encoding: expected an encoding made by model {model_id!r}, got one made by {encoding.model_id!r}"
+        )
+
+
+def prompts_to_model(
+    prompts: Prompts,
+    size_hw: tuple[int, int],
+    input_size_hw: tuple[int, int],
+    *,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Scale prompts from input-image pixels to the model's resized frame.
+
+    Args:
+        prompts: Prompts in input-image pixels (already clipped to the image).
+        size_hw: Original image ``(height, width)``.
+        input_size_hw: Resized ``(height, width)`` inside the model input.
+        device: Torch device for the returned tensors.
+
+    Returns:
+        ``(boxes, points)`` where ``boxes`` is ``(N, 4)`` float32 or None and
+        ``points`` is ``(coords (N, P, 2), labels (N, P))`` or None, ready for a
+        SAM prompt encoder.
+    """
+    import torch
+
+    sy = input_size_hw[0] / size_hw[0]
+    sx = input_size_hw[1] / size_hw[1]
+    boxes = None
+    if prompts.box_xyxy is not None:
+        scaled = prompts.box_xyxy * np.array([sx, sy, sx, sy], dtype=np.float32)
+        boxes = torch.as_tensor(scaled, dtype=torch.float32, device=device)
+    points = None
+    if prompts.points_xy is not None:
+        coords = prompts.points_xy * np.array([sx, sy], dtype=np.float32)
+        points = (
+            torch.as_tensor(coords, dtype=torch.float32, device=device),
+            torch.as_tensor(prompts.point_labels, dtype=torch.int64, device=device),
+        )
+    return boxes, points

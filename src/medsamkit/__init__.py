@@ -60,6 +60,8 @@ _EXPORTS = {
     # evaluation
     "evaluate": ".evaluation",
     "EvaluationReport": ".evaluation",
+    "segment_images": ".evaluation",
+    "SegmentReport": ".evaluation",
 }
 
 __all__ = sorted([*_EXPORTS, "metrics", "testing", "__version__"])
@@ -97,6 +99,6 @@ if TYPE_CHECKING:  # pragma: no cover
         train_val_test_split,
         write_mask,
     )
-    from .evaluation import EvaluationReport, evaluate
+    from .evaluation import EvaluationReport, SegmentReport, evaluate, segment_images
     from .prompters import FixedPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
     from .segmenters import LiteMedSAM

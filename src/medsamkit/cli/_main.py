@@ -1,0 +1,255 @@
+"""Argument parsing and the sub-commands of ``medsamkit``.
+
+Exit status: 0 on success, 1 when some images could not be processed (they are
+named on stderr and in the output table), 2 for bad arguments or set-up errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+PROMPTER_CHOICES = ("oracle-box", "perturbed-box", "mean-mask-points", "fixed")
+SEGMENTER_CHOICES = ("litemedsam",)
+DEMO_SETS = ("cxr-shenzhen", "ct-chaos-liver", "us-busi", "cxr-montgomery")
+
+
+class UsageError(Exception):
+    """A problem with the command's arguments or inputs (exit status 2)."""
+
+
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pipeline")
+    group.add_argument("--prompter", choices=PROMPTER_CHOICES, default="oracle-box", help="prompt provider (default: oracle-box)")
+    group.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter (default: litemedsam, weights bundled)")
+    group.add_argument("--checkpoint", type=Path, help="segmenter weights (default: the bundled LiteMedSAM weights)")
+    group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    group.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
+    group.add_argument("--combine", choices=("union", "best"), default="union", help="how prompt masks combine (default: union)")
+    group.add_argument("--box-mode", choices=("components", "whole"), default="components", help="oracle boxes: one per component or one around the mask")
+    group.add_argument("--min-area", type=int, default=16, help="oracle boxes: smallest component in pixels that gets a box (default: 16)")
+    group.add_argument("--margin", type=float, default=0.0, help="perturbed-box: pixels added to every box side")
+    group.add_argument("--jitter", type=float, default=0.0, help="perturbed-box: max random shift of each box coordinate in pixels")
+    group.add_argument("--seed", type=int, default=0, help="perturbed-box: jitter seed (default: 0)")
+    group.add_argument("--prompter-state", type=Path, help="mean-mask-points: .npz saved by MeanMaskPointPrompter.save()")
+    group.add_argument("--fit-masks", type=Path, help="mean-mask-points: fit on the masks of this MaskFolder instead of --prompter-state")
+    group.add_argument("--box", type=float, nargs=4, action="append", metavar=("X0", "Y0", "X1", "Y1"), help="fixed: a box in pixels (repeatable)")
+    group.add_argument("--keep-largest", type=int, metavar="N", help="post-process: keep the N largest components")
+    group.add_argument("--fill-holes", action="store_true", help="post-process: fill holes")
+    group.add_argument("--pipeline", type=Path, metavar="DIR_OR_JSON", help="rebuild the pipeline from a saved pipeline.json (other pipeline options are ignored)")
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", default="images", help="images subfolder (default: images)")
+    parser.add_argument("--masks", default="masks", help="masks subfolder (default: masks)")
+    parser.add_argument("--mask-suffix", default="", help="mask stem = image stem + this suffix (CXLSeg: -mask)")
+    parser.add_argument("--limit", type=int, help="process only the first N images in sorted order")
+    parser.add_argument("--overlays", type=int, default=6, help="number of overlay pictures (default: 6)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``medsamkit`` argument parser."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="medsamkit", description="Fully automatic medical image segmentation with SAM-family models.")
+    parser.add_argument("--version", action="version", version=f"medsamkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ev = sub.add_parser("evaluate", help="segment a folder of images with reference masks and score the masks")
+    ev.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with images/ and masks/ sharing file stems")
+    ev.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder (resumes if it holds a run)")
+    ev.add_argument("--spacing", type=float, nargs=2, default=(1.0, 1.0), metavar=("ROW", "COL"), help="pixel size for HD95 (default: 1 1, pixels)")
+    ev.add_argument("--overwrite", action="store_true", help="discard previous results in OUT_DIR")
+    _add_data_options(ev)
+    _add_pipeline_options(ev)
+
+    sg = sub.add_parser("segment", help="segment an image or a folder of images and save the masks")
+    sg.add_argument("input", type=Path, metavar="IMAGE_OR_DIR", help="an image file, a folder of images, or a folder with images/")
+    sg.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder")
+    sg.add_argument("--reference-masks", type=Path, metavar="DIR", help="folder of reference masks (same stems) for oracle prompters")
+    _add_data_options(sg)
+    _add_pipeline_options(sg)
+
+    demo = sub.add_parser("demo", help="run the main job on sample data with the bundled LiteMedSAM")
+    demo.add_argument("--data", type=Path, help=f"a shared data folder holding {', '.join(DEMO_SETS)} (default: $MEDSAMKIT_DATA or the nearest shared/data above the working directory)")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
+    demo.add_argument("--limit", type=int, default=6, help="images per data set (default: 6)")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _pipeline_from_args(args: argparse.Namespace) -> Any:
+    from .. import FillHoles, KeepLargestComponents, Pipeline, Prompts
+    from .._registry import build_prompter, load_segmenter
+
+    if args.pipeline is not None:
+        return Pipeline.load(args.pipeline)
+    if args.prompter == "oracle-box":
+        prompter = build_prompter("oracle-box", mode=args.box_mode, min_area=args.min_area)
+    elif args.prompter == "perturbed-box":
+        prompter = build_prompter(
+            "perturbed-box", margin=args.margin, jitter=args.jitter, seed=args.seed, mode=args.box_mode, min_area=args.min_area
+        )
+    elif args.prompter == "mean-mask-points":
+        from ..data import MaskFolder
+        from ..prompters import MeanMaskPointPrompter
+
+        if args.fit_masks is not None:
+            prompter = MeanMaskPointPrompter().fit(MaskFolder(args.fit_masks), progress=not args.no_progress)
+        elif args.prompter_state is not None:
+            prompter = MeanMaskPointPrompter.load(args.prompter_state)
+        else:
+            raise UsageError("--prompter mean-mask-points needs --prompter-state FILE.npz or --fit-masks TRAIN_DIR")
+    else:
+        if not args.box:
+            raise UsageError("--prompter fixed needs at least one --box X0 Y0 X1 Y1")
+        prompter = build_prompter("fixed", prompts=Prompts(box_xyxy=args.box).to_dict())
+    seg_params: dict[str, Any] = {"device": args.device}
+    if args.checkpoint is not None:
+        seg_params["checkpoint"] = args.checkpoint
+    segmenter = load_segmenter(args.segmenter, **seg_params)
+    post: list[Any] = []
+    if args.keep_largest is not None:
+        post.append(KeepLargestComponents(args.keep_largest))
+    if args.fill_holes:
+        post.append(FillHoles())
+    return Pipeline(prompter, segmenter, threshold=args.threshold, combine=args.combine, postprocess=post)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..data import MaskFolder
+    from ..evaluation import evaluate
+
+    folder = MaskFolder(args.data_dir, images=args.images, masks=args.masks, mask_suffix=args.mask_suffix)
+    pipeline = _pipeline_from_args(args)
+    report = evaluate(
+        pipeline,
+        folder,
+        out_dir=args.out,
+        limit=args.limit,
+        spacing=tuple(args.spacing),
+        n_overlays=args.overlays,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(report)
+    print(f"results: {report.out_dir}")
+    if report.n_errors:
+        print(f"medsamkit: {report.n_errors} image(s) failed: {', '.join(report.errors)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _segment_samples(args: argparse.Namespace) -> list[Any]:
+    from ..data import IMAGE_SUFFIXES, MaskFolder, Sample
+
+    path: Path = args.input
+    if path.is_file():
+        samples = [Sample(stem=path.stem, image_path=path)]
+    elif (path / args.images).is_dir():
+        samples = list(MaskFolder(path, images=args.images, masks=args.masks, mask_suffix=args.mask_suffix, require_masks=False))
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        if not files:
+            raise UsageError(f"IMAGE_OR_DIR: expected image files in {path}, found none")
+        samples = [Sample(stem=p.stem, image_path=p) for p in files]
+    else:
+        raise UsageError(f"IMAGE_OR_DIR: {path} does not exist")
+    if args.reference_masks is not None:
+        matched = []
+        for s in samples:
+            masks = [p for p in args.reference_masks.glob(f"{s.stem}{args.mask_suffix}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
+            matched.append(Sample(stem=s.stem, image_path=s.image_path, mask_path=masks[0] if masks else s.mask_path))
+        samples = matched
+    if args.limit is not None:
+        samples = samples[: args.limit]
+    return samples
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from ..evaluation import segment_images
+
+    samples = _segment_samples(args)
+    pipeline = _pipeline_from_args(args)
+    if getattr(pipeline.prompter, "requires_target", False) and any(s.mask_path is None for s in samples):
+        missing = [s.stem for s in samples if s.mask_path is None][:5]
+        raise UsageError(
+            f"--prompter {args.prompter} reads reference masks, but none were found for {missing}; "
+            "pass --reference-masks DIR, or use --prompter fixed/mean-mask-points"
+        )
+    report = segment_images(pipeline, samples, out_dir=args.out, n_overlays=args.overlays, progress=not args.no_progress)
+    done = sum(1 for r in report.rows if not r.get("error"))
+    print(f"segmented {done} image(s); masks in {report.out_dir / 'masks'}")
+    if report.errors:
+        print(f"medsamkit: {len(report.errors)} image(s) failed: {', '.join(report.errors)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def find_shared_data(start: Path | None = None) -> Path | None:
+    """``$MEDSAMKIT_DATA``, else the nearest ``shared/data`` in the working directory or above."""
+    env = os.environ.get("MEDSAMKIT_DATA")
+    if env:
+        return Path(env)
+    start = (start or Path.cwd()).resolve()
+    for directory in (start, *start.parents):
+        candidate = directory / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .. import OracleBoxPrompter, Pipeline
+    from ..data import MaskFolder
+    from ..evaluation import evaluate
+    from ..segmenters import LiteMedSAM
+
+    data = args.data or find_shared_data()
+    if data is None or not data.is_dir():
+        raise UsageError(
+            "demo: no sample data found; pass --data DIR (a folder holding "
+            f"{', '.join(DEMO_SETS)}) or set MEDSAMKIT_DATA"
+        )
+    sets = [name for name in DEMO_SETS if (data / name / "images").is_dir()]
+    if not sets:
+        raise UsageError(f"--data: expected sub-folders {', '.join(DEMO_SETS)} in {data}, found none")
+    print(f"medsamkit demo: LiteMedSAM (bundled weights) + oracle boxes, {args.limit} images per set from {data}")
+    pipeline = Pipeline(OracleBoxPrompter(), LiteMedSAM())
+    failed = 0
+    results = []
+    for name in sets:
+        # BUSI's first files in sorted order are all benign; the normal (empty) ones are not in a 6-image demo.
+        report = evaluate(pipeline, MaskFolder(data / name), out_dir=args.out / name, limit=args.limit, progress=not args.no_progress)
+        failed += report.n_errors
+        results.append((name, report))
+    print(f"\n{'data set':<16} {'images':>6} {'Dice mean':>10} {'median':>8} {'IoU mean':>9}")
+    for name, report in results:
+        d, i = report.summary["metrics"]["dice"], report.summary["metrics"]["iou"]
+        print(f"{name:<16} {d['n']:>6} {d['mean']:>10.4f} {d['median']:>8.4f} {i['mean']:>9.4f}")
+    print(f"\ntables, masks, overlays and box plots: {args.out.resolve()}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``medsamkit`` command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"evaluate": _cmd_evaluate, "segment": _cmd_segment, "demo": _cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except UsageError as exc:
+        print(f"medsamkit: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"medsamkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medsamkit: interrupted; finished images are saved, run the same command again to resume", file=sys.stderr)
+        return 130

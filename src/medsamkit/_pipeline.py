@@ -87,6 +87,12 @@ class Pipeline:
             )
         if combine not in ("union", "best"):
             raise ValueError(f"combine: expected 'union' or 'best', got {combine!r}")
+        # A single step (callable) or a non-iterable would otherwise fail without naming the parameter.
+        if callable(postprocess) or isinstance(postprocess, str) or not hasattr(postprocess, "__iter__"):
+            raise TypeError(
+                "postprocess: expected a sequence of callables mask -> mask (e.g. [FillHoles()]), "
+                f"got {type(postprocess).__name__}"
+            )
         steps = list(postprocess)
         for i, step in enumerate(steps):
             if not callable(step):

@@ -38,6 +38,9 @@ def _mean_mask(*, state: str | Path | None = None, **params: Any) -> Any:
             "MeanMaskPointPrompter.save() (CLI: --prompter-state PATH)"
         )
     prompter = MeanMaskPointPrompter.load(state)
+    unknown = sorted(set(params) - set(prompter.params()))
+    if unknown:  # TypeError, like an unexpected keyword: _build reports it as bad parameters
+        raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(prompter.params())} and state")
     for key, value in params.items():
         if getattr(prompter, key) != value:
             raise ValueError(f"{key}: the saved prompter {state} has {getattr(prompter, key)!r}, the config {value!r}")

@@ -22,6 +22,9 @@ def _as_float_array(value: Any, *, name: str, ndim: int, last: int) -> np.ndarra
         array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name}: expected numbers, got {describe(value)}") from exc
+    if array.shape == (0,):
+        # An empty list (e.g. ``to_dict()`` of zero prompts) means zero prompts.
+        array = array.reshape((0,) * (ndim - 1) + (last,))
     if array.ndim != ndim or array.shape[-1] != last:
         expected = "(N, 4)" if ndim == 2 else "(N, P, 2)"
         raise ValueError(f"{name}: expected shape {expected}, got shape {array.shape}")
@@ -66,6 +69,8 @@ class Prompts:
             if labels is None:
                 labels = np.ones(points.shape[:2], dtype=np.int64)
             labels = np.asarray(labels)
+            if labels.size == 0 and points.size == 0:
+                labels = labels.reshape(points.shape[:2])
             if labels.shape != points.shape[:2]:
                 raise ValueError(
                     f"point_labels: expected shape {points.shape[:2]} to match points_xy, "

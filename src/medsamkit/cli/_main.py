@@ -15,7 +15,7 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 PROMPTER_CHOICES = ("oracle-box", "perturbed-box", "mean-mask-points", "fixed")
-SEGMENTER_CHOICES = ("litemedsam",)
+SEGMENTER_CHOICES = ("litemedsam", "fake")
 DEMO_SETS = ("cxr-shenzhen", "ct-chaos-liver", "us-busi", "cxr-montgomery")
 
 
@@ -26,7 +26,7 @@ class UsageError(Exception):
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pipeline")
     group.add_argument("--prompter", choices=PROMPTER_CHOICES, default="oracle-box", help="prompt provider (default: oracle-box)")
-    group.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter (default: litemedsam, weights bundled)")
+    group.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter (default: litemedsam, weights bundled; fake: weight-free test double)")
     group.add_argument("--checkpoint", type=Path, help="segmenter weights (default: the bundled LiteMedSAM weights)")
     group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     group.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
@@ -110,7 +110,7 @@ def _pipeline_from_args(args: argparse.Namespace) -> Any:
         if not args.box:
             raise UsageError("--prompter fixed needs at least one --box X0 Y0 X1 Y1")
         prompter = build_prompter("fixed", prompts=Prompts(box_xyxy=args.box).to_dict())
-    seg_params: dict[str, Any] = {"device": args.device}
+    seg_params: dict[str, Any] = {} if args.segmenter == "fake" else {"device": args.device}
     if args.checkpoint is not None:
         seg_params["checkpoint"] = args.checkpoint
     segmenter = load_segmenter(args.segmenter, **seg_params)

@@ -103,8 +103,8 @@ class PerturbedBoxPrompter:
                 raise ValueError(f"{name}: expected a finite number, got {value!r}")
         if jitter < 0 or jitter_fraction < 0:
             raise ValueError(f"jitter: expected non-negative jitter and jitter_fraction, got {jitter}, {jitter_fraction}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed: expected an int, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
         self.oracle = OracleBoxPrompter(mode=mode, min_area=min_area)
         self.margin = float(margin)
         self.jitter = float(jitter)

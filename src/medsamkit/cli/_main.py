@@ -232,7 +232,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{'data set':<16} {'images':>6} {'Dice mean':>10} {'median':>8} {'IoU mean':>9}")
     for name, report in results:
         d, i = report.summary["metrics"]["dice"], report.summary["metrics"]["iou"]
-        print(f"{name:<16} {d['n']:>6} {d['mean']:>10.4f} {d['median']:>8.4f} {i['mean']:>9.4f}")
+        if d["n"]:
+            print(f"{name:<16} {d['n']:>6} {d['mean']:>10.4f} {d['median']:>8.4f} {i['mean']:>9.4f}")
+        else:  # every image of the set failed: no statistics (None), still a table row
+            print(f"{name:<16} {0:>6} {'-':>10} {'-':>8} {'-':>9}")
     print(f"\ntables, masks, overlays and box plots: {args.out.resolve()}")
     return 1 if failed else 0
 
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"medsamkit: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError) as exc:  # OSError: e.g. an unreadable --fit-masks mask
         print(f"medsamkit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

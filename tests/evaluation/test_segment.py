@@ -140,3 +140,22 @@ def test_segment_uses_masks_as_targets_when_present(tmp_path):
         rect = np.zeros_like(ref)
         rect[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
         np.testing.assert_array_equal(read_png_mask(out / "masks" / f"{stem}.png"), rect)
+
+
+def test_segment_refuses_another_pipeline_in_the_same_out_dir(tmp_path):
+    make_image_folder(tmp_path / "data")
+    folder = MaskFolder(tmp_path / "data", require_masks=False)
+    out = tmp_path / "out"
+    segment_images(box_pipeline(), folder, out_dir=out, progress=False)
+    other = box_pipeline().replace(threshold=0.7)
+    with pytest.raises(ValueError, match="out_dir"):
+        segment_images(other, folder, out_dir=out, progress=False)
+
+
+def test_resumed_segment_run_does_not_exceed_the_overlay_count(tmp_path):
+    make_image_folder(tmp_path / "data")
+    folder = MaskFolder(tmp_path / "data", require_masks=False)
+    out = tmp_path / "out"
+    segment_images(box_pipeline(), folder[:2], out_dir=out, n_overlays=2, progress=False)
+    segment_images(box_pipeline(), folder, out_dir=out, n_overlays=2, progress=False)
+    assert len(list((out / "overlays").glob("*.png"))) == 2

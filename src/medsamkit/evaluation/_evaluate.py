@@ -118,12 +118,15 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _check_same_run(out_dir: Path, run: dict[str, Any]) -> None:
+def _check_same_run(
+    out_dir: Path, run: dict[str, Any], *, keys: Sequence[str] = ("pipeline", "metrics", "spacing")
+) -> None:
+    """Refuse to resume into ``out_dir`` when its ``run.json`` describes another run."""
     path = out_dir / RUN_FILE
     if not path.is_file():
         return
     previous = json.loads(path.read_text())
-    for key in ("pipeline", "metrics", "spacing"):
+    for key in keys:
         if previous.get(key) != run.get(key):
             raise ValueError(
                 f"out_dir: {out_dir} holds results of a different run ({key} differs: "

@@ -56,18 +56,21 @@ def segment_images(
     from tqdm.auto import tqdm
 
     from ..data import atomic_write_text, write_mask
-    from ._evaluate import _csv_text_for
+    from ._evaluate import RUN_FILE, _check_same_run, _csv_text_for
     from ._plots import save_overlay
 
     out_dir = Path(out_dir)
+    run = {"pipeline": pipeline.config.model_dump(mode="json"), "command": "segment"}
+    _check_same_run(out_dir, run, keys=("pipeline", "command"))
     out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
     try:
         pipeline.save(out_dir)
     except Exception as exc:
         print(f"medsamkit: note: pipeline cannot be saved for re-running ({exc})", file=sys.stderr)
     rows: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
-    overlays = 0
+    overlays = len(list((out_dir / "overlays").glob("*.png")))  # a resumed run keeps counting
     for sample in tqdm(images, desc="segment", unit="img", disable=not progress, dynamic_ncols=True):
         record = out_dir / "records" / f"{sample.stem}.json"
         if record.is_file():

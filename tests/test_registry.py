@@ -1,0 +1,157 @@
+"""Tests for medsamkit._registry: names, builders, and component configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medsamkit import FillHoles, KeepLargestComponents, Prompts, RemoveSmallComponents
+from medsamkit._registry import (
+    POSTPROCESSORS,
+    PROMPTERS,
+    SEGMENTERS,
+    build_postprocessor,
+    build_prompter,
+    component_config,
+    load_segmenter,
+)
+from medsamkit.prompters import FixedPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
+from medsamkit.testing import FakeSegmenter
+
+
+def test_registered_names():
+    assert sorted(PROMPTERS) == ["fixed", "mean-mask-points", "oracle-box", "perturbed-box"]
+    assert sorted(SEGMENTERS) == ["fake", "litemedsam"]
+    assert set(POSTPROCESSORS) == {"keep-largest", "remove-small", "fill-holes"}
+
+
+def test_unknown_prompter_lists_valid_names():
+    with pytest.raises(ValueError, match=r"^prompter: expected one of \['fixed', 'mean-mask-points', 'oracle-box', 'perturbed-box'\], got 'oracel-box'"):
+        build_prompter("oracel-box")
+
+
+def test_unknown_segmenter_lists_valid_names():
+    with pytest.raises(ValueError, match=r"^segmenter: expected one of \['fake', 'litemedsam'\], got 'sam2'"):
+        load_segmenter("sam2")
+
+
+def test_unknown_postprocessor_lists_valid_names():
+    with pytest.raises(ValueError, match=r"^postprocess: expected one of \['fill-holes', 'keep-largest', 'remove-small'\], got 'erode'"):
+        build_postprocessor("erode")
+
+
+def test_build_prompters_with_params():
+    oracle = build_prompter("oracle-box", mode="whole", min_area=4)
+    assert isinstance(oracle, OracleBoxPrompter)
+    assert oracle.params() == {"mode": "whole", "min_area": 4}
+    perturbed = build_prompter("perturbed-box", margin=5, seed=2)
+    assert isinstance(perturbed, PerturbedBoxPrompter)
+    assert perturbed.margin == 5.0 and perturbed.seed == 2
+
+
+def test_build_segmenter_and_postprocessors():
+    fake = load_segmenter("fake", mode="box", point_radius=3)
+    assert isinstance(fake, FakeSegmenter)
+    assert fake.params() == {"mode": "box", "point_radius": 3}
+    assert isinstance(build_postprocessor("keep-largest", n=2), KeepLargestComponents)
+    assert build_postprocessor("keep-largest", n=2).n == 2
+    assert build_postprocessor("remove-small", min_area=9).min_area == 9
+    assert isinstance(build_postprocessor("fill-holes"), FillHoles)
+
+
+def test_postprocessor_names_match_classes():
+    for name in POSTPROCESSORS:
+        assert build_postprocessor(name).name == name
+
+
+def test_unexpected_parameter_is_value_error_naming_component():
+    with pytest.raises(ValueError, match=r"^prompter 'oracle-box': bad parameters \{'margin': 5\}"):
+        build_prompter("oracle-box", margin=5)
+    with pytest.raises(ValueError, match=r"^segmenter 'fake': bad parameters"):
+        load_segmenter("fake", checkpoint="x.pth")
+    with pytest.raises(ValueError, match=r"^postprocess 'fill-holes': bad parameters"):
+        build_postprocessor("fill-holes", n=1)
+
+
+def test_invalid_parameter_value_keeps_the_constructor_message():
+    with pytest.raises(ValueError, match=r"^mode: expected 'components' or 'whole'"):
+        build_prompter("oracle-box", mode="box")
+
+
+def test_litemedsam_with_in_memory_module_cannot_be_rebuilt():
+    with pytest.raises(ValueError, match=r"^segmenter: .*in-memory module"):
+        load_segmenter("litemedsam", module="MedSAM_Lite(...)")
+
+
+class TestMeanMaskPoints:
+    @pytest.fixture
+    def state(self, tmp_path):
+        mask = np.zeros((32, 32), bool)
+        mask[8:24, 8:24] = True
+        return MeanMaskPointPrompter(grid_size=32, points_per_component=2).fit([mask]).save(tmp_path / "p.npz")
+
+    def test_needs_state(self):
+        with pytest.raises(ValueError, match=r"^state: the 'mean-mask-points' prompter must be fitted"):
+            build_prompter("mean-mask-points")
+
+    def test_loads_state(self, state):
+        prompter = build_prompter("mean-mask-points", state=str(state), points_per_component=2, grid_size=32)
+        assert isinstance(prompter, MeanMaskPointPrompter)
+        assert prompter(np.zeros((32, 32))).points_xy.shape == (1, 2, 2)
+
+    def test_param_contradicting_state(self, state):
+        with pytest.raises(ValueError, match=r"^points_per_component: the saved prompter .* has 2, the config 3"):
+            build_prompter("mean-mask-points", state=state, points_per_component=3)
+
+    def test_unknown_param(self, state):
+        with pytest.raises(ValueError, match=r"^prompter 'mean-mask-points': bad parameters .*'colour'"):
+            build_prompter("mean-mask-points", state=state, colour="red")
+
+
+class TestComponentConfig:
+    @pytest.mark.parametrize(
+        "component, name",
+        [
+            (OracleBoxPrompter(), "oracle-box"),
+            (PerturbedBoxPrompter(margin=2), "perturbed-box"),
+            (FixedPrompter(Prompts.empty()), "fixed"),
+            (FakeSegmenter(), "fake"),
+            (KeepLargestComponents(2), "keep-largest"),
+            (RemoveSmallComponents(3), "remove-small"),
+            (FillHoles(), "fill-holes"),
+        ],
+    )
+    def test_registered_components(self, component, name):
+        config = component_config(component)
+        assert config == {"name": name, "params": component.params()}
+
+    def test_config_rebuilds_equivalent_component(self):
+        original = PerturbedBoxPrompter(margin=3, jitter=2, jitter_fraction=0.05, seed=9, mode="whole", min_area=1)
+        config = component_config(original)
+        rebuilt = build_prompter(config["name"], **config["params"])
+        assert rebuilt.params() == original.params()
+        mask = np.zeros((40, 40), bool)
+        mask[10:20, 5:30] = True
+        np.testing.assert_array_equal(rebuilt(mask, target=mask).box_xyxy, original(mask, target=mask).box_xyxy)
+
+    def test_foreign_components_get_python_names(self):
+        class MyStep:
+            name = "keep-largest"  # pretends to be registered, but lives outside medsamkit
+
+            def __call__(self, mask):  # pragma: no cover - not called
+                return mask
+
+        config = component_config(MyStep())
+        assert config["name"] == f"python:{__name__}.{MyStep.__qualname__}"
+        assert config["params"] == {}
+
+        def my_function(mask):  # pragma: no cover - not called
+            return mask
+
+        assert component_config(my_function)["name"] == "python:builtins.function"
+
+    def test_same_class_name_outside_medsamkit_is_not_registered(self):
+        OracleBoxPrompter = type("OracleBoxPrompter", (), {"params": lambda self: {"mode": "whole"}})  # noqa: N806
+        config = component_config(OracleBoxPrompter())
+        assert config["name"].startswith("python:")
+        assert config["params"] == {"mode": "whole"}

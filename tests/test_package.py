@@ -79,7 +79,6 @@ def test_exported_name_resolves(name):
     assert name in medsamkit.__all__
 
 
-@pytest.mark.xfail(strict=False, reason="evaluation module in progress")
 @pytest.mark.parametrize("name", _EVALUATION or ["evaluate", "EvaluationReport"])
 def test_evaluation_names_resolve(name):
     assert name in medsamkit.__all__

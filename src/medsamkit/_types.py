@@ -109,7 +109,11 @@ class Prompts:
         return self.n
 
     def clipped_to(self, size_hw: tuple[int, int], *, name: str = "prompts") -> Prompts:
-        """Return the prompts with boxes and points clipped to the image.
+        """Return the prompts with boxes clipped to the image and points checked.
+
+        Boxes partly outside are clipped to the pixel grid ``[0, W-1] x [0, H-1]``.
+        Points must lie on the image, ``[-0.5, W-0.5] x [-0.5, H-0.5]`` (pixel
+        edges), and are returned unchanged.
 
         Args:
             size_hw: Image ``(height, width)``.

@@ -208,7 +208,7 @@ class TestPerturbedBoxPrompter:
             ({"margin": float("nan")}, "margin"),
             ({"margin": "5"}, "margin"),
             ({"jitter": -1}, "jitter"),
-            ({"jitter_fraction": -0.1}, "jitter"),
+            ({"jitter_fraction": -0.1}, "jitter_fraction"),
             ({"jitter": True}, "jitter"),
             ({"seed": 1.5}, "seed"),
             ({"seed": -1}, "seed"),

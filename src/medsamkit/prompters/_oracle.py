@@ -101,8 +101,9 @@ class PerturbedBoxPrompter:
         for name, value in (("margin", margin), ("jitter", jitter), ("jitter_fraction", jitter_fraction)):
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
                 raise ValueError(f"{name}: expected a finite number, got {value!r}")
-        if jitter < 0 or jitter_fraction < 0:
-            raise ValueError(f"jitter: expected non-negative jitter and jitter_fraction, got {jitter}, {jitter_fraction}")
+        for name, value in (("jitter", jitter), ("jitter_fraction", jitter_fraction)):
+            if value < 0:
+                raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
         self.oracle = OracleBoxPrompter(mode=mode, min_area=min_area)

@@ -44,6 +44,9 @@ _EXPORTS = {
     "build_prompter": "._registry",
     "PROMPTERS": "._registry",
     "SEGMENTERS": "._registry",
+    # embedding cache
+    "EmbeddingCache": "._cache",
+    "CachedSegmenter": "._cache",
     # geometry
     "mask_to_xyxy": "._geometry",
     "component_boxes_xyxy": "._geometry",
@@ -83,6 +86,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import metrics, testing
+    from ._cache import CachedSegmenter, EmbeddingCache
     from ._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents

@@ -137,6 +137,8 @@ def component_config(component: Any) -> dict[str, Any]:
     Components of other libraries or of your own get ``name = "python:<module>.<Class>"``;
     such a config documents the run but cannot rebuild it.
     """
+    while callable(getattr(type(component), "config_component", None)):
+        component = component.config_component()  # wrappers such as CachedSegmenter
     cls = type(component)
     name = getattr(component, "name", None) if cls.__name__ not in _CLASS_NAMES else _CLASS_NAMES[cls.__name__]
     if not isinstance(name, str) or cls.__module__.split(".")[0] != "medsamkit":

@@ -41,6 +41,9 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--box", type=float, nargs=4, action="append", metavar=("X0", "Y0", "X1", "Y1"), help="fixed: a box in pixels (repeatable)")
     group.add_argument("--keep-largest", type=int, metavar="N", help="post-process: keep the N largest components")
     group.add_argument("--fill-holes", action="store_true", help="post-process: fill holes")
+    group.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: $MEDSAMKIT_CACHE_DIR or ~/.cache/medsamkit/embeddings)")
+    group.add_argument("--cache-size-gb", type=float, default=2.0, help="embedding cache size bound in GiB (default: 2)")
+    group.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     group.add_argument("--pipeline", type=Path, metavar="DIR_OR_JSON", help="rebuild the pipeline from a saved pipeline.json (other pipeline options are ignored)")
 
 
@@ -89,7 +92,7 @@ def _pipeline_from_args(args: argparse.Namespace) -> Any:
     from .._registry import build_prompter, load_segmenter
 
     if args.pipeline is not None:
-        return Pipeline.load(args.pipeline)
+        return _with_cache(Pipeline.load(args.pipeline), args)
     if args.prompter == "oracle-box":
         prompter = build_prompter("oracle-box", mode=args.box_mode, min_area=args.min_area)
     elif args.prompter == "perturbed-box":
@@ -119,7 +122,20 @@ def _pipeline_from_args(args: argparse.Namespace) -> Any:
         post.append(KeepLargestComponents(args.keep_largest))
     if args.fill_holes:
         post.append(FillHoles())
-    return Pipeline(prompter, segmenter, threshold=args.threshold, combine=args.combine, postprocess=post)
+    pipeline = Pipeline(prompter, segmenter, threshold=args.threshold, combine=args.combine, postprocess=post)
+    return _with_cache(pipeline, args)
+
+
+def _with_cache(pipeline: Any, args: argparse.Namespace) -> Any:
+    """Wrap the pipeline's segmenter in the embedding cache unless ``--no-cache``."""
+    from .._cache import CachedSegmenter, EmbeddingCache
+
+    if args.no_cache:
+        return pipeline
+    if not args.cache_size_gb > 0:
+        raise UsageError(f"--cache-size-gb: expected a positive number, got {args.cache_size_gb}")
+    cache = EmbeddingCache(args.cache_dir, max_bytes=int(args.cache_size_gb * 1024**3))
+    return pipeline.replace(segmenter=CachedSegmenter(pipeline.segmenter, cache))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -190,6 +190,7 @@ def evaluate(
 
     from ..data import atomic_write_text, write_mask
     from ..metrics import compute_metrics
+    from ._prefetch import prefetch
 
     samples = _as_samples(data)
     if limit is not None:
@@ -233,9 +234,11 @@ def evaluate(
         atomic_write_text(out_dir / "metrics.csv", _csv_text_for(ordered, CSV_COLUMNS))
 
     bar = tqdm(pending, desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True)
-    for sample in bar:
+    for sample, loaded, read_error in prefetch(bar, lambda s: s.load()):
         try:
-            image, mask = sample.load()
+            if read_error is not None:
+                raise read_error
+            image, mask = loaded
             start = time.perf_counter()
             result = pipeline(image, target=mask)
             seconds = time.perf_counter() - start

@@ -58,6 +58,7 @@ def segment_images(
     from ..data import atomic_write_text, write_mask
     from ._evaluate import RUN_FILE, _check_same_run, _csv_text_for
     from ._plots import save_overlay
+    from ._prefetch import prefetch
 
     out_dir = Path(out_dir)
     run = {"pipeline": pipeline.config.model_dump(mode="json"), "command": "segment"}
@@ -71,14 +72,24 @@ def segment_images(
     rows: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     overlays = len(list((out_dir / "overlays").glob("*.png")))  # a resumed run keeps counting
-    for sample in tqdm(images, desc="segment", unit="img", disable=not progress, dynamic_ncols=True):
+    pending = []
+    for sample in images:
         record = out_dir / "records" / f"{sample.stem}.json"
         if record.is_file():
             rows[sample.stem] = json.loads(record.read_text())["row"]
-            continue
+        else:
+            pending.append(sample)
+
+    def load(sample: Any) -> tuple[Any, Any]:
+        return sample.load_image(), (sample.load_mask() if sample.mask_path is not None else None)
+
+    bar = tqdm(pending, desc="segment", unit="img", disable=not progress, dynamic_ncols=True)
+    for sample, loaded, read_error in prefetch(bar, load):
+        record = out_dir / "records" / f"{sample.stem}.json"
         try:
-            image = sample.load_image()
-            target = sample.load_mask() if sample.mask_path is not None else None
+            if read_error is not None:
+                raise read_error
+            image, target = loaded
             start = time.perf_counter()
             result = pipeline(image, target=target)
             seconds = time.perf_counter() - start

@@ -21,7 +21,16 @@ from medsamkit.testing import FakeSegmenter
 
 def test_registered_names():
     assert sorted(PROMPTERS) == ["fixed", "mean-mask-points", "oracle-box", "perturbed-box"]
-    assert sorted(SEGMENTERS) == ["fake", "litemedsam"]
+    assert sorted(SEGMENTERS) == [
+        "fake",
+        "hq-sam-vit-b",
+        "hq-sam-vit-h",
+        "hq-sam-vit-l",
+        "litemedsam",
+        "sam-vit-b",
+        "sam-vit-h",
+        "sam-vit-l",
+    ]
     assert set(POSTPROCESSORS) == {"keep-largest", "remove-small", "fill-holes"}
 
 
@@ -31,7 +40,7 @@ def test_unknown_prompter_lists_valid_names():
 
 
 def test_unknown_segmenter_lists_valid_names():
-    with pytest.raises(ValueError, match=r"^segmenter: expected one of \['fake', 'litemedsam'\], got 'sam2'"):
+    with pytest.raises(ValueError, match=r"^segmenter: expected one of \['fake', 'hq-sam-vit-b', .*'litemedsam', 'sam-vit-b', 'sam-vit-h', 'sam-vit-l'\], got 'sam2'"):
         load_segmenter("sam2")
 
 

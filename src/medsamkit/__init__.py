@@ -40,12 +40,18 @@ _EXPORTS = {
     "FixedPrompter": ".prompters",
     # segmenters and registry
     "LiteMedSAM": ".segmenters",
+    "SAM": ".segmenters",
+    "HQSAM": ".segmenters",
     "load_segmenter": "._registry",
     "build_prompter": "._registry",
     "PROMPTERS": "._registry",
     "SEGMENTERS": "._registry",
     # embedding cache
     "EmbeddingCache": "._cache",
+    # fine-tuning
+    "finetune": ".training",
+    "FinetuneConfig": ".training",
+    "FinetuneResult": ".training",
     "CachedSegmenter": "._cache",
     # geometry
     "mask_to_xyxy": "._geometry",
@@ -75,7 +81,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
         globals()[name] = value
         return value
-    if name in ("metrics", "testing", "data", "prompters", "segmenters", "evaluation"):
+    if name in ("metrics", "testing", "data", "prompters", "segmenters", "evaluation", "training"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'medsamkit' has no attribute {name!r}")
 
@@ -87,6 +93,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from . import metrics, testing
     from ._cache import CachedSegmenter, EmbeddingCache
+    from .training import FinetuneConfig, FinetuneResult, finetune
     from ._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
@@ -105,4 +112,4 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .evaluation import EvaluationReport, SegmentReport, evaluate, segment_images
     from .prompters import FixedPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
-    from .segmenters import LiteMedSAM
+    from .segmenters import HQSAM, SAM, LiteMedSAM

@@ -41,6 +41,15 @@ class PipelineConfig(BaseModel):
     postprocess: list[ComponentConfig] = Field(default_factory=list)
 
 
+def _resolve(params: dict[str, Any], key: str, base_dir: str | Path | None) -> dict[str, Any]:
+    """Copy of ``params`` with a relative file path under ``key`` made relative to ``base_dir``."""
+    params = dict(params)
+    value = params.get(key)
+    if isinstance(value, str) and base_dir is not None and not Path(value).is_absolute():
+        params[key] = str(Path(base_dir) / value)
+    return params
+
+
 class Pipeline:
     """Fully automatic segmentation of one image: prompts, masks, one final mask.
 
@@ -213,7 +222,11 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config: PipelineConfig | dict[str, Any], *, base_dir: str | Path | None = None) -> Pipeline:
-        """Rebuild a pipeline from its config (a fitted prompter's ``state`` path is relative to ``base_dir``)."""
+        """Rebuild a pipeline from its config.
+
+        Relative file paths (a fitted prompter's ``state``, a segmenter's
+        ``checkpoint``) are taken relative to ``base_dir``.
+        """
         if not isinstance(config, PipelineConfig):
             config = PipelineConfig.model_validate(config)
         for part in (config.prompter, config.segmenter, *config.postprocess):
@@ -222,13 +235,11 @@ class Pipeline:
                     f"config: component {part.name} is not registered in medsamkit, so the pipeline "
                     "cannot be rebuilt from its config; build it in Python instead"
                 )
-        prompter_params = dict(config.prompter.params)
-        state = prompter_params.get("state")
-        if state is not None and base_dir is not None and not Path(state).is_absolute():
-            prompter_params["state"] = str(Path(base_dir) / state)
+        prompter_params = _resolve(config.prompter.params, "state", base_dir)
+        segmenter_params = _resolve(config.segmenter.params, "checkpoint", base_dir)
         return cls(
             build_prompter(config.prompter.name, **prompter_params),
-            load_segmenter(config.segmenter.name, **config.segmenter.params),
+            load_segmenter(config.segmenter.name, **segmenter_params),
             threshold=config.threshold,
             combine=config.combine,
             postprocess=[build_postprocessor(p.name, **p.params) for p in config.postprocess],

@@ -65,6 +65,25 @@ def _litemedsam(*, module: str | None = None, **params: Any) -> Any:
     return LiteMedSAM(**params)
 
 
+def _sam_family(class_name: str, model_type: str) -> Callable[..., Any]:
+    """Builder of ``SAM`` / ``HQSAM`` for one model type (names ``sam-vit-b``, ``hq-sam-vit-h``, ...)."""
+
+    def build(*, checkpoint: str | Path | None = None, module: str | None = None, **params: Any) -> Any:
+        if module is not None:
+            raise ValueError(
+                f"segmenter: this config describes a {class_name} wrapping an in-memory module ({module}); "
+                "it cannot be rebuilt from the config. Save the weights and pass checkpoint=PATH."
+            )
+        given = params.pop("model_type", model_type)
+        if given != model_type:
+            raise ValueError(f"model_type: the segmenter name fixes {model_type!r}, got {given!r}")
+        from . import segmenters
+
+        return getattr(segmenters, class_name)(model_type, checkpoint=checkpoint, **params)
+
+    return build
+
+
 def _fake(**params: Any) -> Any:
     from .testing import FakeSegmenter
 
@@ -79,7 +98,12 @@ PROMPTERS: dict[str, Callable[..., Any]] = {
 }
 """Prompt provider builders by name."""
 
-SEGMENTERS: dict[str, Callable[..., Any]] = {"litemedsam": _litemedsam, "fake": _fake}
+SEGMENTERS: dict[str, Callable[..., Any]] = {
+    "litemedsam": _litemedsam,
+    **{f"sam-{t.replace('_', '-')}": _sam_family("SAM", t) for t in ("vit_b", "vit_l", "vit_h")},
+    **{f"hq-sam-{t.replace('_', '-')}": _sam_family("HQSAM", t) for t in ("vit_b", "vit_l", "vit_h")},
+    "fake": _fake,
+}
 """Segmenter builders by name (``fake`` is the weight-free test double)."""
 
 
@@ -117,11 +141,15 @@ def build_prompter(name: str, **params: Any) -> Any:
 
 
 def load_segmenter(name: str, **params: Any) -> Any:
-    """Build a segmenter by name (``litemedsam``; ``fake`` for tests).
+    """Build a segmenter by name.
+
+    Names: ``litemedsam`` (bundled weights), ``sam-vit-b``, ``sam-vit-l``, ``sam-vit-h``,
+    ``hq-sam-vit-b``, ``hq-sam-vit-l``, ``hq-sam-vit-h`` (weights from ``checkpoint=`` or
+    ``$MEDSAMKIT_SAM_CHECKPOINT_DIR``), ``fake`` (weight-free test double).
 
     Args:
         name: Registered segmenter name.
-        **params: Keyword arguments of the segmenter (for LiteMedSAM: ``checkpoint``, ``device``).
+        **params: Keyword arguments of the segmenter (``checkpoint``, ``device``, ...).
     """
     return _build(SEGMENTERS, "segmenter", name, params)
 

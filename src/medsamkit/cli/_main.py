@@ -15,7 +15,16 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 PROMPTER_CHOICES = ("oracle-box", "perturbed-box", "mean-mask-points", "fixed")
-SEGMENTER_CHOICES = ("litemedsam", "fake")
+SEGMENTER_CHOICES = (
+    "litemedsam",
+    "sam-vit-b",
+    "sam-vit-l",
+    "sam-vit-h",
+    "hq-sam-vit-b",
+    "hq-sam-vit-l",
+    "hq-sam-vit-h",
+    "fake",
+)
 DEMO_SETS = ("cxr-shenzhen", "ct-chaos-liver", "us-busi", "cxr-montgomery")
 
 
@@ -27,7 +36,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pipeline")
     group.add_argument("--prompter", choices=PROMPTER_CHOICES, default="oracle-box", help="prompt provider (default: oracle-box)")
     group.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter (default: litemedsam, weights bundled; fake: weight-free test double)")
-    group.add_argument("--checkpoint", type=Path, help="segmenter weights (default: the bundled LiteMedSAM weights)")
+    group.add_argument("--checkpoint", type=Path, help="segmenter weights (default: the bundled LiteMedSAM weights; SAM/HQ-SAM also look in $MEDSAMKIT_SAM_CHECKPOINT_DIR)")
     group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     group.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
     group.add_argument("--combine", choices=("union", "best"), default="union", help="how prompt masks combine (default: union)")
@@ -78,6 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--reference-masks", type=Path, metavar="DIR", help="folder of reference masks (same stems) for oracle prompters")
     _add_data_options(sg)
     _add_pipeline_options(sg)
+
+    ft = sub.add_parser("finetune", help="fine-tune the segmenter's mask decoder on a folder, sweep the threshold, evaluate")
+    ft.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with images/ and masks/")
+    ft.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder (resumes if it holds this run)")
+    ft.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter to fine-tune (default: litemedsam)")
+    ft.add_argument("--checkpoint", type=Path, help="starting weights (default: the bundled LiteMedSAM weights)")
+    ft.add_argument("--mode", choices=("decoder",), default="decoder", help="what trains (default: decoder: only the mask decoder)")
+    ft.add_argument("--prompter", choices=("mean-mask-points", "perturbed-box"), default="mean-mask-points",
+                    help="training prompts: mean-mask points fitted on the training split (default) or jittered oracle boxes")
+    ft.add_argument("--val-fraction", type=float, default=0.2, help="validation share for early stopping and the threshold sweep (default: 0.2)")
+    ft.add_argument("--test-fraction", type=float, default=0.2, help="held-out test share, evaluated zero-shot and fine-tuned (default: 0.2)")
+    ft.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: 20)")
+    ft.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: 1e-4)")
+    ft.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default: 0)")
+    ft.add_argument("--loss", choices=("dicefocal", "dice", "dicece"), default="dicefocal", help="loss (default: dicefocal)")
+    ft.add_argument("--batch-size", type=int, default=4, help="images per optimiser step (default: 4)")
+    ft.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs, 0 = off (default: 5)")
+    ft.add_argument("--seed", type=int, default=0, help="split, shuffling and jitter seed (default: 0)")
+    ft.add_argument("--limit", type=int, help="use only the first N images of DATA_DIR in sorted order")
+    ft.add_argument("--eval-data", type=Path, action="append", default=[], metavar="DIR",
+                    help="also evaluate the fine-tuned pipeline on this whole folder (cross-dataset; repeatable)")
+    ft.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: $MEDSAMKIT_CACHE_DIR or ~/.cache/medsamkit/embeddings)")
+    ft.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
+    ft.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     demo = sub.add_parser("demo", help="run the main job on sample data with the bundled LiteMedSAM")
     demo.add_argument("--data", type=Path, help=f"a shared data folder holding {', '.join(DEMO_SETS)} (default: $MEDSAMKIT_DATA or the nearest shared/data above the working directory)")
@@ -208,6 +241,84 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import json
+
+    from .. import Pipeline
+    from .._registry import load_segmenter
+    from ..data import MaskFolder, atomic_write_text, train_val_test_split
+    from ..evaluation import evaluate
+    from ..training import finetune
+    from ..prompters import MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
+
+    folder = MaskFolder(args.data_dir)
+    if args.limit is not None:
+        folder = folder.limit(args.limit)
+    split = train_val_test_split(folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "split.json", json.dumps(split.to_dict(), indent=2) + "\n")
+    print(f"split (seed {args.seed}): {len(split.train)} train, {len(split.val)} val, {len(split.test)} test")
+    params: dict[str, Any] = {}
+    if args.checkpoint is not None:
+        params["checkpoint"] = args.checkpoint
+    segmenter = load_segmenter(args.segmenter, **params)
+    progress = not args.no_progress
+    if args.prompter == "mean-mask-points":
+        prompter = MeanMaskPointPrompter().fit(folder.subset(split.train), progress=progress)
+        eval_prompter = prompter
+    else:
+        prompter = PerturbedBoxPrompter(jitter_fraction=0.1, seed=args.seed)
+        eval_prompter = OracleBoxPrompter()
+    if not args.no_cache and args.segmenter != "fake":
+        from .._cache import CachedSegmenter, EmbeddingCache
+
+        segmenter = CachedSegmenter(segmenter, EmbeddingCache(args.cache_dir))
+    zero_shot = Pipeline(eval_prompter, segmenter)
+    result = finetune(
+        segmenter,
+        folder.subset(split.train),
+        folder.subset(split.val) if split.val else None,
+        out_dir=args.out,
+        prompter=prompter,
+        eval_prompter=eval_prompter,
+        progress=progress,
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        loss=args.loss,
+        batch_size=args.batch_size,
+        patience=args.patience,
+        seed=args.seed,
+    )
+    shown = "-" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
+    print(f"best epoch {result.best_epoch} (val Dice {shown}), threshold {result.threshold}")
+    tuned = result.pipeline
+    if not args.no_cache and args.segmenter != "fake":
+        tuned = tuned.replace(segmenter=CachedSegmenter(tuned.segmenter, segmenter.cache))
+    failed = 0
+    lines = []
+    if split.test:
+        test = folder.subset(split.test)
+        for name, pipe in (("test-zero-shot", zero_shot), ("test-finetuned", tuned)):
+            report = evaluate(pipe, test, out_dir=args.out / name, progress=progress)
+            failed += report.n_errors
+            lines.append((f"{args.data_dir.name} test, {name.split('-', 1)[1]}", report))
+    for other in args.eval_data:
+        for name, pipe in (("zero-shot", zero_shot), ("finetuned", tuned)):
+            report = evaluate(pipe, MaskFolder(other), out_dir=args.out / f"cross-{other.name}-{name}", progress=progress)
+            failed += report.n_errors
+            lines.append((f"{other.name} (cross-dataset), {name}", report))
+    if lines:
+        print(f"\n{'evaluation':<44} {'images':>6} {'Dice mean':>10} {'std':>7}")
+        for label, report in lines:
+            d = report.summary["metrics"]["dice"]
+            mean = "-" if d["mean"] is None else f"{d['mean']:.4f}"
+            std = "-" if d["std"] is None else f"{d['std']:.4f}"
+            print(f"{label:<44} {d['n']:>6} {mean:>10} {std:>7}")
+    print(f"run folder: {args.out.resolve()}  (evaluate again with: medsamkit evaluate DATA --pipeline {args.out})")
+    return 1 if failed else 0
+
+
 def find_shared_data(start: Path | None = None) -> Path | None:
     """``$MEDSAMKIT_DATA``, else the nearest ``shared/data`` in the working directory or above."""
     env = os.environ.get("MEDSAMKIT_DATA")
@@ -260,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``medsamkit`` command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"evaluate": _cmd_evaluate, "segment": _cmd_segment, "demo": _cmd_demo}
+    handlers = {"evaluate": _cmd_evaluate, "segment": _cmd_segment, "finetune": _cmd_finetune, "demo": _cmd_demo}
     try:
         return handlers[args.command](args)
     except UsageError as exc:

@@ -1,0 +1,476 @@
+"""Decoder-only fine-tuning of SAM-family segmenters (paper 002), with threshold sweep.
+
+Only the mask decoder trains. The image encoder is frozen, so each training and
+validation image is encoded exactly once (or read from the embedding cache) and the
+encodings are reused across epochs: that is what makes fine-tuning fast on a CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "sweep_thresholds"]
+
+LossName = Literal["dicefocal", "dice", "dicece"]
+DEFAULT_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7)
+MODEL_FILE = "model.pth"
+STATE_FILE = "last.pt"
+
+
+class FinetuneConfig(BaseModel):
+    """Settings of a fine-tuning run (saved as ``finetune.json`` in the run folder).
+
+    Attributes:
+        mode: ``"decoder"``: only the mask decoder trains (paper 002).
+        epochs: Maximum number of passes over the training images.
+        lr: Adam learning rate. Paper 002 reports 1e-5 for SAM ViT-B on thousands of
+            images; the default 1e-4 suits tens of images and few epochs.
+        weight_decay: Adam weight decay (paper 002: 0).
+        loss: ``dicefocal`` (MONAI ``DiceFocalLoss``, default), ``dice`` or ``dicece``.
+        batch_size: Images per optimiser step (gradients are accumulated).
+        patience: Stop when validation Dice has not improved for this many epochs
+            (0 disables early stopping).
+        seed: Seed of the shuffling, the prompt jitter and torch.
+        thresholds: Thresholds swept on the validation images after training.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["decoder"] = "decoder"
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    loss: LossName = "dicefocal"
+    batch_size: int = Field(4, ge=1)
+    patience: int = Field(5, ge=0)
+    seed: int = Field(0, ge=0)
+    thresholds: list[float] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` produced.
+
+    Attributes:
+        run_dir: The run folder (``model.pth``, ``pipeline.json``, tables, curve).
+        pipeline: The fine-tuned pipeline (best epoch, swept threshold), ready to use.
+        history: Per epoch ``{"epoch", "train_loss", "val_dice", "seconds"}``.
+        best_epoch: Epoch whose decoder was kept (1-based).
+        best_val_dice: Its validation Dice (None without validation images).
+        threshold: The threshold chosen by the sweep (0.5 without validation images).
+        sweep: ``[{"threshold", "dice"}]`` on the validation images.
+    """
+
+    run_dir: Path
+    pipeline: Any
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_dice: float | None
+    threshold: float
+    sweep: list[dict[str, float]]
+
+
+@dataclass
+class _Item:
+    stem: str
+    features: Any
+    size_hw: tuple[int, int]
+    input_size_hw: tuple[int, int]
+    image: np.ndarray
+    mask: np.ndarray
+    target: Any = None  # (1, L, L) float tensor at the logits' resolution
+
+
+def _loss_fn(name: str) -> Any:
+    from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+
+    if name == "dicefocal":
+        return DiceFocalLoss(sigmoid=True)
+    if name == "dicece":
+        return DiceCELoss(sigmoid=True)
+    return DiceLoss(sigmoid=True)
+
+
+def _check_trainable(segmenter: Any) -> None:
+    needed = ("model", "encode", "decode_logits", "image_size", "device")
+    missing = [n for n in needed if not hasattr(segmenter, n)]
+    if missing or not hasattr(getattr(segmenter, "model", None), "mask_decoder"):
+        raise TypeError(
+            "segmenter: expected a trainable SAM-family segmenter (LiteMedSAM, SAM, HQ-SAM) with "
+            f"model.mask_decoder, encode, decode_logits, image_size and device; {type(segmenter).__name__} "
+            f"lacks {missing or ['model.mask_decoder']}"
+        )
+
+
+def _target_at_logits(mask: np.ndarray, input_size_hw: tuple[int, int], image_size: int, logits_side: int) -> Any:
+    """The reference mask in the logits' frame: resized like the image, padded, then scaled."""
+    import cv2
+    import torch
+
+    scale = logits_side / image_size
+    h = max(1, round(input_size_hw[0] * scale))
+    w = max(1, round(input_size_hw[1] * scale))
+    small = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+    target = np.zeros((logits_side, logits_side), dtype=np.float32)
+    target[:h, :w] = small
+    return torch.from_numpy(target)[None]
+
+
+def _prepare(segmenter: Any, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
+    from tqdm.auto import tqdm
+
+    items = []
+    for sample in tqdm(samples, desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
+        image, mask = sample.load()
+        enc = segmenter.encode(image)
+        items.append(_Item(sample.stem, enc.features, enc.size_hw, enc.input_size_hw, image, mask))
+    return items
+
+
+def _prompts(prompter: Any, item: _Item) -> Any:
+    if getattr(prompter, "requires_target", False):
+        return prompter(item.image, target=item.mask)
+    return prompter(item.image)
+
+
+def _logits(segmenter: Any, item: _Item, prompts: Any) -> tuple[Any, Any]:
+    from ..segmenters._common import prompts_to_model
+
+    prompts = prompts.clipped_to(item.size_hw)
+    boxes, points = prompts_to_model(prompts, item.size_hw, item.input_size_hw, device=segmenter.device)
+    return segmenter.decode_logits(item.features, boxes, points)
+
+
+def _full_probabilities(segmenter: Any, item: _Item, prompts: Any) -> np.ndarray:
+    """``(H, W)`` union probability of all prompts at the input resolution."""
+    import torch
+    import torch.nn.functional as F
+
+    if prompts.n == 0:
+        return np.zeros(item.size_hw, dtype=np.float32)
+    with torch.inference_mode():
+        logits, _ = _logits(segmenter, item, prompts)
+        side = logits.shape[-1]
+        scale = side / segmenter.image_size
+        h = max(1, round(item.input_size_hw[0] * scale))
+        w = max(1, round(item.input_size_hw[1] * scale))
+        logits = logits[..., :h, :w].amax(dim=0, keepdim=True)
+        up = F.interpolate(logits, size=item.size_hw, mode="bilinear", align_corners=False)
+        return torch.sigmoid(up[0, 0]).float().cpu().numpy()
+
+
+def _dice(pred: np.ndarray, target: np.ndarray) -> float:
+    from ..metrics import dice
+
+    return dice(pred, target)
+
+
+def sweep_thresholds(
+    segmenter: Any, items: Sequence[_Item], prompter: Any, thresholds: Sequence[float]
+) -> list[dict[str, float]]:
+    """Mean Dice of each threshold on prepared validation items (probabilities computed once)."""
+    probs = [(_full_probabilities(segmenter, item, _prompts(prompter, item)), item.mask) for item in items]
+    return [
+        {"threshold": float(t), "dice": float(np.mean([_dice(p > t, m) for p, m in probs]))} for t in thresholds
+    ]
+
+
+def _save_curve(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..data import atomic_write_bytes
+
+    fig = Figure(figsize=(7, 4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", color="#d95f02", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    if any(h["val_dice"] is not None for h in history):
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [h["val_dice"] for h in history], "s-", color="#1b9e77", label="validation Dice")
+        ax2.set_ylabel("validation Dice")
+        ax2.legend(loc="lower right")
+    ax.legend(loc="upper right")
+    ax.set_title("fine-tuning learning curve")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(run_dir / "loss_curve.png", buffer.getvalue())
+
+
+def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    from ..data import atomic_write_text
+    from ..evaluation._evaluate import _csv_text_for
+
+    atomic_write_text(run_dir / "history.csv", _csv_text_for(history, ("epoch", "train_loss", "val_dice", "seconds")))
+
+
+def _epoch_prompter(prompter: Any, seed: int, epoch: int) -> Any:
+    """A copy of a seeded prompter with a seed of its own per epoch (fresh jitter every epoch)."""
+    if hasattr(prompter, "seed"):
+        prompter = copy.copy(prompter)
+        prompter.seed = seed * 1000 + epoch
+    return prompter
+
+
+def finetune(
+    segmenter: Any,
+    train: Sequence[Any],
+    val: Sequence[Any] | None = None,
+    *,
+    out_dir: str | Path,
+    prompter: Any = None,
+    eval_prompter: Any = None,
+    config: FinetuneConfig | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> FinetuneResult:
+    """Fine-tune a segmenter's mask decoder on image/mask samples.
+
+    Training prompts come from ``prompter`` (default: oracle boxes with random jitter of
+    up to 10% of each box side, a fresh draw every epoch). The predicted logits of all
+    prompts of an image are combined by a pixel-wise maximum (the pipeline's union) and
+    compared with the whole reference mask. After each epoch the validation Dice is
+    measured with ``eval_prompter`` (default: ``prompter``, jitter-free for box
+    prompters); the best decoder is kept, training stops early after ``patience``
+    epochs without improvement, and the thresholds in ``config.thresholds`` are swept
+    on the validation images.
+
+    The run folder gets: ``model.pth`` (the whole model's state dict, loadable with
+    ``LiteMedSAM(checkpoint=...)``), ``pipeline.json`` (prompter, fine-tuned
+    segmenter, best threshold: ``Pipeline.load(run_dir)``), ``history.csv`` and
+    ``loss_curve.png``, ``threshold_sweep.csv``, ``finetune.json`` and ``last.pt``.
+    Every epoch writes ``last.pt`` atomically; calling ``finetune`` again with the
+    same folder and settings resumes after the last finished epoch.
+
+    Args:
+        segmenter: A trainable segmenter (``LiteMedSAM``, ``SAM``, ``HQSAM``, or one of
+            them in a ``CachedSegmenter``). It is left unchanged; the result's
+            pipeline holds a fine-tuned copy loaded from ``model.pth``.
+        train: Training samples (items with ``stem`` and ``load() -> (image, mask)``,
+            e.g. ``folder.subset(split.train)``).
+        val: Validation samples (early stopping, best epoch, threshold sweep).
+        out_dir: Run folder.
+        prompter: Prompt provider during training.
+        eval_prompter: Prompt provider for validation and the saved pipeline.
+        config: A :class:`FinetuneConfig`; keyword ``overrides`` (``epochs=5``) update it.
+        progress: Show progress bars.
+
+    Returns:
+        A :class:`FinetuneResult`.
+    """
+    import torch
+
+    from ..data import atomic_write_text
+    from ..prompters import OracleBoxPrompter, PerturbedBoxPrompter
+
+    _check_trainable(segmenter)
+    config = (config or FinetuneConfig()).model_copy(update=overrides)
+    config = FinetuneConfig.model_validate(config.model_dump())
+    if len(train) == 0:
+        raise ValueError("train: expected at least one training sample, got none")
+    prompter = prompter or PerturbedBoxPrompter(jitter_fraction=0.1, seed=config.seed)
+    if eval_prompter is None:
+        eval_prompter = OracleBoxPrompter(**_oracle_params(prompter)) if isinstance(prompter, PerturbedBoxPrompter) else prompter
+    run_dir = Path(out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "config": config.model_dump(),
+        "segmenter": getattr(segmenter, "model_id", type(segmenter).__name__),
+        "train": [s.stem for s in train],
+        "val": [s.stem for s in val or []],
+    }
+    record_path = run_dir / "finetune.json"
+    if record_path.is_file() and json.loads(record_path.read_text()) != record:
+        raise ValueError(
+            f"out_dir: {run_dir} holds another fine-tuning run (different settings, data or model); "
+            "use a new folder"
+        )
+    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+
+    torch.manual_seed(config.seed)
+    model = segmenter.model
+    decoder = model.mask_decoder
+    original = copy.deepcopy(decoder.state_dict())
+    try:
+        return _train(segmenter, train, val, run_dir, config, prompter, eval_prompter, progress)
+    finally:
+        # The caller's segmenter is left as it was; the result holds a fine-tuned copy.
+        decoder.load_state_dict(original)
+        decoder.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+
+def _train(
+    segmenter: Any,
+    train: Sequence[Any],
+    val: Sequence[Any] | None,
+    run_dir: Path,
+    config: FinetuneConfig,
+    prompter: Any,
+    eval_prompter: Any,
+    progress: bool,
+) -> FinetuneResult:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .._pipeline import Pipeline
+    from ..data import atomic_write_bytes, atomic_write_text
+
+    model = segmenter.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    decoder = model.mask_decoder
+    for p in decoder.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(
+        [p for p in decoder.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+    loss_fn = _loss_fn(config.loss)
+
+    train_items = _prepare(segmenter, train, "encode train", progress)
+    val_items = _prepare(segmenter, val or [], "encode val", progress)
+
+    history: list[dict[str, Any]] = []
+    best = {"epoch": 0, "dice": -math.inf, "state": copy.deepcopy(decoder.state_dict())}
+    start_epoch = 1
+    state_path = run_dir / STATE_FILE
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=segmenter.device, weights_only=False)
+        decoder.load_state_dict(state["decoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+        best = state["best"]
+        start_epoch = state["epoch"] + 1
+
+    stale = history[-1]["epoch"] - best["epoch"] if history else 0
+    for epoch in range(start_epoch, config.epochs + 1):
+        if config.patience and val_items and stale >= config.patience:
+            break
+        started = time.perf_counter()
+        decoder.train()
+        epoch_prompter = _epoch_prompter(prompter, config.seed, epoch)
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(train_items))
+        losses = []
+        optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(order, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not progress, leave=False)
+        for step, index in enumerate(bar, start=1):
+            item = train_items[index]
+            prompts = _prompts(epoch_prompter, item)
+            if prompts.n == 0:
+                continue
+            logits, _ = _logits(segmenter, item, prompts)
+            if item.target is None:
+                item.target = _target_at_logits(item.mask, item.input_size_hw, segmenter.image_size, logits.shape[-1])
+            combined = logits.amax(dim=0, keepdim=True)  # (1, 1, L, L): union of the prompts
+            loss = loss_fn(combined, item.target[None].to(combined.device))
+            (loss / config.batch_size).backward()
+            losses.append(float(loss.detach()))
+            if step % config.batch_size == 0 or step == len(order):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        decoder.eval()
+        val_dice = None
+        if val_items:
+            with torch.inference_mode():
+                val_dice = float(
+                    np.mean(
+                        [_dice(_full_probabilities(segmenter, it, _prompts(eval_prompter, it)) > 0.5, it.mask) for it in val_items]
+                    )
+                )
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "val_dice": val_dice,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        history.append(row)
+        score = val_dice if val_dice is not None else -float(row["train_loss"] or 0.0)
+        if score > best["dice"]:
+            best = {"epoch": epoch, "dice": score, "state": copy.deepcopy(decoder.state_dict())}
+            stale = 0
+        else:
+            stale += 1
+        buffer = io.BytesIO()
+        torch.save(
+            {"epoch": epoch, "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(), "history": history, "best": best},
+            buffer,
+        )
+        atomic_write_bytes(state_path, buffer.getvalue())
+        _write_history(run_dir, history)
+        _save_curve(run_dir, history)
+        if progress:
+            shown = f", val Dice {val_dice:.4f}" if val_dice is not None else ""
+            tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.4f}{shown}")
+
+    decoder.load_state_dict(best["state"])
+    decoder.eval()
+    for p in decoder.parameters():
+        p.requires_grad_(False)
+    sweep: list[dict[str, float]] = []
+    threshold = 0.5
+    if val_items:
+        sweep = sweep_thresholds(segmenter, val_items, eval_prompter, config.thresholds)
+        threshold = max(sweep, key=lambda r: (r["dice"], -abs(r["threshold"] - 0.5)))["threshold"]
+        from ..evaluation._evaluate import _csv_text_for
+
+        atomic_write_text(run_dir / "threshold_sweep.csv", _csv_text_for(sweep, ("threshold", "dice")))
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write_bytes(run_dir / MODEL_FILE, buffer.getvalue())
+    tuned = _reload(segmenter, run_dir / MODEL_FILE)
+    pipeline = Pipeline(eval_prompter, tuned, threshold=threshold)
+    pipeline.save(run_dir)
+    _relativise_checkpoint(run_dir)
+    best_val = best["dice"] if val_items else None
+    return FinetuneResult(
+        run_dir=run_dir,
+        pipeline=pipeline,
+        history=history,
+        best_epoch=best["epoch"],
+        best_val_dice=best_val,
+        threshold=threshold,
+        sweep=sweep,
+    )
+
+
+def _oracle_params(prompter: Any) -> dict[str, Any]:
+    params = prompter.params()
+    return {"mode": params["mode"], "min_area": params["min_area"]}
+
+
+def _reload(segmenter: Any, checkpoint: Path) -> Any:
+    """The same kind of segmenter, built from the saved fine-tuned weights."""
+    while callable(getattr(type(segmenter), "config_component", None)):
+        segmenter = segmenter.config_component()  # e.g. a CachedSegmenter
+    params = dict(segmenter.params()) if callable(getattr(segmenter, "params", None)) else {}
+    params.pop("module", None)
+    params["checkpoint"] = str(checkpoint)
+    return type(segmenter)(**params)
+
+
+def _relativise_checkpoint(run_dir: Path) -> None:
+    """Store the checkpoint in ``pipeline.json`` relative to the run folder (movable runs)."""
+    from .._pipeline import CONFIG_FILE
+    from ..data import atomic_write_text
+
+    path = run_dir / CONFIG_FILE
+    config = json.loads(path.read_text())
+    config["segmenter"]["params"]["checkpoint"] = MODEL_FILE
+    atomic_write_text(path, json.dumps(config, indent=2) + "\n")

@@ -26,7 +26,8 @@ def longest_side_size_hw(size_hw: tuple[int, int], target_length: int) -> tuple[
     """
     h, w = size_hw
     scale = target_length / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    # At least one pixel: a very elongated image (e.g. 2 x 1200) would otherwise get a zero side.
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 def to_rgb_float(image: np.ndarray, input_size_hw: tuple[int, int]) -> np.ndarray:
@@ -40,20 +41,26 @@ def to_rgb_float(image: np.ndarray, input_size_hw: tuple[int, int]) -> np.ndarra
         input_size_hw: Target ``(height, width)``.
 
     Returns:
-        ``(h, w, 3)`` float32 array (values not yet normalised).
+        ``(h, w, 3)`` float32 array (values not yet normalised), never sharing memory
+        with ``image``.
     """
     import cv2
 
     if image.ndim == 3:
         image = image[..., :3] if image.shape[2] >= 3 else image[..., 0]
     if image.dtype == np.bool_:
-        image = image.astype(np.uint8)
+        # 0/255 rather than 0/1: INTER_AREA rounds to uint8, and 0/1 would lose the partial edges.
+        image = image.view(np.uint8) * np.uint8(255)
     elif image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
         image = image.astype(np.float32)
     h, w = input_size_hw
     if image.shape[:2] != (h, w):
         image = cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_AREA)
-    image = image.astype(np.float32, copy=False)
+        image = image.astype(np.float32, copy=False)
+    else:
+        # Always a copy: the result is normalised in place, and without a resize a float32
+        # input (or a view of it) would otherwise be the caller's own array.
+        image = image.astype(np.float32, copy=True)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     return image

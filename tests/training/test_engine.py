@@ -1,0 +1,175 @@
+"""Decoder-only fine-tuning on real chest X-rays with the real LiteMedSAM weights.
+
+Images are shrunk to 256 px to keep the suite fast; the encoder runs once per image
+(an embedding cache shared by the module's tests).
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import medsamkit as msk
+from medsamkit._cache import CachedSegmenter, EmbeddingCache
+from medsamkit.testing import FakeSegmenter
+from medsamkit.training import FinetuneConfig, finetune
+from medsamkit.training import _engine
+
+N_TRAIN, N_VAL = 6, 3
+
+
+@pytest.fixture(scope="module")
+def small_cxr(tmp_path_factory, shared_data):
+    """Nine Shenzhen radiographs and lung masks shrunk to 256 x 256, as a MaskFolder."""
+    root = tmp_path_factory.mktemp("cxr256")
+    source = msk.MaskFolder(shared_data / "cxr-shenzhen")
+    for sample in source[: N_TRAIN + N_VAL]:
+        image, mask = sample.load()
+        msk.data.write_image(root / "images" / f"{sample.stem}.png", cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA))
+        msk.write_mask(root / "masks" / f"{sample.stem}.png", cv2.resize(mask.astype(np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST))
+    folder = msk.MaskFolder(root)
+    return folder[:N_TRAIN], folder[N_TRAIN:]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return EmbeddingCache(tmp_path_factory.mktemp("emb"))
+
+
+@pytest.fixture()
+def seg(litemedsam, cache):
+    return CachedSegmenter(litemedsam, cache)
+
+
+@pytest.fixture(scope="module")
+def points(small_cxr):
+    train, _ = small_cxr
+    return msk.MeanMaskPointPrompter().fit(train)
+
+
+def _val_dice(pipeline, samples):
+    scores = []
+    for sample in samples:
+        image, mask = sample.load()
+        pred = pipeline(image).mask
+        scores.append(2 * (pred & mask).sum() / (pred.sum() + mask.sum()))
+    return float(np.mean(scores))
+
+
+def test_decoder_finetuning_with_mean_mask_points_beats_zero_shot(seg, small_cxr, points, tmp_path):
+    train, val = small_cxr
+    zero_shot = _val_dice(msk.Pipeline(points, seg), val)
+    before = {k: v.clone() for k, v in seg.model.state_dict().items()}
+    result = finetune(seg, train, val, out_dir=tmp_path / "run", prompter=points, epochs=4, batch_size=2, progress=False)
+    tuned = _val_dice(result.pipeline, val)
+    # LiteMedSAM was trained with boxes: points alone are poor until the decoder learns them.
+    assert tuned > zero_shot + 0.15, (zero_shot, tuned)
+    assert result.best_val_dice == pytest.approx(max(h["val_dice"] for h in result.history))
+    # The caller's segmenter is untouched.
+    after = seg.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # Only the mask decoder changed in the saved weights.
+    saved = torch.load(result.run_dir / "model.pth", weights_only=True)
+    changed = {k.split(".")[0] for k in saved if not torch.equal(saved[k], before[k])}
+    assert changed == {"mask_decoder"}
+
+
+def test_run_folder_outputs_rebuild_the_pipeline(seg, small_cxr, points, tmp_path):
+    train, val = small_cxr
+    result = finetune(seg, train, val, out_dir=tmp_path / "run", prompter=points, epochs=1, progress=False,
+                      thresholds=[0.4, 0.5, 0.6])
+    run = result.run_dir
+    for name in ("model.pth", "pipeline.json", "prompter.npz", "history.csv", "loss_curve.png", "threshold_sweep.csv", "last.pt"):
+        assert (run / name).is_file(), name
+    sweep = (run / "threshold_sweep.csv").read_text().splitlines()
+    assert sweep[0] == "threshold,dice" and len(sweep) == 4
+    assert result.threshold == max(result.sweep, key=lambda r: r["dice"])["threshold"]
+    loaded = msk.Pipeline.load(run)
+    assert loaded.threshold == result.threshold
+    image, _ = val[0].load()
+    np.testing.assert_array_equal(loaded(image).mask, result.pipeline(image).mask)
+    assert cv2.imread(str(run / "loss_curve.png")) is not None
+
+
+def test_each_image_is_encoded_once(litemedsam, small_cxr, points, tmp_path, monkeypatch):
+    train, val = small_cxr
+    calls = []
+    real = litemedsam.encode
+    monkeypatch.setattr(litemedsam, "encode", lambda image: calls.append(1) or real(image))
+    finetune(litemedsam, train[:2], val[:1], out_dir=tmp_path / "run", prompter=points, epochs=3, progress=False)
+    assert len(calls) == 3
+
+
+def test_interrupted_run_resumes_after_the_last_finished_epoch(seg, small_cxr, points, tmp_path, monkeypatch):
+    train, val = small_cxr
+    kwargs = dict(out_dir=tmp_path / "run", prompter=points, epochs=2, patience=0, progress=False)
+    real_curve = _engine._save_curve
+
+    def stop_after_first_epoch(run_dir, history):
+        real_curve(run_dir, history)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_engine, "_save_curve", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(seg, train[:3], val[:1], **kwargs)
+    first = json.loads(json.dumps(torch.load(tmp_path / "run" / "last.pt", weights_only=False)["history"]))
+    assert [h["epoch"] for h in first] == [1]
+    monkeypatch.setattr(_engine, "_save_curve", real_curve)
+    result = finetune(seg, train[:3], val[:1], **kwargs)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert result.history[0] == first[0]
+
+
+def test_other_settings_in_the_same_folder_are_refused(seg, small_cxr, points, tmp_path):
+    train, val = small_cxr
+    finetune(seg, train[:2], None, out_dir=tmp_path / "run", prompter=points, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="out_dir"):
+        finetune(seg, train[:2], None, out_dir=tmp_path / "run", prompter=points, epochs=1, lr=1e-3, progress=False)
+
+
+@pytest.mark.parametrize("loss", ["dice", "dicece"])
+def test_other_losses_train(seg, small_cxr, tmp_path, loss):
+    train, _ = small_cxr
+    result = finetune(seg, train[:2], None, out_dir=tmp_path / loss, epochs=1, loss=loss, progress=False)
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert result.threshold == 0.5 and result.sweep == []
+
+
+def test_default_prompts_are_jittered_oracle_boxes_with_fresh_jitter_per_epoch(small_cxr):
+    train, _ = small_cxr
+    image, mask = train[0].load()
+    base = msk.PerturbedBoxPrompter(jitter_fraction=0.1, seed=0)
+    one = _engine._epoch_prompter(base, 0, 1)(image, target=mask).box_xyxy
+    two = _engine._epoch_prompter(base, 0, 2)(image, target=mask).box_xyxy
+    again = _engine._epoch_prompter(base, 0, 1)(image, target=mask).box_xyxy
+    assert not np.allclose(one, two)
+    np.testing.assert_array_equal(one, again)
+    assert base.seed == 0
+
+
+def test_bad_input(seg, small_cxr, tmp_path):
+    train, _ = small_cxr
+    with pytest.raises(TypeError, match="segmenter"):
+        finetune(FakeSegmenter(), train, out_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match="train"):
+        finetune(seg, [], out_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match="epochs"):
+        finetune(seg, train, out_dir=tmp_path / "c", epochs=0)
+    with pytest.raises(ValueError, match="loss"):
+        FinetuneConfig(loss="bce")
+
+
+def test_target_in_the_logits_frame_is_resized_and_padded():
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[:, :100] = True  # left half
+    # LiteMedSAM frame: 200 -> 256 wide, 100 -> 128 high; logits at 256: same frame.
+    target = _engine._target_at_logits(mask, (128, 256), 256, 256)[0].numpy()
+    assert target.shape == (256, 256)
+    assert target[:128, :128].all() and not target[:128, 128:].any() and not target[128:].any()
+    # SAM frame: input 1024, logits 256 -> a quarter.
+    target = _engine._target_at_logits(mask, (512, 1024), 1024, 256)[0].numpy()
+    assert target[:128, :128].all() and not target[:, 128:].any() and not target[128:].any()

@@ -38,6 +38,8 @@ _EXPORTS = {
     "PerturbedBoxPrompter": ".prompters",
     "MeanMaskPointPrompter": ".prompters",
     "FixedPrompter": ".prompters",
+    "EmbeddingHeadPrompter": ".prompters",
+    "YOLOBoxPrompter": ".prompters",
     # segmenters and registry
     "LiteMedSAM": ".segmenters",
     "SAM": ".segmenters",
@@ -111,5 +113,5 @@ if TYPE_CHECKING:  # pragma: no cover
         write_mask,
     )
     from .evaluation import EvaluationReport, SegmentReport, evaluate, segment_images
-    from .prompters import FixedPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
+    from .prompters import EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
     from .segmenters import HQSAM, SAM, LiteMedSAM

@@ -44,15 +44,17 @@ def mask_to_xyxy(mask: np.ndarray) -> np.ndarray | None:
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
 
 
-def component_boxes_xyxy(mask: np.ndarray, *, min_area: int = 0) -> np.ndarray:
+def component_boxes_xyxy(mask: np.ndarray, *, min_area: int = 0, keep_largest: bool = True) -> np.ndarray:
     """One tight box per 8-connected component, largest component first.
 
-    Components smaller than ``min_area`` pixels are dropped, except that the
-    largest component is always kept so a small but real structure still gets a box.
+    Components smaller than ``min_area`` pixels are dropped, except that with
+    ``keep_largest`` the largest component is always kept, so a small but real
+    structure of a reference mask still gets a box.
 
     Args:
         mask: ``(H, W)`` mask, non-zero = foreground.
         min_area: Minimum component area in pixels.
+        keep_largest: Keep the largest component even when it is below ``min_area``.
 
     Returns:
         ``(N, 4)`` float32 boxes; ``N = 0`` for an empty mask.
@@ -65,7 +67,9 @@ def component_boxes_xyxy(mask: np.ndarray, *, min_area: int = 0) -> np.ndarray:
         return np.zeros((0, 4), dtype=np.float32)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     order = np.argsort(-areas, kind="stable")
-    keep = [i for i in order if areas[i] >= min_area] or [order[0]]
+    keep = [i for i in order if areas[i] >= min_area] or ([order[0]] if keep_largest else [])
+    if not keep:
+        return np.zeros((0, 4), dtype=np.float32)
     slices = ndimage.find_objects(labels)
     boxes = [
         (slices[i][1].start, slices[i][0].start, slices[i][1].stop - 1, slices[i][0].stop - 1) for i in keep

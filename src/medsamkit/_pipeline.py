@@ -19,7 +19,6 @@ __all__ = ["ComponentConfig", "Pipeline", "PipelineConfig"]
 
 Combine = Literal["union", "best"]
 CONFIG_FILE = "pipeline.json"
-PROMPTER_STATE_FILE = "prompter.npz"
 
 
 class ComponentConfig(BaseModel):
@@ -133,12 +132,20 @@ class Pipeline:
         kwargs.update(changes)
         return Pipeline(kwargs.pop("prompter"), kwargs.pop("segmenter"), **kwargs)
 
-    def prompts_for(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
-        """The prompt provider's prompts for ``image``."""
+    def prompts_for(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
+        """The prompt provider's prompts for ``image``.
+
+        ``target`` goes to providers with ``requires_target``; ``encoding`` to providers
+        with ``uses_encoding`` (they read the segmenter's embedding).
+        """
+        kwargs: dict[str, Any] = {}
         if self.prompter.requires_target:
-            prompts = self.prompter(image, target=target)
-        else:
-            prompts = self.prompter(image)
+            kwargs["target"] = target
+        if getattr(self.prompter, "uses_encoding", False):
+            kwargs["encoding"] = encoding
+        prompts = self.prompter(image, **kwargs)
         if not isinstance(prompts, Prompts):
             raise TypeError(f"prompter: expected it to return Prompts, got {type(prompts).__name__}")
         return prompts
@@ -167,7 +174,12 @@ class Pipeline:
         size_hw = image.shape[:2]
         if target is not None:
             target = as_mask(target, name="target", size_hw=size_hw)
-        if prompts is None:
+        if prompts is None and getattr(self.prompter, "uses_encoding", False):
+            # A provider reading the segmenter's embedding: encode first, once, and share it.
+            if encoding is None:
+                encoding = self.segmenter.encode(image)
+            prompts = self.prompts_for(image, target=target, encoding=encoding)
+        elif prompts is None:
             prompts = self.prompts_for(image, target=target)
         if prompts.n == 0:
             empty = np.zeros(size_hw, dtype=bool)
@@ -257,8 +269,9 @@ class Pipeline:
         directory.mkdir(parents=True, exist_ok=True)
         config = self.config
         if callable(getattr(self.prompter, "save", None)):
-            self.prompter.save(directory / PROMPTER_STATE_FILE)
-            config.prompter.params["state"] = PROMPTER_STATE_FILE
+            state_file = "prompter" + getattr(self.prompter, "state_suffix", ".npz")
+            self.prompter.save(directory / state_file)
+            config.prompter.params["state"] = state_file
         path = directory / CONFIG_FILE
         atomic_write_text(path, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
         return path

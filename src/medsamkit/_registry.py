@@ -47,6 +47,27 @@ def _mean_mask(*, state: str | Path | None = None, **params: Any) -> Any:
     return prompter
 
 
+def _embedding_head(*, state: str | Path | None = None, **params: Any) -> Any:
+    from .prompters import EmbeddingHeadPrompter
+
+    if state is None:
+        raise ValueError(
+            "state: the 'embedding-head' prompter must be fitted; give the .pt saved by "
+            "EmbeddingHeadPrompter.save() (CLI: --prompter-state PATH)"
+        )
+    prompter = EmbeddingHeadPrompter.load(state)
+    for key, value in params.items():
+        if getattr(prompter, key, None) != value:
+            raise ValueError(f"{key}: the saved prompter {state} has {getattr(prompter, key, None)!r}, the config {value!r}")
+    return prompter
+
+
+def _yolo_box(**params: Any) -> Any:
+    from .prompters._yolo import build_yolo_box_prompter  # weights=PATH (.pt) or state=PATH (.npz)
+
+    return build_yolo_box_prompter(**params)
+
+
 def _fixed(*, prompts: dict[str, Any]) -> Any:
     from ._types import Prompts
     from .prompters import FixedPrompter
@@ -94,6 +115,8 @@ PROMPTERS: dict[str, Callable[..., Any]] = {
     "oracle-box": _oracle,
     "perturbed-box": _perturbed,
     "mean-mask-points": _mean_mask,
+    "embedding-head": _embedding_head,
+    "yolo-box": _yolo_box,
     "fixed": _fixed,
 }
 """Prompt provider builders by name."""
@@ -121,6 +144,8 @@ _CLASS_NAMES = {
     "PerturbedBoxPrompter": "perturbed-box",
     "MeanMaskPointPrompter": "mean-mask-points",
     "FixedPrompter": "fixed",
+    "EmbeddingHeadPrompter": "embedding-head",
+    "YOLOBoxPrompter": "yolo-box",
     "LiteMedSAM": "litemedsam",
     "FakeSegmenter": "fake",
 }

@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["build_parser", "main"]
 
-PROMPTER_CHOICES = ("oracle-box", "perturbed-box", "mean-mask-points", "fixed")
+PROMPTER_CHOICES = ("oracle-box", "perturbed-box", "mean-mask-points", "yolo-box", "embedding-head", "fixed")
 SEGMENTER_CHOICES = (
     "litemedsam",
     "sam-vit-b",
@@ -45,7 +45,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--margin", type=float, default=0.0, help="perturbed-box: pixels added to every box side")
     group.add_argument("--jitter", type=float, default=0.0, help="perturbed-box: max random shift of each box coordinate in pixels")
     group.add_argument("--seed", type=int, default=0, help="perturbed-box: jitter seed (default: 0)")
-    group.add_argument("--prompter-state", type=Path, help="mean-mask-points: .npz saved by MeanMaskPointPrompter.save()")
+    group.add_argument("--prompter-state", type=Path, help="mean-mask-points, yolo-box, embedding-head: the file saved by the prompter's save() (or medsamkit fit-prompter)")
     group.add_argument("--fit-masks", type=Path, help="mean-mask-points: fit on the masks of this MaskFolder instead of --prompter-state")
     group.add_argument("--box", type=float, nargs=4, action="append", metavar=("X0", "Y0", "X1", "Y1"), help="fixed: a box in pixels (repeatable)")
     group.add_argument("--keep-largest", type=int, metavar="N", help="post-process: keep the N largest components")
@@ -63,6 +63,63 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="process only the first N images in sorted order")
     parser.add_argument("--overlays", type=int, default=6, help="number of overlay pictures (default: 6)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``finetune`` and ``crossval``."""
+    parser.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter to fine-tune (default: litemedsam)")
+    parser.add_argument("--checkpoint", type=Path, help="starting weights (default: the bundled LiteMedSAM weights)")
+    parser.add_argument("--mode", choices=("decoder", "lora"), default="decoder",
+                        help="what trains: decoder (the mask decoder, default) or lora (LoRA adapters on the image encoder's qkv layers; needs peft)")
+    parser.add_argument("--lora-rank", type=int, default=8, help="lora: adapter rank (default: 8)")
+    parser.add_argument("--train-decoder", action="store_true", help="lora: also train the mask decoder")
+    parser.add_argument("--prompter", choices=("mean-mask-points", "perturbed-box"), default="mean-mask-points",
+                        help="training prompts: mean-mask points fitted on the training split (default) or jittered oracle boxes")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="validation share for early stopping and the threshold sweep (default: 0.2)")
+    parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: 20)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default: 1e-4 for decoder, 1e-3 for lora)")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default: 0)")
+    parser.add_argument("--loss", choices=("dicefocal", "dice", "dicece"), default="dicefocal", help="loss (default: dicefocal)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per optimiser step (default: 4)")
+    parser.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs, 0 = off (default: 5)")
+    parser.add_argument("--seed", type=int, default=0, help="split, shuffling and jitter seed (default: 0)")
+    parser.add_argument("--limit", type=int, help="use only the first N images of DATA_DIR in sorted order")
+    parser.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: $MEDSAMKIT_CACHE_DIR or ~/.cache/medsamkit/embeddings)")
+    parser.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _training_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """FinetuneConfig settings from the shared training options (seed excluded)."""
+    overrides: dict[str, Any] = {
+        "mode": args.mode,
+        "epochs": args.epochs,
+        "lr": args.lr if args.lr is not None else (1e-3 if args.mode == "lora" else 1e-4),
+        "weight_decay": args.weight_decay,
+        "loss": args.loss,
+        "batch_size": args.batch_size,
+        "patience": args.patience,
+    }
+    if args.mode == "lora":
+        overrides.update(lora_rank=args.lora_rank, train_decoder=args.train_decoder)
+    elif args.train_decoder or args.lora_rank != 8:
+        raise UsageError("--lora-rank and --train-decoder need --mode lora")
+    return overrides
+
+
+def _training_segmenter(args: argparse.Namespace) -> Any:
+    """The segmenter to fine-tune, in the embedding cache unless --no-cache (or the fake one)."""
+    from .._registry import load_segmenter
+
+    params: dict[str, Any] = {}
+    if args.checkpoint is not None:
+        params["checkpoint"] = args.checkpoint
+    segmenter = load_segmenter(args.segmenter, **params)
+    if not args.no_cache and args.segmenter != "fake":
+        from .._cache import CachedSegmenter, EmbeddingCache
+
+        segmenter = CachedSegmenter(segmenter, EmbeddingCache(args.cache_dir))
+    return segmenter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,29 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(sg)
     _add_pipeline_options(sg)
 
-    ft = sub.add_parser("finetune", help="fine-tune the segmenter's mask decoder on a folder, sweep the threshold, evaluate")
+    ft = sub.add_parser("finetune", help="fine-tune the segmenter (mask decoder or LoRA) on a folder, sweep the threshold, evaluate")
     ft.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with images/ and masks/")
     ft.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder (resumes if it holds this run)")
-    ft.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter to fine-tune (default: litemedsam)")
-    ft.add_argument("--checkpoint", type=Path, help="starting weights (default: the bundled LiteMedSAM weights)")
-    ft.add_argument("--mode", choices=("decoder",), default="decoder", help="what trains (default: decoder: only the mask decoder)")
-    ft.add_argument("--prompter", choices=("mean-mask-points", "perturbed-box"), default="mean-mask-points",
-                    help="training prompts: mean-mask points fitted on the training split (default) or jittered oracle boxes")
-    ft.add_argument("--val-fraction", type=float, default=0.2, help="validation share for early stopping and the threshold sweep (default: 0.2)")
     ft.add_argument("--test-fraction", type=float, default=0.2, help="held-out test share, evaluated zero-shot and fine-tuned (default: 0.2)")
-    ft.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: 20)")
-    ft.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: 1e-4)")
-    ft.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default: 0)")
-    ft.add_argument("--loss", choices=("dicefocal", "dice", "dicece"), default="dicefocal", help="loss (default: dicefocal)")
-    ft.add_argument("--batch-size", type=int, default=4, help="images per optimiser step (default: 4)")
-    ft.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs, 0 = off (default: 5)")
-    ft.add_argument("--seed", type=int, default=0, help="split, shuffling and jitter seed (default: 0)")
-    ft.add_argument("--limit", type=int, help="use only the first N images of DATA_DIR in sorted order")
+    _add_training_options(ft)
     ft.add_argument("--eval-data", type=Path, action="append", default=[], metavar="DIR",
                     help="also evaluate the fine-tuned pipeline on this whole folder (cross-dataset; repeatable)")
-    ft.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: $MEDSAMKIT_CACHE_DIR or ~/.cache/medsamkit/embeddings)")
-    ft.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
-    ft.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    cv = sub.add_parser("crossval", help="k-fold cross-validation: fine-tune on each fold, evaluate its held-out images zero-shot and fine-tuned")
+    cv.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with images/ and masks/")
+    cv.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder (finished folds are skipped when run again)")
+    cv.add_argument("--k", type=int, default=5, help="number of folds (default: 5)")
+    _add_training_options(cv)
 
     demo = sub.add_parser("demo", help="run the main job on sample data with the bundled LiteMedSAM")
     demo.add_argument("--data", type=Path, help=f"a shared data folder holding {', '.join(DEMO_SETS)} (default: $MEDSAMKIT_DATA or the nearest shared/data above the working directory)")
@@ -142,6 +189,13 @@ def _pipeline_from_args(args: argparse.Namespace) -> Any:
             prompter = MeanMaskPointPrompter.load(args.prompter_state)
         else:
             raise UsageError("--prompter mean-mask-points needs --prompter-state FILE.npz or --fit-masks TRAIN_DIR")
+    elif args.prompter in ("yolo-box", "embedding-head"):
+        if args.prompter_state is None:
+            raise UsageError(
+                f"--prompter {args.prompter} needs --prompter-state FILE (saved by the prompter's save(); "
+                "fit one with: medsamkit fit-prompter TRAIN_DIR --prompter ... --out FILE)"
+            )
+        prompter = build_prompter(args.prompter, state=args.prompter_state)
     else:
         if not args.box:
             raise UsageError("--prompter fixed needs at least one --box X0 Y0 X1 Y1")
@@ -245,12 +299,13 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     import json
 
     from .. import Pipeline
-    from .._registry import load_segmenter
+    from .._cache import CachedSegmenter
     from ..data import MaskFolder, atomic_write_text, train_val_test_split
     from ..evaluation import evaluate
     from ..training import finetune
     from ..prompters import MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
 
+    overrides = _training_overrides(args)
     folder = MaskFolder(args.data_dir)
     if args.limit is not None:
         folder = folder.limit(args.limit)
@@ -258,10 +313,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "split.json", json.dumps(split.to_dict(), indent=2) + "\n")
     print(f"split (seed {args.seed}): {len(split.train)} train, {len(split.val)} val, {len(split.test)} test")
-    params: dict[str, Any] = {}
-    if args.checkpoint is not None:
-        params["checkpoint"] = args.checkpoint
-    segmenter = load_segmenter(args.segmenter, **params)
+    segmenter = _training_segmenter(args)
     progress = not args.no_progress
     if args.prompter == "mean-mask-points":
         prompter = MeanMaskPointPrompter().fit(folder.subset(split.train), progress=progress)
@@ -269,10 +321,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     else:
         prompter = PerturbedBoxPrompter(jitter_fraction=0.1, seed=args.seed)
         eval_prompter = OracleBoxPrompter()
-    if not args.no_cache and args.segmenter != "fake":
-        from .._cache import CachedSegmenter, EmbeddingCache
-
-        segmenter = CachedSegmenter(segmenter, EmbeddingCache(args.cache_dir))
     zero_shot = Pipeline(eval_prompter, segmenter)
     result = finetune(
         segmenter,
@@ -282,18 +330,13 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         prompter=prompter,
         eval_prompter=eval_prompter,
         progress=progress,
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        loss=args.loss,
-        batch_size=args.batch_size,
-        patience=args.patience,
         seed=args.seed,
+        **overrides,
     )
     shown = "-" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
     print(f"best epoch {result.best_epoch} (val Dice {shown}), threshold {result.threshold}")
     tuned = result.pipeline
-    if not args.no_cache and args.segmenter != "fake":
+    if isinstance(segmenter, CachedSegmenter):
         tuned = tuned.replace(segmenter=CachedSegmenter(tuned.segmenter, segmenter.cache))
     failed = 0
     lines = []
@@ -317,6 +360,34 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             print(f"{label:<44} {d['n']:>6} {mean:>10} {std:>7}")
     print(f"run folder: {args.out.resolve()}  (evaluate again with: medsamkit evaluate DATA --pipeline {args.out})")
     return 1 if failed else 0
+
+
+def _cmd_crossval(args: argparse.Namespace) -> int:
+    from ..data import MaskFolder
+    from ..training import crossval
+
+    overrides = _training_overrides(args)
+    folder = MaskFolder(args.data_dir)
+    if args.limit is not None:
+        folder = folder.limit(args.limit)
+    result = crossval(
+        lambda: _training_segmenter(args),
+        folder,
+        k=args.k,
+        out_dir=args.out,
+        prompter=args.prompter,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        progress=not args.no_progress,
+        **overrides,
+    )
+    print(result)
+    print(f"tables and box plot: {args.out.resolve()} (crossval.csv, crossval.json, crossval_boxplot.png)")
+    failed = sum(f["settings"][s]["n_errors"] for f in result.folds for s in f["settings"])
+    if failed:
+        print(f"medsamkit: {failed} held-out evaluation(s) failed; see fold_*/*/metrics.csv", file=sys.stderr)
+        return 1
+    return 0
 
 
 def find_shared_data(start: Path | None = None) -> Path | None:
@@ -371,13 +442,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``medsamkit`` command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"evaluate": _cmd_evaluate, "segment": _cmd_segment, "finetune": _cmd_finetune, "demo": _cmd_demo}
+    handlers = {
+        "evaluate": _cmd_evaluate,
+        "segment": _cmd_segment,
+        "finetune": _cmd_finetune,
+        "crossval": _cmd_crossval,
+        "demo": _cmd_demo,
+    }
     try:
         return handlers[args.command](args)
     except UsageError as exc:
         print(f"medsamkit: error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, ValueError, TypeError) as exc:  # OSError: e.g. an unreadable --fit-masks mask
+    except (OSError, ValueError, TypeError, ImportError) as exc:  # OSError: e.g. an unreadable --fit-masks mask; ImportError: an optional package (peft, segment-anything)
         print(f"medsamkit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,7 +1,19 @@
 """Prompt providers: where to segment, as boxes or points."""
 
+from ._embedding_head import EmbeddingHeadPrompter
 from ._fixed import FixedPrompter
 from ._mean_mask import MeanMaskPointPrompter
 from ._oracle import OracleBoxPrompter, PerturbedBoxPrompter
+from ._yolo import YOLOBoxPrompter, YOLOSegmenter, configure_ultralytics_offline, masks_to_yolo_dataset
 
-__all__ = ["FixedPrompter", "MeanMaskPointPrompter", "OracleBoxPrompter", "PerturbedBoxPrompter"]
+__all__ = [
+    "EmbeddingHeadPrompter",
+    "FixedPrompter",
+    "MeanMaskPointPrompter",
+    "OracleBoxPrompter",
+    "PerturbedBoxPrompter",
+    "YOLOBoxPrompter",
+    "YOLOSegmenter",
+    "configure_ultralytics_offline",
+    "masks_to_yolo_dataset",
+]

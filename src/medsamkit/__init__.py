@@ -73,6 +73,9 @@ _EXPORTS = {
     "EvaluationReport": ".evaluation",
     "segment_images": ".evaluation",
     "SegmentReport": ".evaluation",
+    "compare_prompters": ".evaluation",
+    "box_margin_study": ".evaluation",
+    "StudyReport": ".evaluation",
 }
 
 __all__ = sorted([*_EXPORTS, "metrics", "testing", "__version__"])
@@ -112,6 +115,14 @@ if TYPE_CHECKING:  # pragma: no cover
         train_val_test_split,
         write_mask,
     )
-    from .evaluation import EvaluationReport, SegmentReport, evaluate, segment_images
+    from .evaluation import (
+        EvaluationReport,
+        SegmentReport,
+        StudyReport,
+        box_margin_study,
+        compare_prompters,
+        evaluate,
+        segment_images,
+    )
     from .prompters import EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
     from .segmenters import HQSAM, SAM, LiteMedSAM

@@ -2,5 +2,17 @@
 
 from ._evaluate import CSV_COLUMNS, EvaluationReport, evaluate
 from ._segment import SegmentReport, segment_images
+from ._studies import DETECTION_CLASSES, StudyReport, box_margin_study, compare_prompters, detection_class
 
-__all__ = ["CSV_COLUMNS", "EvaluationReport", "SegmentReport", "evaluate", "segment_images"]
+__all__ = [
+    "CSV_COLUMNS",
+    "DETECTION_CLASSES",
+    "EvaluationReport",
+    "SegmentReport",
+    "StudyReport",
+    "box_margin_study",
+    "compare_prompters",
+    "detection_class",
+    "evaluate",
+    "segment_images",
+]

@@ -159,6 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--k", type=int, default=5, help="number of folds (default: 5)")
     _add_training_options(cv)
 
+    cp = sub.add_parser("compare", help="evaluate the same images with several prompt providers (detector misses vs segmentation error)")
+    cp.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with images/ and masks/")
+    cp.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="study folder (resumable)")
+    cp.add_argument("--with", dest="providers", action="append", required=True, metavar="NAME[:KEY=VALUE,...]",
+                    help="a prompt provider, e.g. oracle-box, perturbed-box:margin=10, embedding-head:state=head.pt, "
+                    "yolo-box:state=yolo.npz, mean-mask-points:state=points.npz (repeatable)")
+    cp.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter (default: litemedsam)")
+    cp.add_argument("--checkpoint", type=Path, help="segmenter weights")
+    cp.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
+    cp.add_argument("--limit", type=int, help="only the first N images in sorted order")
+    cp.add_argument("--cache-dir", type=Path, help="embedding cache folder")
+    cp.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
+    cp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    bm = sub.add_parser("box-margins", help="Dice of oracle boxes grown by several margins (paper 000, Figure 1)")
+    bm.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with images/ and masks/")
+    bm.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="study folder (resumable)")
+    bm.add_argument("--margins", type=float, nargs="+", default=[0, 5, 10, 20, 30], help="pixels per side (default: 0 5 10 20 30)")
+    bm.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter (default: litemedsam)")
+    bm.add_argument("--checkpoint", type=Path, help="segmenter weights")
+    bm.add_argument("--limit", type=int, help="only the first N images in sorted order")
+    bm.add_argument("--cache-dir", type=Path, help="embedding cache folder")
+    bm.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
+    bm.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
     demo = sub.add_parser("demo", help="run the main job on sample data with the bundled LiteMedSAM")
     demo.add_argument("--data", type=Path, help=f"a shared data folder holding {', '.join(DEMO_SETS)} (default: $MEDSAMKIT_DATA or the nearest shared/data above the working directory)")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
@@ -390,6 +415,67 @@ def _cmd_crossval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _provider_from_spec(spec: str) -> Any:
+    """``name[:key=value,...]`` -> a prompt provider built by the registry."""
+    from .._registry import build_prompter
+
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise UsageError(f"--with {spec}: expected KEY=VALUE after the provider name, got {part!r}")
+        params[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return build_prompter(name.strip(), **params)
+
+
+def _study_segmenter(args: argparse.Namespace) -> Any:
+    from .._cache import CachedSegmenter, EmbeddingCache
+    from .._registry import load_segmenter
+
+    params: dict[str, Any] = {}
+    if args.checkpoint is not None:
+        params["checkpoint"] = args.checkpoint
+    segmenter = load_segmenter(args.segmenter, **params)
+    return segmenter if args.no_cache else CachedSegmenter(segmenter, EmbeddingCache(args.cache_dir))
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ..data import MaskFolder
+    from ..evaluation import compare_prompters
+
+    providers = {spec: _provider_from_spec(spec) for spec in args.providers}
+    report = compare_prompters(
+        _study_segmenter(args), MaskFolder(args.data_dir), providers, out_dir=args.out, limit=args.limit,
+        threshold=args.threshold, progress=not args.no_progress,
+    )
+    print(report)
+    print(f"results: {report.out_dir}")
+    return 1 if any(r["errors"] for r in report.table) else 0
+
+
+def _cmd_box_margins(args: argparse.Namespace) -> int:
+    from ..data import MaskFolder
+    from ..evaluation import box_margin_study
+
+    report = box_margin_study(
+        _study_segmenter(args), MaskFolder(args.data_dir), out_dir=args.out, margins=args.margins, limit=args.limit,
+        progress=not args.no_progress,
+    )
+    print(report)
+    print(f"results: {report.out_dir}")
+    return 1 if any(r["errors"] for r in report.table) else 0
+
+
 def find_shared_data(start: Path | None = None) -> Path | None:
     """``$MEDSAMKIT_DATA``, else the nearest ``shared/data`` in the working directory or above."""
     env = os.environ.get("MEDSAMKIT_DATA")
@@ -445,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "evaluate": _cmd_evaluate,
         "segment": _cmd_segment,
-        "finetune": _cmd_finetune,
+        "finetune": _cmd_finetune, "compare": _cmd_compare, "box-margins": _cmd_box_margins,
         "crossval": _cmd_crossval,
         "demo": _cmd_demo,
     }

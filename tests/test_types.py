@@ -79,10 +79,13 @@ class TestPromptsConstruction:
         with pytest.raises(ValueError, match=r"^point_labels: expected shape \(1, 2\).*got shape \(1, 3\)"):
             Prompts(points_xy=np.zeros((1, 2, 2)), point_labels=np.ones((1, 3)))
 
-    @pytest.mark.parametrize("label", [2, -1, 0.5])
+    @pytest.mark.parametrize("label", [2, -2, 0.5])
     def test_label_values(self, label):
-        with pytest.raises(ValueError, match=r"^point_labels: expected 1 \(foreground\) or 0 \(background\)"):
+        with pytest.raises(ValueError, match=r"^point_labels: expected 1 \(foreground\), 0 \(background\) or -1 \(padding\)"):
             Prompts(points_xy=np.zeros((1, 2, 2)), point_labels=[[1, label]])
+
+    def test_padding_label(self):
+        assert Prompts(points_xy=np.zeros((1, 2, 2)), point_labels=[[1, -1]]).point_labels.tolist() == [[1, -1]]
 
     def test_labels_without_points(self):
         with pytest.raises(ValueError, match=r"^point_labels: given without points_xy"):

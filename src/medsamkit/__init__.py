@@ -39,6 +39,7 @@ _EXPORTS = {
     "MeanMaskPointPrompter": ".prompters",
     "FixedPrompter": ".prompters",
     "EmbeddingHeadPrompter": ".prompters",
+    "BoxesWithPointsPrompter": ".prompters",
     "YOLOBoxPrompter": ".prompters",
     # segmenters and registry
     "LiteMedSAM": ".segmenters",
@@ -124,5 +125,5 @@ if TYPE_CHECKING:  # pragma: no cover
         evaluate,
         segment_images,
     )
-    from .prompters import EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
+    from .prompters import BoxesWithPointsPrompter, EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
     from .segmenters import HQSAM, SAM, LiteMedSAM

@@ -46,8 +46,10 @@ class Prompts:
             input-image pixels, or None.
         points_xy: ``(N, P, 2)`` float32 point coordinates ``(x, y)`` in
             input-image pixels, or None.
-        point_labels: ``(N, P)`` int64 labels, 1 = foreground, 0 = background.
-            Defaults to all foreground when points are given without labels.
+        point_labels: ``(N, P)`` int64 labels, 1 = foreground, 0 = background,
+            -1 = padding (not a point: lets prompts with fewer points share one
+            batch, as in SAM's prompt encoder). Defaults to all foreground when
+            points are given without labels.
     """
 
     box_xyxy: np.ndarray | None = None
@@ -76,9 +78,10 @@ class Prompts:
                     f"point_labels: expected shape {points.shape[:2]} to match points_xy, "
                     f"got shape {labels.shape}"
                 )
-            if not np.isin(labels, (0, 1)).all():
+            if not np.isin(labels, (-1, 0, 1)).all():
                 raise ValueError(
-                    f"point_labels: expected 1 (foreground) or 0 (background), got {np.unique(labels)}"
+                    "point_labels: expected 1 (foreground), 0 (background) or -1 (padding), "
+                    f"got {np.unique(labels)}"
                 )
             labels = labels.astype(np.int64)
         elif labels is not None:
@@ -140,6 +143,7 @@ class Prompts:
             bad = (points[..., 0] < -0.5) | (points[..., 0] > w - 0.5) | (points[..., 1] < -0.5) | (
                 points[..., 1] > h - 0.5
             )
+            bad &= self.point_labels != -1  # padding is not a point
             if bad.any():
                 raise ValueError(
                     f"{name}.points_xy: expected points inside the {w}x{h} (WxH) image, "

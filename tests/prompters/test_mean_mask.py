@@ -109,7 +109,7 @@ class TestFitAndCall:
         prompts = fitted(points_per_component=1)(np.zeros((64, 64)))
         assert prompts.points_xy.shape == (2, 1, 2)
 
-    def test_short_group_padded_with_its_last_point(self):
+    def test_short_group_padded_with_not_a_point_labels(self):
         masks = []
         for _ in range(3):
             mask = np.zeros((64, 64), bool)
@@ -117,11 +117,12 @@ class TestFitAndCall:
             mask[50, 50:52] = True  # a 2-pixel region: only two points fit
             masks.append(mask)
         prompter = MeanMaskPointPrompter(grid_size=64, min_area_fraction=0.0).fit(masks)
-        points = prompter(np.zeros((64, 64))).points_xy
+        prompts = prompter(np.zeros((64, 64)))
+        points, labels = prompts.points_xy, prompts.point_labels
         assert points.shape == (2, 3, 2)
-        small = points[1]
+        assert labels[0].tolist() == [1, 1, 1] and labels[1].tolist() == [1, 1, -1]
+        small = points[1][labels[1] == 1]
         assert {tuple(p) for p in small.tolist()} == {(50.0, 50.0), (51.0, 50.0)}
-        np.testing.assert_array_equal(small[2], small[1])
 
     def test_min_area_fraction_drops_small_regions(self):
         masks = []

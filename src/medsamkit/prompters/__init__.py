@@ -1,5 +1,6 @@
 """Prompt providers: where to segment, as boxes or points."""
 
+from ._combined import BoxesWithPointsPrompter
 from ._embedding_head import EmbeddingHeadPrompter
 from ._fixed import FixedPrompter
 from ._mean_mask import MeanMaskPointPrompter
@@ -7,6 +8,7 @@ from ._oracle import OracleBoxPrompter, PerturbedBoxPrompter
 from ._yolo import YOLOBoxPrompter, YOLOSegmenter, configure_ultralytics_offline, masks_to_yolo_dataset
 
 __all__ = [
+    "BoxesWithPointsPrompter",
     "EmbeddingHeadPrompter",
     "FixedPrompter",
     "MeanMaskPointPrompter",

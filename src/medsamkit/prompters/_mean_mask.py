@@ -167,9 +167,13 @@ class MeanMaskPointPrompter:
         if self.group == "all":
             groups = [np.concatenate(groups, axis=0)]
         k = max(len(g) for g in groups)
-        # Prompts are batched, so every group needs k points: repeat a short group's last point.
-        points = np.stack([np.concatenate([g, np.repeat(g[-1:], k - len(g), axis=0)]) for g in groups])
-        return Prompts(points_xy=points, point_labels=np.ones(points.shape[:2], dtype=np.int64))
+        # Prompts are batched, so every group needs k points: pad short groups with label -1 (not a point).
+        points = np.zeros((len(groups), k, 2), dtype=np.float32)
+        labels = np.full((len(groups), k), -1, dtype=np.int64)
+        for i, g in enumerate(groups):
+            points[i, : len(g)] = g
+            labels[i, : len(g)] = 1
+        return Prompts(points_xy=points, point_labels=labels)
 
     def save(self, path: str | Path) -> Path:
         """Save the fitted mean mask and parameters to ``path`` (``.npz``), atomically."""

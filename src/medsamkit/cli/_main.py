@@ -25,6 +25,7 @@ SEGMENTER_CHOICES = (
     "hq-sam-vit-h",
     "fake",
 )
+FITTABLE_PROMPTERS = ("mean-mask-points", "embedding-head", "yolo-box")
 DEMO_SETS = ("cxr-shenzhen", "ct-chaos-liver", "us-busi", "cxr-montgomery")
 
 
@@ -158,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder (finished folds are skipped when run again)")
     cv.add_argument("--k", type=int, default=5, help="number of folds (default: 5)")
     _add_training_options(cv)
+
+    fp = sub.add_parser("fit-prompter", help="fit a learned prompt provider on a training folder and save it")
+    fp.add_argument("data_dir", type=Path, metavar="TRAIN_DIR", help="training folder with images/ and masks/ (training images only)")
+    fp.add_argument("--prompter", choices=FITTABLE_PROMPTERS, required=True, help="provider to fit")
+    fp.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to save it (use with --prompter-state FILE)")
+    fp.add_argument("--epochs", type=int, help="training epochs (embedding-head: 40, yolo-box: 100, cam-box: its default)")
+    fp.add_argument("--imgsz", type=int, default=640, help="yolo-box: training and prediction image size (default: 640)")
+    fp.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    fp.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="embedding-head: whose embedding to read (default: litemedsam)")
+    fp.add_argument("--checkpoint", type=Path, help="embedding-head: segmenter weights")
+    fp.add_argument("--limit", type=int, help="only the first N training images in sorted order")
+    fp.add_argument("--cache-dir", type=Path, help="embedding cache folder")
+    fp.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
+    fp.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     cp = sub.add_parser("compare", help="evaluate the same images with several prompt providers (detector misses vs segmentation error)")
     cp.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with images/ and masks/")
@@ -449,6 +464,38 @@ def _study_segmenter(args: argparse.Namespace) -> Any:
     return segmenter if args.no_cache else CachedSegmenter(segmenter, EmbeddingCache(args.cache_dir))
 
 
+def _cmd_fit_prompter(args: argparse.Namespace) -> int:
+    import time
+
+    from ..data import MaskFolder
+
+    folder = MaskFolder(args.data_dir)
+    if args.limit is not None:
+        folder = folder.limit(args.limit)
+    progress = not args.no_progress
+    start = time.perf_counter()
+    if args.prompter == "mean-mask-points":
+        from ..prompters import MeanMaskPointPrompter
+
+        prompter = MeanMaskPointPrompter().fit(folder, progress=progress)
+    elif args.prompter == "embedding-head":
+        from ..prompters import EmbeddingHeadPrompter
+
+        prompter = EmbeddingHeadPrompter().fit(
+            _study_segmenter(args), folder, epochs=args.epochs or 40, seed=args.seed, progress=progress
+        )
+    else:
+        from ..prompters import YOLOBoxPrompter
+
+        prompter = YOLOBoxPrompter(imgsz=args.imgsz).fit(
+            folder, epochs=args.epochs or 100, imgsz=args.imgsz, seed=args.seed, progress=progress
+        )
+    prompter.save(args.out)
+    print(f"fitted {args.prompter} on {len(folder)} images in {time.perf_counter() - start:.0f} s; saved {args.out}")
+    print(f"use it with: medsamkit evaluate DATA --prompter {args.prompter} --prompter-state {args.out}")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ..data import MaskFolder
     from ..evaluation import compare_prompters
@@ -531,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "evaluate": _cmd_evaluate,
         "segment": _cmd_segment,
-        "finetune": _cmd_finetune, "compare": _cmd_compare, "box-margins": _cmd_box_margins,
+        "finetune": _cmd_finetune, "compare": _cmd_compare, "fit-prompter": _cmd_fit_prompter, "box-margins": _cmd_box_margins,
         "crossval": _cmd_crossval,
         "demo": _cmd_demo,
     }

@@ -1,5 +1,30 @@
-"""Fine-tuning SAM-family segmenters: decoder-only training, threshold sweep."""
+"""Fine-tuning SAM-family segmenters: decoder-only or LoRA training, threshold sweep."""
 
 from ._engine import FinetuneConfig, FinetuneResult, finetune, sweep_thresholds
+from ._lora import (
+    LORA_FILE,
+    apply_lora,
+    has_lora,
+    load_lora,
+    lora_settings,
+    merge_lora,
+    read_lora,
+    save_lora,
+    unload_lora,
+)
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "sweep_thresholds"]
+__all__ = [
+    "LORA_FILE",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "apply_lora",
+    "finetune",
+    "has_lora",
+    "load_lora",
+    "lora_settings",
+    "merge_lora",
+    "read_lora",
+    "save_lora",
+    "sweep_thresholds",
+    "unload_lora",
+]

@@ -1,5 +1,6 @@
-"""Fine-tuning SAM-family segmenters: decoder-only or LoRA training, threshold sweep."""
+"""Fine-tuning SAM-family segmenters: decoder-only or LoRA training, threshold sweep, k-fold cross-validation."""
 
+from ._crossval import CROSSVAL_PROMPTERS, CROSSVAL_SETTINGS, CrossvalResult, crossval
 from ._engine import FinetuneConfig, FinetuneResult, finetune, sweep_thresholds
 from ._lora import (
     LORA_FILE,
@@ -14,10 +15,14 @@ from ._lora import (
 )
 
 __all__ = [
+    "CROSSVAL_PROMPTERS",
+    "CROSSVAL_SETTINGS",
+    "CrossvalResult",
     "LORA_FILE",
     "FinetuneConfig",
     "FinetuneResult",
     "apply_lora",
+    "crossval",
     "finetune",
     "has_lora",
     "load_lora",

@@ -1,0 +1,501 @@
+"""Box prompts from a class activation map (the prompt generator of SAM-Mix, paper 001).
+
+A small image classifier learns *presence* (does the image contain the target?)
+from nothing but the masks' emptiness; a class activation map (CAM) of its last
+convolutional block, computed with the ``pytorch-grad-cam`` package, says where it
+looked. The CAM thresholded at ``omega * max`` gives regions, and each region a box
+prompt. Images the classifier calls "absent" get no prompt, so the pipeline returns
+an empty mask for them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._geometry import component_boxes_xyxy
+from .._types import Prompts
+from .._validation import as_image, as_mask, check_probability
+
+__all__ = ["CAM_METHODS", "CAMBoxPrompter"]
+
+CAM_METHODS: dict[str, str] = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "gradcamelementwise": "GradCAMElementWise",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+}
+"""CAM method names accepted by :class:`CAMBoxPrompter` -> ``pytorch_grad_cam`` class names.
+
+Methods that run one forward pass per channel or need per-layer biases (ScoreCAM,
+AblationCAM, FullGrad) are left out: they are slow or do not fit the classifier.
+"""
+
+# Inference-only parameters: ``load(path, **overrides)`` may change them; the others fix the network.
+_OVERRIDABLE = ("cam", "omega", "presence_threshold", "max_boxes", "min_area_fraction")
+
+
+def _grad_cam() -> Any:
+    try:
+        import pytorch_grad_cam
+    except ImportError:
+        raise ImportError("CAMBoxPrompter needs pytorch-grad-cam: pip install medsamkit[cam]") from None
+    return pytorch_grad_cam
+
+
+def _to_input(image: Any, size: int, *, name: str = "image") -> np.ndarray:
+    """``(size, size)`` float32 grayscale in ``[0, 1]``: channels averaged (alpha dropped), per-image min-max."""
+    import cv2
+
+    image = as_image(image, name=name)
+    gray = image.astype(np.float32)
+    if gray.ndim == 3:
+        gray = gray[..., :3].mean(axis=2)
+    lo, hi = float(gray.min()), float(gray.max())
+    gray = (gray - lo) / max(hi - lo, 1e-8)
+    h, w = gray.shape
+    interpolation = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
+    return cv2.resize(gray, (size, size), interpolation=interpolation)
+
+
+def _build_classifier(width: int, depth: int) -> Any:
+    """``depth`` blocks of 3x3 conv + BN + ReLU (max-pool between), GAP, linear: one presence logit.
+
+    Channels ``width * (1, 2, 4, 4, ...)``; the last block (stride ``2 ** (depth - 1)``)
+    is the CAM layer.
+    """
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    c_in = 1
+    for j in range(depth):
+        c_out = width * min(2**j, 4)
+        if j:
+            layers.append(nn.MaxPool2d(2))
+        layers.append(
+            nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+        )
+        c_in = c_out
+
+    class PresenceNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(*layers)
+            self.fc = nn.Linear(c_in, 1)
+
+        def forward(self, x: Any) -> Any:
+            return self.fc(self.features(x - 0.5).mean(dim=(2, 3)))
+
+    return PresenceNet()
+
+
+def _samples_to_arrays(samples: Sequence[Any], size: int, *, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed images ``(N, size, size)`` and presence labels ``(N,)`` (mask non-empty)."""
+    images, labels = [], []
+    for i, sample in enumerate(samples):
+        if hasattr(sample, "load"):
+            image, mask = sample.load()
+        else:
+            try:
+                image, mask = sample
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"{name}[{i}]: expected a sample with load() -> (image, mask) or an (image, mask) pair, "
+                    f"got {type(sample).__name__}"
+                ) from None
+        image = as_image(image, name=f"{name}[{i}] image")
+        mask = as_mask(mask, name=f"{name}[{i}] mask", size_hw=image.shape[:2])
+        images.append(_to_input(image, size))
+        labels.append(float(mask.any()))
+    return np.stack(images), np.asarray(labels, dtype=np.float32)
+
+
+def _augment(batch: Any, rng: np.random.Generator, *, shift: float, intensity: float, flip: bool) -> Any:
+    """Random shift (replicate padding), gamma/contrast/brightness and optional horizontal flip, per image."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, size, _ = batch.shape
+    pad = int(round(shift * size))
+    out = batch
+    if pad > 0:
+        padded = F.pad(batch, (pad, pad, pad, pad), mode="replicate")
+        offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
+        out = torch.stack([padded[i, :, oy : oy + size, ox : ox + size] for i, (oy, ox) in enumerate(offsets)])
+    if intensity > 0:
+        gamma = torch.as_tensor(np.exp(rng.uniform(-intensity, intensity, n)), dtype=out.dtype).view(n, 1, 1, 1)
+        gain = torch.as_tensor(rng.uniform(1 - intensity / 2, 1 + intensity / 2, n), dtype=out.dtype).view(n, 1, 1, 1)
+        bias = torch.as_tensor(rng.uniform(-intensity / 4, intensity / 4, n), dtype=out.dtype).view(n, 1, 1, 1)
+        out = (out.clamp(0, 1) ** gamma * gain + bias).clamp(0, 1)
+    if flip:
+        which = torch.as_tensor(rng.random(n) < 0.5)
+        out = torch.where(which.view(n, 1, 1, 1), out.flip(-1), out)
+    return out
+
+
+class CAMBoxPrompter:
+    """Boxes around the class-activation regions of a small presence classifier (SAM-Mix prompts).
+
+    ``fit`` trains a small CNN from scratch (``depth`` blocks of 3x3 conv + batch
+    norm + ReLU with 2x2 max-pooling between them, ``width``, ``2 width``, ``4 width``,
+    ``4 width``, ... channels, global average pooling, one logit; 60 k parameters at
+    ``width=16, depth=4``) on grayscale images resized to ``input_size`` x
+    ``input_size`` and min-max scaled per image. The label of an image is whether its
+    mask is non-empty; the loss is the sigmoid focal loss
+    (``torchvision.ops.sigmoid_focal_loss``). The CAM layer is the last block, at
+    stride ``2 ** (depth - 1)`` (a 16 x 16 map for the defaults). ``depth`` sets the
+    receptive field: too large for the target and the CAM spreads around it.
+
+    At call time: if the classifier's presence probability is below
+    ``presence_threshold`` the image gets no prompt (``Prompts.empty()``). Otherwise
+    the CAM of the last conv block for the presence logit (``pytorch-grad-cam``,
+    method ``cam``) is resized to the image, thresholded at ``omega * max(cam)``,
+    and each 8-connected region becomes a tight box, largest first: regions smaller
+    than ``min_area_fraction`` of the image are dropped (the largest is always
+    kept), at most ``max_boxes`` boxes. A CAM that is zero everywhere gives no prompt.
+
+    Args:
+        cam: CAM method, one of :data:`CAM_METHODS` (``"gradcam"``, ``"gradcam++"``,
+            ``"xgradcam"``, ``"hirescam"``, ``"gradcamelementwise"``, ``"layercam"``,
+            ``"eigencam"``, ``"eigengradcam"``).
+        omega: Threshold factor ``ω`` in ``[0, 1]``: pixels with ``cam >= ω max(cam)``
+            are activated. Larger ω, smaller boxes.
+        presence_threshold: Classifier probability below which the image gets no prompt.
+        max_boxes: At most this many boxes.
+        min_area_fraction: Smallest region (fraction of the image area) that gets a box.
+        input_size: Side of the classifier's square input in pixels (a multiple of
+            ``2 ** (depth - 1)``, at least 4 times that).
+        width: Channels of the first conv block (the classifier's size).
+        depth: Number of conv blocks, 2 to 6.
+
+    Requires the optional ``pytorch-grad-cam`` package (``pip install medsamkit[cam]``).
+    """
+
+    requires_target = False
+    state_suffix = ".pt"
+
+    def __init__(
+        self,
+        *,
+        cam: str = "gradcam",
+        omega: float = 0.5,
+        presence_threshold: float = 0.5,
+        max_boxes: int = 4,
+        min_area_fraction: float = 0.002,
+        input_size: int = 128,
+        width: int = 16,
+        depth: int = 4,
+    ) -> None:
+        if not isinstance(cam, str) or cam.lower() not in CAM_METHODS:
+            raise ValueError(f"cam: expected one of {sorted(CAM_METHODS)}, got {cam!r}")
+        self.omega = check_probability(omega, name="omega")
+        self.presence_threshold = check_probability(presence_threshold, name="presence_threshold")
+        self.min_area_fraction = check_probability(min_area_fraction, name="min_area_fraction")
+        if isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 1:
+            raise ValueError(f"max_boxes: expected a positive int, got {max_boxes!r}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 2 <= depth <= 6:
+            raise ValueError(f"depth: expected an int in [2, 6], got {depth!r}")
+        stride = 2 ** (depth - 1)
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 4 * stride or input_size % stride:
+            raise ValueError(
+                f"input_size: expected a multiple of {stride} (2 ** (depth - 1)) and at least {4 * stride}, "
+                f"got {input_size!r}"
+            )
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width: expected a positive int, got {width!r}")
+        self._cam_class = getattr(_grad_cam(), CAM_METHODS[cam.lower()])
+        self.cam = cam.lower()
+        self.max_boxes = max_boxes
+        self.input_size = input_size
+        self.width = width
+        self.depth = depth
+        self.model: Any = None
+        self.history: list[dict[str, float]] = []
+        self.train_info: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        state = f"fitted on {self.train_info.get('n_train', '?')} images" if self.model is not None else "not fitted"
+        return f"CAMBoxPrompter(cam={self.cam!r}, omega={self.omega}, {state})"
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments (for configs and saving)."""
+        return {
+            "cam": self.cam,
+            "omega": self.omega,
+            "presence_threshold": self.presence_threshold,
+            "max_boxes": self.max_boxes,
+            "min_area_fraction": self.min_area_fraction,
+            "input_size": self.input_size,
+            "width": self.width,
+            "depth": self.depth,
+        }
+
+    # ------------------------------------------------------------------ training
+
+    def fit(
+        self,
+        samples: Sequence[Any],
+        *,
+        val: Sequence[Any] | None = None,
+        epochs: int = 40,
+        batch_size: int = 16,
+        lr: float = 1e-3,
+        alpha: float | None = None,
+        gamma: float = 2.0,
+        shift: float = 0.1,
+        intensity: float = 0.2,
+        flip: bool = False,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> CAMBoxPrompter:
+        """Train the presence classifier on ``samples`` (label: the mask is non-empty).
+
+        Args:
+            samples: Items with ``load() -> (image, mask)`` (``MaskFolder`` samples) or
+                ``(image, mask)`` pairs. Include images with empty masks: they are the
+                negatives (BUSI's "normal" images); with only positives the classifier
+                learns nothing useful.
+            val: Optional validation samples. With them, the weights of the epoch with
+                the lowest validation loss are kept (otherwise the last epoch's), and
+                ``history`` records validation loss and accuracy.
+            epochs: Passes over the training set.
+            batch_size: Images per Adam step.
+            lr: Adam learning rate.
+            alpha: Focal-loss weight of the positive class in ``[0, 1]`` (negatives get
+                ``1 - alpha``); None: no class weighting.
+            gamma: Focal-loss focusing parameter (0: plain binary cross-entropy).
+            shift: Random shift of each training image, as a fraction of its side
+                (replicate padding); 0 disables it.
+            intensity: Strength of the random gamma / contrast / brightness change; 0
+                disables it.
+            flip: Random horizontal flips (off by default: left and right are not
+                interchangeable in many medical images).
+            seed: Seed of the initialisation, the batch order and the augmentation
+                (the global torch RNG state is left untouched).
+            progress: Show a progress bar.
+
+        Returns:
+            self.
+        """
+        import torch
+        from torchvision.ops import sigmoid_focal_loss
+        from tqdm.auto import tqdm
+
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+            raise ValueError(f"lr: expected a positive number, got {lr!r}")
+        focal_alpha = -1.0 if alpha is None else check_probability(alpha, name="alpha")
+        if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or gamma < 0:
+            raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
+        if not isinstance(shift, (int, float)) or isinstance(shift, bool) or not 0 <= shift < 0.5:
+            raise ValueError(f"shift: expected a number in [0, 0.5), got {shift!r}")
+        if not isinstance(intensity, (int, float)) or isinstance(intensity, bool) or not 0 <= intensity <= 1:
+            raise ValueError(f"intensity: expected a number in [0, 1], got {intensity!r}")
+        if samples is None or len(samples) == 0:
+            raise ValueError("samples: expected at least one training sample, got none")
+
+        start = time.perf_counter()
+        x_np, y_np = _samples_to_arrays(samples, self.input_size, name="samples")
+        if y_np.min() == y_np.max():
+            kind = "non-empty" if y_np[0] else "empty"
+            raise ValueError(
+                f"samples: expected images with and without the target, got {len(y_np)} images, all with {kind} "
+                "masks; add images whose mask is empty (or non-empty)"
+            )
+        x_train = torch.from_numpy(x_np)[:, None]
+        y_train = torch.from_numpy(y_np)
+        x_val = y_val = None
+        if val is not None and len(val):
+            xv, yv = _samples_to_arrays(val, self.input_size, name="val")
+            x_val, y_val = torch.from_numpy(xv)[:, None], torch.from_numpy(yv)
+
+        def loss_fn(logits: Any, target: Any) -> Any:
+            return sigmoid_focal_loss(logits, target, alpha=focal_alpha, gamma=float(gamma), reduction="mean")
+
+        rng = np.random.default_rng(seed)
+        history: list[dict[str, float]] = []
+        best: tuple[float, int, dict[str, Any]] | None = None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _build_classifier(self.width, self.depth)
+            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            n = len(y_train)
+            for epoch in tqdm(range(1, epochs + 1), desc="fit CAM classifier", unit="epoch", disable=not progress):
+                model.train()
+                losses, correct = [], 0
+                order = rng.permutation(n)
+                for begin in range(0, n, batch_size):
+                    index = torch.as_tensor(order[begin : begin + batch_size])
+                    if len(index) < 2 and n >= 2:  # BatchNorm needs two images; the leftover joins next epoch
+                        continue
+                    xb = _augment(x_train[index], rng, shift=shift, intensity=intensity, flip=flip)
+                    logits = model(xb)[:, 0]
+                    loss = loss_fn(logits, y_train[index])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(loss.detach()) * len(index))
+                    correct += int(((logits.detach() > 0).float() == y_train[index]).sum())
+                record = {"epoch": epoch, "loss": float(np.sum(losses) / n), "accuracy": correct / n}
+                if x_val is not None:
+                    model.eval()
+                    with torch.no_grad():
+                        logits = model(x_val)[:, 0]
+                    val_loss = float(loss_fn(logits, y_val))
+                    record["val_loss"] = val_loss
+                    record["val_accuracy"] = float(((logits > 0).float() == y_val).float().mean())
+                    if best is None or val_loss < best[0]:
+                        best = (val_loss, epoch, {k: v.clone() for k, v in model.state_dict().items()})
+                history.append(record)
+        if best is not None:
+            model.load_state_dict(best[2])
+        model.eval()
+        self.model = model
+        self.history = history
+        self.train_info = {
+            "n_train": int(n),
+            "n_positive": int(y_np.sum()),
+            "n_val": 0 if y_val is None else int(len(y_val)),
+            "epochs": epochs,
+            "best_epoch": epochs if best is None else best[1],
+            "batch_size": batch_size,
+            "lr": lr,
+            "alpha": alpha,
+            "gamma": gamma,
+            "shift": shift,
+            "intensity": intensity,
+            "flip": flip,
+            "seed": seed,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        return self
+
+    # ------------------------------------------------------------------ inference
+
+    def _check_fitted(self) -> None:
+        if self.model is None:
+            raise RuntimeError("CAMBoxPrompter is not fitted: call fit(samples) or load(path) first")
+
+    def _tensor(self, image: Any) -> Any:
+        import torch
+
+        return torch.from_numpy(_to_input(image, self.input_size))[None, None]
+
+    def presence(self, image: np.ndarray) -> float:
+        """The classifier's probability that ``image`` contains the target."""
+        import torch
+
+        self._check_fitted()
+        with torch.no_grad():
+            return float(torch.sigmoid(self.model(self._tensor(image)))[0, 0])
+
+    def cam_map(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W)`` float32 class activation map in ``[0, 1]`` for the presence logit (at any probability)."""
+        import cv2
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        self._check_fitted()
+        image = as_image(image)
+        h, w = image.shape[:2]
+        explainer = self._cam_class(model=self.model, target_layers=[self.model.features[-1]])
+        try:
+            cam = explainer(input_tensor=self._tensor(image), targets=[ClassifierOutputTarget(0)])[0]
+        finally:
+            explainer.activations_and_grads.release()  # remove the hooks from the model
+            self.model.zero_grad(set_to_none=True)
+        cam = cv2.resize(np.asarray(cam, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        return np.clip(np.nan_to_num(cam, nan=0.0), 0.0, 1.0)
+
+    def boxes_from_cam(self, cam: np.ndarray) -> np.ndarray:
+        """``(N, 4)`` float32 boxes of the regions where ``cam >= omega * max(cam)``, largest first."""
+        cam = np.asarray(cam, dtype=np.float32)
+        if cam.ndim != 2:
+            raise ValueError(f"cam: expected an (H, W) map, got shape {cam.shape}")
+        peak = float(cam.max()) if cam.size else 0.0
+        if not peak > 1e-6:
+            return np.zeros((0, 4), dtype=np.float32)
+        h, w = cam.shape
+        region = cam >= self.omega * peak
+        min_area = max(1, int(self.min_area_fraction * h * w))
+        return component_boxes_xyxy(region, min_area=min_area, keep_largest=True)[: self.max_boxes]
+
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
+        """Box prompts for ``image`` (``target`` is not read); none when the classifier says "absent"."""
+        self._check_fitted()
+        image = as_image(image)
+        if self.presence(image) < self.presence_threshold:
+            return Prompts.empty()
+        boxes = self.boxes_from_cam(self.cam_map(image))
+        return Prompts(box_xyxy=boxes) if len(boxes) else Prompts.empty()
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | Path) -> Path:
+        """Save the classifier weights, parameters, history and training info (``.pt``), atomically."""
+        import torch
+
+        from ..data import atomic_write_bytes
+
+        self._check_fitted()
+        buffer = io.BytesIO()
+        meta = {"params": self.params(), "history": self.history, "train_info": self.train_info}
+        torch.save({"model": self.model.state_dict(), "meta": json.dumps(meta)}, buffer)
+        path = Path(path)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> CAMBoxPrompter:
+        """Load a prompter saved with :meth:`save`.
+
+        Args:
+            path: The ``.pt`` file.
+            **overrides: New values of the inference parameters ``cam``, ``omega``,
+                ``presence_threshold``, ``max_boxes``, ``min_area_fraction``;
+                ``input_size``, ``width`` and ``depth`` must equal the saved ones (they
+                fix the network).
+        """
+        import torch
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"path: expected a saved CAMBoxPrompter .pt, got missing file {path}")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            meta = json.loads(data["meta"])
+            state = data["model"]
+            params = dict(meta["params"])
+        except Exception as exc:
+            raise ValueError(f"path: {path} is not a saved CAMBoxPrompter ({exc})") from exc
+        for key, value in overrides.items():
+            if key in _OVERRIDABLE:
+                params[key] = value
+            elif key in params:
+                if value != params[key]:
+                    raise ValueError(f"{key}: the saved prompter {path} has {params[key]!r}, got {value!r}")
+            else:
+                raise TypeError(f"unexpected parameter {key!r}; expected some of {sorted(params)}")
+        prompter = cls(**params)
+        model = _build_classifier(prompter.width, prompter.depth)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"path: {path} does not hold CAMBoxPrompter weights ({exc})") from exc
+        model.eval()
+        prompter.model = model
+        prompter.history = meta.get("history", [])
+        prompter.train_info = meta.get("train_info", {})
+        return prompter

@@ -20,7 +20,9 @@ from medsamkit.testing import FakeSegmenter
 
 
 def test_registered_names():
-    assert sorted(PROMPTERS) == ["embedding-head", "fixed", "mean-mask-points", "oracle-box", "perturbed-box", "yolo-box"]
+    assert sorted(PROMPTERS) == [
+        "cam-box", "embedding-head", "fixed", "mean-mask-points", "oracle-box", "perturbed-box", "yolo-box"
+    ]
     assert sorted(SEGMENTERS) == [
         "fake",
         "hq-sam-vit-b",
@@ -35,7 +37,7 @@ def test_registered_names():
 
 
 def test_unknown_prompter_lists_valid_names():
-    with pytest.raises(ValueError, match=r"^prompter: expected one of \['embedding-head', 'fixed', 'mean-mask-points', 'oracle-box', 'perturbed-box', 'yolo-box'\], got 'oracel-box'"):
+    with pytest.raises(ValueError, match=r"^prompter: expected one of \['cam-box', 'embedding-head', 'fixed', 'mean-mask-points', 'oracle-box', 'perturbed-box', 'yolo-box'\], got 'oracel-box'"):
         build_prompter("oracel-box")
 
 

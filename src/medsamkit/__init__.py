@@ -41,6 +41,7 @@ _EXPORTS = {
     "EmbeddingHeadPrompter": ".prompters",
     "BoxesWithPointsPrompter": ".prompters",
     "YOLOBoxPrompter": ".prompters",
+    "CAMBoxPrompter": ".prompters",
     # segmenters and registry
     "LiteMedSAM": ".segmenters",
     "SAM": ".segmenters",
@@ -125,5 +126,5 @@ if TYPE_CHECKING:  # pragma: no cover
         evaluate,
         segment_images,
     )
-    from .prompters import BoxesWithPointsPrompter, EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
+    from .prompters import BoxesWithPointsPrompter, CAMBoxPrompter, EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
     from .segmenters import HQSAM, SAM, LiteMedSAM

@@ -68,6 +68,17 @@ def _yolo_box(**params: Any) -> Any:
     return build_yolo_box_prompter(**params)
 
 
+def _cam_box(*, state: str | Path | None = None, **params: Any) -> Any:
+    from .prompters import CAMBoxPrompter
+
+    if state is None:
+        raise ValueError(
+            "state: the 'cam-box' prompter must be fitted; give the .pt saved by "
+            "CAMBoxPrompter.save() (CLI: --prompter-state PATH)"
+        )
+    return CAMBoxPrompter.load(state, **params)
+
+
 def _fixed(*, prompts: dict[str, Any]) -> Any:
     from ._types import Prompts
     from .prompters import FixedPrompter
@@ -117,6 +128,7 @@ PROMPTERS: dict[str, Callable[..., Any]] = {
     "mean-mask-points": _mean_mask,
     "embedding-head": _embedding_head,
     "yolo-box": _yolo_box,
+    "cam-box": _cam_box,
     "fixed": _fixed,
 }
 """Prompt provider builders by name."""
@@ -146,6 +158,7 @@ _CLASS_NAMES = {
     "FixedPrompter": "fixed",
     "EmbeddingHeadPrompter": "embedding-head",
     "YOLOBoxPrompter": "yolo-box",
+    "CAMBoxPrompter": "cam-box",
     "LiteMedSAM": "litemedsam",
     "FakeSegmenter": "fake",
 }

@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["build_parser", "main"]
 
-PROMPTER_CHOICES = ("oracle-box", "perturbed-box", "mean-mask-points", "yolo-box", "embedding-head", "fixed")
+PROMPTER_CHOICES = ("oracle-box", "perturbed-box", "mean-mask-points", "yolo-box", "cam-box", "embedding-head", "fixed")
 SEGMENTER_CHOICES = (
     "litemedsam",
     "sam-vit-b",
@@ -25,7 +25,7 @@ SEGMENTER_CHOICES = (
     "hq-sam-vit-h",
     "fake",
 )
-FITTABLE_PROMPTERS = ("mean-mask-points", "embedding-head", "yolo-box")
+FITTABLE_PROMPTERS = ("mean-mask-points", "embedding-head", "yolo-box", "cam-box")
 DEMO_SETS = ("cxr-shenzhen", "ct-chaos-liver", "us-busi", "cxr-montgomery")
 
 
@@ -229,7 +229,7 @@ def _pipeline_from_args(args: argparse.Namespace) -> Any:
             prompter = MeanMaskPointPrompter.load(args.prompter_state)
         else:
             raise UsageError("--prompter mean-mask-points needs --prompter-state FILE.npz or --fit-masks TRAIN_DIR")
-    elif args.prompter in ("yolo-box", "embedding-head"):
+    elif args.prompter in ("yolo-box", "cam-box", "embedding-head"):
         if args.prompter_state is None:
             raise UsageError(
                 f"--prompter {args.prompter} needs --prompter-state FILE (saved by the prompter's save(); "
@@ -484,6 +484,11 @@ def _cmd_fit_prompter(args: argparse.Namespace) -> int:
         prompter = EmbeddingHeadPrompter().fit(
             _study_segmenter(args), folder, epochs=args.epochs or 40, seed=args.seed, progress=progress
         )
+    elif args.prompter == "cam-box":
+        from ..prompters import CAMBoxPrompter
+
+        kwargs = {"epochs": args.epochs} if args.epochs else {}
+        prompter = CAMBoxPrompter().fit(folder, seed=args.seed, progress=progress, **kwargs)
     else:
         from ..prompters import YOLOBoxPrompter
 

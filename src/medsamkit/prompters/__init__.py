@@ -1,5 +1,6 @@
 """Prompt providers: where to segment, as boxes or points."""
 
+from ._cam import CAM_METHODS, CAMBoxPrompter
 from ._combined import BoxesWithPointsPrompter
 from ._embedding_head import EmbeddingHeadPrompter
 from ._fixed import FixedPrompter
@@ -9,6 +10,8 @@ from ._yolo import YOLOBoxPrompter, YOLOSegmenter, configure_ultralytics_offline
 
 __all__ = [
     "BoxesWithPointsPrompter",
+    "CAMBoxPrompter",
+    "CAM_METHODS",
     "EmbeddingHeadPrompter",
     "FixedPrompter",
     "MeanMaskPointPrompter",

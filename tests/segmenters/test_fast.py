@@ -1,0 +1,316 @@
+"""The fast (bfloat16) LiteMedSAM image encoder and its float32 switch.
+
+Correctness only, no timings (``benchmarks/bench_encoder.py`` measures speed): the
+rewritten attention equals the original, ``precision="float32"`` is bit-identical to
+the reference module, the fast default segments a real chest X-ray like float32, the
+numerics are named in ``model_id``, and every fallback (no bfloat16 on the CPU, no or
+broken OpenVINO, gradients through the encoder, changed weights) is taken.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from medsamkit import LiteMedSAM, OracleBoxPrompter, Prompts
+from medsamkit.segmenters import _fast
+from medsamkit.segmenters._fast import (
+    AcceleratedEncoder,
+    accelerate_encoder,
+    bf16_supported,
+    prepare_encoder,
+    sdpa_attention_forward,
+)
+
+pytestmark = pytest.mark.real_model
+
+SHENZHEN = ("cxr-shenzhen", "CHNCXR_0601_1")
+
+
+def _read(shared_data: Path, dataset: str, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    image = cv2.imread(str(shared_data / dataset / "images" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+    mask = cv2.imread(str(shared_data / dataset / "masks" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+    assert image is not None and mask is not None
+    return image, (mask[..., 0] if mask.ndim == 3 else mask) > 0
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
+
+
+def _reference_features(model: torch.nn.Module, chw: np.ndarray) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.image_encoder(torch.from_numpy(chw)[None])
+
+
+@pytest.fixture(scope="module")
+def float32_seg(litemedsam):
+    """The exact reference path on the session's model (no copy of the weights)."""
+    return LiteMedSAM(model=litemedsam.model, precision="float32")
+
+
+@pytest.fixture(scope="module")
+def cxr(litemedsam, float32_seg, shared_data):
+    image, mask = _read(shared_data, *SHENZHEN)
+    return image, mask, litemedsam.encode(image), float32_seg.encode(image)
+
+
+# ---------------------------------------------------------------------------------------
+# exact rewrites
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3])
+def test_sdpa_attention_equals_the_original(litemedsam, layer) -> None:
+    original = litemedsam.model.image_encoder.layers[layer].blocks[0].attn
+    patched = copy.deepcopy(original)
+    _fast._use_sdpa(patched)
+    assert patched.forward.__func__ is sdpa_attention_forward
+    n = original.attention_bias_idxs.shape[0]  # window_size ** 2 tokens
+    x = torch.randn(3, n, original.norm.normalized_shape[0], generator=torch.Generator().manual_seed(layer))
+    with torch.inference_mode():
+        expected, got = original(x), patched(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-5)
+    # The biases matter (a wrong mask would not pass): without them the output moves.
+    patched._sdpa_bias = torch.zeros_like(patched._sdpa_bias)
+    with torch.inference_mode():
+        assert (patched(x) - expected).abs().max() > 1e-3
+
+
+def test_prepared_float32_encoder_equals_the_reference(litemedsam) -> None:
+    encoder = litemedsam.model.image_encoder
+    prepared = prepare_encoder(encoder)
+    assert not any(type(m).__name__ == "Conv2d_BN" for m in prepared.modules())  # BatchNorm folded
+    assert any(type(m).__name__ == "Conv2d_BN" for m in encoder.modules())  # the original is unchanged
+    assert not any(p.requires_grad for p in prepared.parameters())
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected, got = encoder(x), prepared(x)
+    rel = float((got - expected).norm() / expected.norm())
+    assert rel < 1e-5, rel
+
+
+# ---------------------------------------------------------------------------------------
+# the float32 switch
+# ---------------------------------------------------------------------------------------
+
+
+def test_float32_switch_is_bit_identical_to_the_reference(litemedsam, float32_seg, cxr) -> None:
+    image, _, _, enc32 = cxr
+    assert float32_seg.encoder_backend == "float32" and float32_seg._encoder() is None
+    chw, _ = float32_seg.preprocess(image)
+    assert torch.equal(enc32.features, _reference_features(litemedsam.model, chw))
+    assert enc32.features.dtype == torch.float32
+
+
+def test_bad_precision(litemedsam) -> None:
+    with pytest.raises(ValueError, match=r"^precision: expected 'fast' or 'float32', got 'bf16'"):
+        LiteMedSAM(model=litemedsam.model, precision="bf16")
+    with pytest.raises(ValueError, match=r"^precision: "):
+        accelerate_encoder(litemedsam.model.image_encoder, precision="float16")
+    with pytest.raises(ValueError, match=r"^backend: "):
+        accelerate_encoder(litemedsam.model.image_encoder, backend="tensorrt")
+
+
+# ---------------------------------------------------------------------------------------
+# the fast default
+# ---------------------------------------------------------------------------------------
+
+
+def test_fast_is_the_default_where_the_cpu_has_bf16(litemedsam) -> None:
+    assert litemedsam.precision == "fast" and litemedsam.params()["precision"] == "fast"
+    if bf16_supported():
+        assert litemedsam.encoder_backend in ("openvino", "torch")
+        assert litemedsam._fast.precision == "bf16"
+    else:
+        assert litemedsam.encoder_backend == "float32"
+
+
+def test_fast_default_segments_a_real_cxr_like_float32(litemedsam, float32_seg, cxr) -> None:
+    image, mask, enc_fast, enc32 = cxr
+    assert enc_fast.features.dtype == torch.float32 and enc_fast.features.shape == (1, 256, 64, 64)
+    assert enc_fast.model_id == litemedsam.model_id and enc_fast.input_size_hw == enc32.input_size_hw
+    rel = float((enc_fast.features - enc32.features).norm() / enc32.features.norm())
+    assert rel < 0.1, f"relative embedding difference {rel:.3g}"  # bfloat16: about 0.04
+    prompts = OracleBoxPrompter()(image, target=mask)
+    fast = litemedsam.decode(enc_fast, prompts).probabilities > 0.5
+    exact = float32_seg.decode(enc32, prompts).probabilities > 0.5
+    for i in range(prompts.n):
+        assert _dice(fast[i], exact[i]) > 0.99
+    assert _dice(fast.any(axis=0), mask) > 0.93
+
+
+def test_model_id_names_the_precision(litemedsam, float32_seg) -> None:
+    if litemedsam.encoder_backend == "float32":
+        assert litemedsam.model_id == float32_seg.model_id
+        return
+    # Same weights, other numerics: another model id, so cached encodings never mix.
+    assert float32_seg.model_id == f"litemedsam:module-{id(litemedsam.model):x}"
+    tag = litemedsam._fast.tag
+    assert tag == f"{litemedsam.encoder_backend}-bf16"
+    bundled32 = LiteMedSAM(precision="float32")
+    assert litemedsam.model_id == f"{bundled32.model_id}:{tag}"
+    assert bundled32.params() == {**litemedsam.params(), "precision": "float32"}
+    assert float32_seg.params() == {"module": float32_seg.model_id, "precision": "float32"}
+    with pytest.raises(ValueError, match=r"^encoding: "):
+        float32_seg.decode(litemedsam.encode(np.zeros((32, 32), np.uint8)), Prompts(box_xyxy=[[0, 0, 10, 10]]))
+
+
+# ---------------------------------------------------------------------------------------
+# fallbacks
+# ---------------------------------------------------------------------------------------
+
+
+def test_no_bf16_falls_back_to_exact_float32(litemedsam, cxr, monkeypatch) -> None:
+    monkeypatch.setattr(_fast, "bf16_supported", lambda: False)
+    seg = LiteMedSAM(model=litemedsam.model)  # precision="fast" by default
+    assert seg.precision == "fast" and seg.encoder_backend == "float32"
+    assert seg.model_id == f"litemedsam:module-{id(litemedsam.model):x}"  # the float32 id
+    image = cxr[0]
+    chw, _ = seg.preprocess(image)
+    assert torch.equal(seg.encode(image).features, _reference_features(litemedsam.model, chw))
+    # An explicit bf16 request says why it is not honoured.
+    with pytest.warns(RuntimeWarning, match="no native bfloat16"):
+        accelerated = accelerate_encoder(litemedsam.model.image_encoder, backend="torch")
+    assert accelerated.exact and accelerated.tag == ""
+
+
+def test_cpu_flags_decide_bf16(monkeypatch) -> None:
+    monkeypatch.setattr(_fast, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not bf16_supported()
+    monkeypatch.setattr(_fast, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert not bf16_supported()
+
+
+@pytest.fixture(scope="module")
+def torch_bf16(litemedsam):
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    return accelerate_encoder(litemedsam.model.image_encoder, backend="torch")
+
+
+def test_torch_bf16_backend(litemedsam, torch_bf16, cxr) -> None:
+    assert torch_bf16.backend == "torch" and torch_bf16.tag == "torch-bf16"
+    image, _, _, enc32 = cxr
+    chw, _ = litemedsam.preprocess(image)
+    out = torch_bf16(torch.from_numpy(chw)[None])
+    assert out.dtype == torch.float32 and out.shape == enc32.features.shape and out.is_contiguous()
+    rel = float((out - enc32.features).norm() / enc32.features.norm())
+    assert rel < 0.1, rel
+
+
+def test_without_openvino_auto_uses_torch(litemedsam, monkeypatch) -> None:
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    monkeypatch.setattr(_fast, "openvino_available", lambda: False)
+    monkeypatch.setattr(_fast, "_build_torch_bf16", lambda encoder, example: lambda x: x)
+    assert accelerate_encoder(litemedsam.model.image_encoder).backend == "torch"
+
+
+def test_broken_openvino_falls_back_with_a_warning(litemedsam, monkeypatch) -> None:
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("conversion failed")
+
+    monkeypatch.setattr(_fast, "openvino_available", lambda: True)
+    monkeypatch.setattr(_fast, "_build_openvino", broken)
+    monkeypatch.setattr(_fast, "_build_torch_bf16", lambda encoder, example: lambda x: x)
+    with pytest.warns(RuntimeWarning, match="openvino backend failed .*conversion failed"):
+        accelerated = accelerate_encoder(litemedsam.model.image_encoder)
+    assert accelerated.backend == "torch"
+    monkeypatch.setattr(_fast, "_build_torch_bf16", broken)
+    with pytest.warns(RuntimeWarning) as records:
+        assert accelerate_encoder(litemedsam.model.image_encoder).exact
+    messages = [str(r.message) for r in records]
+    assert any("openvino backend failed" in m for m in messages) and any("torch backend failed" in m for m in messages)
+
+
+def test_the_fast_path_leaves_autograd_through_the_encoder_alone(litemedsam, cxr) -> None:
+    # The accelerated encoder is a separate copy: the module keeps its parameters, its
+    # requires_grad flags and its gradients (LoRA trains through model.image_encoder).
+    encoder = litemedsam.model.image_encoder
+    before = [(p, p.requires_grad) for p in encoder.parameters()]
+    litemedsam.encode(cxr[0])
+    assert [(p, p.requires_grad) for p in encoder.parameters()] == before
+    assert any(type(m).__name__ == "Conv2d_BN" for m in encoder.modules())
+    trainable = copy.deepcopy(encoder)
+    trainable.requires_grad_(False)
+    qkv = trainable.layers[1].blocks[0].attn.qkv.weight
+    qkv.requires_grad_(True)
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    trainable(x).square().mean().backward()
+    assert qkv.grad is not None and qkv.grad.abs().sum() > 0
+    # Fine-tuning swaps an adapted, trainable copy into the model while it trains:
+    # encode then runs that module in float32, exactly.
+    # (Not monkeypatch: it would delete the submodule on undo.)
+    litemedsam.model.image_encoder = trainable
+    try:
+        assert litemedsam._encoder() is None
+        chw, _ = litemedsam.preprocess(cxr[0])
+        features = litemedsam.encode(cxr[0]).features
+    finally:
+        litemedsam.model.image_encoder = encoder
+    with torch.inference_mode():
+        assert torch.equal(features, trainable(torch.from_numpy(chw)[None]))
+    if litemedsam._planned != "float32":
+        assert litemedsam._encoder() is litemedsam._fast  # put back: the same fast encoder again
+
+
+def test_changed_weights_are_noticed(litemedsam) -> None:
+    encoder = copy.deepcopy(litemedsam.model.image_encoder)
+    accelerated = AcceleratedEncoder(encoder, "torch", "bf16", lambda x: x, (1, 3, 256, 256))
+    assert accelerated.usable_for(encoder) and not accelerated.usable_for(litemedsam.model.image_encoder)
+    encoder.train()
+    encoder.eval()  # re-creates the attention's derived bias buffers: weights are the same
+    assert accelerated.usable_for(encoder)
+    with torch.no_grad():
+        encoder.neck[0].weight.mul_(1.01)
+    assert not accelerated.usable_for(encoder)
+    fresh = AcceleratedEncoder(encoder, "torch", "bf16", lambda x: x, (1, 3, 256, 256))
+    encoder.load_state_dict(copy.deepcopy(encoder.state_dict()))
+    assert not fresh.usable_for(encoder)
+
+
+def test_changed_weights_rebuild_the_fast_encoder(litemedsam, monkeypatch) -> None:
+    built = []
+
+    def build(self):
+        built.append(1)
+        return AcceleratedEncoder(self._encoder_source, "torch", "bf16", lambda x: x[:, :1], (1, 3, 256, 256))
+
+    monkeypatch.setattr(LiteMedSAM, "_build_fast_encoder", build)
+    monkeypatch.setattr(_fast, "planned_backends", lambda encoder, **kw: ["torch", "float32"])
+    seg = LiteMedSAM(model=copy.deepcopy(litemedsam.model))
+    assert seg.model_id.endswith(":torch-bf16") and built == []  # built on first use
+    first = seg._encoder()
+    assert first is seg._fast and len(built) == 1
+    assert seg._encoder() is first and len(built) == 1
+    with torch.no_grad():
+        seg.model.image_encoder.neck[0].weight.add_(0.0)  # an in-place change
+    assert seg._encoder() is not first and len(built) == 2
+    assert seg.model_id.endswith(":torch-bf16")
+
+
+def test_a_failed_build_renames_the_model(litemedsam, monkeypatch) -> None:
+    monkeypatch.setattr(_fast, "planned_backends", lambda encoder, **kw: ["openvino", "float32"])
+    monkeypatch.setattr(
+        LiteMedSAM,
+        "_build_fast_encoder",
+        lambda self: AcceleratedEncoder(self._encoder_source, "float32", "fp32", self._encoder_source, (1, 3, 256, 256)),
+    )
+    seg = LiteMedSAM(model=litemedsam.model)
+    base = f"litemedsam:module-{id(litemedsam.model):x}"
+    assert seg.model_id == f"{base}:openvino-bf16"
+    seg.model_id = "litemedsam:0123456789abcdef:openvino-bf16+lora:abc"  # as load_lora sets it
+    assert seg._encoder() is None and seg.encoder_backend == "float32"
+    assert seg.model_id == "litemedsam:0123456789abcdef+lora:abc"
+    assert base not in seg.model_id

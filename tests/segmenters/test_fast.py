@@ -314,3 +314,17 @@ def test_a_failed_build_renames_the_model(litemedsam, monkeypatch) -> None:
     assert seg._encoder() is None and seg.encoder_backend == "float32"
     assert seg.model_id == "litemedsam:0123456789abcdef+lora:abc"
     assert base not in seg.model_id
+
+
+def test_openvino_conversion_uses_the_telemetry_stub(monkeypatch):
+    pytest.importorskip("openvino")
+    import importlib
+
+    from medsamkit.segmenters import _fast
+
+    convert_impl = importlib.import_module("openvino.tools.ovc.convert_impl")
+    stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
+    before = convert_impl.tm
+    with _fast._no_openvino_telemetry():
+        assert convert_impl.tm is stub
+    assert convert_impl.tm is before

@@ -28,6 +28,7 @@ Every accelerated encoder takes and returns float32 tensors.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -266,10 +267,35 @@ def _convert_openvino(prepared: Any, example: Any) -> Any:
     import openvino as ov
     import torch
 
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _no_openvino_telemetry():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(prepared, example, check_trace=False)
         return ov.convert_model(traced, example_input=example)
+
+
+@contextlib.contextmanager
+def _no_openvino_telemetry() -> Any:
+    """Swap OpenVINO's converter telemetry for its own no-op stub while converting.
+
+    ``openvino.convert_model`` sends usage events (``openvino-telemetry``, opt-out by
+    default for the converter); medsamkit never lets anything reach the network.
+    """
+    import importlib
+
+    try:
+        stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
+        modules = [importlib.import_module(f"openvino.tools.ovc.{m}") for m in ("convert_impl", "telemetry_utils")]
+    except ImportError:  # another OpenVINO layout: nothing known to patch
+        yield
+        return
+    saved = [(m, getattr(m, "tm", None)) for m in modules if hasattr(m, "tm")]
+    for module, _ in saved:
+        module.tm = stub
+    try:
+        yield
+    finally:
+        for module, original in saved:
+            module.tm = original
 
 
 def _openvino_model(core: Any, prepared: Any, example: Any) -> Any:

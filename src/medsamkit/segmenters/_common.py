@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._types import ImageEncoding, Prompts
+from .._types import ImageEncoding, PromptMasks, Prompts
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["check_encoding", "longest_side_size_hw", "prompts_to_model", "to_rgb_float"]
+__all__ = ["check_encoding", "decode_prompts", "longest_side_size_hw", "prompts_to_model", "to_rgb_float"]
 
 
 def longest_side_size_hw(size_hw: tuple[int, int], target_length: int) -> tuple[int, int]:
@@ -112,3 +112,41 @@ def prompts_to_model(
             torch.as_tensor(prompts.point_labels, dtype=torch.int64, device=device),
         )
     return boxes, points
+
+
+def decode_prompts(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) -> PromptMasks:
+    """The shared body of SAM-family ``decode``: check, clip, scale, decode in chunks, upsample.
+
+    Args:
+        segmenter: Provides ``model_id``, ``device``, ``max_prompts_per_batch``,
+            ``decode_logits(features, boxes, points) -> (logits, iou)`` and
+            ``postprocess_logits(logits, encoding) -> (N, 1, H, W)`` logits.
+        encoding: The segmenter's encoding of the image.
+        prompts: ``N`` prompts in input-image pixels.
+
+    Returns:
+        ``(N, H, W)`` probabilities and ``(N,)`` predicted-IoU scores.
+    """
+    import torch
+
+    check_encoding(encoding, segmenter.model_id)
+    if not isinstance(prompts, Prompts):
+        raise TypeError(f"prompts: expected Prompts, got {type(prompts).__name__}")
+    h, w = encoding.size_hw
+    if prompts.n == 0:
+        return PromptMasks(probabilities=np.zeros((0, h, w), dtype=np.float32), scores=np.zeros(0, dtype=np.float32))
+    prompts = prompts.clipped_to(encoding.size_hw)
+    boxes, points = prompts_to_model(prompts, encoding.size_hw, encoding.input_size_hw, device=segmenter.device)
+    probabilities = np.empty((prompts.n, h, w), dtype=np.float32)
+    scores = np.empty(prompts.n, dtype=np.float32)
+    step = segmenter.max_prompts_per_batch
+    with torch.inference_mode():
+        for start in range(0, prompts.n, step):
+            sl = slice(start, start + step)
+            chunk_points = None if points is None else (points[0][sl], points[1][sl])
+            chunk_boxes = None if boxes is None else boxes[sl]
+            logits, iou = segmenter.decode_logits(encoding.features, chunk_boxes, chunk_points)
+            masks = segmenter.postprocess_logits(logits, encoding)
+            probabilities[sl] = torch.sigmoid(masks[:, 0]).float().cpu().numpy()
+            scores[sl] = iou[:, 0].float().cpu().numpy()
+    return PromptMasks(probabilities=probabilities, scores=scores)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
-from ._common import check_encoding, longest_side_size_hw, prompts_to_model, to_rgb_float
+from ._common import decode_prompts, longest_side_size_hw, to_rgb_float
 
 __all__ = ["LiteMedSAM", "build_litemedsam_model", "litemedsam_checkpoint_path"]
 
@@ -316,30 +316,11 @@ class LiteMedSAM:
         Returns:
             :class:`PromptMasks` with ``(N, H, W)`` probabilities and ``(N,)`` scores.
         """
-        import torch
+        return decode_prompts(self, encoding, prompts)
+
+    def postprocess_logits(self, logits: Any, encoding: ImageEncoding) -> Any:
+        """Crop ``(N, 1, 256, 256)`` logits to the unpadded area and resize them to ``(N, 1, H, W)``."""
         import torch.nn.functional as F
 
-        check_encoding(encoding, self.model_id)
-        if not isinstance(prompts, Prompts):
-            raise TypeError(f"prompts: expected Prompts, got {type(prompts).__name__}")
-        h, w = encoding.size_hw
-        if prompts.n == 0:
-            return PromptMasks(
-                probabilities=np.zeros((0, h, w), dtype=np.float32), scores=np.zeros(0, dtype=np.float32)
-            )
-        prompts = prompts.clipped_to(encoding.size_hw)
-        boxes, points = prompts_to_model(prompts, encoding.size_hw, encoding.input_size_hw, device=self.device)
         nh, nw = encoding.input_size_hw
-        probabilities = np.empty((prompts.n, h, w), dtype=np.float32)
-        scores = np.empty(prompts.n, dtype=np.float32)
-        step = self.max_prompts_per_batch
-        with torch.inference_mode():
-            for start in range(0, prompts.n, step):
-                sl = slice(start, start + step)
-                chunk_points = None if points is None else (points[0][sl], points[1][sl])
-                chunk_boxes = None if boxes is None else boxes[sl]
-                logits, iou = self.decode_logits(encoding.features, chunk_boxes, chunk_points)
-                logits = F.interpolate(logits[..., :nh, :nw], size=(h, w), mode="bilinear", align_corners=False)
-                probabilities[sl] = torch.sigmoid(logits[:, 0]).float().cpu().numpy()
-                scores[sl] = iou[:, 0].float().cpu().numpy()
-        return PromptMasks(probabilities=probabilities, scores=scores)
+        return F.interpolate(logits[..., :nh, :nw], size=tuple(encoding.size_hw), mode="bilinear", align_corners=False)

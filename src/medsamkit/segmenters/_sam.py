@@ -17,7 +17,7 @@ import numpy as np
 
 from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
-from ._common import check_encoding, longest_side_size_hw, prompts_to_model
+from ._common import decode_prompts, longest_side_size_hw
 from ._litemedsam import _file_digest
 
 __all__ = [
@@ -491,31 +491,7 @@ class _SAMFamily:
         Returns:
             :class:`PromptMasks` with ``(N, H, W)`` probabilities and ``(N,)`` scores.
         """
-        import torch
-
-        check_encoding(encoding, self.model_id)
-        if not isinstance(prompts, Prompts):
-            raise TypeError(f"prompts: expected Prompts, got {type(prompts).__name__}")
-        h, w = encoding.size_hw
-        if prompts.n == 0:
-            return PromptMasks(
-                probabilities=np.zeros((0, h, w), dtype=np.float32), scores=np.zeros(0, dtype=np.float32)
-            )
-        prompts = prompts.clipped_to(encoding.size_hw)
-        boxes, points = prompts_to_model(prompts, encoding.size_hw, encoding.input_size_hw, device=self.device)
-        probabilities = np.empty((prompts.n, h, w), dtype=np.float32)
-        scores = np.empty(prompts.n, dtype=np.float32)
-        step = self.max_prompts_per_batch
-        with torch.inference_mode():
-            for start in range(0, prompts.n, step):
-                sl = slice(start, start + step)
-                chunk_points = None if points is None else (points[0][sl], points[1][sl])
-                chunk_boxes = None if boxes is None else boxes[sl]
-                logits, iou = self.decode_logits(encoding.features, chunk_boxes, chunk_points)
-                masks = self.postprocess_logits(logits, encoding)
-                probabilities[sl] = torch.sigmoid_(masks[:, 0]).float().cpu().numpy()
-                scores[sl] = iou[:, 0].float().cpu().numpy()
-        return PromptMasks(probabilities=probabilities, scores=scores)
+        return decode_prompts(self, encoding, prompts)
 
 
 class SAM(_SAMFamily):

@@ -123,6 +123,16 @@ def _training_segmenter(args: argparse.Namespace) -> Any:
     return segmenter
 
 
+def _add_study_options(parser: argparse.ArgumentParser, *, segmenter_help: str = "segmenter (default: litemedsam)") -> None:
+    """Options of the commands that build their segmenter with ``_study_segmenter``."""
+    parser.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help=segmenter_help)
+    parser.add_argument("--checkpoint", type=Path, help="segmenter weights")
+    parser.add_argument("--limit", type=int, help="only the first N images in sorted order")
+    parser.add_argument("--cache-dir", type=Path, help="embedding cache folder")
+    parser.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``medsamkit`` argument parser."""
     from .. import __version__
@@ -167,12 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--epochs", type=int, help="training epochs (embedding-head: 40, yolo-box: 100, cam-box: its default)")
     fp.add_argument("--imgsz", type=int, default=640, help="yolo-box: training and prediction image size (default: 640)")
     fp.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    fp.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="embedding-head: whose embedding to read (default: litemedsam)")
-    fp.add_argument("--checkpoint", type=Path, help="embedding-head: segmenter weights")
-    fp.add_argument("--limit", type=int, help="only the first N training images in sorted order")
-    fp.add_argument("--cache-dir", type=Path, help="embedding cache folder")
-    fp.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
-    fp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_study_options(fp, segmenter_help="embedding-head: whose embedding to read (default: litemedsam)")
 
     cp = sub.add_parser("compare", help="evaluate the same images with several prompt providers (detector misses vs segmentation error)")
     cp.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with images/ and masks/")
@@ -180,24 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--with", dest="providers", action="append", required=True, metavar="NAME[:KEY=VALUE,...]",
                     help="a prompt provider, e.g. oracle-box, perturbed-box:margin=10, embedding-head:state=head.pt, "
                     "yolo-box:state=yolo.npz, mean-mask-points:state=points.npz (repeatable)")
-    cp.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter (default: litemedsam)")
-    cp.add_argument("--checkpoint", type=Path, help="segmenter weights")
     cp.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
-    cp.add_argument("--limit", type=int, help="only the first N images in sorted order")
-    cp.add_argument("--cache-dir", type=Path, help="embedding cache folder")
-    cp.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
-    cp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_study_options(cp)
 
     bm = sub.add_parser("box-margins", help="Dice of oracle boxes grown by several margins (paper 000, Figure 1)")
     bm.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with images/ and masks/")
     bm.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="study folder (resumable)")
     bm.add_argument("--margins", type=float, nargs="+", default=[0, 5, 10, 20, 30], help="pixels per side (default: 0 5 10 20 30)")
-    bm.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter (default: litemedsam)")
-    bm.add_argument("--checkpoint", type=Path, help="segmenter weights")
-    bm.add_argument("--limit", type=int, help="only the first N images in sorted order")
-    bm.add_argument("--cache-dir", type=Path, help="embedding cache folder")
-    bm.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
-    bm.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_study_options(bm)
 
     demo = sub.add_parser("demo", help="run the main job on sample data with the bundled LiteMedSAM")
     demo.add_argument("--data", type=Path, help=f"a shared data folder holding {', '.join(DEMO_SETS)} (default: $MEDSAMKIT_DATA or the nearest shared/data above the working directory)")

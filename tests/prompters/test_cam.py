@@ -178,6 +178,16 @@ def test_cam_methods(fitted, data):
         CAMBoxPrompter(cam="scorecam")
 
 
+def test_prompts_inside_no_grad_and_inference_mode(fitted, data):
+    """Grad-CAM needs autograd: the prompter switches it on (finetune validates under inference_mode)."""
+    image, _ = _val(data, blob=True)[0]
+    expected, cam = fitted(image).box_xyxy, fitted.cam_map(image)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            np.testing.assert_array_equal(fitted(image).box_xyxy, expected)
+            np.testing.assert_array_equal(fitted.cam_map(image), cam)
+
+
 def test_rgb_and_uint16_inputs_give_the_same_boxes(fitted, data):
     image, _ = _val(data, blob=True)[1]
     boxes = fitted(image).box_xyxy

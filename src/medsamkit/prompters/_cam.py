@@ -143,6 +143,94 @@ def _augment(batch: Any, rng: np.random.Generator, *, shift: float, intensity: f
     return out
 
 
+# Pieces of the classifier training, shared by CAMBoxPrompter.fit and SAM-Mix's joint loop
+# (medsamkit.training._sammix), which steps the classifier between segmenter steps.
+
+
+def _seeded_classifier(width: int, depth: int, seed: int) -> Any:
+    """A fresh classifier initialised from ``seed`` (the global torch RNG state is left untouched)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_classifier(width, depth)
+
+
+def _focal_loss(alpha: float | None, gamma: float) -> Any:
+    """``loss(logits (N,), labels (N,)) -> scalar``: mean sigmoid focal loss; ``alpha`` None: no class weight."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    focal_alpha = -1.0 if alpha is None else float(alpha)
+
+    def loss_fn(logits: Any, target: Any) -> Any:
+        return sigmoid_focal_loss(logits, target, alpha=focal_alpha, gamma=float(gamma), reduction="mean")
+
+    return loss_fn
+
+
+def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive index batches of ``order`` (the last one may be shorter)."""
+    return [order[begin : begin + batch_size] for begin in range(0, len(order), batch_size)]
+
+
+def _classifier_step(
+    model: Any,
+    optimizer: Any,
+    x: Any,
+    y: Any,
+    index: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    loss_fn: Any,
+    shift: float,
+    intensity: float,
+    flip: bool,
+) -> tuple[float, int] | None:
+    """One optimiser step of the classifier on the augmented images ``x[index]``.
+
+    Args:
+        model: The classifier (put in training mode here).
+        optimizer: Its optimiser.
+        x: ``(N, 1, S, S)`` float32 inputs in ``[0, 1]``.
+        y: ``(N,)`` float32 presence labels.
+        index: Indices of the batch in ``x``.
+        rng: Augmentation randomness.
+        loss_fn: See :func:`_focal_loss`.
+        shift, intensity, flip: Augmentation settings (see :meth:`CAMBoxPrompter.fit`).
+
+    Returns:
+        ``(mean loss of the batch, number of correct predictions at logit 0)``, or None
+        when the batch was skipped: BatchNorm needs two images, so a single leftover
+        image (of a set of two or more) is left for the next epoch.
+    """
+    import torch
+
+    if len(index) < 2 and len(x) >= 2:
+        return None
+    index = torch.as_tensor(index)
+    model.train()
+    xb = _augment(x[index], rng, shift=shift, intensity=intensity, flip=flip)
+    logits = model(xb)[:, 0]
+    loss = loss_fn(logits, y[index])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), int(((logits.detach() > 0).float() == y[index]).sum())
+
+
+def _classifier_scores(model: Any, x: Any, y: Any, loss_fn: Any, *, threshold: float = 0.5) -> tuple[float, float]:
+    """``(loss, accuracy)`` of the classifier in eval mode; "present" when the probability exceeds ``threshold``."""
+    import math
+
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)[:, 0]
+    cut = -math.inf if threshold <= 0 else math.inf if threshold >= 1 else math.log(threshold / (1 - threshold))
+    return float(loss_fn(logits, y)), float(((logits > cut).float() == y).float().mean())
+
+
 class CAMBoxPrompter:
     """Boxes around the class-activation regions of a small presence classifier (SAM-Mix prompts).
 
@@ -288,7 +376,6 @@ class CAMBoxPrompter:
             self.
         """
         import torch
-        from torchvision.ops import sigmoid_focal_loss
         from tqdm.auto import tqdm
 
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -297,7 +384,8 @@ class CAMBoxPrompter:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ValueError(f"lr: expected a positive number, got {lr!r}")
-        focal_alpha = -1.0 if alpha is None else check_probability(alpha, name="alpha")
+        if alpha is not None:
+            check_probability(alpha, name="alpha")
         if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or gamma < 0:
             raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
         if not isinstance(shift, (int, float)) or isinstance(shift, bool) or not 0 <= shift < 0.5:
@@ -322,44 +410,31 @@ class CAMBoxPrompter:
             xv, yv = _samples_to_arrays(val, self.input_size, name="val")
             x_val, y_val = torch.from_numpy(xv)[:, None], torch.from_numpy(yv)
 
-        def loss_fn(logits: Any, target: Any) -> Any:
-            return sigmoid_focal_loss(logits, target, alpha=focal_alpha, gamma=float(gamma), reduction="mean")
-
+        loss_fn = _focal_loss(alpha, gamma)
         rng = np.random.default_rng(seed)
         history: list[dict[str, float]] = []
         best: tuple[float, int, dict[str, Any]] | None = None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = _build_classifier(self.width, self.depth)
-            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-            n = len(y_train)
-            for epoch in tqdm(range(1, epochs + 1), desc="fit CAM classifier", unit="epoch", disable=not progress):
-                model.train()
-                losses, correct = [], 0
-                order = rng.permutation(n)
-                for begin in range(0, n, batch_size):
-                    index = torch.as_tensor(order[begin : begin + batch_size])
-                    if len(index) < 2 and n >= 2:  # BatchNorm needs two images; the leftover joins next epoch
-                        continue
-                    xb = _augment(x_train[index], rng, shift=shift, intensity=intensity, flip=flip)
-                    logits = model(xb)[:, 0]
-                    loss = loss_fn(logits, y_train[index])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(float(loss.detach()) * len(index))
-                    correct += int(((logits.detach() > 0).float() == y_train[index]).sum())
-                record = {"epoch": epoch, "loss": float(np.sum(losses) / n), "accuracy": correct / n}
-                if x_val is not None:
-                    model.eval()
-                    with torch.no_grad():
-                        logits = model(x_val)[:, 0]
-                    val_loss = float(loss_fn(logits, y_val))
-                    record["val_loss"] = val_loss
-                    record["val_accuracy"] = float(((logits > 0).float() == y_val).float().mean())
-                    if best is None or val_loss < best[0]:
-                        best = (val_loss, epoch, {k: v.clone() for k, v in model.state_dict().items()})
-                history.append(record)
+        model = _seeded_classifier(self.width, self.depth, seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        n = len(y_train)
+        for epoch in tqdm(range(1, epochs + 1), desc="fit CAM classifier", unit="epoch", disable=not progress):
+            losses, correct = [], 0
+            for index in _batches(rng.permutation(n), batch_size):
+                step = _classifier_step(
+                    model, optimizer, x_train, y_train, index, rng,
+                    loss_fn=loss_fn, shift=shift, intensity=intensity, flip=flip,
+                )
+                if step is not None:
+                    losses.append(step[0] * len(index))
+                    correct += step[1]
+            record = {"epoch": epoch, "loss": float(np.sum(losses) / n), "accuracy": correct / n}
+            if x_val is not None:
+                val_loss, val_accuracy = _classifier_scores(model, x_val, y_val, loss_fn)
+                record["val_loss"] = val_loss
+                record["val_accuracy"] = val_accuracy
+                if best is None or val_loss < best[0]:
+                    best = (val_loss, epoch, {k: v.clone() for k, v in model.state_dict().items()})
+            history.append(record)
         if best is not None:
             model.load_state_dict(best[2])
         model.eval()
@@ -403,8 +478,14 @@ class CAMBoxPrompter:
             return float(torch.sigmoid(self.model(self._tensor(image)))[0, 0])
 
     def cam_map(self, image: np.ndarray) -> np.ndarray:
-        """``(H, W)`` float32 class activation map in ``[0, 1]`` for the presence logit (at any probability)."""
+        """``(H, W)`` float32 class activation map in ``[0, 1]`` for the presence logit (at any probability).
+
+        Gradient-based CAMs need autograd: it is switched on here, so the prompter also
+        works inside ``torch.no_grad()`` or ``torch.inference_mode()`` (e.g. as the
+        validation prompter of :func:`medsamkit.finetune`).
+        """
         import cv2
+        import torch
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         self._check_fitted()
@@ -412,7 +493,8 @@ class CAMBoxPrompter:
         h, w = image.shape[:2]
         explainer = self._cam_class(model=self.model, target_layers=[self.model.features[-1]])
         try:
-            cam = explainer(input_tensor=self._tensor(image), targets=[ClassifierOutputTarget(0)])[0]
+            with torch.inference_mode(False), torch.enable_grad():
+                cam = explainer(input_tensor=self._tensor(image), targets=[ClassifierOutputTarget(0)])[0]
         finally:
             explainer.activations_and_grads.release()  # remove the hooks from the model
             self.model.zero_grad(set_to_none=True)

@@ -132,3 +132,91 @@ def test_bad_arguments(tmp_path):
         EmbeddingCache(tmp_path, max_bytes=0)
     with pytest.raises(TypeError, match="segmenter"):
         CachedSegmenter(object(), tmp_path)
+    with pytest.raises(TypeError, match="decodes"):
+        CachedSegmenter(FakeSegmenter(), tmp_path, decodes="yes")
+
+
+# ---------------------------------------------------------------- decode cache (real LiteMedSAM)
+
+
+def _counting_decoder(monkeypatch, seg):
+    """Count calls of ``seg.decode_logits`` (the mask decoder) without changing it."""
+    calls = []
+    original = type(seg).decode_logits
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(seg), "decode_logits", counted)
+    return calls
+
+
+@pytest.fixture
+def cxr(shared_data):
+    folder = msk.MaskFolder(shared_data / "cxr-shenzhen")
+    image, mask = folder[0].load()
+    return image[::4, ::4].copy(), mask[::4, ::4].copy()  # 250 x 250: small and fast
+
+
+def test_repeated_decode_reuses_the_logits_and_gives_identical_masks(tmp_path, monkeypatch, litemedsam, cxr):
+    image, mask = cxr
+    prompts = msk.OracleBoxPrompter()(image, target=mask)
+    reference = litemedsam.decode(litemedsam.encode(image), prompts)
+    calls = _counting_decoder(monkeypatch, litemedsam)
+    seg = CachedSegmenter(litemedsam, tmp_path / "c")
+    first = seg.decode(seg.encode(image), prompts)
+    fresh = CachedSegmenter(litemedsam, tmp_path / "c")  # another process, same cache folder
+    second = fresh.decode(fresh.encode(image), prompts)
+    assert len(calls) == 1  # the second decode did not run the mask decoder
+    assert (seg.decode_misses, fresh.decode_hits) == (1, 1)
+    np.testing.assert_array_equal(second.probabilities, first.probabilities)
+    np.testing.assert_array_equal(second.scores, first.scores)
+    np.testing.assert_array_equal(first.probabilities, reference.probabilities)
+
+
+def test_other_prompts_and_changed_weights_miss(tmp_path, monkeypatch, litemedsam, cxr):
+    import copy
+
+    import torch
+
+    image, mask = cxr
+    own = msk.LiteMedSAM(model=copy.deepcopy(litemedsam.model), precision="float32")
+    seg = CachedSegmenter(own, tmp_path / "c")
+    enc = seg.encode(image)
+    box = msk.Prompts(box_xyxy=[[20, 30, 120, 220]])
+    before = seg.decode(enc, box)
+    seg.decode(enc, msk.Prompts(box_xyxy=[[20, 30, 121, 220]]))
+    seg.decode(enc, msk.Prompts(points_xy=[[[70, 120]]], point_labels=[[1]]))
+    assert (seg.decode_hits, seg.decode_misses) == (0, 3)
+    with torch.no_grad():  # an optimiser step changes the decoder in place; model_id stays the same
+        own.model.mask_decoder.output_upscaling[0].bias.add_(0.5)
+    after = seg.decode(enc, box)
+    assert (seg.decode_hits, seg.decode_misses) == (0, 4)
+    assert not np.array_equal(after.probabilities, before.probabilities)
+    assert np.array_equal(seg.decode(enc, box).probabilities, after.probabilities)
+    assert seg.decode_hits == 1
+
+
+def test_decode_cache_can_be_switched_off_and_needs_a_wrapper_encoding(tmp_path, litemedsam, cxr):
+    image, mask = cxr
+    prompts = msk.OracleBoxPrompter()(image, target=mask)
+    off = CachedSegmenter(litemedsam, tmp_path / "c", decodes=False)
+    off.decode(off.encode(image), prompts)
+    off.decode(off.encode(image), prompts)
+    assert (off.decode_hits, off.decode_misses) == (0, 0)
+    on = CachedSegmenter(litemedsam, tmp_path / "c")
+    outside = litemedsam.encode(image)  # not made by the wrapper: no image key to cache under
+    on.decode(outside, prompts)
+    assert (on.decode_hits, on.decode_misses) == (0, 0)
+    with pytest.raises(ValueError, match="encoding"):  # another model's encoding is refused, as uncached
+        CachedSegmenter(FakeSegmenter(), tmp_path / "c").decode(on.encode(image), prompts)
+
+
+def test_fake_segmenter_decodes_are_not_cached(tmp_path):
+    image, mask = make_blob_image((40, 48), seed=3)
+    seg = CachedSegmenter(FakeSegmenter(), tmp_path / "c")
+    prompts = msk.OracleBoxPrompter()(image, target=mask)
+    seg.decode(seg.encode(image), prompts)
+    seg.decode(seg.encode(image), prompts)
+    assert (seg.decode_hits, seg.decode_misses) == (0, 0)

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -109,53 +110,67 @@ class EmbeddingCache:
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}{_SUFFIX}"
 
-    def get(self, key: str, *, device: Any = None) -> ImageEncoding | None:
-        """The cached encoding for ``key``, or None."""
+    def get_arrays(self, key: str) -> dict[str, np.ndarray] | None:
+        """The arrays stored under ``key`` (loaded into memory), or None. Does not count hits or misses."""
         path = self._path(key)
         try:
             with np.load(path, allow_pickle=False) as data:
-                n = int(data["n_arrays"])
-                arrays = [data[f"a{i}"] for i in range(n)]
-                meta = str(data["meta"])
-                size_hw = tuple(int(v) for v in data["size_hw"])
-                input_size_hw = tuple(int(v) for v in data["input_size_hw"])
-                model_id = str(data["model_id"])
+                arrays = {name: data[name] for name in data.files}
         except FileNotFoundError:
-            self.misses += 1
             return None
         except Exception:  # a damaged entry is a miss, and goes away
             path.unlink(missing_ok=True)
-            self.misses += 1
             return None
         try:
-            os.utime(path)
+            os.utime(path)  # recently used: evicted last
         except OSError:
             pass
-        self.hits += 1
-        return ImageEncoding(
-            features=_from_arrays(meta, arrays, device),
-            size_hw=size_hw,
-            input_size_hw=input_size_hw,
-            model_id=model_id,
-        )
+        return arrays
+
+    def put_arrays(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        """Store named arrays under ``key`` atomically, then evict beyond ``max_bytes``."""
+        from .data import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(self._path(key), buffer.getvalue())
+        self.evict()
+
+    def get(self, key: str, *, device: Any = None) -> ImageEncoding | None:
+        """The cached encoding for ``key``, or None."""
+        data = self.get_arrays(key)
+        encoding = None
+        if data is not None:
+            try:
+                n = int(data["n_arrays"])
+                encoding = ImageEncoding(
+                    features=_from_arrays(str(data["meta"]), [data[f"a{i}"] for i in range(n)], device),
+                    size_hw=tuple(int(v) for v in data["size_hw"]),
+                    input_size_hw=tuple(int(v) for v in data["input_size_hw"]),
+                    model_id=str(data["model_id"]),
+                )
+            except Exception:  # not an encoding entry (or a damaged one): a miss, and it goes away
+                self._path(key).unlink(missing_ok=True)
+        if encoding is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return encoding
 
     def put(self, key: str, encoding: ImageEncoding) -> None:
         """Store ``encoding`` under ``key`` atomically, then evict beyond ``max_bytes``."""
-        from .data import atomic_write_bytes
-
         meta, arrays = _to_arrays(encoding.features)
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            meta=np.array(meta),
-            n_arrays=np.int64(len(arrays)),
-            size_hw=np.asarray(encoding.size_hw, dtype=np.int64),
-            input_size_hw=np.asarray(encoding.input_size_hw, dtype=np.int64),
-            model_id=np.array(encoding.model_id),
-            **{f"a{i}": a for i, a in enumerate(arrays)},
+        self.put_arrays(
+            key,
+            {
+                "meta": np.array(meta),
+                "n_arrays": np.int64(len(arrays)),
+                "size_hw": np.asarray(encoding.size_hw, dtype=np.int64),
+                "input_size_hw": np.asarray(encoding.input_size_hw, dtype=np.int64),
+                "model_id": np.array(encoding.model_id),
+                **{f"a{i}": a for i, a in enumerate(arrays)},
+            },
         )
-        atomic_write_bytes(self._path(key), buffer.getvalue())
-        self.evict()
 
     def entries(self) -> list[Path]:
         """Paths of all entries."""
@@ -212,11 +227,21 @@ class CachedSegmenter:
         cache: An :class:`EmbeddingCache`, or a folder path for one.
     """
 
-    def __init__(self, segmenter: Any, cache: EmbeddingCache | str | Path | None = None) -> None:
+    def __init__(
+        self, segmenter: Any, cache: EmbeddingCache | str | Path | None = None, *, decodes: bool = True
+    ) -> None:
         if not hasattr(segmenter, "encode") or not hasattr(segmenter, "model_id"):
             raise TypeError(f"segmenter: expected a Segmenter, got {type(segmenter).__name__}")
+        if not isinstance(decodes, bool):
+            raise TypeError(f"decodes: expected a bool, got {type(decodes).__name__}")
         self.segmenter = segmenter
         self.cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
+        self.decodes = decodes
+        self.decode_hits = 0
+        self.decode_misses = 0
+        self._keys: weakref.WeakKeyDictionary[ImageEncoding, str] = weakref.WeakKeyDictionary()
+        self._weights: tuple[tuple[int, int, int], ...] | None = None
+        self._weights_digest = ""
 
     @property
     def model_id(self) -> str:
@@ -231,7 +256,7 @@ class CachedSegmenter:
 
     def __getattr__(self, name: str) -> Any:
         # Delegate everything else (params, preprocess, decode_logits, model, ...).
-        if name in ("segmenter", "cache"):
+        if name in ("segmenter", "cache", "decodes", "_keys", "_weights", "_weights_digest"):
             raise AttributeError(name)
         return getattr(self.segmenter, name)
 
@@ -242,8 +267,72 @@ class CachedSegmenter:
         if encoding is None:
             encoding = self.segmenter.encode(image)
             self.cache.put(key, encoding)
+        self._keys[encoding] = key
         return encoding
 
     def decode(self, encoding: ImageEncoding, prompts: Prompts) -> PromptMasks:
-        """Decode with the wrapped segmenter."""
-        return self.segmenter.decode(encoding, prompts)
+        """Decode with the wrapped segmenter, reusing cached low-resolution logits when possible.
+
+        For SAM-family segmenters (``decode_logits`` + ``postprocess_logits``) and an
+        encoding that came from this wrapper's :meth:`encode`, the decoder's
+        ``(N, 1, 256, 256)`` float32 logits and scores are cached under a key made of
+        the image's cache key, the exact prompts and a digest of the prompt-encoder
+        and mask-decoder weights (recomputed whenever a weight tensor is replaced or
+        changed in place, e.g. by fine-tuning). A hit skips the decoder; cropping,
+        upsampling and the sigmoid run as usual, so the probabilities are identical
+        to an uncached decode. Everything else is decoded by the wrapped segmenter.
+        """
+        from .segmenters._common import check_encoding, decode_low_res, finish_low_res
+
+        key = self._decode_key(encoding, prompts)
+        if key is None:
+            return self.segmenter.decode(encoding, prompts)
+        check_encoding(encoding, self.model_id)
+        entry = self.cache.get_arrays(key)
+        if entry is not None and {"logits", "scores"} <= set(entry):
+            import torch
+
+            self.decode_hits += 1
+            logits, scores = torch.from_numpy(entry["logits"]), entry["scores"]
+        else:
+            self.decode_misses += 1
+            logits, scores = decode_low_res(self.segmenter, encoding, prompts)
+            self.cache.put_arrays(key, {"logits": logits.numpy(), "scores": scores})
+        return finish_low_res(self.segmenter, encoding, logits, scores)
+
+    def _decode_key(self, encoding: ImageEncoding, prompts: Prompts) -> str | None:
+        """Cache key of decoding ``prompts`` against ``encoding``, or None when it cannot be cached."""
+        seg = self.segmenter
+        if not (self.decodes and getattr(seg, "cacheable_decode", False)) or not isinstance(prompts, Prompts):
+            return None
+        image = self._keys.get(encoding) if isinstance(encoding, ImageEncoding) else None
+        if image is None or prompts.n == 0:
+            return None
+        prompts = prompts.clipped_to(encoding.size_hw)
+        digest = hashlib.sha256()
+        digest.update(f"decode|v{_FORMAT}|{image}|{self._decoder_digest()}|".encode())
+        for name in ("box_xyxy", "points_xy", "point_labels"):
+            value = getattr(prompts, name)
+            digest.update(f"{name}:{'-' if value is None else value.dtype.str + str(value.shape)}|".encode())
+            if value is not None:
+                digest.update(np.ascontiguousarray(value).tobytes())
+        return digest.hexdigest()
+
+    def _decoder_digest(self) -> str:
+        """SHA-256 of the prompt encoder's and mask decoder's weights (cached until one changes)."""
+        import torch
+
+        model = self.segmenter.model
+        tensors = [
+            t
+            for module in (model.prompt_encoder, model.mask_decoder)
+            for t in (*module.parameters(), *module.buffers())
+        ]
+        # Identity and in-place version counter of every tensor: a new module or an optimiser step changes them.
+        state = tuple((id(t), int(t._version), t.data_ptr()) for t in tensors)
+        if state != self._weights:
+            digest = hashlib.sha256()
+            for t in tensors:
+                digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._weights, self._weights_digest = state, digest.hexdigest()
+        return self._weights_digest

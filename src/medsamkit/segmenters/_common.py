@@ -11,7 +11,15 @@ from .._types import ImageEncoding, PromptMasks, Prompts
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["check_encoding", "decode_prompts", "longest_side_size_hw", "prompts_to_model", "to_rgb_float"]
+__all__ = [
+    "check_encoding",
+    "decode_low_res",
+    "decode_prompts",
+    "finish_low_res",
+    "longest_side_size_hw",
+    "prompts_to_model",
+    "to_rgb_float",
+]
 
 
 def longest_side_size_hw(size_hw: tuple[int, int], target_length: int) -> tuple[int, int]:
@@ -114,6 +122,64 @@ def prompts_to_model(
     return boxes, points
 
 
+def decode_low_res(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) -> tuple[Any, np.ndarray]:
+    """Decode prompts to the decoder's low-resolution logits (the expensive half of ``decode``).
+
+    Args:
+        segmenter: Provides ``model_id``, ``device``, ``max_prompts_per_batch`` and
+            ``decode_logits(features, boxes, points) -> (logits, iou)``.
+        encoding: The segmenter's encoding of the image.
+        prompts: ``N >= 1`` prompts in input-image pixels.
+
+    Returns:
+        ``(logits, scores)``: ``(N, 1, L, L)`` float32 CPU tensor in the model's padded
+        frame (``L`` = 256 for the SAM family) and ``(N,)`` float32 predicted IoU.
+    """
+    import torch
+
+    check_encoding(encoding, segmenter.model_id)
+    prompts = prompts.clipped_to(encoding.size_hw)
+    boxes, points = prompts_to_model(prompts, encoding.size_hw, encoding.input_size_hw, device=segmenter.device)
+    chunks, scores = [], []
+    step = segmenter.max_prompts_per_batch
+    with torch.inference_mode():
+        for start in range(0, prompts.n, step):
+            sl = slice(start, start + step)
+            chunk_points = None if points is None else (points[0][sl], points[1][sl])
+            chunk_boxes = None if boxes is None else boxes[sl]
+            logits, iou = segmenter.decode_logits(encoding.features, chunk_boxes, chunk_points)
+            chunks.append(logits.float().cpu())
+            scores.append(iou[:, 0].float().cpu().numpy())
+    return torch.cat(chunks), np.concatenate(scores).astype(np.float32, copy=False)
+
+
+def finish_low_res(segmenter: Any, encoding: ImageEncoding, logits: Any, scores: np.ndarray) -> PromptMasks:
+    """Bring low-resolution logits to the image: crop, upsample, sigmoid (the cheap half of ``decode``).
+
+    Args:
+        segmenter: Provides ``max_prompts_per_batch`` and
+            ``postprocess_logits(logits, encoding) -> (N, 1, H, W)``.
+        encoding: The encoding the logits were decoded from.
+        logits: ``(N, 1, L, L)`` tensor from :func:`decode_low_res`.
+        scores: ``(N,)`` predicted IoU.
+
+    Returns:
+        ``(N, H, W)`` probabilities and ``(N,)`` scores.
+    """
+    import torch
+
+    h, w = encoding.size_hw
+    n = int(logits.shape[0])
+    probabilities = np.empty((n, h, w), dtype=np.float32)
+    step = segmenter.max_prompts_per_batch
+    with torch.inference_mode():
+        for start in range(0, n, step):
+            sl = slice(start, start + step)
+            masks = segmenter.postprocess_logits(logits[sl], encoding)
+            probabilities[sl] = torch.sigmoid(masks[:, 0]).float().cpu().numpy()
+    return PromptMasks(probabilities=probabilities, scores=np.asarray(scores, dtype=np.float32))
+
+
 def decode_prompts(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) -> PromptMasks:
     """The shared body of SAM-family ``decode``: check, clip, scale, decode in chunks, upsample.
 
@@ -127,26 +193,11 @@ def decode_prompts(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) ->
     Returns:
         ``(N, H, W)`` probabilities and ``(N,)`` predicted-IoU scores.
     """
-    import torch
-
     check_encoding(encoding, segmenter.model_id)
     if not isinstance(prompts, Prompts):
         raise TypeError(f"prompts: expected Prompts, got {type(prompts).__name__}")
     h, w = encoding.size_hw
     if prompts.n == 0:
         return PromptMasks(probabilities=np.zeros((0, h, w), dtype=np.float32), scores=np.zeros(0, dtype=np.float32))
-    prompts = prompts.clipped_to(encoding.size_hw)
-    boxes, points = prompts_to_model(prompts, encoding.size_hw, encoding.input_size_hw, device=segmenter.device)
-    probabilities = np.empty((prompts.n, h, w), dtype=np.float32)
-    scores = np.empty(prompts.n, dtype=np.float32)
-    step = segmenter.max_prompts_per_batch
-    with torch.inference_mode():
-        for start in range(0, prompts.n, step):
-            sl = slice(start, start + step)
-            chunk_points = None if points is None else (points[0][sl], points[1][sl])
-            chunk_boxes = None if boxes is None else boxes[sl]
-            logits, iou = segmenter.decode_logits(encoding.features, chunk_boxes, chunk_points)
-            masks = segmenter.postprocess_logits(logits, encoding)
-            probabilities[sl] = torch.sigmoid(masks[:, 0]).float().cpu().numpy()
-            scores[sl] = iou[:, 0].float().cpu().numpy()
-    return PromptMasks(probabilities=probabilities, scores=scores)
+    logits, scores = decode_low_res(segmenter, encoding, prompts)
+    return finish_low_res(segmenter, encoding, logits, scores)

@@ -130,6 +130,9 @@ class LiteMedSAM:
 
     image_size: int = IMAGE_SIZE
 
+    cacheable_decode = True
+    """``decode`` is ``decode_logits`` then ``postprocess_logits``: a CachedSegmenter may cache the logits."""
+
     def __init__(
         self,
         *,

@@ -296,6 +296,8 @@ class _SAMFamily:
     """Shared code of :class:`SAM` and :class:`HQSAM` (see :class:`SAM`)."""
 
     _family: _Family
+    cacheable_decode = True
+    """``decode`` is ``decode_logits`` then ``postprocess_logits``: a CachedSegmenter may cache the logits."""
 
     def __init__(
         self,

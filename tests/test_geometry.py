@@ -109,3 +109,23 @@ class TestGrowBoxes:
 
     def test_empty(self):
         assert grow_boxes_xyxy(np.zeros((0, 4)), 5, (10, 10)).shape == (0, 4)
+
+
+def test_component_boxes_match_scipy_labelling_on_random_masks():
+    """Independent reference: scipy.ndimage.label + find_objects, sorted by area, then top, then left."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        mask = rng.random((int(rng.integers(1, 50)), int(rng.integers(1, 50)))) < rng.uniform(0.05, 0.6)
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        slices = ndimage.find_objects(labels)
+        areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        order = sorted(range(n), key=lambda i: (-areas[i], slices[i][0].start, slices[i][1].start))
+        for min_area in (0, 3, 10):
+            keep = [i for i in order if areas[i] >= min_area] or order[:1]
+            expected = np.array(
+                [(slices[i][1].start, slices[i][0].start, slices[i][1].stop - 1, slices[i][0].stop - 1) for i in keep],
+                dtype=np.float32,
+            ).reshape(-1, 4)
+            np.testing.assert_array_equal(component_boxes_xyxy(mask, min_area=min_area), expected, err_msg=f"{trial}")

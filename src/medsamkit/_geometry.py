@@ -47,6 +47,8 @@ def mask_to_xyxy(mask: np.ndarray) -> np.ndarray | None:
 def component_boxes_xyxy(mask: np.ndarray, *, min_area: int = 0, keep_largest: bool = True) -> np.ndarray:
     """One tight box per 8-connected component, largest component first.
 
+    Components of equal area are ordered by the top, then the left edge of their box.
+
     Components smaller than ``min_area`` pixels are dropped, except that with
     ``keep_largest`` the largest component is always kept, so a small but real
     structure of a reference mask still gets a box.
@@ -59,22 +61,23 @@ def component_boxes_xyxy(mask: np.ndarray, *, min_area: int = 0, keep_largest: b
     Returns:
         ``(N, 4)`` float32 boxes; ``N = 0`` for an empty mask.
     """
-    from scipy import ndimage
+    import cv2
 
     mask = as_mask(mask, name="mask")
-    labels, n = connected_components(mask)
+    # One OpenCV pass gives every component's box and area.
+    n_labels, _, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    n = int(n_labels) - 1
     if n == 0:
         return np.zeros((0, 4), dtype=np.float32)
-    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    order = np.argsort(-areas, kind="stable")
+    stats = stats[1:]
+    areas = stats[:, cv2.CC_STAT_AREA]
+    order = np.lexsort((stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP], -areas))  # ties: top, then left
     keep = [i for i in order if areas[i] >= min_area] or ([order[0]] if keep_largest else [])
     if not keep:
         return np.zeros((0, 4), dtype=np.float32)
-    slices = ndimage.find_objects(labels)
-    boxes = [
-        (slices[i][1].start, slices[i][0].start, slices[i][1].stop - 1, slices[i][0].stop - 1) for i in keep
-    ]
-    return np.asarray(boxes, dtype=np.float32)
+    x, y = stats[keep, cv2.CC_STAT_LEFT], stats[keep, cv2.CC_STAT_TOP]
+    w, h = stats[keep, cv2.CC_STAT_WIDTH], stats[keep, cv2.CC_STAT_HEIGHT]
+    return np.stack([x, y, x + w - 1, y + h - 1], axis=1).astype(np.float32)
 
 
 def grow_boxes_xyxy(box_xyxy: np.ndarray, margin: float, size_hw: tuple[int, int]) -> np.ndarray:

@@ -19,7 +19,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from .._validation import describe
 from ._overlap import _validate_pair
@@ -87,9 +86,17 @@ def _crop_to_union(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np
     return pred_crop, target_crop
 
 
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=np.uint8)
+
+
 def _edges(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels ``mask XOR binary_erosion(mask)`` (MONAI's ``get_mask_edges``)."""
-    return np.logical_xor(mask, ndimage.binary_erosion(mask))
+    import cv2
+
+    # scipy.ndimage.binary_erosion(mask) with its default cross-shaped structure and
+    # background outside the array, done by OpenCV (an order of magnitude faster).
+    eroded = cv2.erode(mask.view(np.uint8), _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return np.logical_xor(mask, eroded.view(bool))
 
 
 def _surface_distances(
@@ -112,10 +119,16 @@ def _surface_distances(
     if not pred_edges.any() or not target_edges.any():
         empty = np.empty(0, dtype=np.float64)
         return empty, empty
-    # distance_transform_edt gives, for each non-zero pixel, the distance to the
-    # nearest zero pixel: zeros are placed on the other mask's edges.
-    to_target = ndimage.distance_transform_edt(~target_edges, sampling=spacing)[pred_edges]
-    to_pred = ndimage.distance_transform_edt(~pred_edges, sampling=spacing)[target_edges]
+    # Nearest edge pixel of the other mask by a k-d tree over the edge pixels' physical
+    # coordinates: exact Euclidean distances, like a distance transform of the other
+    # mask's edges, at a cost that grows with the edge length instead of the image area.
+    from scipy.spatial import cKDTree
+
+    scale = np.asarray(spacing, dtype=np.float64)
+    pred_points = np.argwhere(pred_edges) * scale
+    target_points = np.argwhere(target_edges) * scale
+    to_target = cKDTree(target_points).query(pred_points, k=1)[0]
+    to_pred = cKDTree(pred_points).query(target_points, k=1)[0]
     return to_target, to_pred
 
 

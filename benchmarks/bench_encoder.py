@@ -20,7 +20,9 @@ affects the variants alike (medians and ratios are what to compare). Prints:
 5. peak memory: ``ru_maxrss`` of the process and the tracemalloc peak (numpy/Python
    allocations) while segmenting a full-resolution 4892 x 4020 16-bit radiograph
    (a Montgomery chest X-ray resized up);
-6. warm-cache speed-up: ``evaluate`` twice with ``CachedSegmenter`` on the same folder.
+
+The warm-cache speed-up of repeated ``evaluate`` runs is measured by
+``benchmarks/bench_cache.py``.
 """
 
 from __future__ import annotations
@@ -232,23 +234,6 @@ def main() -> None:
         print(f"  {name:<8} {seconds:5.2f} s, tracemalloc peak {peak / 2**20:6.0f} MiB, "
               f"peak RSS {_mib_rss():.0f} MiB (before: {rss_before:.0f}), Dice {dice_fn(result.mask, big_mask):.4f}")
 
-    # 6. warm cache --------------------------------------------------------------------------
-    with tempfile.TemporaryDirectory() as tmp:
-        cached = msk.Pipeline(msk.OracleBoxPrompter(), msk.CachedSegmenter(fast, Path(tmp) / "cache"))
-        runs = []
-        for k in range(2):
-            start = time.perf_counter()
-            msk.evaluate(cached, folder, out_dir=Path(tmp) / f"run{k}", progress=False)
-            runs.append(time.perf_counter() - start)
-        lean = []
-        cached_exact = msk.Pipeline(msk.OracleBoxPrompter(), msk.CachedSegmenter(exact, Path(tmp) / "cache32"))
-        for k in range(2):
-            start = time.perf_counter()
-            msk.evaluate(cached_exact, folder, out_dir=Path(tmp) / f"run32-{k}", progress=False)
-            lean.append(time.perf_counter() - start)
-    print(f"\nwarm cache, evaluate twice on {len(folder)} chest X-rays with CachedSegmenter:")
-    print(f"  fast default: first {runs[0]:.1f} s, second {runs[1]:.1f} s, speed-up {runs[0] / runs[1]:.1f}x")
-    print(f"  float32     : first {lean[0]:.1f} s, second {lean[1]:.1f} s, speed-up {lean[0] / lean[1]:.1f}x")
     load = os.getloadavg()
     print(f"\npeak RSS of the whole run: {_mib_rss():.0f} MiB; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

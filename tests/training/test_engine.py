@@ -161,6 +161,9 @@ def test_bad_input(seg, small_cxr, tmp_path):
         finetune(seg, train, out_dir=tmp_path / "c", epochs=0)
     with pytest.raises(ValueError, match="loss"):
         FinetuneConfig(loss="bce")
+    with pytest.raises(ValueError, match="not_a_setting"):
+        finetune(seg, train, out_dir=tmp_path / "d", not_a_setting=1)
+    assert not (tmp_path / "d").exists()
 
 
 def test_target_in_the_logits_frame_is_resized_and_padded():

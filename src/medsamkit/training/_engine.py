@@ -14,12 +14,13 @@ Two modes:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -216,7 +217,17 @@ def sweep_thresholds(
     ]
 
 
-def _save_curve(run_dir: Path, history: list[dict[str, Any]]) -> None:
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_dice", "seconds")
+
+
+def _save_curve(
+    run_dir: Path,
+    history: list[dict[str, Any]],
+    *,
+    losses: Sequence[tuple[str, str]] = (("train_loss", "training loss"),),
+    title: str = "fine-tuning learning curve",
+) -> None:
+    """``loss_curve.png``: the ``losses`` columns (key, label) per epoch and the validation Dice."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -226,7 +237,10 @@ def _save_curve(run_dir: Path, history: list[dict[str, Any]]) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
     epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", color="#d95f02", label="training loss")
+    colors = ("#d95f02", "#7570b3", "#e7298a")
+    for (key, label), color in zip(losses, colors):
+        values = [np.nan if h.get(key) is None else h[key] for h in history]
+        ax.plot(epochs, values, "o-", color=color, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -236,18 +250,88 @@ def _save_curve(run_dir: Path, history: list[dict[str, Any]]) -> None:
         ax2.set_ylabel("validation Dice")
         ax2.legend(loc="lower right")
     ax.legend(loc="upper right")
-    ax.set_title("fine-tuning learning curve")
+    ax.set_title(title)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     atomic_write_bytes(run_dir / "loss_curve.png", buffer.getvalue())
 
 
-def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+def _write_history(run_dir: Path, history: list[dict[str, Any]], columns: Sequence[str] = HISTORY_COLUMNS) -> None:
     from ..data import atomic_write_text
     from ..evaluation._evaluate import _csv_text_for
 
-    atomic_write_text(run_dir / "history.csv", _csv_text_for(history, ("epoch", "train_loss", "val_dice", "seconds")))
+    atomic_write_text(run_dir / "history.csv", _csv_text_for(history, tuple(columns)))
+
+
+def _check_mode(segmenter: Any, config: FinetuneConfig) -> None:
+    """LoRA mode: peft importable (ImportError with the install hint) and no adapters on the model yet."""
+    if config.mode == "lora":
+        from ._lora import _peft, has_lora
+
+        _peft()  # ImportError with the install hint before anything is written
+        if has_lora(segmenter.model):
+            raise ValueError("segmenter: its model already has LoRA adapters; fine-tune the base segmenter")
+
+
+def _claim_run_dir(run_dir: Path, record: dict[str, Any], record_file: str, what: str) -> None:
+    """Create ``run_dir`` and write ``record`` there, unless it holds a run with another record."""
+    from ..data import atomic_write_text
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record_path = run_dir / record_file
+    if record_path.is_file() and json.loads(record_path.read_text()) != record:
+        raise ValueError(
+            f"out_dir: {run_dir} holds another {what} run (different settings, data or model); use a new folder"
+        )
+    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def _caller_model_restored(segmenter: Any) -> Iterator[None]:
+    """Give the caller's model back as it was, however training ends.
+
+    Decoder mode trains the caller's mask decoder in place (its weights are put
+    back); LoRA mode adapts a copy of the encoder (the original is put back).
+    """
+    model = segmenter.model
+    decoder = model.mask_decoder
+    encoder = model.image_encoder
+    original = copy.deepcopy(decoder.state_dict())
+    try:
+        yield
+    finally:
+        model.image_encoder = encoder
+        decoder.load_state_dict(original)
+        decoder.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to ``path`` atomically (a crash leaves the previous file)."""
+    import torch
+
+    from ..data import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _validation_dice(segmenter: Any, trainable: _Trainable, items: Sequence[_Item], prompter: Any) -> float:
+    """Mean Dice at threshold 0.5 of ``prompter`` + the current weights on prepared validation items."""
+    import torch
+
+    with torch.inference_mode():
+        return float(
+            np.mean(
+                [
+                    _dice(_full_probabilities(segmenter, it, _prompts(prompter, it), trainable.features(it)) > 0.5, it.mask)
+                    for it in items
+                ]
+            )
+        )
 
 
 def _epoch_prompter(prompter: Any, seed: int, epoch: int) -> Any:
@@ -316,53 +400,30 @@ def finetune(
     """
     import torch
 
-    from ..data import atomic_write_text
     from ..prompters import OracleBoxPrompter, PerturbedBoxPrompter
 
     _check_trainable(segmenter)
-    config = (config or FinetuneConfig()).model_copy(update=overrides)
-    config = FinetuneConfig.model_validate(config.model_dump())
+    # Validated as a whole: an unknown override is an error (model_copy(update=...) would drop it).
+    config = FinetuneConfig.model_validate({**(config or FinetuneConfig()).model_dump(), **overrides})
     if len(train) == 0:
         raise ValueError("train: expected at least one training sample, got none")
-    if config.mode == "lora":
-        from ._lora import _peft, has_lora
-
-        _peft()  # ImportError with the install hint before anything is written
-        if has_lora(segmenter.model):
-            raise ValueError("segmenter: its model already has LoRA adapters; fine-tune the base segmenter")
+    _check_mode(segmenter, config)
     prompter = prompter or PerturbedBoxPrompter(jitter_fraction=0.1, seed=config.seed)
     if eval_prompter is None:
         eval_prompter = OracleBoxPrompter(**_oracle_params(prompter)) if isinstance(prompter, PerturbedBoxPrompter) else prompter
     run_dir = Path(out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "config": config.record(),
         "segmenter": getattr(segmenter, "model_id", type(segmenter).__name__),
         "train": [s.stem for s in train],
         "val": [s.stem for s in val or []],
     }
-    record_path = run_dir / "finetune.json"
-    if record_path.is_file() and json.loads(record_path.read_text()) != record:
-        raise ValueError(
-            f"out_dir: {run_dir} holds another fine-tuning run (different settings, data or model); "
-            "use a new folder"
-        )
-    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+    _claim_run_dir(run_dir, record, "finetune.json", "fine-tuning")
 
     torch.manual_seed(config.seed)
-    model = segmenter.model
-    decoder = model.mask_decoder
-    encoder = model.image_encoder
-    original = copy.deepcopy(decoder.state_dict())
-    try:
+    # The caller's segmenter is left as it was; the result holds a fine-tuned copy.
+    with _caller_model_restored(segmenter):
         return _train(segmenter, train, val, run_dir, config, prompter, eval_prompter, progress)
-    finally:
-        # The caller's segmenter is left as it was; the result holds a fine-tuned copy.
-        model.image_encoder = encoder  # LoRA mode trained adapters on a copy of it
-        decoder.load_state_dict(original)
-        decoder.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
 
 
 class _Trainable:
@@ -549,10 +610,6 @@ def _train(
     import torch
     from tqdm.auto import tqdm
 
-    from .._pipeline import Pipeline
-    from ..data import atomic_write_bytes, atomic_write_text
-
-    model = segmenter.model
     trainable = _Trainable(segmenter, config)
     optimizer = torch.optim.Adam(trainable.params, lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = _loss_fn(config.loss)
@@ -600,20 +657,7 @@ def _train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         trainable.eval()
-        val_dice = None
-        if val_items:
-            with torch.inference_mode():
-                val_dice = float(
-                    np.mean(
-                        [
-                            _dice(
-                                _full_probabilities(segmenter, it, _prompts(eval_prompter, it), trainable.features(it)) > 0.5,
-                                it.mask,
-                            )
-                            for it in val_items
-                        ]
-                    )
-                )
+        val_dice = _validation_dice(segmenter, trainable, val_items, eval_prompter) if val_items else None
         row = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)) if losses else None,
@@ -627,8 +671,8 @@ def _train(
             stale = 0
         else:
             stale += 1
-        buffer = io.BytesIO()
-        torch.save(
+        _save_state(
+            state_path,
             {
                 "epoch": epoch,
                 trainable.state_key: trainable.snapshot(),
@@ -636,16 +680,54 @@ def _train(
                 "history": history,
                 "best": best,
             },
-            buffer,
         )
-        atomic_write_bytes(state_path, buffer.getvalue())
         _write_history(run_dir, history)
         _save_curve(run_dir, history)
         if progress:
+            loss = "-" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
             shown = f", val Dice {val_dice:.4f}" if val_dice is not None else ""
-            tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.4f}{shown}")
+            tqdm.write(f"epoch {epoch}: loss {loss}{shown}")
 
     trainable.restore(best["state"])
+    pipeline, threshold, sweep, adapters = _finish(
+        segmenter, trainable, run_dir, eval_prompter, val, val_items, config, progress
+    )
+    best_val = best["dice"] if val_items else None
+    return FinetuneResult(
+        run_dir=run_dir,
+        pipeline=pipeline,
+        history=history,
+        best_epoch=best["epoch"],
+        best_val_dice=best_val,
+        threshold=threshold,
+        sweep=sweep,
+        adapters=adapters,
+    )
+
+
+def _finish(
+    segmenter: Any,
+    trainable: _Trainable,
+    run_dir: Path,
+    eval_prompter: Any,
+    val: Sequence[Any] | None,
+    val_items: list[_Item],
+    config: FinetuneConfig,
+    progress: bool,
+) -> tuple[Any, float, list[dict[str, float]], Path | None]:
+    """Save the trained weights (already the kept ones) and the pipeline in ``run_dir``.
+
+    Writes ``model.pth`` (LoRA: adapters merged, plus ``adapters.safetensors``), sweeps
+    ``config.thresholds`` on the validation items (``threshold_sweep.csv``) and saves
+    ``Pipeline(eval_prompter, fine-tuned copy, best threshold)`` (``pipeline.json``).
+
+    Returns:
+        ``(pipeline, threshold, sweep, adapters file or None)``.
+    """
+    from .._pipeline import Pipeline
+    from ..data import atomic_write_text
+
+    model = segmenter.model
     trainable.eval()
     trainable.freeze()
     adapters = None
@@ -653,11 +735,9 @@ def _train(
         from ._lora import LORA_FILE, merge_lora, save_lora
 
         adapters = save_lora(model, run_dir / LORA_FILE, decoder=config.train_decoder, base_model_id=segmenter.model_id)
-        merge_lora(model)  # the working copy of the encoder; finetune puts the caller's back
+        merge_lora(model)  # the working copy of the encoder; _caller_model_restored puts the caller's back
 
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    atomic_write_bytes(run_dir / MODEL_FILE, buffer.getvalue())
+    _save_state(run_dir / MODEL_FILE, model.state_dict())
     tuned = _reload(segmenter, run_dir / MODEL_FILE)
     sweep: list[dict[str, float]] = []
     threshold = 0.5
@@ -675,17 +755,7 @@ def _train(
     pipeline = Pipeline(eval_prompter, tuned, threshold=threshold)
     pipeline.save(run_dir)
     _relativise_checkpoint(run_dir)
-    best_val = best["dice"] if val_items else None
-    return FinetuneResult(
-        run_dir=run_dir,
-        pipeline=pipeline,
-        history=history,
-        best_epoch=best["epoch"],
-        best_val_dice=best_val,
-        threshold=threshold,
-        sweep=sweep,
-        adapters=adapters,
-    )
+    return pipeline, threshold, sweep, adapters
 
 
 def _oracle_params(prompter: Any) -> dict[str, Any]:

@@ -67,6 +67,20 @@ def test_compare_prompters_table_and_detection_breakdown(folder, tmp_path):
     assert "oracle" in str(report) and "corner" in str(report)
 
 
+def test_compare_prompters_runs_whole_pipelines_with_their_own_segmenter_and_threshold(folder, tmp_path):
+    shared, own = FakeSegmenter(), FakeSegmenter()
+    own_pipeline = msk.Pipeline(msk.OracleBoxPrompter(), own, threshold=0.99)  # e.g. a fine-tuned pipeline
+    report = compare_prompters(
+        shared, folder, {"zero-shot": msk.OracleBoxPrompter(), "tuned": own_pipeline},
+        out_dir=tmp_path / "study", progress=False,
+    )
+    assert shared.encode_calls == 4 and own.encode_calls == 4  # the empty image gets no prompt, no encoding
+    saved = json.loads((tmp_path / "study" / "tuned" / "pipeline.json").read_text())
+    assert saved["threshold"] == 0.99
+    assert json.loads((tmp_path / "study" / "zero-shot" / "pipeline.json").read_text())["threshold"] == 0.5
+    assert [r["provider"] for r in report.table] == ["zero-shot", "tuned"]
+
+
 def test_box_margin_study_dice_falls_with_huge_margins(folder, tmp_path):
     report = box_margin_study(FakeSegmenter(mode="box"), folder, out_dir=tmp_path / "m", margins=(0, 10), progress=False)
     dice = {r["provider"]: r["dice_mean"] for r in report.table}

@@ -101,7 +101,7 @@ def compare_prompters(
     n_overlays: int = 4,
     progress: bool = True,
 ) -> StudyReport:
-    """Evaluate the same images with several prompt providers and one segmenter.
+    """Evaluate the same images with several prompt providers (or whole pipelines).
 
     Writes ``out_dir/<provider>/`` (a full :func:`~medsamkit.evaluate` folder each,
     resumable), ``comparison.csv`` with one row per provider — ``provider, n,
@@ -116,7 +116,11 @@ def compare_prompters(
         segmenter: The segmenter (wrap it in a ``CachedSegmenter`` so the encoder runs
             once per image for the whole study).
         data: A ``MaskFolder`` (or path).
-        prompters: ``{label: prompt provider}``; labels name the sub-folders.
+        prompters: ``{label: prompt provider or Pipeline}``; labels name the
+            sub-folders. A provider runs with ``segmenter`` and ``threshold``; a
+            :class:`~medsamkit.Pipeline` runs as it is, with its own segmenter and
+            threshold (a fine-tuned pipeline beside the zero-shot ones, as in paper
+            002's tables).
         out_dir: Study folder.
         limit: Only the first ``limit`` images in sorted order.
         threshold: Probability threshold of every pipeline.
@@ -141,7 +145,10 @@ def compare_prompters(
     table, reports, dice_groups = [], {}, {}
     for label, prompter in prompters.items():
         folder = _safe_name(label)
-        pipeline = Pipeline(prompter, segmenter, threshold=threshold)
+        if isinstance(prompter, Pipeline):
+            pipeline = prompter
+        else:
+            pipeline = Pipeline(prompter, segmenter, threshold=threshold)
         report = evaluate(pipeline, samples, out_dir=out_dir / folder, n_overlays=n_overlays, progress=progress)
         reports[label] = report
         counts = dict.fromkeys(DETECTION_CLASSES, 0)

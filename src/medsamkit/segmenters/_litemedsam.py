@@ -12,6 +12,7 @@ import numpy as np
 from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
 from ._common import decode_prompts, longest_side_size_hw, to_rgb_float
+from ._fast import FastEncoderMixin
 
 __all__ = ["LiteMedSAM", "build_litemedsam_model", "litemedsam_checkpoint_path"]
 
@@ -82,7 +83,7 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-class LiteMedSAM:
+class LiteMedSAM(FastEncoderMixin):
     """LiteMedSAM segmenter with the preprocessing of LiteMedSAM's own inference.
 
     Preprocessing: resize so the long side is 256 px (``cv2.INTER_AREA``),
@@ -161,35 +162,7 @@ class LiteMedSAM:
             self.checkpoint = None
         self.model = model.to(self.device).eval()
         self.max_prompts_per_batch = max_prompts_per_batch
-        self.precision = precision
-        # The accelerated encoder is built on first use (converting it takes seconds);
-        # which backend it will be is known now, so the model id is too.
-        self._fast: Any = None
-        self._encoder_source = self.model.image_encoder
-        self._planned = "float32"
-        if precision == "fast":
-            from ._fast import planned_backends
-
-            self._planned = planned_backends(self._encoder_source, precision="bf16")[0]
-        self.model_id = self._model_id_for(self._planned)
-
-    def _model_id_for(self, backend: str) -> str:
-        from ._fast import backend_tag
-
-        tag = backend_tag(backend, "bf16")
-        return f"{self._base_id}:{tag}" if tag else self._base_id
-
-    def _build_fast_encoder(self) -> Any:
-        from ._fast import accelerate_encoder
-
-        return accelerate_encoder(self._encoder_source, precision="bf16", image_size=self.image_size)
-
-    @property
-    def encoder_backend(self) -> str:
-        """What ``encode`` runs (builds the fast encoder if it was not built yet)."""
-        if self.precision == "fast" and self._fast is None and self._planned != "float32":
-            self._encoder()
-        return "float32" if self._fast is None else self._fast.backend
+        self._init_fast_encoder(precision)
 
     def __repr__(self) -> str:
         backend = self._planned if self._fast is None else self._fast.backend
@@ -256,39 +229,6 @@ class LiteMedSAM:
             input_size_hw=input_size_hw,
             model_id=self.model_id,
         )
-
-    def _encoder(self) -> Any:
-        """The accelerated encoder, or None for the float32 module.
-
-        The accelerated encoder is a separate copy of ``model.image_encoder``: the
-        module itself is never changed, so autograd through it (LoRA training) works
-        as before. The float32 module runs whenever ``model.image_encoder`` is no
-        longer the module given to the constructor (LoRA fine-tuning swaps in an
-        adapted copy while it trains, with trainable parameters). The copy is rebuilt
-        when the encoder's weights were changed in place after it was built
-        (``load_state_dict``, an optimiser step), so it never runs stale weights. If
-        building the planned backend fails, a warning says so, the next one is used
-        and ``model_id`` follows it.
-        """
-        if self.precision != "fast" or self._planned == "float32":
-            return None
-        if self.model.image_encoder is not self._encoder_source:
-            return None
-        fast = self._fast
-        if fast is None or not fast.usable_for(self._encoder_source):
-            self._fast = fast = self._build_fast_encoder()
-            if fast.backend != self._planned:
-                from ._fast import backend_tag
-
-                old = ":" + backend_tag(self._planned, "bf16")
-                new = backend_tag(fast.backend, "bf16")
-                self._planned = fast.backend
-                # Swap the tag in place: a caller may have changed the id around it (load_lora does).
-                if old in self.model_id:
-                    self.model_id = self.model_id.replace(old, f":{new}" if new else "", 1)
-                else:
-                    self.model_id = self._model_id_for(fast.backend)
-        return None if fast.exact else fast
 
     def decode_logits(self, features: Any, boxes: Any, points: Any) -> tuple[Any, Any]:
         """Low-resolution logits ``(N, 1, 256, 256)`` and IoU scores ``(N, 1)`` (differentiable).

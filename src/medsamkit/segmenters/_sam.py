@@ -18,6 +18,7 @@ import numpy as np
 from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
 from ._common import decode_prompts, longest_side_size_hw
+from ._fast import FastEncoderMixin
 from ._litemedsam import _file_digest
 
 __all__ = [
@@ -292,7 +293,26 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return out
 
 
-class _SAMFamily:
+class _FirstIntermediate:
+    """HQ-SAM's encoder reduced to ``(embedding, first intermediate embedding)`` for acceleration."""
+
+    @staticmethod
+    def wrap(encoder: Any) -> Any:
+        import torch
+
+        class FirstIntermediate(torch.nn.Module):
+            def __init__(self, inner: Any) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: Any) -> tuple[Any, Any]:
+                embeddings, interm = self.inner(x)
+                return embeddings, interm[0]
+
+        return FirstIntermediate(encoder)
+
+
+class _SAMFamily(FastEncoderMixin):
     """Shared code of :class:`SAM` and :class:`HQSAM` (see :class:`SAM`)."""
 
     _family: _Family
@@ -308,6 +328,7 @@ class _SAMFamily:
         device: str = "cpu",
         multimask: bool | str = True,
         max_prompts_per_batch: int = 32,
+        precision: str = "float32",
     ) -> None:
         family = self._family
         self.model_type = _check_model_type(model_type)
@@ -323,9 +344,11 @@ class _SAMFamily:
         import torch
 
         self.device = torch.device(device)
+        if precision not in ("fast", "float32"):
+            raise ValueError(f"precision: expected 'fast' or 'float32', got {precision!r}")
         if model is None:
             model, path = _build(family, self.model_type, checkpoint)
-            self.model_id = f"{family.prefix}-{self.model_type}:{_file_digest(path)}"
+            self._base_id = f"{family.prefix}-{self.model_type}:{_file_digest(path)}"
             self.checkpoint: Path | None = path
         else:
             for attribute in ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess", "postprocess_masks"):
@@ -338,11 +361,12 @@ class _SAMFamily:
             if is_hq != family.hq:
                 other = "an HQ-SAM module (use HQSAM)" if is_hq else "a plain SAM module (use SAM)"
                 raise ValueError(f"model: expected a {family.label} module, got {other}")
-            self.model_id = f"{family.prefix}-{self.model_type}:module-{id(model):x}"
+            self._base_id = f"{family.prefix}-{self.model_type}:module-{id(model):x}"
             self.checkpoint = None
         self.model = model.to(self.device).eval()
         self.multimask = multimask
         self.max_prompts_per_batch = max_prompts_per_batch
+        self._init_fast_encoder(precision)
 
     # -- description -------------------------------------------------------------------
 
@@ -372,6 +396,7 @@ class _SAMFamily:
             "device": str(self.device),
             "multimask": self.multimask,
             "max_prompts_per_batch": self.max_prompts_per_batch,
+            "precision": self.precision,
         }
 
     # -- encoding ----------------------------------------------------------------------
@@ -402,7 +427,8 @@ class _SAMFamily:
         return x[0].float().cpu().numpy(), input_size_hw
 
     def _encode_tensor(self, x: Any) -> Any:
-        return self.model.image_encoder(x)
+        fast = self._encoder()
+        return self.model.image_encoder(x) if fast is None else fast(x)
 
     def encode(self, image: np.ndarray) -> ImageEncoding:
         """Encode ``image`` once; decode any number of prompts against the result.
@@ -518,6 +544,13 @@ class SAM(_SAMFamily):
             without box), the one with the highest predicted IoU is kept; one mask
             otherwise. ``"always"``: three candidates for every prompt. False: one mask.
         max_prompts_per_batch: Prompts decoded together in one decoder call.
+        precision: ``"float32"`` (default): the reference encoder, identical to
+            ``SamPredictor``. ``"fast"``: the image encoder in bfloat16 through
+            OpenVINO (or an optimised PyTorch copy) on CPUs with native bfloat16, as
+            for LiteMedSAM (``docs/performance.md``: about 5x faster for ViT-B on two
+            cores; the first use converts the encoder, minutes for ViT-H, kept on
+            disk). Opt-in because its effect on Dice could not be measured here
+            without the official weights; the model id gets the backend's tag.
 
     Raises:
         ImportError: If ``segment-anything`` is not installed (``pip install medsamkit[sam]``).
@@ -551,6 +584,7 @@ class HQSAM(_SAMFamily):
         hq_token_only: Use the HQ mask alone instead of SAM's mask plus the HQ mask
             (``SamPredictor.predict(hq_token_only=...)``, False by default).
         max_prompts_per_batch: Prompts decoded together in one decoder call.
+        precision: ``"float32"`` or ``"fast"``, as for :class:`SAM`.
     """
 
     _family = _HQ
@@ -565,6 +599,7 @@ class HQSAM(_SAMFamily):
         multimask: bool | str = True,
         hq_token_only: bool = False,
         max_prompts_per_batch: int = 32,
+        precision: str = "float32",
     ) -> None:
         if not isinstance(hq_token_only, bool):
             raise TypeError(f"hq_token_only: expected a bool, got {hq_token_only!r}")
@@ -575,6 +610,7 @@ class HQSAM(_SAMFamily):
             device=device,
             multimask=multimask,
             max_prompts_per_batch=max_prompts_per_batch,
+            precision=precision,
         )
         self.hq_token_only = hq_token_only
 
@@ -585,7 +621,12 @@ class HQSAM(_SAMFamily):
             params["hq_token_only"] = self.hq_token_only
         return params
 
+    _fast_adapter = staticmethod(lambda encoder: _FirstIntermediate.wrap(encoder))
+
     def _encode_tensor(self, x: Any) -> HQSAMFeatures:
+        fast = self._encoder()
+        if fast is not None:
+            return HQSAMFeatures(*fast(x))
         embeddings, interm = self.model.image_encoder(x)
         if not interm:
             raise ValueError("model: HQ-SAM's image encoder returned no global-attention features")

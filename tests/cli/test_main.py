@@ -100,6 +100,20 @@ def test_mean_mask_points_without_state_exits_2(tmp_path, capsys):
     assert "--prompter-state" in err and "--fit-masks" in err
 
 
+def test_precision_option_reaches_the_segmenter_and_its_config(tmp_path, capsys):
+    make_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    code = main(["evaluate", str(tmp_path / "data"), "--out", str(out), "--limit", "1", "--precision", "float32",
+                 "--no-progress", "--no-cache"])
+    assert code == 0, capsys.readouterr().err
+    segmenter = json.loads((out / "pipeline.json").read_text())["segmenter"]
+    assert segmenter["name"] == "litemedsam" and segmenter["params"]["precision"] == "float32"
+    reloaded = Pipeline.load(out).segmenter
+    assert reloaded.precision == "float32" and reloaded.encoder_backend == "float32"
+    code = main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "o2"), "--precision", "fast", *FAKE])
+    assert code == 2 and "--precision" in capsys.readouterr().err
+
+
 def test_fixed_prompter_without_box_exits_2(tmp_path, capsys):
     make_folder(tmp_path / "data")
     code = main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--prompter", "fixed", *FAKE])

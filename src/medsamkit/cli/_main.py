@@ -38,6 +38,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompter", choices=PROMPTER_CHOICES, default="oracle-box", help="prompt provider (default: oracle-box)")
     group.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter (default: litemedsam, weights bundled; fake: weight-free test double)")
     group.add_argument("--checkpoint", type=Path, help="segmenter weights (default: the bundled LiteMedSAM weights; SAM/HQ-SAM also look in $MEDSAMKIT_SAM_CHECKPOINT_DIR)")
+    group.add_argument("--precision", choices=("fast", "float32"), help="image encoder numerics: fast (bfloat16 where the CPU has it; LiteMedSAM's default) or float32 (exact; SAM/HQ-SAM's default)")
     group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     group.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
     group.add_argument("--combine", choices=("union", "best"), default="union", help="how prompt masks combine (default: union)")
@@ -79,6 +80,7 @@ def _add_training_options(
     """Options shared by ``finetune``, ``crossval`` and ``sammix`` (``sammix``: no ``--prompter``, its own defaults)."""
     parser.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help="segmenter to fine-tune (default: litemedsam)")
     parser.add_argument("--checkpoint", type=Path, help="starting weights (default: the bundled LiteMedSAM weights)")
+    parser.add_argument("--precision", choices=("fast", "float32"), help="image encoder numerics: fast (bfloat16 where the CPU has it; LiteMedSAM's default) or float32 (exact; SAM/HQ-SAM's default)")
     modes = {"decoder": "decoder (the mask decoder)", "lora": "lora (LoRA adapters on the image encoder's qkv layers; needs peft)"}
     parser.add_argument("--mode", choices=("decoder", "lora"), default=mode,
                         help=f"what trains: {modes['decoder']} or {modes['lora']} (default: {mode})")
@@ -119,14 +121,23 @@ def _training_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _segmenter_params(args: argparse.Namespace) -> dict[str, Any]:
+    """``--checkpoint`` and ``--precision`` as segmenter constructor arguments (only those given)."""
+    params: dict[str, Any] = {}
+    if args.checkpoint is not None:
+        params["checkpoint"] = args.checkpoint
+    if args.precision is not None:
+        if args.segmenter == "fake":
+            raise UsageError("--precision applies to LiteMedSAM, SAM and HQ-SAM, not to the fake segmenter")
+        params["precision"] = args.precision
+    return params
+
+
 def _training_segmenter(args: argparse.Namespace) -> Any:
     """The segmenter to fine-tune, in the embedding cache unless --no-cache (or the fake one)."""
     from .._registry import load_segmenter
 
-    params: dict[str, Any] = {}
-    if args.checkpoint is not None:
-        params["checkpoint"] = args.checkpoint
-    segmenter = load_segmenter(args.segmenter, **params)
+    segmenter = load_segmenter(args.segmenter, **_segmenter_params(args))
     if not args.no_cache and args.segmenter != "fake":
         from .._cache import CachedSegmenter, EmbeddingCache
 
@@ -138,6 +149,7 @@ def _add_study_options(parser: argparse.ArgumentParser, *, segmenter_help: str =
     """Options of the commands that build their segmenter with ``_study_segmenter``."""
     parser.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help=segmenter_help)
     parser.add_argument("--checkpoint", type=Path, help="segmenter weights")
+    parser.add_argument("--precision", choices=("fast", "float32"), help="image encoder numerics: fast (bfloat16 where the CPU has it; LiteMedSAM's default) or float32 (exact; SAM/HQ-SAM's default)")
     parser.add_argument("--limit", type=int, help="only the first N images in sorted order")
     parser.add_argument("--cache-dir", type=Path, help="embedding cache folder")
     parser.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
@@ -262,9 +274,7 @@ def _pipeline_from_args(args: argparse.Namespace) -> Any:
             raise UsageError("--prompter fixed needs at least one --box X0 Y0 X1 Y1")
         prompter = build_prompter("fixed", prompts=Prompts(box_xyxy=args.box).to_dict())
     seg_params: dict[str, Any] = {} if args.segmenter == "fake" else {"device": args.device}
-    if args.checkpoint is not None:
-        seg_params["checkpoint"] = args.checkpoint
-    segmenter = load_segmenter(args.segmenter, **seg_params)
+    segmenter = load_segmenter(args.segmenter, **seg_params, **_segmenter_params(args))
     post: list[Any] = []
     if args.keep_largest is not None:
         post.append(KeepLargestComponents(args.keep_largest))
@@ -543,10 +553,7 @@ def _study_segmenter(args: argparse.Namespace) -> Any:
     from .._cache import CachedSegmenter, EmbeddingCache
     from .._registry import load_segmenter
 
-    params: dict[str, Any] = {}
-    if args.checkpoint is not None:
-        params["checkpoint"] = args.checkpoint
-    segmenter = load_segmenter(args.segmenter, **params)
+    segmenter = load_segmenter(args.segmenter, **_segmenter_params(args))
     return segmenter if args.no_cache else CachedSegmenter(segmenter, EmbeddingCache(args.cache_dir))
 
 

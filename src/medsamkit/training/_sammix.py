@@ -401,9 +401,10 @@ def fit_sammix(
     2. The classifier takes an Adam step on the focal loss (eq. 3) of the whole
        batch (augmented; a single leftover image is skipped: batch norm).
     3. The segmenter (LoRA adapters or mask decoder, ``config.mode``) takes an Adam
-       step on ``λ`` times the mean Dice loss (eq. 9) of the step-1 images, whose
-       prompts' logits are combined by a pixel-wise maximum and compared with the
-       whole mask.
+       step on ``λ`` (``config.seg_weight``) times the mean segmentation loss
+       (``config.loss``, default Dice, eq. 9) of the step-1 images: the low-resolution
+       logits of an image's boxes are combined by a pixel-wise maximum and compared
+       with its whole mask resized into the logits' frame.
 
     The boxes are discrete, so **no gradient reaches the classifier from the
     segmentation loss**: the branches are coupled through the boxes the segmenter
@@ -475,6 +476,8 @@ def _joint(
     config: SAMMixConfig,
     progress: bool,
 ) -> SAMMixResult:
+    """The joint loop of :func:`fit_sammix` (inputs checked; ``x_np``: ``(N, S, S)`` classifier
+    inputs in ``[0, 1]``, ``y_np``: ``(N,)`` presence labels of ``train``)."""
     import torch
     from tqdm.auto import tqdm
 

@@ -176,3 +176,18 @@ def test_target_in_the_logits_frame_is_resized_and_padded():
     # SAM frame: input 1024, logits 256 -> a quarter.
     target = _engine._target_at_logits(mask, (512, 1024), 1024, 256)[0].numpy()
     assert target[:128, :128].all() and not target[:, 128:].any() and not target[128:].any()
+
+
+def test_sweep_probabilities_equal_the_pipeline_union(seg, small_cxr):
+    """The threshold sweep scores exactly the probabilities the saved pipeline will threshold."""
+    from types import SimpleNamespace
+
+    _, val = small_cxr
+    image, mask = val[0].load()
+    big = (cv2.resize(image, (400, 380)), cv2.resize(mask.astype(np.uint8), (400, 380), interpolation=cv2.INTER_NEAREST) > 0)
+    item = _engine._prepare(seg, [SimpleNamespace(stem="big", load=lambda: big)], "encode", False)[0]
+    prompts = msk.OracleBoxPrompter()(item.image, target=item.mask)
+    assert prompts.n == 2  # two lungs: the union matters
+    swept = _engine._full_probabilities(seg, item, prompts)
+    at_inference = msk.Pipeline(msk.OracleBoxPrompter(), seg)(item.image, target=item.mask).probabilities
+    np.testing.assert_allclose(swept, at_inference, atol=1e-6)

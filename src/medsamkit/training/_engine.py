@@ -184,21 +184,25 @@ def _logits(segmenter: Any, item: _Item, prompts: Any, features: Any = None) -> 
 
 
 def _full_probabilities(segmenter: Any, item: _Item, prompts: Any, features: Any = None) -> np.ndarray:
-    """``(H, W)`` union probability of all prompts at the input resolution."""
+    """``(H, W)`` union probability of all prompts at the input resolution.
+
+    The segmenter's own ``postprocess_logits`` brings each prompt's logits to the
+    image, then the pixel-wise maximum is taken: the same probabilities as the
+    pipeline's ``union`` at inference, so the swept threshold is the one that will be used.
+    """
     import torch
-    import torch.nn.functional as F
+
+    from .._types import ImageEncoding
 
     if prompts.n == 0:
         return np.zeros(item.size_hw, dtype=np.float32)
     with torch.inference_mode():
         logits, _ = _logits(segmenter, item, prompts, features)
-        side = logits.shape[-1]
-        scale = side / segmenter.image_size
-        h = max(1, round(item.input_size_hw[0] * scale))
-        w = max(1, round(item.input_size_hw[1] * scale))
-        logits = logits[..., :h, :w].amax(dim=0, keepdim=True)
-        up = F.interpolate(logits, size=item.size_hw, mode="bilinear", align_corners=False)
-        return torch.sigmoid(up[0, 0]).float().cpu().numpy()
+        frame = ImageEncoding(
+            features=None, size_hw=item.size_hw, input_size_hw=item.input_size_hw, model_id=segmenter.model_id
+        )
+        up = segmenter.postprocess_logits(logits, frame)  # (N, 1, H, W)
+        return torch.sigmoid(up.amax(dim=0)[0]).float().cpu().numpy()
 
 
 def _dice(pred: np.ndarray, target: np.ndarray) -> float:

@@ -38,6 +38,21 @@ def litemedsam():
     return LiteMedSAM()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
+    Tiny models and small convolutions gain nothing from intra-op threads, and on a
+    busy 2-core machine lose several times over.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_embedding_cache(tmp_path_factory):
     """Keep the CLI's default embedding cache out of the user's home during tests."""

@@ -154,3 +154,16 @@ class TestMakeBlobImage:
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
         assert not np.array_equal(a[1], c[1])
+
+
+def test_make_presence_folder_alternates_target_and_empty_images(tmp_path):
+    from medsamkit.testing import make_presence_folder
+
+    folder = make_presence_folder(tmp_path / "p", 5, size_hw=(40, 50), seed=3)
+    assert list(folder.stems) == [f"img_{i:03d}" for i in range(5)]
+    present = [bool(s.load_mask().any()) for s in folder]
+    assert present == [True, False, True, False, True]
+    highs = [int(s.load_image().max()) for s in folder]
+    assert all(h == 250 or h == 255 for h in highs)  # specks in every image: the range is no cue
+    again = make_presence_folder(tmp_path / "q", 5, size_hw=(40, 50), seed=3)
+    assert all((a.load_image() == b.load_image()).all() for a, b in zip(folder, again))

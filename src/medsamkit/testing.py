@@ -19,7 +19,7 @@ import numpy as np
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
 
-__all__ = ["FakeSegmenter", "make_blob_image"]
+__all__ = ["FakeSegmenter", "make_blob_image", "make_presence_folder"]
 
 
 class FakeSegmenter:
@@ -146,3 +146,44 @@ def make_blob_image(
     else:
         image = image.astype(dtype)
     return image, mask
+
+
+def make_presence_folder(
+    root: Any, n: int, *, size_hw: tuple[int, int] = (64, 80), seed: int = 0
+) -> Any:
+    """Write a small image/mask folder with and without the target, for presence classifiers.
+
+    Image ``i`` (``img_000.png``, ...) holds a blob (:func:`make_blob_image`) when ``i``
+    is even and only dark noise (an empty mask) when it is odd. Every image gets three
+    small bright specks, so the intensity range (and min-max scaling) does not tell
+    the classes apart: a classifier must find the blob. Meant for tests of CAM boxes,
+    SAM-Mix and other providers that learn presence.
+
+    Args:
+        root: Folder to create (``images/`` and ``masks/`` inside).
+        n: Number of images.
+        size_hw: ``(height, width)`` in pixels.
+        seed: Seed of image ``0``; image ``i`` uses ``seed + i``.
+
+    Returns:
+        A :class:`~medsamkit.MaskFolder` of the written images.
+    """
+    from pathlib import Path
+
+    from .data import MaskFolder, write_image, write_mask
+
+    root = Path(root)
+    for i in range(n):
+        if i % 2 == 0:
+            image, mask = make_blob_image(size_hw, seed=seed + i)
+        else:
+            rng = np.random.default_rng(10_000 + seed + i)
+            image = np.round(np.clip(0.2 + rng.normal(0, 0.05, size_hw), 0, 1) * 255).astype(np.uint8)
+            mask = np.zeros(size_hw, dtype=bool)
+        rng = np.random.default_rng(20_000 + seed + i)
+        for _ in range(3):  # specks in both classes: same min-max range, not a cue
+            y, x = rng.integers(0, size_hw[0] - 2), rng.integers(0, size_hw[1] - 2)
+            image[y : y + 2, x : x + 2] = 250
+        write_image(root / "images" / f"img_{i:03d}.png", image)
+        write_mask(root / "masks" / f"img_{i:03d}.png", mask)
+    return MaskFolder(root)

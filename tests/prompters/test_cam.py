@@ -15,34 +15,17 @@ import pytest
 import torch
 
 from medsamkit import OracleBoxPrompter, Pipeline, Prompts
-from medsamkit.data import MaskFolder, write_image, write_mask
+from medsamkit.data import MaskFolder
 from medsamkit.prompters._cam import CAM_METHODS, CAMBoxPrompter
-from medsamkit.testing import FakeSegmenter, make_blob_image
+from medsamkit.testing import FakeSegmenter, make_blob_image, make_presence_folder
 
 SIZE_HW = (64, 80)
 SMALL = {"input_size": 64, "width": 8, "depth": 3}  # receptive field ~ the blob size
 
 
-def _synthetic(seed: int, blob: bool) -> tuple[np.ndarray, np.ndarray]:
-    if blob:
-        image, mask = make_blob_image(SIZE_HW, seed=seed)
-    else:
-        rng = np.random.default_rng(10_000 + seed)
-        image = np.round(np.clip(0.2 + rng.normal(0, 0.05, SIZE_HW), 0, 1) * 255).astype(np.uint8)
-        mask = np.zeros(SIZE_HW, dtype=bool)
-    rng = np.random.default_rng(20_000 + seed)
-    for _ in range(3):  # specks in both classes: same min-max range, not a cue
-        y, x = rng.integers(0, SIZE_HW[0] - 2), rng.integers(0, SIZE_HW[1] - 2)
-        image[y : y + 2, x : x + 2] = 250
-    return image, mask
-
-
 def _folder(root, n: int, offset: int) -> MaskFolder:
-    for i in range(n):
-        image, mask = _synthetic(offset + i, blob=i % 2 == 0)
-        write_image(root / "images" / f"img_{i:03d}.png", image)
-        write_mask(root / "masks" / f"img_{i:03d}.png", mask)
-    return MaskFolder(root)
+    """``n`` images, even indices with a blob (``medsamkit.testing.make_presence_folder``)."""
+    return make_presence_folder(root, n, size_hw=SIZE_HW, seed=offset)
 
 
 def _box_iou(a, b) -> float:
@@ -53,13 +36,7 @@ def _box_iou(a, b) -> float:
     return inter / (area(a) + area(b) - inter)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions: one thread is several times faster than two on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

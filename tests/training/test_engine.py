@@ -23,16 +23,9 @@ N_TRAIN, N_VAL = 6, 3
 
 
 @pytest.fixture(scope="module")
-def small_cxr(tmp_path_factory, shared_data):
-    """Nine Shenzhen radiographs and lung masks shrunk to 256 x 256, as a MaskFolder."""
-    root = tmp_path_factory.mktemp("cxr256")
-    source = msk.MaskFolder(shared_data / "cxr-shenzhen")
-    for sample in source[: N_TRAIN + N_VAL]:
-        image, mask = sample.load()
-        msk.data.write_image(root / "images" / f"{sample.stem}.png", cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA))
-        msk.write_mask(root / "masks" / f"{sample.stem}.png", cv2.resize(mask.astype(np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST))
-    folder = msk.MaskFolder(root)
-    return folder[:N_TRAIN], folder[N_TRAIN:]
+def small_cxr(cxr256):
+    """(train, val) from the 256 x 256 chest X-rays of ``tests/training/conftest.py``."""
+    return cxr256[:N_TRAIN], cxr256[N_TRAIN : N_TRAIN + N_VAL]
 
 
 @pytest.fixture(scope="module")

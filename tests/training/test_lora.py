@@ -15,7 +15,6 @@ import json
 import sys
 from functools import partial
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -45,25 +44,13 @@ N_TRAIN, N_VAL = 4, 2
 F32 = {"precision": "float32"} if "precision" in inspect.signature(msk.LiteMedSAM).parameters else {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def small_cxr(tmp_path_factory, shared_data):
-    """Six Shenzhen radiographs and lung masks shrunk to 256 x 256: (train, val)."""
-    root = tmp_path_factory.mktemp("cxr256")
-    source = msk.MaskFolder(shared_data / "cxr-shenzhen")
-    for sample in source[: N_TRAIN + N_VAL]:
-        image, mask = sample.load()
-        msk.data.write_image(root / "images" / f"{sample.stem}.png", cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA))
-        msk.write_mask(root / "masks" / f"{sample.stem}.png", cv2.resize(mask.astype(np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST))
-    folder = msk.MaskFolder(root)
-    return folder[:N_TRAIN], folder[N_TRAIN:]
+def small_cxr(cxr256):
+    """(train, val) from the 256 x 256 chest X-rays of ``tests/training/conftest.py``."""
+    return cxr256[:N_TRAIN], cxr256[N_TRAIN : N_TRAIN + N_VAL]
 
 
 @pytest.fixture(scope="module")

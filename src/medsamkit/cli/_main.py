@@ -425,12 +425,17 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if lines:
         print(f"\n{'evaluation':<44} {'images':>6} {'Dice mean':>10} {'std':>7}")
         for label, report in lines:
-            d = report.summary["metrics"]["dice"]
-            mean = "-" if d["mean"] is None else f"{d['mean']:.4f}"
-            std = "-" if d["std"] is None else f"{d['std']:.4f}"
-            print(f"{label:<44} {d['n']:>6} {mean:>10} {std:>7}")
+            _print_dice_row(label, report)
     print(f"run folder: {args.out.resolve()}  (evaluate again with: medsamkit evaluate DATA --pipeline {args.out})")
     return 1 if failed else 0
+
+
+def _print_dice_row(label: str, report: Any) -> None:
+    """One line of the evaluation tables: label, images, Dice mean and std."""
+    d = report.summary["metrics"]["dice"]
+    mean = "-" if d["mean"] is None else f"{d['mean']:.4f}"
+    std = "-" if d["std"] is None else f"{d['std']:.4f}"
+    print(f"{label:<44} {d['n']:>6} {mean:>10} {std:>7}")
 
 
 def _cmd_sammix(args: argparse.Namespace) -> int:
@@ -490,10 +495,7 @@ def _cmd_sammix(args: argparse.Namespace) -> int:
         ):
             report = evaluate(pipe, test, out_dir=args.out / name, progress=not args.no_progress)
             failed += report.n_errors
-            d = report.summary["metrics"]["dice"]
-            mean = "-" if d["mean"] is None else f"{d['mean']:.4f}"
-            std = "-" if d["std"] is None else f"{d['std']:.4f}"
-            print(f"{label:<44} {d['n']:>6} {mean:>10} {std:>7}")
+            _print_dice_row(label, report)
     print(f"run folder: {args.out.resolve()}  (evaluate again with: medsamkit evaluate DATA --pipeline {args.out})")
     return 1 if failed else 0
 

@@ -36,7 +36,28 @@ MODEL_FILE = "model.pth"
 STATE_FILE = "last.pt"
 
 
-class FinetuneConfig(BaseModel):
+class SegmenterTrainingSettings(BaseModel):
+    """Settings shared by every way of training a segmenter (:class:`FinetuneConfig`,
+    ``SAMMixConfig``); each subclass documents them and sets its own defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["decoder", "lora"] = "decoder"
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    loss: LossName = "dicefocal"
+    batch_size: int = Field(4, ge=1)
+    patience: int = Field(5, ge=0)
+    seed: int = Field(0, ge=0)
+    thresholds: list[float] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=lambda: ["qkv"], min_length=1)
+    train_decoder: bool = False
+
+
+class FinetuneConfig(SegmenterTrainingSettings):
     """Settings of a fine-tuning run (saved as ``finetune.json`` in the run folder).
 
     Attributes:
@@ -59,22 +80,6 @@ class FinetuneConfig(BaseModel):
         lora_targets: Suffixes of the encoder's linear layers that get adapters.
         train_decoder: Also train the mask decoder.
     """
-
-    model_config = ConfigDict(extra="forbid")
-    mode: Literal["decoder", "lora"] = "decoder"
-    epochs: int = Field(20, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    loss: LossName = "dicefocal"
-    batch_size: int = Field(4, ge=1)
-    patience: int = Field(5, ge=0)
-    seed: int = Field(0, ge=0)
-    thresholds: list[float] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
-    lora_rank: int = Field(8, ge=1)
-    lora_alpha: float = Field(16.0, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_targets: list[str] = Field(default_factory=lambda: ["qkv"], min_length=1)
-    train_decoder: bool = False
 
     def record(self) -> dict[str, Any]:
         """The settings that matter for this mode (the LoRA ones are left out in decoder mode)."""

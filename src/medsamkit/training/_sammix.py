@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ._engine import (
     _LORA_FIELDS,
-    DEFAULT_THRESHOLDS,
     STATE_FILE,
     FinetuneConfig,
     LossName,
+    SegmenterTrainingSettings,
     _caller_model_restored,
     _check_mode,
     _check_trainable,
@@ -84,7 +84,7 @@ _CLASSIFIER_FIELDS = (
 )
 
 
-class SAMMixConfig(BaseModel):
+class SAMMixConfig(SegmenterTrainingSettings):
     """Settings of a SAM-Mix or SAM-PP run (saved as ``sammix.json`` / ``sam_pp.json`` in the run folder).
 
     The segmenter fields have the names and meaning of :class:`FinetuneConfig`; the
@@ -140,27 +140,19 @@ class SAMMixConfig(BaseModel):
         shift, intensity, flip: Classifier augmentation, as in ``CAMBoxPrompter.fit``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    # Paper 001's defaults where they differ from FinetuneConfig's (the other shared fields keep theirs).
     mode: Literal["decoder", "lora"] = "lora"
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-3, gt=0)
-    classifier_lr: float | None = Field(None, gt=0)
-    segmenter_lr: float | None = Field(None, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    seg_weight: float = Field(1.0, ge=0)
     loss: LossName = "dice"
     batch_size: int = Field(16, ge=1)
-    patience: int = Field(5, ge=0)
-    seed: int = Field(0, ge=0)
-    thresholds: list[float] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+    # SAM-Mix's own settings.
+    classifier_lr: float | None = Field(None, gt=0)
+    segmenter_lr: float | None = Field(None, gt=0)
+    seg_weight: float = Field(1.0, ge=0)
     warmup_epochs: int = Field(1, ge=0)
     box_fallback: Literal["skip", "oracle"] = "skip"
     negatives: bool = False
-    lora_rank: int = Field(8, ge=1)
-    lora_alpha: float = Field(16.0, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_targets: list[str] = Field(default_factory=lambda: ["qkv"], min_length=1)
-    train_decoder: bool = False
     cam: str = "gradcam"
     omega: float = Field(0.5, ge=0, le=1)
     presence_threshold: float = Field(0.5, ge=0, le=1)

@@ -220,3 +220,25 @@ def test_fake_segmenter_decodes_are_not_cached(tmp_path):
     seg.decode(seg.encode(image), prompts)
     seg.decode(seg.encode(image), prompts)
     assert (seg.decode_hits, seg.decode_misses) == (0, 0)
+
+
+def test_folder_is_scanned_only_when_the_bound_may_be_passed(tmp_path, monkeypatch):
+    scans = []
+    original = EmbeddingCache.evict
+
+    def counted(self):
+        scans.append(1)
+        return original(self)
+
+    monkeypatch.setattr(EmbeddingCache, "evict", counted)
+    entry = {"a": np.zeros(1000, dtype=np.float32)}
+    roomy = EmbeddingCache(tmp_path / "roomy", max_bytes=10**8)
+    for i in range(10):
+        roomy.put_arrays(f"{i:02d}" * 32, entry)
+    assert len(scans) == 1  # the first write only: the size is known from then on
+    scans.clear()
+    tight = EmbeddingCache(tmp_path / "tight", max_bytes=3 * 4500)
+    for i in range(10):
+        tight.put_arrays(f"{i:02d}" * 32, entry)
+        assert tight.size_bytes() <= tight.max_bytes  # the bound holds after every write
+    assert len(tight.entries()) == 3 and len(scans) >= 7

@@ -547,8 +547,8 @@ class SAM(_SAMFamily):
         precision: ``"float32"`` (default): the reference encoder, identical to
             ``SamPredictor``. ``"fast"``: the image encoder in bfloat16 through
             OpenVINO (or an optimised PyTorch copy) on CPUs with native bfloat16, as
-            for LiteMedSAM (``docs/performance.md``: about 5x faster for ViT-B on two
-            cores; the first use converts the encoder, minutes for ViT-H, kept on
+            for LiteMedSAM (``docs/performance.md``: 4.8x faster for ViT-B on two
+            cores; the first use converts the encoder, 36 s for ViT-B, kept on
             disk). Opt-in because its effect on Dice could not be measured here
             without the official weights; the model id gets the backend's tag.
 

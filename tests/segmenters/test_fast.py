@@ -328,3 +328,48 @@ def test_openvino_conversion_uses_the_telemetry_stub(monkeypatch):
     with _fast._no_openvino_telemetry():
         assert convert_impl.tm is stub
     assert convert_impl.tm is before
+
+
+# ---------------------------------------------------------------------------------------
+# bfloat16 mask decoder (inference with the fast encoder)
+# ---------------------------------------------------------------------------------------
+
+
+def test_fast_decode_runs_a_bf16_decoder_copy_close_to_float32(litemedsam, float32_seg, cxr) -> None:
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    image, mask, enc_fast, _ = cxr
+    prompts = OracleBoxPrompter()(image, target=mask)
+    fast = litemedsam.decode(enc_fast, prompts).probabilities
+    copy16 = litemedsam._decoder_copy.of(litemedsam.model.mask_decoder)
+    assert next(copy16.parameters()).dtype == torch.bfloat16
+    assert next(litemedsam.model.mask_decoder.parameters()).dtype == torch.float32  # the module is untouched
+    # Same embedding, float32 decoder: only the decoder's numerics differ.
+    enc_same = type(enc_fast)(enc_fast.features, enc_fast.size_hw, enc_fast.input_size_hw, float32_seg.model_id)
+    exact = float32_seg.decode(enc_same, prompts).probabilities
+    assert not np.array_equal(fast, exact)
+    assert _dice(fast.max(axis=0) > 0.5, exact.max(axis=0) > 0.5) > 0.995
+
+
+def test_training_and_float32_run_the_float32_decoder(litemedsam, float32_seg, cxr) -> None:
+    image, mask, enc_fast, enc32 = cxr
+    boxes = torch.tensor([[30.0, 40.0, 120.0, 220.0]])
+    with torch.enable_grad():
+        logits, _ = litemedsam.decode_logits(enc_fast.features, boxes, None)
+    assert logits.dtype == torch.float32
+    with torch.inference_mode():
+        reference, _ = float32_seg.decode_logits(enc_fast.features, boxes, None)
+    assert torch.equal(logits.detach(), reference)  # autograd on: the float32 module, bit for bit
+    assert float32_seg._inference_decoder() is None
+
+
+def test_bf16_decoder_copy_follows_weight_changes(litemedsam) -> None:
+    decoder = copy.deepcopy(litemedsam.model.mask_decoder)
+    copies = _fast.Bf16Copy()
+    first = copies.of(decoder)
+    assert copies.of(decoder) is first
+    with torch.no_grad():
+        decoder.iou_token.weight.add_(1.0)  # an optimiser step changes the weights in place
+    second = copies.of(decoder)
+    assert second is not first
+    assert torch.equal(second.iou_token.weight, decoder.iou_token.weight.to(torch.bfloat16))

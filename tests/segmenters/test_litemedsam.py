@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from medsamkit import LiteMedSAM, OracleBoxPrompter, Prompts
+from medsamkit import ImageEncoding, LiteMedSAM, OracleBoxPrompter, Prompts
 from medsamkit.segmenters import build_litemedsam_model, litemedsam_checkpoint_path
 from medsamkit.testing import FakeSegmenter
 
@@ -228,13 +228,16 @@ def _point_reference(model: torch.nn.Module, features, coords_256, labels, size_
 def test_points_only_reach_the_model_correctly(litemedsam, _encoded) -> None:
     image, mask, encoding = _encoded(*SHENZHEN)
     _, (x, y) = _lung_and_centre(mask)
-    out = litemedsam.decode(encoding, Prompts(points_xy=np.array([[[x, y]]])))
+    # The float32 decoder on the same embedding, so only the prompt plumbing is compared.
+    exact = LiteMedSAM(model=litemedsam.model, precision="float32")
+    encoding = ImageEncoding(encoding.features, encoding.size_hw, encoding.input_size_hw, exact.model_id)
+    out = exact.decode(encoding, Prompts(points_xy=np.array([[[x, y]]])))
     assert out.probabilities.shape == (1, *image.shape) and out.scores.shape == (1,)
     s = 256 / 1000
     expected = _point_reference(litemedsam.model, encoding.features, [[[x * s, y * s]]], [[1]], image.shape, (256, 256))
     assert np.abs(out.probabilities[0] - expected).max() < 1e-5
     # The same point moved by 50 px gives another map: the coordinates are really used.
-    moved = litemedsam.decode(encoding, Prompts(points_xy=np.array([[[x + 50, y]]])))
+    moved = exact.decode(encoding, Prompts(points_xy=np.array([[[x + 50, y]]])))
     assert np.abs(moved.probabilities[0] - out.probabilities[0]).max() > 1e-2
 
 

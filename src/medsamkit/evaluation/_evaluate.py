@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -294,10 +295,10 @@ def _pictures(out_dir: Path, samples: Sequence[Any], rows: list[dict[str, Any]],
     import shutil
 
     shutil.rmtree(out_dir / "overlays", ignore_errors=True)  # the worst/best set changes on resume
-    for row in [*worst, *best]:
-        sample = by_stem[row["stem"]]
+
+    def draw(row: dict[str, Any]) -> None:
         record = json.loads((out_dir / "records" / f"{row['stem']}.json").read_text())
-        image, target = sample.load()
+        image, target = by_stem[row["stem"]].load()
         pred = read_mask(out_dir / "masks" / f"{row['stem']}.png")
         save_overlay(
             out_dir / "overlays" / f"{row['stem']}.png",
@@ -307,3 +308,10 @@ def _pictures(out_dir: Path, samples: Sequence[Any], rows: list[dict[str, Any]],
             prompts=Prompts.from_dict(record["prompts"]),
             title=f"{row['stem']}  Dice {row['dice']:.3f}",
         )
+
+    # Reading, drawing and PNG encoding mostly release the GIL: one thread per core.
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = [*worst, *best]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(rows), os.cpu_count() or 1))) as pool:
+        list(pool.map(draw, rows))

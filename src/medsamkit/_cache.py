@@ -259,7 +259,7 @@ class CachedSegmenter:
         self.decode_hits = 0
         self.decode_misses = 0
         self._keys: weakref.WeakKeyDictionary[ImageEncoding, str] = weakref.WeakKeyDictionary()
-        self._weights: tuple[tuple[int, int, int], ...] | None = None
+        self._weights: tuple[Any, ...] | None = None
         self._weights_digest = ""
 
     @property
@@ -341,17 +341,14 @@ class CachedSegmenter:
         """SHA-256 of the prompt encoder's and mask decoder's weights (cached until one changes)."""
         import torch
 
-        model = self.segmenter.model
-        tensors = [
-            t
-            for module in (model.prompt_encoder, model.mask_decoder)
-            for t in (*module.parameters(), *module.buffers())
-        ]
-        # Identity and in-place version counter of every tensor: a new module or an optimiser step changes them.
-        state = tuple((id(t), int(t._version), t.data_ptr()) for t in tensors)
+        from .segmenters._fast import _state_fingerprint
+
+        modules = (self.segmenter.model.prompt_encoder, self.segmenter.model.mask_decoder)
+        # Storage and in-place version counter of every tensor: a new module or an optimiser step changes them.
+        state = tuple(_state_fingerprint(module) for module in modules)
         if state != self._weights:
             digest = hashlib.sha256()
-            for t in tensors:
+            for t in (t for module in modules for t in (*module.parameters(), *module.buffers())):
                 digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             self._weights, self._weights_digest = state, digest.hexdigest()
         return self._weights_digest

@@ -126,9 +126,10 @@ def decode_low_res(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) ->
     """Decode prompts to the decoder's low-resolution logits (the expensive half of ``decode``).
 
     Args:
-        segmenter: Provides ``model_id``, ``device``, ``max_prompts_per_batch`` and
+        segmenter: Provides ``device``, ``max_prompts_per_batch`` and
             ``decode_logits(features, boxes, points) -> (logits, iou)``.
-        encoding: The segmenter's encoding of the image.
+        encoding: The segmenter's encoding of the image, already checked with
+            :func:`check_encoding` by the caller.
         prompts: ``N >= 1`` prompts in input-image pixels.
 
     Returns:
@@ -137,7 +138,6 @@ def decode_low_res(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) ->
     """
     import torch
 
-    check_encoding(encoding, segmenter.model_id)
     prompts = prompts.clipped_to(encoding.size_hw)
     boxes, points = prompts_to_model(prompts, encoding.size_hw, encoding.input_size_hw, device=segmenter.device)
     chunks, scores = [], []

@@ -519,9 +519,14 @@ class FastEncoderMixin:
     """Optional ``module -> module`` applied to the prepared encoder copy before it is
     accelerated (HQ-SAM: keep the first intermediate embedding only)."""
 
-    def _init_fast_encoder(self, precision: str) -> None:
+    @staticmethod
+    def _check_precision(precision: Any) -> None:
+        """Raise ValueError unless ``precision`` is ``"fast"`` or ``"float32"`` (called before any weights load)."""
         if precision not in ("fast", "float32"):
             raise ValueError(f"precision: expected 'fast' or 'float32', got {precision!r}")
+
+    def _init_fast_encoder(self, precision: str) -> None:
+        """Set ``precision``, the planned backend and ``model_id`` (``precision`` already checked)."""
         self.precision = precision
         self._fast: Any = None
         self._encoder_source = self.model.image_encoder

@@ -20,7 +20,6 @@ IMAGE_SIZE = 256
 """LiteMedSAM's square model input (pixels)."""
 
 Precision = Literal["fast", "float32"]
-PRECISIONS = ("fast", "float32")
 
 
 def litemedsam_checkpoint_path() -> Path:
@@ -151,8 +150,7 @@ class LiteMedSAM(FastEncoderMixin):
             raise ValueError("checkpoint: give either checkpoint or model, not both")
         if not isinstance(max_prompts_per_batch, int) or max_prompts_per_batch < 1:
             raise ValueError(f"max_prompts_per_batch: expected a positive int, got {max_prompts_per_batch!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: expected 'fast' or 'float32', got {precision!r}")
+        self._check_precision(precision)
         self.device = torch.device(device)
         if model is None:
             path = litemedsam_checkpoint_path() if checkpoint is None else Path(checkpoint)

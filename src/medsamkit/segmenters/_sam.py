@@ -344,8 +344,7 @@ class _SAMFamily(FastEncoderMixin):
         import torch
 
         self.device = torch.device(device)
-        if precision not in ("fast", "float32"):
-            raise ValueError(f"precision: expected 'fast' or 'float32', got {precision!r}")
+        self._check_precision(precision)
         if model is None:
             model, path = _build(family, self.model_type, checkpoint)
             self._base_id = f"{family.prefix}-{self.model_type}:{_file_digest(path)}"

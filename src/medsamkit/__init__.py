@@ -39,6 +39,7 @@ _EXPORTS = {
     "MeanMaskPointPrompter": ".prompters",
     "FixedPrompter": ".prompters",
     "EmbeddingHeadPrompter": ".prompters",
+    "RefinedPrompter": ".prompters",
     "BoxesWithPointsPrompter": ".prompters",
     "YOLOBoxPrompter": ".prompters",
     "CAMBoxPrompter": ".prompters",
@@ -82,6 +83,9 @@ _EXPORTS = {
     "compare_prompters": ".evaluation",
     "box_margin_study": ".evaluation",
     "StudyReport": ".evaluation",
+    "estimate_quality": ".evaluation",
+    "failure_detection": ".evaluation",
+    "cases_to_check": ".evaluation",
 }
 
 __all__ = sorted([*_EXPORTS, "metrics", "testing", "__version__"])
@@ -126,9 +130,12 @@ if TYPE_CHECKING:  # pragma: no cover
         SegmentReport,
         StudyReport,
         box_margin_study,
+        cases_to_check,
         compare_prompters,
+        estimate_quality,
         evaluate,
+        failure_detection,
         segment_images,
     )
-    from .prompters import BoxesWithPointsPrompter, CAMBoxPrompter, EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
+    from .prompters import BoxesWithPointsPrompter, CAMBoxPrompter, EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter, RefinedPrompter
     from .segmenters import HQSAM, SAM, LiteMedSAM

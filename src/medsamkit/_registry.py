@@ -62,6 +62,18 @@ def _embedding_head(*, state: str | Path | None = None, **params: Any) -> Any:
     return prompter
 
 
+def _refined(*, base: dict[str, Any], **params: Any) -> Any:
+    from .prompters import RefinedPrompter
+
+    if not isinstance(base, dict) or "name" not in base:
+        raise ValueError(f"base: expected the base prompter as {{'name': ..., 'params': {{...}}}}, got {base!r}")
+    base_params = dict(base.get("params", {}))
+    state = params.pop("state", None)  # Pipeline.save stores the base's fitted state at the top level
+    if state is not None:
+        base_params["state"] = state
+    return RefinedPrompter(build_prompter(base["name"], **base_params), **params)
+
+
 def _yolo_box(**params: Any) -> Any:
     from .prompters._yolo import build_yolo_box_prompter  # weights=PATH (.pt) or state=PATH (.npz)
 
@@ -127,6 +139,7 @@ PROMPTERS: dict[str, Callable[..., Any]] = {
     "perturbed-box": _perturbed,
     "mean-mask-points": _mean_mask,
     "embedding-head": _embedding_head,
+    "refined": _refined,
     "yolo-box": _yolo_box,
     "cam-box": _cam_box,
     "fixed": _fixed,
@@ -157,6 +170,7 @@ _CLASS_NAMES = {
     "MeanMaskPointPrompter": "mean-mask-points",
     "FixedPrompter": "fixed",
     "EmbeddingHeadPrompter": "embedding-head",
+    "RefinedPrompter": "refined",
     "YOLOBoxPrompter": "yolo-box",
     "CAMBoxPrompter": "cam-box",
     "LiteMedSAM": "litemedsam",

@@ -1,6 +1,7 @@
 """Evaluation over a folder: tables (CSV/JSON), predicted masks, overlays and box plots."""
 
 from ._evaluate import CSV_COLUMNS, EvaluationReport, evaluate
+from ._quality import QUALITY_COLUMNS, auroc, cases_to_check, estimate_quality, failure_detection
 from ._segment import SegmentReport, segment_images
 from ._studies import DETECTION_CLASSES, StudyReport, box_margin_study, compare_prompters, detection_class
 
@@ -8,11 +9,16 @@ __all__ = [
     "CSV_COLUMNS",
     "DETECTION_CLASSES",
     "EvaluationReport",
+    "QUALITY_COLUMNS",
     "SegmentReport",
     "StudyReport",
+    "auroc",
     "box_margin_study",
+    "cases_to_check",
     "compare_prompters",
     "detection_class",
+    "estimate_quality",
     "evaluate",
+    "failure_detection",
     "segment_images",
 ]

@@ -147,6 +147,7 @@ def evaluate(
     save_masks: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    quality: bool = False,
 ) -> EvaluationReport:
     """Segment every image of ``data`` with ``pipeline`` and score it against its mask.
 
@@ -162,6 +163,13 @@ def evaluate(
     * ``records/<stem>.json`` — per-image results including the prompts.
     * ``boxplot.png`` and ``overlays/<stem>.png`` (the worst and best images by Dice).
     * ``pipeline.json`` and ``run.json`` — the configuration, to repeat the run.
+
+    With ``quality=True`` every row also gets a quality estimate of the result
+    (``quality, q_iou, q_agree, q_presence``, see
+    :func:`~medsamkit.evaluation.estimate_quality`) and ``summary.json`` a
+    ``failure_detection`` entry: how well ``quality`` finds the images with Dice
+    below 0.8 / 0.7 (AUROC) and the mean Dice after setting aside the 10% least
+    confident images.
 
     Each image's mask and record are written atomically as soon as it is done, and
     ``metrics.csv`` is rewritten atomically after every image, so an interrupted run
@@ -183,6 +191,8 @@ def evaluate(
         save_masks: Write the predicted masks as PNG.
         overwrite: Delete previous results in ``out_dir`` first.
         progress: Show a progress bar.
+        quality: Estimate each result's quality (a few extra decodes per image, no
+            extra encoding).
 
     Returns:
         An :class:`EvaluationReport`.
@@ -210,7 +220,11 @@ def evaluate(
         for name in (RUN_FILE, "metrics.csv", "summary.json", "boxplot.png"):
             (out_dir / name).unlink(missing_ok=True)
     config = pipeline.config.model_dump(mode="json")
-    run = {"pipeline": config, "metrics": list(METRIC_COLUMNS), "spacing": [float(s) for s in spacing]}
+    from ._quality import QUALITY_COLUMNS, estimate_quality, failure_detection
+
+    columns = (*CSV_COLUMNS, *QUALITY_COLUMNS) if quality else CSV_COLUMNS
+    measured = [*METRIC_COLUMNS, *QUALITY_COLUMNS] if quality else list(METRIC_COLUMNS)
+    run = {"pipeline": config, "metrics": measured, "spacing": [float(s) for s in spacing]}
     _check_same_run(out_dir, run)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -232,7 +246,7 @@ def evaluate(
 
     def flush() -> None:
         ordered = [rows[s.stem] for s in samples if s.stem in rows]
-        atomic_write_text(out_dir / "metrics.csv", _csv_text_for(ordered, CSV_COLUMNS))
+        atomic_write_text(out_dir / "metrics.csv", _csv_text_for(ordered, columns))
 
     bar = tqdm(pending, desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True)
     for sample, loaded, read_error in prefetch(bar, lambda s: s.load()):
@@ -241,7 +255,12 @@ def evaluate(
                 raise read_error
             image, mask = loaded
             start = time.perf_counter()
-            result = pipeline(image, target=mask)
+            if quality:
+                encoding = pipeline.segmenter.encode(image)
+                result = pipeline(image, target=mask, encoding=encoding)
+                estimate = estimate_quality(pipeline, result, encoding)
+            else:
+                result, estimate = pipeline(image, target=mask), {}
             seconds = time.perf_counter() - start
             values = compute_metrics(result.mask, mask, spacing=spacing, metrics=METRIC_COLUMNS)
         except Exception as exc:  # one bad file must not stop a long run
@@ -253,7 +272,7 @@ def evaluate(
             flush()
             continue
         row = _row_for(
-            sample.stem, values, seconds=round(seconds, 4), n_prompts=result.prompts.n, note=result.note
+            sample.stem, values, seconds=round(seconds, 4), n_prompts=result.prompts.n, note=result.note, **estimate
         )
         if save_masks:
             write_mask(out_dir / "masks" / f"{sample.stem}.png", result.mask)
@@ -271,6 +290,8 @@ def evaluate(
     ordered = [rows[s.stem] for s in samples if s.stem in rows]
     flush()
     summary = _summarize(ordered)
+    if quality:
+        summary["failure_detection"] = failure_detection([r for r in ordered if not r.get("error")])
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     _pictures(out_dir, samples, ordered, n_overlays=n_overlays, save_masks=save_masks)
     return EvaluationReport(out_dir=out_dir, rows=ordered, summary=summary, n_evaluated=len(pending), errors=errors)

@@ -6,6 +6,7 @@ from ._embedding_head import EmbeddingHeadPrompter
 from ._fixed import FixedPrompter
 from ._mean_mask import MeanMaskPointPrompter
 from ._oracle import OracleBoxPrompter, PerturbedBoxPrompter
+from ._refine import RefinedPrompter
 from ._yolo import YOLOBoxPrompter, YOLOSegmenter, configure_ultralytics_offline, masks_to_yolo_dataset
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "MeanMaskPointPrompter",
     "OracleBoxPrompter",
     "PerturbedBoxPrompter",
+    "RefinedPrompter",
     "YOLOBoxPrompter",
     "YOLOSegmenter",
     "configure_ultralytics_offline",

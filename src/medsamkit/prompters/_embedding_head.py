@@ -100,6 +100,8 @@ class EmbeddingHeadPrompter:
         self.hidden = hidden
         self.head: Any = None
         self.model_id: str | None = None
+        self.encoder_id: str | None = None
+        self._bound_model_ids: set[str] = set()
         self.image_size: int | None = None
         self.history: list[dict[str, float]] = []
 
@@ -184,6 +186,8 @@ class EmbeddingHeadPrompter:
         head.eval()
         self.head = head
         self.model_id = segmenter.model_id
+        self.encoder_id = getattr(segmenter, "encoder_id", None)
+        self._bound_model_ids = set()
         self.image_size = image_size
         return self
 
@@ -191,19 +195,52 @@ class EmbeddingHeadPrompter:
         if self.head is None:
             raise RuntimeError("EmbeddingHeadPrompter is not fitted: call fit(segmenter, samples) or load(path) first")
 
+    def bind_segmenter(self, segmenter: Any) -> None:
+        """Check once that ``segmenter`` computes the embedding the head was fitted on.
+
+        A :class:`~medsamkit.Pipeline` calls this when it is built, so a mismatch is
+        one clear error up front, not one per image. The check keys on the
+        segmenter's ``encoder_id`` (the image encoder's weights and numerics), not
+        on ``model_id``: a checkpoint whose mask decoder was fine-tuned keeps the
+        encoder, so the head fitted on the original checkpoint works with it.
+
+        Raises:
+            ValueError: If the segmenter's image encoder differs from the fitted one.
+        """
+        self._check_fitted()
+        theirs = getattr(segmenter, "encoder_id", None)
+        model_id = getattr(segmenter, "model_id", None)
+        if self.encoder_id is not None and theirs is not None:
+            same, fitted, got = theirs == self.encoder_id, self.encoder_id, theirs
+        else:  # a head saved before encoder ids, or a segmenter without one
+            same, fitted, got = model_id == self.model_id, self.model_id, model_id
+        if not same:
+            raise ValueError(
+                f"segmenter: the embedding head was fitted on the image encoder {fitted!r}, but this segmenter's "
+                f"encoder is {got!r}. A decoder-only fine-tuned checkpoint keeps the encoder and works; a different "
+                "encoder (other weights, LoRA on the encoder, another model) needs a new fit "
+                "(medsamkit fit-prompter ... --prompter embedding-head)"
+            )
+        if isinstance(model_id, str):
+            self._bound_model_ids.add(model_id)
+
+    def _check_encoding(self, encoding: ImageEncoding) -> None:
+        if not isinstance(encoding, ImageEncoding):
+            raise TypeError(f"encoding: expected an ImageEncoding, got {type(encoding).__name__}")
+        if encoding.model_id != self.model_id and encoding.model_id not in self._bound_model_ids:
+            raise ValueError(
+                f"encoding: the head was fitted on embeddings of {self.model_id!r}, got an encoding of "
+                f"{encoding.model_id!r}; use the same segmenter, or one with the same image encoder "
+                "(bind_segmenter(segmenter) checks it; a Pipeline does so when it is built)"
+            )
+
     def probability_map(self, encoding: ImageEncoding) -> np.ndarray:
         """``(H, W)`` float32 coarse foreground probability at the input resolution."""
         import torch
         import torch.nn.functional as F
 
         self._check_fitted()
-        if not isinstance(encoding, ImageEncoding):
-            raise TypeError(f"encoding: expected an ImageEncoding, got {type(encoding).__name__}")
-        if encoding.model_id != self.model_id:
-            raise ValueError(
-                f"encoding: the head was fitted on embeddings of {self.model_id!r}, got an encoding of "
-                f"{encoding.model_id!r}; use the same segmenter"
-            )
+        self._check_encoding(encoding)
         emb = _embedding(encoding.features).detach().float().cpu()
         with torch.inference_mode():
             logits = self.head(emb)
@@ -248,7 +285,7 @@ class EmbeddingHeadPrompter:
             {
                 "head": self.head.state_dict(),
                 "meta": json.dumps(
-                    {"params": self.params(), "model_id": self.model_id, "image_size": self.image_size, "history": self.history}
+                    {"params": self.params(), "model_id": self.model_id, "encoder_id": self.encoder_id, "image_size": self.image_size, "history": self.history}
                 ),
             },
             buffer,
@@ -277,6 +314,7 @@ class EmbeddingHeadPrompter:
         head.eval()
         prompter.head = head
         prompter.model_id = meta["model_id"]
+        prompter.encoder_id = meta.get("encoder_id")
         prompter.image_size = meta["image_size"]
         prompter.history = meta.get("history", [])
         return prompter

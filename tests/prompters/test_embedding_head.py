@@ -119,3 +119,91 @@ def test_errors(head, seg, cxr, tmp_path):
         msk.EmbeddingHeadPrompter(max_boxes=0)
     with pytest.raises(FileNotFoundError, match="path"):
         msk.EmbeddingHeadPrompter.load(tmp_path / "missing.pt")
+
+
+class _EmbeddingFake(FakeSegmenter):
+    """A weight-free segmenter with a torch embedding: ``model_id`` names encoder and decoder, ``encoder_id`` the encoder."""
+
+    image_size = 32
+
+    def __init__(self, encoder: str = "a", decoder: str = "x") -> None:
+        super().__init__(mode="intensity")
+        self.model_id = f"fake-emb:{encoder}:{decoder}"
+        self.encoder_id = f"fake-emb-encoder:{encoder}"
+
+    def encode(self, image):
+        import torch
+
+        enc = super().encode(image)
+        gray = torch.from_numpy(cv2.resize(enc.features, (8, 8), interpolation=cv2.INTER_AREA))
+        emb = torch.stack([gray, gray**2, 1 - gray, torch.ones_like(gray)])[None]
+        return msk.ImageEncoding(features=(emb, enc.features), size_hw=enc.size_hw, input_size_hw=(32, 32), model_id=self.model_id)
+
+    def decode(self, encoding, prompts):
+        plain = msk.ImageEncoding(
+            features=encoding.features[1], size_hw=encoding.size_hw, input_size_hw=encoding.size_hw, model_id=encoding.model_id
+        )
+        return super().decode(plain, prompts)
+
+
+def _blob_samples(n):
+    from medsamkit.testing import make_blob_image
+
+    class _S:
+        def __init__(self, i):
+            self.stem = f"s{i}"
+            self.image, self.mask = make_blob_image((32, 32), seed=i)
+
+        def load(self):
+            return self.image, self.mask
+
+    return [_S(i) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def fake_head():
+    return msk.EmbeddingHeadPrompter(hidden=8).fit(_EmbeddingFake("a", "x"), _blob_samples(4), epochs=2)
+
+
+def test_head_works_with_a_segmenter_sharing_the_encoder(fake_head):
+    """Issue 13: a head fitted with the original checkpoint works with a decoder-fine-tuned one."""
+    assert fake_head.encoder_id == "fake-emb-encoder:a"
+    tuned = _EmbeddingFake("a", "tuned")  # same encoder, new decoder: new model_id
+    image, _ = _blob_samples(5)[4].load()
+    result = msk.Pipeline(fake_head, tuned)(image)
+    assert result.mask.shape == image.shape
+
+
+def test_head_refuses_another_encoder_once_when_the_pipeline_is_built(fake_head):
+    with pytest.raises(ValueError, match="fake-emb-encoder:a.*fake-emb-encoder:b"):
+        msk.Pipeline(fake_head, _EmbeddingFake("b", "x"))
+    # without binding, an encoding of an unknown model is still refused per call
+    other = _EmbeddingFake("b", "y")
+    image, _ = _blob_samples(1)[0].load()
+    with pytest.raises(ValueError, match="encoding"):
+        fake_head(image, encoding=other.encode(image))
+
+
+def test_saved_head_keeps_the_encoder_id(fake_head, tmp_path):
+    loaded = msk.EmbeddingHeadPrompter.load(fake_head.save(tmp_path / "h.pt"))
+    assert loaded.encoder_id == fake_head.encoder_id
+    msk.Pipeline(loaded, _EmbeddingFake("a", "other"))  # binds
+
+
+@pytest.mark.real_model
+def test_litemedsam_encoder_id_ignores_the_decoder(litemedsam, tmp_path):
+    import torch
+
+    state = {k: v.clone() for k, v in litemedsam.model.state_dict().items()}
+    key = next(k for k in state if k.startswith("mask_decoder.") and state[k].dtype.is_floating_point)
+    state[key] += 0.01
+    torch.save(state, tmp_path / "decoder-tuned.pth")
+    tuned = msk.LiteMedSAM(checkpoint=tmp_path / "decoder-tuned.pth", precision=litemedsam.precision)
+    assert tuned.model_id != litemedsam.model_id
+    assert tuned.encoder_id == litemedsam.encoder_id
+    assert tuned.encoder_id.startswith("litemedsam-encoder:")
+    key = next(k for k in state if k.startswith("image_encoder.") and state[k].dtype.is_floating_point)
+    state[key] += 0.01
+    torch.save(state, tmp_path / "encoder-changed.pth")
+    changed = msk.LiteMedSAM(checkpoint=tmp_path / "encoder-changed.pth", precision=litemedsam.precision)
+    assert changed.encoder_id != litemedsam.encoder_id

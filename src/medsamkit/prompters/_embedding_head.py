@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,18 @@ from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
 
 __all__ = ["EmbeddingHeadPrompter"]
+
+_log = logging.getLogger("medsamkit")
+
+
+def _loss(logits: Any, target: Any) -> Any:
+    """Binary cross-entropy plus soft Dice per image (an empty target pushes the map to zero)."""
+    import torch.nn.functional as F
+
+    prob = logits.sigmoid()
+    dims = tuple(range(1, logits.ndim))
+    dice = 1 - (2 * (prob * target).sum(dims) + 1) / (prob.sum(dims) + target.sum(dims) + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
 
 
 def _embedding(features: Any) -> Any:
@@ -72,6 +85,9 @@ class EmbeddingHeadPrompter:
         max_boxes: At most this many boxes, largest regions first.
         margin_fraction: Boxes grow by this fraction of their width/height per side.
         hidden: Channels of the head's hidden layers.
+        presence_threshold: An image whose presence score (:meth:`presence`, the
+            largest value of the coarse map) is below this gets no prompt at all: "no
+            target here". 0 never decides so; ``fit(..., val=...)`` calibrates it.
     """
 
     requires_target = False
@@ -86,6 +102,7 @@ class EmbeddingHeadPrompter:
         max_boxes: int = 4,
         margin_fraction: float = 0.02,
         hidden: int = 64,
+        presence_threshold: float = 0.0,
     ) -> None:
         self.threshold = check_probability(threshold, name="threshold")
         self.min_area_fraction = check_probability(min_area_fraction, name="min_area_fraction")
@@ -98,6 +115,8 @@ class EmbeddingHeadPrompter:
         self.max_boxes = max_boxes
         self.margin_fraction = float(margin_fraction)
         self.hidden = hidden
+        self.presence_threshold = check_probability(presence_threshold, name="presence_threshold")
+        self.presence_calibration: dict[str, float] = {}
         self.head: Any = None
         self.model_id: str | None = None
         self.encoder_id: str | None = None
@@ -117,6 +136,7 @@ class EmbeddingHeadPrompter:
             "max_boxes": self.max_boxes,
             "margin_fraction": self.margin_fraction,
             "hidden": self.hidden,
+            "presence_threshold": self.presence_threshold,
         }
 
     def fit(
@@ -124,22 +144,34 @@ class EmbeddingHeadPrompter:
         segmenter: Any,
         samples: Sequence[Any],
         *,
+        val: Sequence[Any] | None = None,
         epochs: int = 40,
         lr: float = 1e-3,
+        batch_size: int = 8,
+        flip: bool = False,
         seed: int = 0,
         progress: bool = False,
     ) -> EmbeddingHeadPrompter:
         """Train the head on ``samples`` (items with ``load() -> (image, mask)``).
 
+        Each image is encoded once (wrap the segmenter in a ``CachedSegmenter`` to
+        reuse encodings across fits); the head then trains on the stored embeddings in
+        mini-batches (AdamW, one-cycle learning rate, Dice + binary cross-entropy).
+        Stages are logged on the ``medsamkit`` logger (``INFO``), so a run without a
+        progress bar still says what it is doing.
+
         Args:
-            segmenter: The SAM-family segmenter whose embedding the head reads (wrap it
-                in a ``CachedSegmenter`` to reuse encodings across studies).
+            segmenter: The SAM-family segmenter whose embedding the head reads.
             samples: Training images with masks; empty masks teach "no target here".
-            epochs: Passes over the training images (each pass costs milliseconds per
-                image: the encodings are computed once).
-            lr: AdamW learning rate.
+            val: Optional validation images with masks (none of the training images):
+                the presence threshold is calibrated on them (see
+                :meth:`calibrate_presence`).
+            epochs: Passes over the training images.
+            lr: Peak AdamW learning rate.
+            batch_size: Embeddings per optimiser step.
+            flip: Also train on the left-right mirrored images (encodes each image twice).
             seed: Seed of the initialisation and the order.
-            progress: Show a progress bar.
+            progress: Show progress bars.
 
         Returns:
             self.
@@ -151,45 +183,106 @@ class EmbeddingHeadPrompter:
 
         if len(samples) == 0:
             raise ValueError("samples: expected at least one training sample, got none")
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
+        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
         image_size = getattr(segmenter, "image_size", None)
         if not isinstance(image_size, int):
             raise TypeError(f"segmenter: expected a SAM-family segmenter with image_size, got {type(segmenter).__name__}")
-        data = []
+        n_views = 2 if flip else 1
+        _log.info("embedding head: encoding %d training images%s", len(samples), " and their mirror images" if flip else "")
+        embeddings, targets = [], []
         for sample in tqdm(samples, desc="encode", unit="img", disable=not progress):
             image, mask = sample.load()
-            enc = segmenter.encode(image)
-            emb = _embedding(enc.features).detach().float().cpu().clone()  # a normal tensor, even from inference mode
-            target = _target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1])
-            data.append((emb, target[None]))
+            for view in range(n_views):
+                if view:
+                    image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+                enc = segmenter.encode(image)
+                emb = _embedding(enc.features).detach().float().cpu()
+                embeddings.append(emb[0].to(torch.float16))  # half the memory; trained in float32
+                targets.append(_target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1]))
+        x_all, y_all = torch.stack(embeddings), torch.stack(targets)
+        del embeddings, targets
         torch.manual_seed(seed)
-        head = _build_head(data[0][0].shape[1], self.hidden)
+        head = _build_head(x_all.shape[1], self.hidden)
         optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-        bce = torch.nn.BCEWithLogitsLoss()
+        steps = max(1, len(x_all) // batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps, pct_start=0.1)
         rng = np.random.default_rng(seed)
         self.history = []
+        _log.info("embedding head: training on %d embeddings, %d epochs", len(x_all), epochs)
         for epoch in tqdm(range(1, epochs + 1), desc="fit head", unit="epoch", disable=not progress):
             head.train()
             losses = []
-            for index in rng.permutation(len(data)):
-                emb, target = data[index]
-                logits = head(emb)
-                prob = torch.sigmoid(logits)
-                dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
-                loss = bce(logits, target) + dice
+            for index in np.array_split(rng.permutation(len(x_all)), steps):
+                x, y = x_all[index].float(), y_all[index]
+                logits = head(x)
+                loss = _loss(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 losses.append(float(loss.detach()))
             self.history.append({"epoch": epoch, "loss": float(np.mean(losses))})
+            if epoch == 1 or epoch % 10 == 0 or epoch == epochs:
+                _log.info("embedding head: epoch %d/%d, loss %.4f", epoch, epochs, self.history[-1]["loss"])
         head.eval()
         self.head = head
         self.model_id = segmenter.model_id
         self.encoder_id = getattr(segmenter, "encoder_id", None)
         self._bound_model_ids = set()
         self.image_size = image_size
+        if val is not None and len(val):
+            self.calibrate_presence(segmenter, val, progress=progress)
         return self
+
+    def calibrate_presence(self, segmenter: Any, samples: Sequence[Any], *, progress: bool = False) -> dict[str, float]:
+        """Set ``presence_threshold`` from validation images (with and without the target).
+
+        The presence score of an image is the largest value of the head's coarse
+        map (:meth:`presence`). The threshold chosen maximises sensitivity +
+        specificity on ``samples`` (Youden's J); without images of both kinds the
+        threshold is left as it is.
+
+        Returns:
+            ``{"threshold", "sensitivity", "specificity", "n_target", "n_empty"}``
+            on the validation images (also kept in ``self.presence_calibration``).
+        """
+        from tqdm.auto import tqdm
+
+        self._check_fitted()
+        _log.info("embedding head: calibrating the presence threshold on %d validation images", len(samples))
+        scores, labels = [], []
+        for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
+            image, mask = sample.load()
+            scores.append(self.presence(segmenter.encode(image)))
+            labels.append(bool(np.asarray(mask).any()))
+        s, y = np.asarray(scores), np.asarray(labels)
+        result: dict[str, float] = {"n_target": int(y.sum()), "n_empty": int((~y).sum())}
+        if y.all() or not y.any():
+            result["threshold"] = self.presence_threshold
+            self.presence_calibration = result
+            return result
+        candidates = np.unique(np.concatenate([[0.0], s]))
+        best, best_j = 0.0, -np.inf
+        for t in candidates:
+            j = (s[y] >= t).mean() + (s[~y] < t).mean()
+            if j > best_j + 1e-12:
+                best, best_j = float(t), j
+        # midway to the next lower score: less brittle than the exact value of one image
+        lower = s[s < best]
+        self.presence_threshold = float((best + lower.max()) / 2) if len(lower) else best
+        result.update(
+            threshold=self.presence_threshold,
+            sensitivity=float((s[y] >= self.presence_threshold).mean()),
+            specificity=float((s[~y] < self.presence_threshold).mean()),
+        )
+        self.presence_calibration = result
+        _log.info(
+            "embedding head: presence threshold %.3f (validation sensitivity %.3f, specificity %.3f)",
+            self.presence_threshold, result["sensitivity"], result["specificity"],
+        )
+        return result
 
     def _check_fitted(self) -> None:
         if self.head is None:
@@ -234,33 +327,53 @@ class EmbeddingHeadPrompter:
                 "(bind_segmenter(segmenter) checks it; a Pipeline does so when it is built)"
             )
 
-    def probability_map(self, encoding: ImageEncoding) -> np.ndarray:
-        """``(H, W)`` float32 coarse foreground probability at the input resolution."""
+    def _low_res_logits(self, encoding: ImageEncoding) -> Any:
+        """The head's ``(1, 1, h, w)`` logits over the image area (padding cropped away)."""
         import torch
-        import torch.nn.functional as F
 
         self._check_fitted()
         self._check_encoding(encoding)
         emb = _embedding(encoding.features).detach().float().cpu()
         with torch.inference_mode():
             logits = self.head(emb)
-        side = logits.shape[-1]
-        scale = side / self.image_size
+        scale = logits.shape[-1] / self.image_size
         h = max(1, round(encoding.input_size_hw[0] * scale))
         w = max(1, round(encoding.input_size_hw[1] * scale))
-        up = F.interpolate(logits[..., :h, :w], size=tuple(encoding.size_hw), mode="bilinear", align_corners=False)
-        return torch.sigmoid(up[0, 0]).numpy()
+        return logits[..., :h, :w]
+
+    def presence(self, encoding: ImageEncoding) -> float:
+        """Presence score in ``[0, 1]``: the largest value of the coarse foreground map."""
+        return float(self._low_res_logits(encoding).max().sigmoid())
+
+    def probability_map(self, encoding: ImageEncoding) -> np.ndarray:
+        """``(H, W)`` float32 coarse foreground probability at the input resolution."""
+        return self._probability_map(self._low_res_logits(encoding), encoding)
+
+    @staticmethod
+    def _probability_map(logits: Any, encoding: ImageEncoding) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            up = F.interpolate(logits, size=tuple(encoding.size_hw), mode="bilinear", align_corners=False)
+            return torch.sigmoid(up[0, 0]).numpy()
 
     def __call__(
         self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
     ) -> Prompts:
-        """Boxes around the regions of the coarse map (``encoding`` from the pipeline is required)."""
+        """Boxes around the regions of the coarse map (``encoding`` from the pipeline is required).
+
+        No prompt when the presence score is below ``presence_threshold``.
+        """
         if encoding is None:
             raise ValueError(
                 "encoding: EmbeddingHeadPrompter reads the segmenter's embedding; use it inside a Pipeline "
                 "or pass encoding=segmenter.encode(image)"
             )
-        prob = self.probability_map(encoding)
+        logits = self._low_res_logits(encoding)
+        if float(logits.max().sigmoid()) < self.presence_threshold:
+            return Prompts.empty()
+        prob = self._probability_map(logits, encoding)
         region = prob > self.threshold
         h, w = region.shape
         min_area = max(1, int(self.min_area_fraction * h * w))
@@ -285,7 +398,8 @@ class EmbeddingHeadPrompter:
             {
                 "head": self.head.state_dict(),
                 "meta": json.dumps(
-                    {"params": self.params(), "model_id": self.model_id, "encoder_id": self.encoder_id, "image_size": self.image_size, "history": self.history}
+                    {"params": self.params(), "model_id": self.model_id, "encoder_id": self.encoder_id, "image_size": self.image_size, "history": self.history,
+                     "presence_calibration": self.presence_calibration}
                 ),
             },
             buffer,
@@ -295,8 +409,14 @@ class EmbeddingHeadPrompter:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> EmbeddingHeadPrompter:
-        """Load a prompter saved with :meth:`save`."""
+    def load(cls, path: str | Path, **overrides: Any) -> EmbeddingHeadPrompter:
+        """Load a prompter saved with :meth:`save`.
+
+        Args:
+            path: The ``.pt`` file.
+            **overrides: Constructor arguments to change (``threshold``,
+                ``presence_threshold``, ``max_boxes``, ...; not ``hidden``).
+        """
         import torch
 
         path = Path(path)
@@ -308,7 +428,10 @@ class EmbeddingHeadPrompter:
             state = data["head"]
         except Exception as exc:
             raise ValueError(f"path: {path} is not a saved EmbeddingHeadPrompter ({exc})") from exc
-        prompter = cls(**meta["params"])
+        unknown = sorted(set(overrides) - set(meta["params"]) | ({"hidden"} & set(overrides)))
+        if unknown:
+            raise ValueError(f"overrides: cannot change {unknown}; expected some of {sorted(set(meta['params']) - {'hidden'})}")
+        prompter = cls(**{**meta["params"], **overrides})
         head = _build_head(state["0.weight"].shape[1], prompter.hidden)
         head.load_state_dict(state)
         head.eval()
@@ -317,4 +440,5 @@ class EmbeddingHeadPrompter:
         prompter.encoder_id = meta.get("encoder_id")
         prompter.image_size = meta["image_size"]
         prompter.history = meta.get("history", [])
+        prompter.presence_calibration = meta.get("presence_calibration", {})
         return prompter

@@ -207,3 +207,46 @@ def test_litemedsam_encoder_id_ignores_the_decoder(litemedsam, tmp_path):
     torch.save(state, tmp_path / "encoder-changed.pth")
     changed = msk.LiteMedSAM(checkpoint=tmp_path / "encoder-changed.pth", precision=litemedsam.precision)
     assert changed.encoder_id != litemedsam.encoder_id
+
+
+def test_presence_is_calibrated_on_validation_and_normals_come_back_empty(tmp_path, caplog):
+    """Issue 13: an image-level presence decision on the same embedding, calibrated on validation."""
+    import logging
+
+    from medsamkit.testing import make_presence_folder
+
+    train = make_presence_folder(tmp_path / "train", 16, size_hw=(32, 32), seed=0)
+    val = make_presence_folder(tmp_path / "val", 10, size_hw=(32, 32), seed=100)
+    test = make_presence_folder(tmp_path / "test", 10, size_hw=(32, 32), seed=200)
+    seg = _EmbeddingFake()
+    with caplog.at_level(logging.INFO, logger="medsamkit"):
+        head = msk.EmbeddingHeadPrompter(hidden=8).fit(seg, train, val=val, epochs=30, batch_size=4, lr=3e-3)
+    stages = " ".join(r.getMessage() for r in caplog.records)
+    assert "encoding 16 training images" in stages and "epoch 30/30" in stages and "presence threshold" in stages
+    cal = head.presence_calibration
+    assert cal["n_target"] == 5 and cal["n_empty"] == 5
+    assert 0 < head.presence_threshold < 1
+    assert cal["sensitivity"] + cal["specificity"] >= 1.8
+    right = 0
+    for sample in test:
+        image, mask = sample.load()
+        prompts = head(image, encoding=seg.encode(image))
+        right += (prompts.n > 0) == bool(mask.any())
+    assert right >= 8, right
+    # saved and loaded with the calibration; overrides change the gate only
+    loaded = msk.EmbeddingHeadPrompter.load(head.save(tmp_path / "h.pt"))
+    assert loaded.presence_threshold == head.presence_threshold and loaded.presence_calibration == cal
+    assert msk.EmbeddingHeadPrompter.load(tmp_path / "h.pt", presence_threshold=0.0).presence_threshold == 0.0
+    with pytest.raises(ValueError, match="overrides"):
+        msk.EmbeddingHeadPrompter.load(tmp_path / "h.pt", hidden=16)
+
+
+def test_flip_doubles_the_training_views(tmp_path):
+    seg = _EmbeddingFake()
+    calls = []
+    real = seg.encode
+    seg.encode = lambda image: calls.append(1) or real(image)
+    msk.EmbeddingHeadPrompter(hidden=8).fit(seg, _blob_samples(3), epochs=1, flip=True)
+    assert len(calls) == 6
+    with pytest.raises(ValueError, match="batch_size"):
+        msk.EmbeddingHeadPrompter().fit(seg, _blob_samples(1), batch_size=0)

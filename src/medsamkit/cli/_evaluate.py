@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ._build import pipeline_from_args
+from ._errors import UsageError
 from ._options import add_data_options, add_pipeline_options
 
 __all__ = ["add_parser", "run"]
@@ -26,6 +27,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="pixel size for HD95 (default: 1 1, pixels)",
     )
     ev.add_argument("--overwrite", action="store_true", help="discard previous results in OUT_DIR")
+    ev.add_argument(
+        "--quality",
+        action="store_true",
+        help="estimate each result's quality (predicted IoU, agreement under box perturbation, presence) into "
+        "metrics.csv, and how well it finds failures into summary.json",
+    )
+    ev.add_argument(
+        "--cases-to-check",
+        type=int,
+        metavar="N",
+        help="with --quality: list the N least confident images in OUT_DIR/cases_to_check/ (CSV and overlays)",
+    )
     add_data_options(ev)
     add_pipeline_options(ev)
     return ev
@@ -36,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
 
     folder = MaskFolder(args.data_dir, images=args.images, masks=args.masks, mask_suffix=args.mask_suffix)
+    if args.cases_to_check is not None and (not args.quality or args.cases_to_check < 1):
+        raise UsageError(f"--cases-to-check: expected a positive N together with --quality, got {args.cases_to_check}")
     pipeline = pipeline_from_args(args)
     report = evaluate(
         pipeline,
@@ -46,8 +61,22 @@ def run(args: argparse.Namespace) -> int:
         n_overlays=args.overlays,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        quality=args.quality,
     )
     print(report)
+    if args.quality:
+        detection = report.summary.get("failure_detection", {})
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        print(
+            f"failure detection (quality): AUROC Dice<0.8 {fmt(detection.get('auroc_dice_below_0.8'))}, "
+            f"Dice<0.7 {fmt(detection.get('auroc_dice_below_0.7'))}; mean Dice {fmt(detection.get('mean_dice'))}, "
+            f"after setting aside the {detection.get('n_review', 0)} least confident {fmt(detection.get('mean_dice_after_review'))}"
+        )
+        if args.cases_to_check:
+            from ..evaluation import cases_to_check
+
+            path = cases_to_check(report.out_dir, n=args.cases_to_check, data=folder)
+            print(f"cases to check: {path}")
     print(f"results: {report.out_dir}")
     if report.n_errors:
         print(f"medsamkit: {report.n_errors} image(s) failed: {', '.join(report.errors)}", file=sys.stderr)

@@ -100,6 +100,9 @@ def main() -> None:
     parser.add_argument("--skip-study", action="store_true")
     parser.add_argument("--cxr", action="store_true", help="only the chest X-ray part (Shenzhen, Shenzhen -> Montgomery)")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # small heads and single-image decodes: threads only wait for each other on a busy machine
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     seg = msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(args.cache, max_bytes=12 * 1024**3))
     if args.cxr:

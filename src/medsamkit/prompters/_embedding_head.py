@@ -107,6 +107,9 @@ class EmbeddingHeadPrompter:
         arch: ``"light"`` (a 1x1 projection, then a 3x3 and a dilated 3x3
             convolution) or ``"conv3"`` (two 3x3 convolutions on the full embedding,
             about 7x the compute; the architecture of heads saved before ``arch``).
+        pool: The embedding is average-pooled by this factor before the head (2:
+            LiteMedSAM's 64 x 64 embedding becomes a 32 x 32 map, 4x less compute;
+            :class:`RefinedPrompter` tightens the coarser boxes).
         presence_threshold: An image whose presence score (:meth:`presence`, the
             largest value of the coarse map) is below this gets no prompt at all: "no
             target here". 0 never decides so; ``fit(..., val=...)`` calibrates it.
@@ -126,6 +129,7 @@ class EmbeddingHeadPrompter:
         hidden: int = 32,
         presence_threshold: float = 0.0,
         arch: str = "light",
+        pool: int = 2,
     ) -> None:
         self.threshold = check_probability(threshold, name="threshold")
         self.min_area_fraction = check_probability(min_area_fraction, name="min_area_fraction")
@@ -141,6 +145,9 @@ class EmbeddingHeadPrompter:
         if arch not in ARCHITECTURES:
             raise ValueError(f"arch: expected one of {ARCHITECTURES}, got {arch!r}")
         self.arch = arch
+        if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+            raise ValueError(f"pool: expected a positive int, got {pool!r}")
+        self.pool = pool
         self.presence_threshold = check_probability(presence_threshold, name="presence_threshold")
         self.presence_calibration: dict[str, float] = {}
         self.head: Any = None
@@ -164,6 +171,7 @@ class EmbeddingHeadPrompter:
             "hidden": self.hidden,
             "presence_threshold": self.presence_threshold,
             "arch": self.arch,
+            "pool": self.pool,
         }
 
     def fit(
@@ -225,19 +233,41 @@ class EmbeddingHeadPrompter:
                 if view:
                     image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
                 enc = segmenter.encode(image)
-                emb = _embedding(enc.features).detach().float().cpu()
+                emb = self._pooled(_embedding(enc.features).detach().float().cpu())
                 embeddings.append(emb[0].to(torch.float16))  # half the memory; trained in float32
                 targets.append(_target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1]))
         x_all, y_all = torch.stack(embeddings), torch.stack(targets)
         del embeddings, targets
         torch.manual_seed(seed)
         head = _build_head(x_all.shape[1], self.hidden, self.arch)
+        _log.info("embedding head: training on %d embeddings, %d epochs", len(x_all), epochs)
+        # A head this small gains nothing from intra-op threads, and on a busy machine several
+        # threads waiting for each other make each step about 10x slower: train on one.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._train(head, x_all, y_all, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+        finally:
+            torch.set_num_threads(threads)
+        head.eval()
+        self.head = head
+        self.model_id = segmenter.model_id
+        self.encoder_id = getattr(segmenter, "encoder_id", None)
+        self._bound_model_ids = set()
+        self.image_size = image_size
+        if val is not None and len(val):
+            self.calibrate_presence(segmenter, val, progress=progress)
+        return self
+
+    def _train(self, head: Any, x_all: Any, y_all: Any, *, epochs: int, lr: float, batch_size: int, seed: int, progress: bool) -> None:
+        import torch
+        from tqdm.auto import tqdm
+
         optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
         steps = max(1, len(x_all) // batch_size)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps, pct_start=0.1)
         rng = np.random.default_rng(seed)
         self.history = []
-        _log.info("embedding head: training on %d embeddings, %d epochs", len(x_all), epochs)
         for epoch in tqdm(range(1, epochs + 1), desc="fit head", unit="epoch", disable=not progress):
             head.train()
             losses = []
@@ -253,15 +283,6 @@ class EmbeddingHeadPrompter:
             self.history.append({"epoch": epoch, "loss": float(np.mean(losses))})
             if epoch == 1 or epoch % 10 == 0 or epoch == epochs:
                 _log.info("embedding head: epoch %d/%d, loss %.4f", epoch, epochs, self.history[-1]["loss"])
-        head.eval()
-        self.head = head
-        self.model_id = segmenter.model_id
-        self.encoder_id = getattr(segmenter, "encoder_id", None)
-        self._bound_model_ids = set()
-        self.image_size = image_size
-        if val is not None and len(val):
-            self.calibrate_presence(segmenter, val, progress=progress)
-        return self
 
     def calibrate_presence(self, segmenter: Any, samples: Sequence[Any], *, progress: bool = False) -> dict[str, float]:
         """Set ``presence_threshold`` from validation images (with and without the target).
@@ -310,6 +331,11 @@ class EmbeddingHeadPrompter:
             self.presence_threshold, result["sensitivity"], result["specificity"],
         )
         return result
+
+    def _pooled(self, emb: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.avg_pool2d(emb, self.pool) if self.pool > 1 else emb
 
     def _check_fitted(self) -> None:
         if self.head is None:
@@ -360,7 +386,7 @@ class EmbeddingHeadPrompter:
 
         self._check_fitted()
         self._check_encoding(encoding)
-        emb = _embedding(encoding.features).detach().float().cpu()
+        emb = self._pooled(_embedding(encoding.features).detach().float().cpu())
         with torch.inference_mode():
             logits = self.head(emb)
         scale = logits.shape[-1] / self.image_size
@@ -455,12 +481,12 @@ class EmbeddingHeadPrompter:
             state = data["head"]
         except Exception as exc:
             raise ValueError(f"path: {path} is not a saved EmbeddingHeadPrompter ({exc})") from exc
-        unknown = sorted(set(overrides) - set(meta["params"]) | ({"hidden", "arch"} & set(overrides)))
+        unknown = sorted(set(overrides) - set(meta["params"]) | ({"hidden", "arch", "pool"} & set(overrides)))
         if unknown:
             raise ValueError(
-                f"overrides: cannot change {unknown}; expected some of {sorted(set(meta['params']) - {'hidden', 'arch'})}"
+                f"overrides: cannot change {unknown}; expected some of {sorted(set(meta['params']) - {'hidden', 'arch', 'pool'})}"
             )
-        params = {"arch": "conv3", **meta["params"]}  # heads saved before ``arch`` existed are conv3
+        params = {"arch": "conv3", "pool": 1, **meta["params"]}  # heads saved before ``arch`` / ``pool``
         prompter = cls(**{**params, **overrides})
         head = _build_head(state["0.weight"].shape[1], prompter.hidden, prompter.arch)
         head.load_state_dict(state)

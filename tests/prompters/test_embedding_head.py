@@ -250,3 +250,30 @@ def test_flip_doubles_the_training_views(tmp_path):
     assert len(calls) == 6
     with pytest.raises(ValueError, match="batch_size"):
         msk.EmbeddingHeadPrompter().fit(seg, _blob_samples(1), batch_size=0)
+
+
+@pytest.mark.parametrize(("rule", "expected"), [("accuracy", 0.35), ("youden", 0.55)])
+def test_presence_threshold_by_hand(rule, expected):
+    scores = {1: 0.9, 2: 0.8, 3: 0.6, 4: 0.4, 5: 0.5, 6: 0.3}  # 1-4 hold the target, 5-6 do not
+
+    class _S:
+        def __init__(self, k):
+            self.k = k
+
+        def load(self):
+            return np.full((4, 4), self.k, dtype=np.uint8), np.full((4, 4), self.k <= 4)
+
+    class _Seg:
+        def encode(self, image):
+            return int(image[0, 0])
+
+    head = msk.EmbeddingHeadPrompter(presence_rule=rule)
+    head.head = object()  # "fitted"
+    head.presence = lambda encoding: scores[encoding]
+    cal = head.calibrate_presence(_Seg(), [_S(k) for k in scores])
+    # accuracy: 0.4 and 0.6 both get 5 of 6 right, the first (0.4) is kept; youden: 0.6 (1 - 0.25 + 1).
+    # The threshold then moves midway to the next lower score.
+    assert head.presence_threshold == pytest.approx(expected)
+    assert cal["n_target"] == 4 and cal["n_empty"] == 2
+    with pytest.raises(ValueError, match="presence_rule"):
+        msk.EmbeddingHeadPrompter(presence_rule="f1")

@@ -96,3 +96,13 @@ def test_errors():
         RefinedPrompter(base)(image)
     with pytest.raises(ValueError, match="base"):
         msk.build_prompter("refined", base="fixed")
+
+
+def test_margin_grows_each_new_box_by_a_fraction_of_its_side():
+    seg = FakeSegmenter(mode="box")  # the mask of a box is the box itself
+    image = np.zeros((100, 200), dtype=np.uint8)
+    base = FixedPrompter(msk.Prompts(box_xyxy=[[50, 20, 99, 59]]))  # 50 x 40 px
+    boxes = RefinedPrompter(base, segmenter=seg, iterations=1, margin_fraction=0.1)(image).box_xyxy
+    np.testing.assert_allclose(boxes, [[45, 16, 104, 63]])  # 5 px and 4 px per side
+    with pytest.raises(ValueError, match="margin_fraction"):
+        RefinedPrompter(base, margin_fraction=-0.1)

@@ -110,6 +110,8 @@ class EmbeddingHeadPrompter:
         pool: The embedding is average-pooled by this factor before the head (2:
             LiteMedSAM's 64 x 64 embedding becomes a 32 x 32 map, 4x less compute;
             :class:`RefinedPrompter` tightens the coarser boxes).
+        presence_rule: How :meth:`calibrate_presence` picks the threshold:
+            ``"accuracy"`` or ``"youden"``.
         presence_threshold: An image whose presence score (:meth:`presence`, the
             largest value of the coarse map) is below this gets no prompt at all: "no
             target here". 0 never decides so; ``fit(..., val=...)`` calibrates it.
@@ -130,6 +132,7 @@ class EmbeddingHeadPrompter:
         presence_threshold: float = 0.0,
         arch: str = "light",
         pool: int = 2,
+        presence_rule: str = "accuracy",
     ) -> None:
         self.threshold = check_probability(threshold, name="threshold")
         self.min_area_fraction = check_probability(min_area_fraction, name="min_area_fraction")
@@ -148,6 +151,9 @@ class EmbeddingHeadPrompter:
         if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
             raise ValueError(f"pool: expected a positive int, got {pool!r}")
         self.pool = pool
+        if presence_rule not in ("accuracy", "youden"):
+            raise ValueError(f"presence_rule: expected 'accuracy' or 'youden', got {presence_rule!r}")
+        self.presence_rule = presence_rule
         self.presence_threshold = check_probability(presence_threshold, name="presence_threshold")
         self.presence_calibration: dict[str, float] = {}
         self.head: Any = None
@@ -172,6 +178,7 @@ class EmbeddingHeadPrompter:
             "presence_threshold": self.presence_threshold,
             "arch": self.arch,
             "pool": self.pool,
+            "presence_rule": self.presence_rule,
         }
 
     def fit(
@@ -288,9 +295,11 @@ class EmbeddingHeadPrompter:
         """Set ``presence_threshold`` from validation images (with and without the target).
 
         The presence score of an image is the largest value of the head's coarse
-        map (:meth:`presence`). The threshold chosen maximises sensitivity +
-        specificity on ``samples`` (Youden's J); without images of both kinds the
-        threshold is left as it is.
+        map (:meth:`presence`). The threshold chosen maximises the share of right
+        decisions on ``samples`` (``presence_rule="accuracy"``, the default: every
+        image counts once, as in a mean Dice, so the prevalence of the validation
+        images matters) or sensitivity + specificity (``"youden"``: prevalence
+        ignored); without images of both kinds the threshold is left as it is.
 
         Returns:
             ``{"threshold", "sensitivity", "specificity", "n_target", "n_empty"}``
@@ -300,23 +309,26 @@ class EmbeddingHeadPrompter:
 
         self._check_fitted()
         _log.info("embedding head: calibrating the presence threshold on %d validation images", len(samples))
-        scores, labels = [], []
+        values, labels = [], []
         for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
             image, mask = sample.load()
-            scores.append(self.presence(segmenter.encode(image)))
+            values.append(self.presence(segmenter.encode(image)))
             labels.append(bool(np.asarray(mask).any()))
-        s, y = np.asarray(scores), np.asarray(labels)
+        s, y = np.asarray(values, dtype=np.float64), np.asarray(labels)
         result: dict[str, float] = {"n_target": int(y.sum()), "n_empty": int((~y).sum())}
         if y.all() or not y.any():
             result["threshold"] = self.presence_threshold
             self.presence_calibration = result
             return result
         candidates = np.unique(np.concatenate([[0.0], s]))
-        best, best_j = 0.0, -np.inf
+        best, best_score = 0.0, -np.inf
         for t in candidates:
-            j = (s[y] >= t).mean() + (s[~y] < t).mean()
-            if j > best_j + 1e-12:
-                best, best_j = float(t), j
+            if self.presence_rule == "youden":
+                score = (s[y] >= t).mean() + (s[~y] < t).mean()
+            else:  # accuracy: every image counts once, as in a mean Dice over the images
+                score = ((s >= t) == y).mean()
+            if score > best_score + 1e-12:
+                best, best_score = float(t), score
         # midway to the next lower score: less brittle than the exact value of one image
         lower = s[s < best]
         self.presence_threshold = float((best + lower.max()) / 2) if len(lower) else best
@@ -481,12 +493,12 @@ class EmbeddingHeadPrompter:
             state = data["head"]
         except Exception as exc:
             raise ValueError(f"path: {path} is not a saved EmbeddingHeadPrompter ({exc})") from exc
-        unknown = sorted(set(overrides) - set(meta["params"]) | ({"hidden", "arch", "pool"} & set(overrides)))
+        fixed = {"hidden", "arch", "pool"}  # they shape the saved weights
+        allowed = set(cls().params()) - fixed
+        unknown = sorted(set(overrides) - allowed)
         if unknown:
-            raise ValueError(
-                f"overrides: cannot change {unknown}; expected some of {sorted(set(meta['params']) - {'hidden', 'arch', 'pool'})}"
-            )
-        params = {"arch": "conv3", "pool": 1, **meta["params"]}  # heads saved before ``arch`` / ``pool``
+            raise ValueError(f"overrides: cannot change {unknown}; expected some of {sorted(allowed)}")
+        params = {"arch": "conv3", "pool": 1, "presence_rule": "youden", **meta["params"]}  # heads saved before ``arch`` / ``pool``
         prompter = cls(**{**params, **overrides})
         head = _build_head(state["0.weight"].shape[1], prompter.hidden, prompter.arch)
         head.load_state_dict(state)

@@ -48,6 +48,9 @@ class RefinedPrompter:
         max_boxes: At most this many boxes, largest components first.
         min_score: Drop prompts whose predicted IoU is below this, in ``[0, 1]``.
         threshold: Probability threshold of the masks, in ``[0, 1]``.
+        margin_fraction: Each new box grows by this fraction of its width / height
+            per side (a mask's tight box tends to shrink round after round on large
+            targets whose edges the segmenter under-segments).
     """
 
     uses_encoding = True
@@ -64,6 +67,7 @@ class RefinedPrompter:
         max_boxes: int = 4,
         min_score: float = 0.0,
         threshold: float = 0.5,
+        margin_fraction: float = 0.0,
     ) -> None:
         if not callable(base) or not hasattr(base, "requires_target"):
             raise TypeError(f"base: expected a PromptProvider, got {type(base).__name__}")
@@ -81,6 +85,9 @@ class RefinedPrompter:
         self.max_boxes = max_boxes
         self.min_score = check_probability(min_score, name="min_score")
         self.threshold = check_probability(threshold, name="threshold")
+        if isinstance(margin_fraction, bool) or not isinstance(margin_fraction, (int, float)) or not 0 <= margin_fraction <= 1:
+            raise ValueError(f"margin_fraction: expected a number in [0, 1], got {margin_fraction!r}")
+        self.margin_fraction = float(margin_fraction)
         self.last_rounds = 0
 
     @property
@@ -102,6 +109,7 @@ class RefinedPrompter:
             "max_boxes": self.max_boxes,
             "min_score": self.min_score,
             "threshold": self.threshold,
+            "margin_fraction": self.margin_fraction,
         }
 
     def bind_segmenter(self, segmenter: Any) -> None:
@@ -155,6 +163,10 @@ class RefinedPrompter:
                 return Prompts(box_xyxy=boxes[keep])
             union = (decoded.probabilities[keep] > self.threshold).any(axis=0)
             new = component_boxes_xyxy(union, min_area=min_area, keep_largest=False)[: self.max_boxes]
+            if len(new) and self.margin_fraction:
+                size = new[:, 2:] - new[:, :2] + 1
+                new = np.concatenate([new[:, :2] - self.margin_fraction * size, new[:, 2:] + self.margin_fraction * size], axis=1)
+                new = Prompts(box_xyxy=new).clipped_to((h, w)).box_xyxy
             self.last_rounds = round_ + 1
             if len(new) == 0:
                 return Prompts.empty()

@@ -98,6 +98,25 @@ def cxr(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
         print(report)
 
 
+def quality_table(out: Path) -> None:
+    """Failure detection per quality column for every provider of ``OUT/study-quality`` (rows lacking a column left out)."""
+    import csv
+
+    for metrics in sorted((out / "study-quality").glob("*/metrics.csv")):
+        with metrics.open() as handle:
+            rows = list(csv.DictReader(handle))
+        print(metrics.parent.name)
+        for column in msk.evaluation.QUALITY_COLUMNS:
+            kept = [r for r in rows if r.get(column) not in (None, "")]
+            fd = msk.failure_detection(kept, column=column)
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            print(
+                f"  {column:<10} n {fd['n']:>3}  AUROC Dice<0.8 {fmt(fd.get('auroc_dice_below_0.8'))}  "
+                f"<0.7 {fmt(fd.get('auroc_dice_below_0.7'))}  mean {fmt(fd.get('mean_dice'))}  "
+                f"after review {fmt(fd.get('mean_dice_after_review'))}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -108,7 +127,11 @@ def main() -> None:
     parser.add_argument("--curve", nargs="*", type=int, default=[25, 50, 100, 200, 550])
     parser.add_argument("--skip-study", action="store_true")
     parser.add_argument("--cxr", action="store_true", help="only the chest X-ray part (Shenzhen, Shenzhen -> Montgomery)")
+    parser.add_argument("--quality-table", action="store_true", help="only print failure detection per quality column")
     args = parser.parse_args()
+    if args.quality_table:
+        quality_table(args.out)
+        return
     import torch
 
     torch.set_num_threads(1)  # small heads and single-image decodes: threads only wait for each other on a busy machine

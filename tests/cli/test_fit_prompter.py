@@ -77,7 +77,6 @@ def test_head_fit_logs_its_stages_and_composes_with_a_decoder_tuned_checkpoint(t
 
     import torch
 
-    import medsamkit as msk
     from medsamkit.cli import main as cli_main
     from medsamkit.testing import make_presence_folder
 

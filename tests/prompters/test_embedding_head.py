@@ -147,7 +147,6 @@ class _EmbeddingFake(FakeSegmenter):
 
 
 def _blob_samples(n):
-    from medsamkit.testing import make_blob_image
 
     class _S:
         def __init__(self, i):

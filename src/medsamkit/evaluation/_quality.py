@@ -116,7 +116,7 @@ def _base_prompter(prompter: Any) -> Any:
     return prompter
 
 
-def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
+def auroc(scores: Sequence[float] | np.ndarray, positives: Sequence[bool] | np.ndarray) -> float | None:
     """Area under the ROC curve of ``scores`` for finding ``positives`` (ties count half).
 
     Returns None when one class is empty.
@@ -172,7 +172,7 @@ def failure_detection(
         out[f"auroc_dice_below_{t:g}"] = auroc(-quality, dice < t)
         out[f"n_dice_below_{t:g}"] = int((dice < t).sum())
     out["mean_dice"] = float(dice.mean())
-    n_review = int(round(review_fraction * len(pairs)))
+    n_review = round(review_fraction * len(pairs))
     kept = np.argsort(quality, kind="stable")[n_review:]
     out["mean_dice_after_review"] = float(dice[kept].mean()) if len(kept) else None
     out["n_review"] = n_review

@@ -368,6 +368,8 @@ class EmbeddingHeadPrompter:
         self._check_fitted()
         theirs = getattr(segmenter, "encoder_id", None)
         model_id = getattr(segmenter, "model_id", None)
+        fitted: str | None
+        got: str | None
         if self.encoder_id is not None and theirs is not None:
             same, fitted, got = theirs == self.encoder_id, self.encoder_id, theirs
         else:  # a head saved before encoder ids, or a segmenter without one

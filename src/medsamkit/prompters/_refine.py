@@ -166,7 +166,7 @@ class RefinedPrompter:
             if len(new) and self.margin_fraction:
                 size = new[:, 2:] - new[:, :2] + 1
                 new = np.concatenate([new[:, :2] - self.margin_fraction * size, new[:, 2:] + self.margin_fraction * size], axis=1)
-                new = Prompts(box_xyxy=new).clipped_to((h, w)).box_xyxy
+                new = np.asarray(Prompts(box_xyxy=new).clipped_to((h, w)).box_xyxy)
             self.last_rounds = round_ + 1
             if len(new) == 0:
                 return Prompts.empty()

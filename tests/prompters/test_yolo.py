@@ -22,14 +22,9 @@ import pytest
 
 from medsamkit import Pipeline, Prompts
 from medsamkit.data import MaskFolder, read_image, write_image, write_mask
-from medsamkit.prompters._yolo import (
-    YOLOBoxPrompter,
-    YOLOSegmenter,
-    _result_boxes,
-    build_yolo_box_prompter,
-    masks_to_yolo_dataset,
-    to_uint8_image,
-)
+from medsamkit._ultralytics import masks_to_yolo_dataset, result_boxes, to_uint8_image
+from medsamkit.prompters._yolo import YOLOBoxPrompter, build_yolo_box_prompter
+from medsamkit.segmenters import YOLOSegmenter
 from medsamkit.testing import FakeSegmenter, make_blob_image
 
 BLOCK_NETWORK = """
@@ -162,12 +157,12 @@ class TestBoxConversion:
         result = stub_result(
             [[10, 5, 30, 25], [-3, -2, 90, 70], [40, 40, 41, 41], [1, 1, 2, 2]], [0.3, 0.9, 0.5, 0.1]
         )
-        boxes, scores, order = _result_boxes(result, (64, 80), conf=0.25, max_boxes=4)
+        boxes, scores, order = result_boxes(result, (64, 80), conf=0.25, max_boxes=4)
         np.testing.assert_array_equal(order, [1, 2, 0])
         np.testing.assert_allclose(scores, [0.9, 0.5, 0.3])
         # continuous [x0, x1) -> inclusive pixels x0 .. x1 - 1, clipped to the 80x64 image
         np.testing.assert_array_equal(boxes, [[0, 0, 79, 63], [40, 40, 40, 40], [10, 5, 29, 24]])
-        boxes, _, _ = _result_boxes(result, (64, 80), conf=0.0, max_boxes=2)
+        boxes, _, _ = result_boxes(result, (64, 80), conf=0.0, max_boxes=2)
         assert len(boxes) == 2
 
     def test_round_trip_with_dataset_labels(self, tmp_path):
@@ -176,7 +171,7 @@ class TestBoxConversion:
         rows = np.loadtxt(tmp_path / "ds/labels/train/000000.txt", ndmin=2)
         cx, cy, w, h = rows[:, 1] * 60, rows[:, 2] * 40, rows[:, 3] * 60, rows[:, 4] * 40
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-        boxes, _, _ = _result_boxes(stub_result(xyxy.tolist(), [0.9, 0.8]), (40, 60), conf=0.5, max_boxes=4)
+        boxes, _, _ = result_boxes(stub_result(xyxy.tolist(), [0.9, 0.8]), (40, 60), conf=0.5, max_boxes=4)
         np.testing.assert_allclose(boxes, [[30, 20, 49, 29], [3, 5, 12, 14]], atol=1e-3)
 
     def test_call_returns_prompts_or_empty(self, monkeypatch):
@@ -223,7 +218,8 @@ TRAIN_SCRIPT = BLOCK_NETWORK + textwrap.dedent(
     from pathlib import Path
     out = Path(sys.argv[1])
     from medsamkit.data import MaskFolder
-    from medsamkit.prompters._yolo import YOLOBoxPrompter, YOLOSegmenter
+    from medsamkit.prompters import YOLOBoxPrompter
+    from medsamkit.segmenters import YOLOSegmenter
     folder = MaskFolder(out / "data")
     start = time.perf_counter()
     det = YOLOBoxPrompter(imgsz=64, conf=0.0, max_boxes=3)
@@ -356,3 +352,55 @@ class TestSavedModels:
         result = Pipeline(seg, seg)(image)
         assert result.mask.shape == (64, 80)
         assert result.prompt_masks.shape[0] == len(boxes)
+
+
+# ---------------------------------------------------------------------------------------
+# Nothing a user hands over is unpickled (issue 10): planted files are refused, no code runs
+# ---------------------------------------------------------------------------------------
+
+
+class _Planted:
+    """Unpickling this object runs code: it creates the marker file."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def _planted_checkpoint(marker) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"model": _Planted(marker), "train_args": {}}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.usefixtures("ultralytics_home")
+class TestPlantedFiles:
+    PARAMS = {"model": "yolov8n.yaml", "weights": None, "conf": 0.25, "iou": 0.7, "max_boxes": 4, "imgsz": 64,
+              "device": "cpu"}
+
+    def test_a_planted_saved_state_does_not_run_code(self, tmp_path):
+        marker = tmp_path / "code-ran"
+        path = tmp_path / "prompter.npz"
+        meta = {"format": "medsamkit.YOLOBoxPrompter", "params": self.PARAMS, "train_info": {}}
+        np.savez(path, checkpoint=np.frombuffer(_planted_checkpoint(marker), np.uint8),
+                 meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        with pytest.raises(ValueError, match="prompter.npz"):
+            YOLOBoxPrompter.load(path)(np.zeros((32, 32), np.uint8))
+        assert not marker.exists()
+
+    def test_planted_weights_do_not_run_code(self, tmp_path):
+        marker = tmp_path / "code-ran"
+        path = tmp_path / "best.pt"
+        path.write_bytes(_planted_checkpoint(marker))
+        with pytest.raises(ValueError, match="best.pt"):
+            YOLOBoxPrompter(weights=path)(np.zeros((32, 32), np.uint8))
+        assert not marker.exists()
+        with pytest.raises(ValueError, match="best.pt"):
+            build_yolo_box_prompter(weights=str(path))(np.zeros((32, 32), np.uint8))
+        assert not marker.exists()

@@ -16,16 +16,18 @@ from ._sam import (
     build_sam_model,
     sam_checkpoint_path,
 )
+from ._yolo import YOLOSegmenter
 
 __all__ = [
     "HQSAM",
-    "HQSAMFeatures",
     "HQSAM_CHECKPOINT_NAMES",
-    "LiteMedSAM",
     "SAM",
     "SAM_CHECKPOINT_DIR_ENV",
     "SAM_CHECKPOINT_NAMES",
     "SAM_MODEL_TYPES",
+    "HQSAMFeatures",
+    "LiteMedSAM",
+    "YOLOSegmenter",
     "build_hqsam_model",
     "build_litemedsam_model",
     "build_sam_model",

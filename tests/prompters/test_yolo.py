@@ -1,4 +1,5 @@
-"""Tests for YOLOBoxPrompter / YOLOSegmenter: dataset conversion, box conversion, offline training.
+"""Tests for YOLOBoxPrompter and the shared YOLO machinery: dataset conversion, box conversion, offline training,
+safe loading (the YOLOSegmenter is tested in tests/segmenters/test_yolo_seg.py).
 
 Training runs once, in a subprocess with ``HOME`` set to a temporary folder and
 every socket blocked before ``ultralytics`` is imported (tiny images, 1-2 epochs).
@@ -24,7 +25,6 @@ from medsamkit import Pipeline, Prompts
 from medsamkit.data import MaskFolder, read_image, write_image, write_mask
 from medsamkit._ultralytics import masks_to_yolo_dataset, result_boxes, to_uint8_image
 from medsamkit.prompters._yolo import YOLOBoxPrompter, build_yolo_box_prompter
-from medsamkit.segmenters import YOLOSegmenter
 from medsamkit.testing import FakeSegmenter, make_blob_image
 
 BLOCK_NETWORK = """
@@ -219,7 +219,6 @@ TRAIN_SCRIPT = BLOCK_NETWORK + textwrap.dedent(
     out = Path(sys.argv[1])
     from medsamkit.data import MaskFolder
     from medsamkit.prompters import YOLOBoxPrompter
-    from medsamkit.segmenters import YOLOSegmenter
     folder = MaskFolder(out / "data")
     start = time.perf_counter()
     det = YOLOBoxPrompter(imgsz=64, conf=0.0, max_boxes=3)
@@ -227,8 +226,6 @@ TRAIN_SCRIPT = BLOCK_NETWORK + textwrap.dedent(
     det.save(out / "det.npz")
     det.export_weights(out / "best.pt")
     tuned = YOLOBoxPrompter(weights=out / "best.pt").fit(folder[:6], epochs=1, imgsz=64, batch=4, progress=False)
-    seg = YOLOSegmenter(imgsz=64, conf=0.0, max_boxes=2).fit(folder[:6], epochs=1, batch=4, progress=False)
-    seg.save(out / "seg.npz")
     image = folder[0].load_image()
     import ultralytics.utils as uu
     result = {
@@ -251,7 +248,7 @@ TRAIN_SCRIPT = BLOCK_NETWORK + textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    """Train a detector (2 epochs) and a segmenter (1 epoch) offline in a subprocess; return its report."""
+    """Train a detector (2 epochs, then 1 more from its exported weights) offline in a subprocess; return its report."""
     out = tmp_path_factory.mktemp("yolo")
     write_folder(out / "data", 8)
     home = out / "home"
@@ -342,17 +339,6 @@ class TestSavedModels:
         np.testing.assert_array_equal(from_weights(image).box_xyxy, saved(image).box_xyxy)
         assert from_weights.params()["weights"] == str(weights)
 
-    def test_segmenter_baseline(self, trained):
-        seg = YOLOSegmenter.load(trained["out"] / "seg.npz")
-        with pytest.raises(ValueError, match="YOLOSegmenter"):
-            YOLOBoxPrompter.load(trained["out"] / "seg.npz")
-        image = read_image(trained["out"] / "data/images/case_02.png")
-        boxes, scores, masks = seg.segment(image)
-        assert masks.shape == (len(boxes), 64, 80) and masks.dtype == bool
-        result = Pipeline(seg, seg)(image)
-        assert result.mask.shape == (64, 80)
-        assert result.prompt_masks.shape[0] == len(boxes)
-
 
 # ---------------------------------------------------------------------------------------
 # Nothing a user hands over is unpickled (issue 10): planted files are refused, no code runs
@@ -404,3 +390,44 @@ class TestPlantedFiles:
         with pytest.raises(ValueError, match="best.pt"):
             build_yolo_box_prompter(weights=str(path))(np.zeros((32, 32), np.uint8))
         assert not marker.exists()
+
+    def _v2_state(self, path, yaml) -> None:
+        """A state in the current layout (YAML + arrays) with the given model YAML."""
+        meta = {"format": "medsamkit.YOLOBoxPrompter", "version": 2, "params": self.PARAMS, "train_info": {},
+                "task": "detect", "yaml": yaml, "names": {"0": "foreground"}, "keys": []}
+        np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+
+    def test_a_planted_model_yaml_does_not_run_code(self, tmp_path):
+        # Ultralytics evaluates a YAML's 'act' as Python, and calls any name of its model module as a layer.
+        marker = tmp_path / "code-ran"
+        layers = [[-1, 1, "Conv", [16, 3, 2]]]
+        head = [[-1, 1, "Detect", ["nc"]]]
+        planted = {
+            "act": {"nc": 1, "act": f"open({str(marker)!r}, 'w').close()", "backbone": layers, "head": head},
+            "a function": {"nc": 1, "backbone": [[-1, 1, "torch_safe_load", [str(tmp_path / "evil.pt")]]], "head": head},
+            "a whole model": {"nc": 1, "backbone": [[-1, 1, "DetectionModel", [str(tmp_path / "evil.yaml")]]], "head": head},
+        }
+        for what, yaml in planted.items():
+            path = tmp_path / f"{what}.npz"
+            self._v2_state(path, yaml)
+            with pytest.raises(ValueError, match=str(path.name)):
+                YOLOBoxPrompter.load(path)(np.zeros((32, 32), np.uint8))
+            assert not marker.exists(), what
+
+    def test_planted_weights_that_call_a_layer_class_do_not_run_code(self, tmp_path):
+        # A checkpoint made only of allowed layer classes can still try to *call* one (REDUCE): refused.
+        import io
+
+        import torch
+        from ultralytics.nn.tasks import DetectionModel
+
+        class Calls:
+            def __reduce__(self):
+                return (DetectionModel, (str(tmp_path / "missing.yaml"),))
+
+        buffer = io.BytesIO()
+        torch.save({"model": Calls(), "train_args": {}}, buffer)
+        path = tmp_path / "calls.pt"
+        path.write_bytes(buffer.getvalue())
+        with pytest.raises(ValueError, match="calls.pt"):
+            YOLOBoxPrompter(weights=path)

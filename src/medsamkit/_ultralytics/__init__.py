@@ -11,7 +11,7 @@ data (model YAML + arrays) and never unpickled from a user's file.
 
 Modules: ``_offline`` (the offline Ultralytics setup), ``_dataset`` (image/mask pairs
 to a YOLO dataset), ``_weights`` (weights without pickle), ``_model`` (training,
-prediction, save/load), subclassed in ``prompters/_yolo.py`` and ``segmenters/_yolo.py``.
+prediction, save/load), subclassed in ``prompters/_yolo.py`` and ``segmenters/_yolo_seg.py``.
 
 Ultralytics is an optional dependency: ``pip install medsamkit[yolo]`` (which
 installs ``ultralytics-opencv-headless``, the variant without GUI OpenCV).

@@ -23,7 +23,7 @@ import numpy as np
 from .._validation import as_image, check_probability, describe
 from ._dataset import masks_to_yolo_dataset, to_bgr
 from ._offline import import_ultralytics, offline_guard, preserve_global_state
-from ._weights import YOLOWeights, build_model, read_checkpoint, weights_of
+from ._weights import YOLOWeights, build_model, check_model_yaml, read_checkpoint, weights_of
 
 __all__ = ["STATE_VERSION", "YOLOModel", "check_positive_int", "result_boxes", "to_numpy"]
 
@@ -145,16 +145,20 @@ class YOLOModel:
         self._init_weights: Path | None = None
         self._init_state: YOLOWeights | None = None
         self._state: YOLOWeights | None = None
+        self._source = "the weights"  # where the weights came from, for messages
         self._yolo: Any = None
         self.train_info: dict[str, Any] = {}
         if weights is not None:
             self.weights = _weights_path(weights)
-            self._state = self._checked(read_checkpoint(self.weights), f"weights: '{self.weights}'")
+            self._source = f"weights: '{self.weights}'"
+            self._state = self._checked(read_checkpoint(self.weights), self._source)
             self._init_weights, self._init_state = self.weights, self._state
 
     def _checked(self, state: YOLOWeights, source: str) -> YOLOWeights:
+        """``state`` if it is a model of this task whose YAML builds without running code, else ValueError."""
         if state.task != self._task:
             raise ValueError(f"{source}: expected a YOLO '{self._task}' model, got a '{state.task}' model")
+        check_model_yaml(state.yaml, source)
         return state
 
     # -- description ---------------------------------------------------------------
@@ -214,7 +218,7 @@ class YOLOModel:
             state = self._check_fitted()
             yolo_cls = import_ultralytics()
             with offline_guard(verbose=False):
-                self._yolo = self._yolo_for(yolo_cls, state, f"{type(self).__name__} weights")
+                self._yolo = self._yolo_for(yolo_cls, state, self._source)
         return self._yolo
 
     def fit(
@@ -317,6 +321,7 @@ class YOLOModel:
         import ultralytics
 
         self._state = state
+        self._source = "the trained weights"
         self.weights = None if temporary else Path(best).absolute()
         self.imgsz = imgsz
         self._yolo = None
@@ -399,7 +404,7 @@ class YOLOModel:
         from ..data import atomic_write_bytes
 
         state = self._check_fitted()
-        model = build_model(state, f"{type(self).__name__} weights")
+        model = build_model(state, self._source)
         train_args = {"task": self._task, "imgsz": self.imgsz}
         buffer = io.BytesIO()
         torch.save(_ultralytics_checkpoint(model, train_args), buffer)
@@ -446,6 +451,7 @@ class YOLOModel:
         if unknown:
             raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(params)}")
         prompter = cls(**{**params, **overrides})
-        prompter._state = prompter._checked(weights, f"path: {path}")
+        prompter._source = f"path: {path}"
+        prompter._state = prompter._checked(weights, prompter._source)
         prompter.train_info = dict(meta.get("train_info") or {})
         return prompter

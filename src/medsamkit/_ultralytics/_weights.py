@@ -60,6 +60,16 @@ class YOLOWeights:
         object.__setattr__(self, "digest", h.hexdigest())
 
 
+def _tasks() -> Any:
+    """``ultralytics.nn.tasks``, imported only after medsamkit has configured Ultralytics offline."""
+    from ._offline import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.nn import tasks
+
+    return tasks
+
+
 def _refuse(source: Any, why: str) -> ValueError:
     return ValueError(
         f"{source}: {why}. medsamkit loads only what it can read without running code from the file "
@@ -86,8 +96,8 @@ def check_model_yaml(yaml: Any, source: Any) -> dict[str, Any]:
     literals, and no ``act``/``activation`` entry is allowed.
     """
     import torch
-    from ultralytics.nn import tasks
 
+    tasks = _tasks()
     if not isinstance(yaml, dict) or not _plain(yaml):
         raise _refuse(source, "the model YAML is not a plain mapping")
     unknown = sorted(set(yaml) - _YAML_KEYS)
@@ -171,6 +181,7 @@ def read_checkpoint(path: str | Path, *, name: str = "weights") -> YOLOWeights:
     import torch
 
     source = f"{name}: '{path}'"
+    _tasks()
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is refused with its reason
@@ -209,8 +220,8 @@ def weights_of(model: Any, task: str, *, source: Any = "model") -> YOLOWeights:
 def build_model(weights: YOLOWeights, source: Any) -> Any:
     """The Ultralytics model rebuilt from the checked YAML, with the weights loaded (float32, eval mode)."""
     import torch
-    from ultralytics.nn import tasks
 
+    tasks = _tasks()
     if weights.task not in TASK_MODELS:
         raise _refuse(source, f"unknown YOLO task {weights.task!r}")
     yaml = copy.deepcopy(check_model_yaml(weights.yaml, source))

@@ -16,7 +16,7 @@ from ._sam import (
     build_sam_model,
     sam_checkpoint_path,
 )
-from ._yolo import YOLOSegmenter
+from ._yolo_seg import YOLOSegmenter
 
 __all__ = [
     "HQSAM",

@@ -23,7 +23,13 @@ import numpy as np
 from .._validation import as_image, check_probability, describe
 from ._dataset import masks_to_yolo_dataset, to_bgr
 from ._offline import import_ultralytics, offline_guard, preserve_global_state
-from ._weights import YOLOWeights, build_model, check_model_yaml, read_checkpoint, weights_of
+from ._weights import (
+    YOLOWeights,
+    build_model,
+    check_model_yaml,
+    read_checkpoint,
+    weights_of,
+)
 
 __all__ = ["STATE_VERSION", "YOLOModel", "check_positive_int", "result_boxes", "to_numpy"]
 

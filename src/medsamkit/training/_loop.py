@@ -234,10 +234,15 @@ def run_epochs(
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
         state = _check_state(state_path, load_state(state_path, map_location=map_location), parts, optimizers)
-        for name, part in parts.items():
-            part.restore(state["parts"][name])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
+        try:
+            for name, part in parts.items():
+                part.restore(state["parts"][name])
+            for name, optimizer in optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][name])
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{state_path}: its weights do not fit this run's model ({exc}); delete it or use a new out_dir"
+            ) from None
         if isinstance(state.get("torch_rng"), torch.Tensor):
             torch.set_rng_state(state["torch_rng"].cpu())
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1

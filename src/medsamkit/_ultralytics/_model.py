@@ -396,9 +396,10 @@ class YOLOModel:
             "names": {str(k): v for k, v in state.names.items()},
             "keys": keys,
         }
-        arrays = {f"w{i}": state.state[key] for i, key in enumerate(keys)}
+        arrays: dict[str, Any] = {f"w{i}": state.state[key] for i, key in enumerate(keys)}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
-        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        np.savez(buffer, **arrays)
         path = Path(path)
         atomic_write_bytes(path, buffer.getvalue())
         return path

@@ -105,10 +105,10 @@ def check_model_yaml(yaml: Any, source: Any) -> dict[str, Any]:
         raise _refuse(source, f"the model YAML has entries medsamkit does not build from: {unknown}")
     if not isinstance(yaml.get("nc"), int) or isinstance(yaml.get("nc"), bool):
         raise _refuse(source, f"the model YAML's 'nc' is not an int: {yaml.get('nc')!r}")
-    layers = yaml.get("backbone"), yaml.get("head")
-    if not all(isinstance(part, list) for part in layers):
+    backbone, head = yaml.get("backbone"), yaml.get("head")
+    if not isinstance(backbone, list) or not isinstance(head, list):
         raise _refuse(source, "the model YAML has no 'backbone' and 'head' lists")
-    for layer in [*layers[0], *layers[1]]:
+    for layer in [*backbone, *head]:
         if not (isinstance(layer, list) and len(layer) == 4 and isinstance(layer[2], str) and isinstance(layer[3], list)):
             raise _refuse(source, f"the model YAML has a malformed layer {layer!r}")
         name = layer[2]

@@ -83,7 +83,9 @@ def _check_labels(y: np.ndarray, train: list[Any], labelled: tuple[str, ...]) ->
         )
 
 
-def _inputs(segmenter: Any, train: Any, val: Any, labelled: Any, config: Any, overrides: dict[str, Any]) -> tuple:
+def _inputs(
+    segmenter: Any, train: Any, val: Any, labelled: Any, config: Any, overrides: dict[str, Any]
+) -> tuple[SAMMixConfig, list[Any], list[Any], tuple[str, ...], Any, np.ndarray, np.ndarray]:
     """Everything checked before a file is written: ``(config, train, val, labelled, prompter, x, y)``."""
     from ..prompters._cam import CAMBoxPrompter, _samples_to_arrays
 

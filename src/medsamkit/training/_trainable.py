@@ -253,7 +253,7 @@ class _LoraEncoder:
         for layer in inner.layers[1:]:
             h = layer(h)
         b, _, c = h.size()
-        side = int(round(h.shape[1] ** 0.5))
+        side = round(h.shape[1] ** 0.5)
         return inner.neck(h.view(b, side, side, c).permute(0, 3, 1, 2))
 
     def __call__(self, item: _Item) -> Any:

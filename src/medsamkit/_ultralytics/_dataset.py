@@ -195,7 +195,7 @@ def masks_to_yolo_dataset(
         raise ValueError(f"min_area: expected a non-negative int, got {min_area!r}")
     out_dir = Path(out_dir).expanduser().absolute()
     _prepare_out_dir(out_dir)
-    kwargs = {"min_area": int(min_area), "polygons": polygons, "progress": progress}
+    kwargs: dict[str, Any] = {"min_area": int(min_area), "polygons": polygons, "progress": progress}
     _write_split(samples, out_dir, "train", name="samples", **kwargs)
     val = "images/train"
     if val_samples is not None:

@@ -280,7 +280,7 @@ class YOLOModel:
             raise ValueError(f"train_args: {reserved} are set by fit() itself; use its own arguments instead")
         yolo_cls = import_ultralytics()
         temporary = work_dir is None
-        root = Path(tempfile.mkdtemp(prefix="medsamkit-yolo-")) if temporary else Path(work_dir).expanduser().absolute()
+        root = Path(tempfile.mkdtemp(prefix="medsamkit-yolo-")) if work_dir is None else Path(work_dir).expanduser().absolute()
         try:
             data_yaml = masks_to_yolo_dataset(
                 train_samples, root / "dataset", min_area=min_area, val_samples=val_samples,

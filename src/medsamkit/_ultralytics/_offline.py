@@ -233,7 +233,7 @@ def preserve_global_state() -> Iterator[None]:
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
         if fill is not None:
-            torch.utils.deterministic.fill_uninitialized_memory = fill
+            torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
         for key, value in env.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -71,3 +71,14 @@ def test_python_versions_and_licence():
     assert versions == set(range(min(versions), max(versions) + 1))
     assert PROJECT["license"] == "Apache-2.0" and (REPO_ROOT / "LICENSE").is_file()
     assert not any(c.startswith("License ::") for c in PROJECT["classifiers"])  # PEP 639: the expression replaces them
+
+
+def test_the_cli_names_extras_that_exist():
+    from medsamkit.cli._errors import OPTIONAL_PACKAGES
+
+    for module, extra in OPTIONAL_PACKAGES.items():
+        assert extra in EXTRAS, module
+        distribution = {"pytorch_grad_cam": "grad-cam", "ultralytics": "ultralytics-opencv-headless"}.get(
+            module, module.replace("_", "-")
+        )
+        assert distribution in _names(EXTRAS[extra]), module

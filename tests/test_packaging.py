@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 EXTRAS = PROJECT["optional-dependencies"]
 SRC = REPO_ROOT / "src" / "medsamkit"
+TOOL_EXTRAS = {"all", "test", "docs", "dev"}  # the others enable features of the library
 
 
 def _names(requirements: list[str]) -> set[str]:
@@ -33,13 +34,19 @@ def _self_extras(requirements: list[str]) -> set[str]:
 
 
 def test_all_extra_is_every_feature_extra():
-    features = set(EXTRAS) - {"all", "test", "docs"}
+    features = set(EXTRAS) - TOOL_EXTRAS
     assert _self_extras(EXTRAS["all"]) == features
 
 
 def test_test_extra_is_the_feature_extras_plus_pytest():
-    assert _self_extras(EXTRAS["test"]) == set(EXTRAS) - {"all", "test", "docs"}
+    assert _self_extras(EXTRAS["test"]) == set(EXTRAS) - TOOL_EXTRAS
     assert "pytest" in _names(EXTRAS["test"])
+
+
+def test_dev_extra_has_tests_docs_and_lint():
+    assert _self_extras(EXTRAS["dev"]) == {"test", "docs"}
+    assert "ruff" in _names(EXTRAS["dev"])
+    assert {"mkdocs", "mkdocs-material", "mkdocstrings"} <= _names(EXTRAS["docs"])
 
 
 def test_self_referenced_extras_exist():

@@ -119,3 +119,15 @@ def test_version(capsys):
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"medsamkit {medsamkit.__version__}"
+
+
+@pytest.mark.parametrize("module", ["medsamkit", "medsamkit.cli"])
+def test_python_dash_m(module):
+    import subprocess
+    import sys
+
+    import medsamkit
+
+    proc = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"medsamkit {medsamkit.__version__}"

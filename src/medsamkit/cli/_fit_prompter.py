@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._build import build_segmenter
+from ._build import build_segmenter, limited_folder
 from ._options import FITTABLE_PROMPTERS, add_progress_option, add_segmenter_options
 
 __all__ = ["add_parser", "run"]
@@ -31,11 +31,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from ..data import MaskFolder
-
-    folder = MaskFolder(args.data_dir)
-    if args.limit is not None:
-        folder = folder.limit(args.limit)
+    folder = limited_folder(args.data_dir, args.limit)
     progress = not args.no_progress
     start = time.perf_counter()
     if args.prompter == "mean-mask-points":

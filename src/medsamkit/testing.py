@@ -16,12 +16,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._registry import register_component
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
 
 __all__ = ["FakeSegmenter", "make_blob_image", "make_presence_folder"]
 
 
+@register_component("segmenter", "fake")
 class FakeSegmenter:
     """A deterministic segmenter without a model.
 

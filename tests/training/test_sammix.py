@@ -23,7 +23,7 @@ from medsamkit._cache import CachedSegmenter, EmbeddingCache
 from medsamkit.cli import main
 from medsamkit.data import MaskFolder
 from medsamkit.prompters import CAMBoxPrompter
-from medsamkit.prompters._cam import _seeded_classifier
+from medsamkit.prompters import seeded_classifier as _seeded_classifier
 from medsamkit.testing import FakeSegmenter, make_presence_folder
 from medsamkit.training import (
     SAMMixConfig,

@@ -128,10 +128,10 @@ def compare_prompters(
         progress: Progress bars.
     """
     from .._pipeline import Pipeline
-    from ..data import atomic_write_text
-    from ..metrics import summarize
     from .._types import Prompts
-    from ._evaluate import _as_samples, _csv_text_for, evaluate
+    from ..data import atomic_write_text, csv_text
+    from ..metrics import summarize
+    from ._evaluate import _as_samples, evaluate
     from ._plots import save_grouped_boxplot
 
     if not prompters:
@@ -184,7 +184,7 @@ def compare_prompters(
         table.append(entry)
         dice_groups[label] = [r.get("dice") for r in report.rows if not r.get("error")]
     columns = list(table[0])
-    atomic_write_text(out_dir / "comparison.csv", _csv_text_for(table, columns))
+    atomic_write_text(out_dir / "comparison.csv", csv_text(table, columns))
     atomic_write_text(out_dir / "comparison.json", json.dumps(table, indent=2) + "\n")
     save_grouped_boxplot(out_dir / "dice_boxplot.png", dice_groups, ylabel="Dice", title=f"{len(samples)} images")
     return StudyReport(out_dir=out_dir, table=table, reports=reports)

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from .._geometry import component_boxes_xyxy
-from .._types import PromptMasks, Prompts
+from .._registry import register_component
+from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image, as_mask, check_probability, describe
 
 __all__ = [
@@ -535,6 +536,8 @@ class _YOLOModel:
     _default_model = "yolov8n.yaml"
 
     requires_target = False
+    uses_encoding = False
+    state_suffix = ".npz"
 
     def __init__(
         self,
@@ -609,7 +612,7 @@ class _YOLOModel:
     def _check_fitted(self) -> None:
         if self._checkpoint is None:
             raise RuntimeError(
-                f"{type(self).__name__} has no weights: call fit(train_samples), load(path) or pass weights=PATH"
+                f"{type(self).__name__} has no weights: call fit(samples), load(path) or pass weights=PATH"
             )
 
     def _load_yolo(self) -> Any:
@@ -629,16 +632,16 @@ class _YOLOModel:
 
     def fit(
         self,
-        train_samples: Iterable[Any],
+        samples: Iterable[Any],
         *,
-        val_samples: Iterable[Any] | None = None,
+        val: Iterable[Any] | None = None,
         epochs: int = 100,
         imgsz: int | None = None,
         batch: int = 16,
         seed: int = 0,
         work_dir: str | os.PathLike[str] | None = None,
         min_area: int = 16,
-        progress: bool = True,
+        progress: bool = False,
         **train_args: Any,
     ) -> Any:
         """Train the detector on image/mask pairs, offline.
@@ -648,13 +651,13 @@ class _YOLOModel:
         (``pretrained=False``), or fine-tuned from the ``weights`` given to the
         constructor. Training is seeded and uses ``deterministic=True``; AMP and
         plots are off (both would download files); no integration (hub, MLflow,
-        W&B, ...) runs. With ``val_samples`` the checkpoint with the best
+        W&B, ...) runs. With ``val`` samples the checkpoint with the best
         validation fitness is kept, otherwise the last epoch's.
 
         Args:
-            train_samples: :class:`~medsamkit.data.Sample` items (a
+            samples: :class:`~medsamkit.data.Sample` items (a
                 :class:`~medsamkit.data.MaskFolder` split) or ``(image, mask)`` pairs.
-            val_samples: Validation items (recommended; used for checkpoint selection).
+            val: Validation items (recommended; used for checkpoint selection).
             epochs: Training epochs.
             imgsz: Training (and from then on prediction) image size; default ``self.imgsz``.
             batch: Batch size.
@@ -663,7 +666,7 @@ class _YOLOModel:
                 ``train/weights/best.pt``). Default: a temporary folder, deleted
                 after training (the weights stay in memory; use :meth:`save`).
             min_area: Smallest mask component, in pixels, that becomes a training box.
-            progress: Show Ultralytics' training log.
+            progress: Show Ultralytics' training log (default: quiet).
             **train_args: Further Ultralytics training arguments (``lr0``,
                 ``patience``, ``workers``, augmentation settings such as ``fliplr``, ...).
 
@@ -683,7 +686,7 @@ class _YOLOModel:
         root = Path(tempfile.mkdtemp(prefix="medsamkit-yolo-")) if temporary else Path(work_dir).expanduser().absolute()
         try:
             data_yaml = masks_to_yolo_dataset(
-                train_samples, root / "dataset", min_area=min_area, val_samples=val_samples,
+                samples, root / "dataset", min_area=min_area, val_samples=val,
                 polygons=self._task == "segment", progress=progress,
             )
             n_train = len(list((root / "dataset" / "labels" / "train").glob("*.txt")))
@@ -835,6 +838,24 @@ class _YOLOModel:
         return prompter
 
 
+def _from_config(*, weights: str | None = None, state: str | None = None, **params: Any) -> YOLOBoxPrompter:
+    """Registry builder for ``"yolo-box"``: a saved prompter (``state``) or a checkpoint (``weights``).
+
+    ``Pipeline.save`` stores a fitted prompter as ``state``; it wins over ``weights``
+    (which then only documents where the weights came from). Other parameters
+    override the saved ones.
+    """
+    if state is not None:
+        return YOLOBoxPrompter.load(state, **params)
+    if weights is None:
+        raise ValueError(
+            "weights: the 'yolo-box' prompter needs trained weights: weights=PATH to an Ultralytics .pt "
+            "checkpoint, or state=PATH saved by YOLOBoxPrompter.save() (CLI: --prompter-state PATH)"
+        )
+    return YOLOBoxPrompter(weights=weights, **params)
+
+
+@register_component("prompter", "yolo-box", build=_from_config, fitted=True)
 class YOLOBoxPrompter(_YOLOModel):
     """Boxes from a YOLO detector trained on a few image/mask pairs (paper 000).
 
@@ -860,14 +881,16 @@ class YOLOBoxPrompter(_YOLOModel):
         device: Torch device for training and prediction (``"cpu"``, ``"cuda:0"``).
 
     Example:
-        >>> prompter = YOLOBoxPrompter().fit(folder.subset(train_stems), val_samples=folder.subset(val_stems))
+        >>> prompter = YOLOBoxPrompter().fit(folder.subset(train_stems), val=folder.subset(val_stems))
         >>> prompter.save("busi_yolo.npz")
         >>> pipe = Pipeline(YOLOBoxPrompter.load("busi_yolo.npz"), LiteMedSAM())
     """
 
     requires_target = False
 
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
         """The detected boxes as prompts (``target`` is not read)."""
         boxes, _ = self.detect(image)
         if len(boxes) == 0:
@@ -908,7 +931,9 @@ class YOLOSegmenter(_YOLOModel):
             self._digest = cached = (checkpoint, digest)
         return f"yolo-seg:{cached[1]}:{self.imgsz}:{self.conf}:{self.iou}:{self.max_boxes}"
 
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
         """The detected boxes as prompts (``target`` is not read)."""
         boxes, _ = self.detect(image)
         return Prompts.empty() if len(boxes) == 0 else Prompts(box_xyxy=boxes)
@@ -967,21 +992,3 @@ def _box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     area = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
     areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
     return inter / np.maximum(area + areas - inter, 1e-9)
-
-
-def build_yolo_box_prompter(*, weights: str | None = None, state: str | None = None, **params: Any) -> YOLOBoxPrompter:
-    """Registry builder for ``"yolo-box"``: a saved prompter (``state``) or a checkpoint (``weights``).
-
-    ``Pipeline.save`` stores a fitted prompter as ``state``; it wins over ``weights``
-    (which then only documents where the weights came from). Other parameters
-    override the saved ones.
-    """
-    if state is not None:
-        return YOLOBoxPrompter.load(state, **params)
-    if weights is None:
-        raise ValueError(
-            "weights: the 'yolo-box' prompter needs trained weights: weights=PATH to an Ultralytics .pt "
-            "checkpoint, or state=PATH saved by YOLOBoxPrompter.save() (CLI: --prompter-state PATH)"
-        )
-    return YOLOBoxPrompter(weights=weights, **params)
-

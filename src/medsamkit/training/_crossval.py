@@ -72,7 +72,7 @@ class CrossvalResult:
 
 
 def _metric_names() -> tuple[str, ...]:
-    from ..evaluation._evaluate import METRIC_COLUMNS
+    from ..evaluation import METRIC_COLUMNS
 
     return METRIC_COLUMNS
 
@@ -158,9 +158,8 @@ def _summary(run: dict[str, Any], folds: list[dict[str, Any]]) -> dict[str, Any]
 
 
 def _write_tables(out_dir: Path, run: dict[str, Any], folds: list[dict[str, Any]]) -> dict[str, Any]:
-    from ..data import atomic_write_text
-    from ..evaluation._evaluate import _csv_text_for
-    from ..evaluation._plots import save_grouped_boxplot
+    from ..data import atomic_write_text, csv_text
+    from ..evaluation import save_grouped_boxplot
 
     rows = [
         {
@@ -173,7 +172,7 @@ def _write_tables(out_dir: Path, run: dict[str, Any], folds: list[dict[str, Any]
         for f in folds
         for setting in CROSSVAL_SETTINGS
     ]
-    atomic_write_text(out_dir / "crossval.csv", _csv_text_for(rows, _FOLD_COLUMNS))
+    atomic_write_text(out_dir / "crossval.csv", csv_text(rows, _FOLD_COLUMNS))
     summary = _summary(run, folds)
     atomic_write_text(out_dir / "crossval.json", json.dumps(summary, indent=2) + "\n")
     if folds:

@@ -28,6 +28,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from .._geometry import target_at_logits as _target_at_logits
+
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "sweep_thresholds"]
 
 LossName = Literal["dicefocal", "dice", "dicece"]
@@ -149,20 +151,6 @@ def _check_trainable(segmenter: Any) -> None:
         )
 
 
-def _target_at_logits(mask: np.ndarray, input_size_hw: tuple[int, int], image_size: int, logits_side: int) -> Any:
-    """The reference mask in the logits' frame: resized like the image, padded, then scaled."""
-    import cv2
-    import torch
-
-    scale = logits_side / image_size
-    h = max(1, round(input_size_hw[0] * scale))
-    w = max(1, round(input_size_hw[1] * scale))
-    small = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
-    target = np.zeros((logits_side, logits_side), dtype=np.float32)
-    target[:h, :w] = small
-    return torch.from_numpy(target)[None]
-
-
 def _prepare(segmenter: Any, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
     from tqdm.auto import tqdm
 
@@ -181,7 +169,7 @@ def _prompts(prompter: Any, item: _Item) -> Any:
 
 
 def _logits(segmenter: Any, item: _Item, prompts: Any, features: Any = None) -> tuple[Any, Any]:
-    from ..segmenters._common import prompts_to_model
+    from ..segmenters import prompts_to_model
 
     prompts = prompts.clipped_to(item.size_hw)
     boxes, points = prompts_to_model(prompts, item.size_hw, item.input_size_hw, device=segmenter.device)
@@ -267,10 +255,9 @@ def _save_curve(
 
 
 def _write_history(run_dir: Path, history: list[dict[str, Any]], columns: Sequence[str] = HISTORY_COLUMNS) -> None:
-    from ..data import atomic_write_text
-    from ..evaluation._evaluate import _csv_text_for
+    from ..data import atomic_write_text, csv_text
 
-    atomic_write_text(run_dir / "history.csv", _csv_text_for(history, tuple(columns)))
+    atomic_write_text(run_dir / "history.csv", csv_text(history, tuple(columns)))
 
 
 def _check_mode(segmenter: Any, config: FinetuneConfig) -> None:
@@ -757,9 +744,9 @@ def _finish(
         else:
             sweep = sweep_thresholds(segmenter, val_items, eval_prompter, config.thresholds)
         threshold = max(sweep, key=lambda r: (r["dice"], -abs(r["threshold"] - 0.5)))["threshold"]
-        from ..evaluation._evaluate import _csv_text_for
+        from ..data import csv_text
 
-        atomic_write_text(run_dir / "threshold_sweep.csv", _csv_text_for(sweep, ("threshold", "dice")))
+        atomic_write_text(run_dir / "threshold_sweep.csv", csv_text(sweep, ("threshold", "dice")))
 
     pipeline = Pipeline(eval_prompter, tuned, threshold=threshold)
     pipeline.save(run_dir)

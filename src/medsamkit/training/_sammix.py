@@ -306,7 +306,8 @@ def _check_labels(y: np.ndarray, train: list[Any], labelled: tuple[str, ...]) ->
 
 def _inputs(segmenter: Any, train: Any, val: Any, labelled: Any, config: Any, overrides: dict[str, Any]) -> tuple:
     """Everything checked before a file is written: ``(config, train, val, labelled, prompter, x, y)``."""
-    from ..prompters._cam import CAMBoxPrompter, _samples_to_arrays
+    from ..prompters import CAMBoxPrompter
+    from ..prompters import presence_arrays as _samples_to_arrays
 
     _check_trainable(segmenter)
     config = _config(config, overrides)
@@ -474,7 +475,12 @@ def _joint(
     from tqdm.auto import tqdm
 
     from ..prompters import OracleBoxPrompter
-    from ..prompters._cam import _batches, _classifier_scores, _classifier_step, _focal_loss, _samples_to_arrays, _seeded_classifier
+    from ..prompters import classifier_scores as _classifier_scores
+    from ..prompters import classifier_step as _classifier_step
+    from ..prompters import focal_loss as _focal_loss
+    from ..prompters import index_batches as _batches
+    from ..prompters import presence_arrays as _samples_to_arrays
+    from ..prompters import seeded_classifier as _seeded_classifier
 
     ft_config = config.finetune_config()
     trainable = _Trainable(segmenter, ft_config)
@@ -706,7 +712,7 @@ def fit_sam_pp(
         segmenter stage's rows, ``prompter.history`` the classifier's.
     """
     from .._pipeline import Pipeline
-    from ..prompters._cam import CAMBoxPrompter
+    from ..prompters import CAMBoxPrompter
     from . import _engine
 
     config, train, val, labelled, prompter, _, _ = _inputs(segmenter, train, val, labelled, config, overrides)

@@ -215,7 +215,7 @@ class TestErrors:
             MeanMaskPointPrompter().fit([])
 
     def test_bad_mask_in_training_set(self):
-        with pytest.raises(ValueError, match=r"masks\[\]: expected shape \(H, W\)"):
+        with pytest.raises(ValueError, match=r"samples\[\]: expected shape \(H, W\)"):
             MeanMaskPointPrompter().fit([np.zeros((16, 16, 3))])
 
     def test_bad_image_at_call(self):

@@ -20,6 +20,7 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._geometry import target_at_logits as _target_at_logits
+from .._protocols import PromptProvider, TrainableSegmenter, prompts_for
+from .._types import ImageEncoding, Prompts
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "sweep_thresholds"]
 
@@ -162,10 +165,16 @@ def _prepare(segmenter: Any, samples: Sequence[Any], desc: str, progress: bool) 
     return items
 
 
-def _prompts(prompter: Any, item: _Item) -> Any:
-    if getattr(prompter, "requires_target", False):
-        return prompter(item.image, target=item.mask)
-    return prompter(item.image)
+def _prompts(prompter: PromptProvider, item: _Item, model_id: str | None = None, features: Any = None) -> Prompts:
+    """The prompter's prompts for a prepared item; an encoding-reading prompter gets the item's
+    encoding (``features``, else the item's own) when ``model_id`` names the segmenter."""
+    encoding = None
+    features = item.features if features is None else features
+    if getattr(prompter, "uses_encoding", False) and model_id is not None and features is not None:
+        encoding = ImageEncoding(
+            features=features, size_hw=item.size_hw, input_size_hw=item.input_size_hw, model_id=model_id
+        )
+    return prompts_for(prompter, item.image, target=item.mask, encoding=encoding)
 
 
 def _logits(segmenter: Any, item: _Item, prompts: Any, features: Any = None) -> tuple[Any, Any]:
@@ -184,8 +193,6 @@ def _full_probabilities(segmenter: Any, item: _Item, prompts: Any, features: Any
     pipeline's ``union`` at inference, so the swept threshold is the one that will be used.
     """
     import torch
-
-    from .._types import ImageEncoding
 
     if prompts.n == 0:
         return np.zeros(item.size_hw, dtype=np.float32)
@@ -208,7 +215,7 @@ def sweep_thresholds(
     segmenter: Any, items: Sequence[_Item], prompter: Any, thresholds: Sequence[float]
 ) -> list[dict[str, float]]:
     """Mean Dice of each threshold on prepared validation items (probabilities computed once)."""
-    probs = [(_full_probabilities(segmenter, item, _prompts(prompter, item)), item.mask) for item in items]
+    probs = [(_full_probabilities(segmenter, item, _prompts(prompter, item, segmenter.model_id)), item.mask) for item in items]
     return [
         {"threshold": float(t), "dice": float(np.mean([_dice(p > t, m) for p, m in probs]))} for t in thresholds
     ]
@@ -323,8 +330,8 @@ def _validation_dice(segmenter: Any, trainable: _Trainable, items: Sequence[_Ite
         return float(
             np.mean(
                 [
-                    _dice(_full_probabilities(segmenter, it, _prompts(prompter, it), trainable.features(it)) > 0.5, it.mask)
-                    for it in items
+                    _dice(_full_probabilities(segmenter, it, _prompts(prompter, it, segmenter.model_id, f), f) > 0.5, it.mask)
+                    for it, f in ((it, trainable.features(it)) for it in items)
                 ]
             )
         )
@@ -749,7 +756,13 @@ def _finish(
         atomic_write_text(run_dir / "threshold_sweep.csv", csv_text(sweep, ("threshold", "dice")))
 
     pipeline = Pipeline(eval_prompter, tuned, threshold=threshold)
-    pipeline.save(run_dir)
+    try:
+        pipeline.save(run_dir)
+    except ValueError as exc:  # e.g. a prompter of your own: pipeline.json documents the run, cannot rebuild it
+        from .._pipeline import CONFIG_FILE
+
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(pipeline.config.model_dump(mode="json"), indent=2) + "\n")
+        warnings.warn(f"finetune: {run_dir / CONFIG_FILE} cannot rebuild the pipeline ({exc})", RuntimeWarning, stacklevel=3)
     _relativise_checkpoint(run_dir)
     return pipeline, threshold, sweep, adapters
 

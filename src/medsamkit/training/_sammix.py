@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from .._protocols import prompts_for
 from ._engine import (
     _LORA_FIELDS,
     STATE_FILE,
@@ -525,7 +526,7 @@ def _joint(
             if item is None:
                 continue
             positive = bool(item.mask.any())
-            prompts = prompter(item.image)  # presence gate + Grad-CAM boxes; discrete, no gradient
+            prompts = prompts_for(prompter, item.image)  # presence gate + Grad-CAM boxes; discrete, no gradient
             if prompts.n == 0 and positive:
                 no_box += 1
                 if config.box_fallback == "skip":

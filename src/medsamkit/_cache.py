@@ -16,7 +16,7 @@ import os
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def image_key(image: np.ndarray, model_id: str) -> str:
     image = np.ascontiguousarray(as_image(image))
     digest = hashlib.sha256()
     digest.update(f"v{_FORMAT}|{model_id}|{image.shape}|{image.dtype.str}|".encode())
-    digest.update(memoryview(image).cast("B"))
+    digest.update(image.data.cast("B"))
     return digest.hexdigest()
 
 
@@ -61,7 +61,7 @@ def _to_arrays(features: Any) -> tuple[str, list[np.ndarray]]:
 
 def _from_arrays(meta: str, arrays: list[np.ndarray], device: Any) -> Any:
     info = json.loads(meta)
-    items = []
+    items: list[Any] = []
     for kind, array in zip(info["types"], arrays):
         if kind == "torch":
             import torch
@@ -132,7 +132,7 @@ class EmbeddingCache:
         from .data import atomic_write_bytes
 
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the names for its keywords
         data = buffer.getvalue()
         atomic_write_bytes(self._path(key), data)
         with self._lock:
@@ -156,8 +156,8 @@ class EmbeddingCache:
                 n = int(data["n_arrays"])
                 encoding = ImageEncoding(
                     features=_from_arrays(str(data["meta"]), [data[f"a{i}"] for i in range(n)], device),
-                    size_hw=tuple(int(v) for v in data["size_hw"]),
-                    input_size_hw=tuple(int(v) for v in data["input_size_hw"]),
+                    size_hw=cast("tuple[int, int]", tuple(int(v) for v in data["size_hw"])),
+                    input_size_hw=cast("tuple[int, int]", tuple(int(v) for v in data["input_size_hw"])),
                     model_id=str(data["model_id"]),
                 )
             except Exception:  # not an encoding entry (or a damaged one): a miss, and it goes away

@@ -137,7 +137,7 @@ class Pipeline:
 
     def replace(self, **changes: Any) -> Pipeline:
         """A copy with some arguments changed (``pipe.replace(threshold=0.6)``); models are shared."""
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "prompter": self.prompter,
             "segmenter": self.segmenter,
             "threshold": self.threshold,
@@ -286,9 +286,10 @@ class Pipeline:
         _check_rebuildable(config)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if callable(getattr(self.prompter, "save", None)):
+        save_state = getattr(self.prompter, "save", None)
+        if callable(save_state):
             state_file = "prompter" + getattr(self.prompter, "state_suffix", ".npz")
-            self.prompter.save(directory / state_file)
+            save_state(directory / state_file)
             config.prompter.params["state"] = state_file
         path = directory / CONFIG_FILE
         atomic_write_text(path, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")

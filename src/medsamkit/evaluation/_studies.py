@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .._protocols import PromptProvider, Segmenter
+
 __all__ = ["DETECTION_CLASSES", "StudyReport", "box_margin_study", "compare_prompters", "detection_class"]
 
 DETECTION_CLASSES = ("detected", "missed: no prompt", "missed: wrong place", "false positive", "true negative")
@@ -91,9 +93,9 @@ class StudyReport:
 
 
 def compare_prompters(
-    segmenter: Any,
+    segmenter: Segmenter,
     data: Any,
-    prompters: Mapping[str, Any],
+    prompters: Mapping[str, PromptProvider],
     *,
     out_dir: str | Path,
     limit: int | None = None,
@@ -191,7 +193,7 @@ def compare_prompters(
 
 
 def box_margin_study(
-    segmenter: Any,
+    segmenter: Segmenter,
     data: Any,
     *,
     out_dir: str | Path,

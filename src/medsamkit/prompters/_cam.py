@@ -218,15 +218,15 @@ def classifier_step(
 
     if len(index) < 2 and len(x) >= 2:
         return None
-    index = torch.as_tensor(index)
+    rows = torch.as_tensor(index)
     model.train()
-    xb = _augment(x[index], rng, shift=shift, intensity=intensity, flip=flip)
+    xb = _augment(x[rows], rng, shift=shift, intensity=intensity, flip=flip)
     logits = model(xb)[:, 0]
-    loss = loss_fn(logits, y[index])
+    loss = loss_fn(logits, y[rows])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach()), int(((logits.detach() > 0).float() == y[index]).sum())
+    return float(loss.detach()), int(((logits.detach() > 0).float() == y[rows]).sum())
 
 
 def classifier_scores(model: Any, x: Any, y: Any, loss_fn: Any, *, threshold: float = 0.5) -> tuple[float, float]:

@@ -51,7 +51,9 @@ class BoxesWithPointsPrompter:
         if point_prompts.points_xy is None or point_prompts.n == 0:
             return Prompts(box_xyxy=boxes)
         groups: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(boxes))]
-        for pts, labels in zip(point_prompts.points_xy, point_prompts.point_labels):
+        point_labels = point_prompts.point_labels
+        assert point_labels is not None  # Prompts: points always come with labels
+        for pts, labels in zip(point_prompts.points_xy, point_labels):
             real = labels != -1
             if not real.any():
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -196,7 +196,7 @@ class MeanMaskPointPrompter:
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer,
-            mean_mask=self.mean_mask,
+            mean_mask=cast(np.ndarray, self.mean_mask),  # fitted: checked above
             n_fitted=np.int64(self.n_fitted),
             params=np.frombuffer(json.dumps(self.params()).encode(), dtype=np.uint8),
         )

@@ -263,7 +263,7 @@ def _preserve_global_state() -> Iterator[None]:
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
         if fill is not None:
-            torch.utils.deterministic.fill_uninitialized_memory = fill
+            torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
         for key, value in env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -450,7 +450,7 @@ def masks_to_yolo_dataset(
         raise ValueError(f"min_area: expected a non-negative int, got {min_area!r}")
     out_dir = Path(out_dir).expanduser().absolute()
     _prepare_out_dir(out_dir)
-    kwargs = {"min_area": int(min_area), "polygons": polygons, "progress": progress}
+    kwargs: dict[str, Any] = {"min_area": int(min_area), "polygons": polygons, "progress": progress}
     _write_split(samples, out_dir, "train", name="samples", **kwargs)
     val = "images/train"
     if val_samples is not None:
@@ -609,20 +609,22 @@ class _YOLOModel:
 
     # -- model ---------------------------------------------------------------------
 
-    def _check_fitted(self) -> None:
+    def _check_fitted(self) -> bytes:
+        """The checkpoint bytes; RuntimeError when there are none yet."""
         if self._checkpoint is None:
             raise RuntimeError(
                 f"{type(self).__name__} has no weights: call fit(samples), load(path) or pass weights=PATH"
             )
+        return self._checkpoint
 
     def _load_yolo(self) -> Any:
         """The Ultralytics model for prediction, built from the in-memory checkpoint."""
         if self._yolo is None:
-            self._check_fitted()
+            checkpoint = self._check_fitted()
             yolo_cls = _import_ultralytics()
             with tempfile.TemporaryDirectory(prefix="medsamkit-yolo-") as tmp:
                 path = Path(tmp) / "model.pt"
-                path.write_bytes(self._checkpoint)
+                path.write_bytes(checkpoint)
                 with _offline_guard(verbose=False):
                     yolo = yolo_cls(str(path), task=self._task)
             if yolo.task != self._task:
@@ -683,7 +685,7 @@ class _YOLOModel:
             raise ValueError(f"train_args: {reserved} are set by fit() itself; use its own arguments instead")
         yolo_cls = _import_ultralytics()
         temporary = work_dir is None
-        root = Path(tempfile.mkdtemp(prefix="medsamkit-yolo-")) if temporary else Path(work_dir).expanduser().absolute()
+        root = Path(tempfile.mkdtemp(prefix="medsamkit-yolo-")) if work_dir is None else Path(work_dir).expanduser().absolute()
         try:
             data_yaml = masks_to_yolo_dataset(
                 samples, root / "dataset", min_area=min_area, val_samples=val,
@@ -787,13 +789,13 @@ class _YOLOModel:
         """
         from ..data import atomic_write_bytes
 
-        self._check_fitted()
-        meta = {"format": self._format, "params": self.params(), "train_info": self.train_info}
-        meta["params"]["weights"] = None
+        checkpoint = self._check_fitted()
+        params = {**self.params(), "weights": None}
+        meta = {"format": self._format, "params": params, "train_info": self.train_info}
         buffer = io.BytesIO()
         np.savez(
             buffer,
-            checkpoint=np.frombuffer(self._checkpoint, dtype=np.uint8),
+            checkpoint=np.frombuffer(checkpoint, dtype=np.uint8),
             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
         )
         path = Path(path)
@@ -804,9 +806,9 @@ class _YOLOModel:
         """Write the Ultralytics checkpoint (``.pt``) itself, e.g. to use it with ``yolo predict``."""
         from ..data import atomic_write_bytes
 
-        self._check_fitted()
+        checkpoint = self._check_fitted()
         path = Path(path)
-        atomic_write_bytes(path, self._checkpoint)
+        atomic_write_bytes(path, checkpoint)
         return path
 
     @classmethod

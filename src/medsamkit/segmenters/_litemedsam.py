@@ -144,6 +144,7 @@ class LiteMedSAM(LowResDecoding, FastEncoderMixin):
             raise ValueError(f"max_prompts_per_batch: expected a positive int, got {max_prompts_per_batch!r}")
         self._check_precision(precision)
         self.device = torch.device(device)
+        self.checkpoint: Path | None
         if model is None:
             path = litemedsam_checkpoint_path() if checkpoint is None else Path(checkpoint)
             model = build_litemedsam_model(path)

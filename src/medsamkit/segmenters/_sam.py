@@ -269,7 +269,7 @@ def sam_image_uint8(image: np.ndarray, input_size_hw: tuple[int, int]) -> np.nda
         image = image[..., :3] if image.shape[2] >= 3 else image[..., 0]
     image = _to_uint8(image)
     h, w = input_size_hw
-    resized = np.array(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR))
+    resized = np.array(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR))  # type: ignore[attr-defined]
     if resized.ndim == 2:
         resized = np.repeat(resized[..., None], 3, axis=2)
     return resized

@@ -13,9 +13,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .._protocols import PromptProvider, Segmenter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .._pipeline import Pipeline
 
 __all__ = ["CROSSVAL_PROMPTERS", "CROSSVAL_SETTINGS", "CrossvalResult", "crossval"]
 
@@ -98,7 +103,7 @@ def _factory(segmenter_factory: Any) -> Callable[[], Any]:
     )
 
 
-def _prompters(kind: str, folder: Any, seed: int, progress: bool) -> tuple[Any, Any]:
+def _prompters(kind: str, folder: Any, seed: int, progress: bool) -> tuple[PromptProvider, PromptProvider]:
     """(training prompter, evaluation prompter)."""
     from ..prompters import MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
 
@@ -108,7 +113,7 @@ def _prompters(kind: str, folder: Any, seed: int, progress: bool) -> tuple[Any, 
     return PerturbedBoxPrompter(jitter_fraction=0.1, seed=seed), OracleBoxPrompter()
 
 
-def _same_cache(pipeline: Any, segmenter: Any) -> Any:
+def _same_cache(pipeline: Pipeline, segmenter: Segmenter) -> Pipeline:
     """The fine-tuned pipeline with the embedding cache of the starting segmenter, if it had one."""
     from .._cache import CachedSegmenter
 

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from .._cache import CachedSegmenter
     from ..data import MaskFolder, atomic_write_text, train_val_test_split
     from ..evaluation import evaluate
-    from ..training import _sammix
+    from .. import training
 
     if (args.data_dir is None) == (args.data is None):
         raise UsageError("give the data folder once: as DATA_DIR or with --data")
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, stratify=present
     )
     train = folder.subset(split.train)
-    labelled = None if args.labelled is None else _sammix.pick_labelled(train, args.labelled, seed=args.seed)
+    labelled = None if args.labelled is None else training.pick_labelled(train, args.labelled, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "split.json", json.dumps(split.to_dict(), indent=2) + "\n")
     n_labelled = len(split.train) if labelled is None else len(labelled)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         f"{len(split.val)} val, {len(split.test)} test"
     )
     segmenter = build_segmenter(args)
-    fit = _sammix.fit_sam_pp if args.two_stage else _sammix.fit_sammix
+    fit = training.fit_sam_pp if args.two_stage else training.fit_sammix
     result = fit(
         segmenter,
         train,

@@ -9,9 +9,12 @@ Every command that builds a segmenter takes the options of
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._protocols import PromptProvider
+from .._protocols import PromptProvider, Segmenter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .._cache import EmbeddingCache
 from ._errors import UsageError
 
 __all__ = ["build_segmenter", "embedding_cache", "pipeline_from_args", "segmenter_params"]
@@ -42,7 +45,7 @@ def embedding_cache(args: argparse.Namespace) -> Any:
     return EmbeddingCache(args.cache_dir, max_bytes=int(args.cache_size_gb * 1024**3))
 
 
-def _in_cache(segmenter: Any, cache: Any) -> Any:
+def _in_cache(segmenter: Segmenter, cache: EmbeddingCache | None) -> Segmenter:
     if cache is None:
         return segmenter
     from .._cache import CachedSegmenter

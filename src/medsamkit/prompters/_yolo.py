@@ -840,7 +840,7 @@ class _YOLOModel:
         return prompter
 
 
-def _from_config(*, weights: str | None = None, state: str | None = None, **params: Any) -> YOLOBoxPrompter:
+def build_yolo_box_prompter(*, weights: str | None = None, state: str | None = None, **params: Any) -> YOLOBoxPrompter:
     """Registry builder for ``"yolo-box"``: a saved prompter (``state``) or a checkpoint (``weights``).
 
     ``Pipeline.save`` stores a fitted prompter as ``state``; it wins over ``weights``
@@ -857,7 +857,7 @@ def _from_config(*, weights: str | None = None, state: str | None = None, **para
     return YOLOBoxPrompter(weights=weights, **params)
 
 
-@register_component("prompter", "yolo-box", build=_from_config, fitted=True)
+@register_component("prompter", "yolo-box", build=build_yolo_box_prompter, fitted=True)
 class YOLOBoxPrompter(_YOLOModel):
     """Boxes from a YOLO detector trained on a few image/mask pairs (paper 000).
 

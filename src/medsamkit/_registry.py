@@ -102,7 +102,8 @@ def register_component(
             raise TypeError(f"register: expected a class, got {type(cls).__name__}")
         table = _TABLES[kind]
         known = table.get(name)
-        if known is not None and known.cls.__qualname__ != cls.__qualname__:
+        same = known is not None and (known.cls.__module__, known.cls.__qualname__) == (cls.__module__, cls.__qualname__)
+        if known is not None and not same:  # (the same class again: its module was reloaded)
             raise ValueError(f"name: the {kind} name {name!r} is taken by {known.cls.__qualname__}")
         builder = build if build is not None else (_fitted_builder(cls, name) if fitted else cls)
         table[name] = Component(kind=kind, name=name, cls=cls, build=builder, fitted=fitted)

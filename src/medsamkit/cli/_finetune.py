@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._build import build_segmenter, in_same_cache, limited_folder
 from ._options import add_training_options, training_overrides
 from ._output import print_dice_row
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .._protocols import PromptProvider
 
 __all__ = ["add_parser", "run"]
 
@@ -51,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"split (seed {args.seed}): {len(split.train)} train, {len(split.val)} val, {len(split.test)} test")
     segmenter = build_segmenter(args)
     progress = not args.no_progress
+    prompter: PromptProvider
+    eval_prompter: PromptProvider
     if args.prompter == "mean-mask-points":
         prompter = MeanMaskPointPrompter().fit(folder.subset(split.train), progress=progress)
         eval_prompter = prompter

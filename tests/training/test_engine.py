@@ -16,8 +16,7 @@ import torch
 import medsamkit as msk
 from medsamkit._cache import CachedSegmenter, EmbeddingCache
 from medsamkit.testing import FakeSegmenter
-from medsamkit.training import FinetuneConfig, finetune
-from medsamkit.training import _engine, _loop
+from medsamkit.training import FinetuneConfig, _engine, _loop, finetune
 
 N_TRAIN, N_VAL = 6, 3
 
@@ -157,18 +156,6 @@ def test_bad_input(seg, small_cxr, tmp_path):
     with pytest.raises(ValueError, match="not_a_setting"):
         finetune(seg, train, out_dir=tmp_path / "d", not_a_setting=1)
     assert not (tmp_path / "d").exists()
-
-
-def test_target_in_the_logits_frame_is_resized_and_padded():
-    mask = np.zeros((100, 200), dtype=bool)
-    mask[:, :100] = True  # left half
-    # LiteMedSAM frame: 200 -> 256 wide, 100 -> 128 high; logits at 256: same frame.
-    target = _engine._target_at_logits(mask, (128, 256), 256, 256)[0].numpy()
-    assert target.shape == (256, 256)
-    assert target[:128, :128].all() and not target[:128, 128:].any() and not target[128:].any()
-    # SAM frame: input 1024, logits 256 -> a quarter.
-    target = _engine._target_at_logits(mask, (512, 1024), 1024, 256)[0].numpy()
-    assert target[:128, :128].all() and not target[:, 128:].any() and not target[128:].any()
 
 
 def test_sweep_probabilities_equal_the_pipeline_union(seg, small_cxr):

@@ -121,6 +121,8 @@ class YOLOModel:
     _default_model = "yolov8n.yaml"
 
     requires_target = False
+    uses_encoding = False
+    state_suffix = ".npz"
 
     def __init__(
         self,
@@ -205,7 +207,7 @@ class YOLOModel:
     def _check_fitted(self) -> YOLOWeights:
         if self._state is None:
             raise RuntimeError(
-                f"{type(self).__name__} has no weights: call fit(train_samples), load(path) or pass weights=PATH"
+                f"{type(self).__name__} has no weights: call fit(samples), load(path) or pass weights=PATH"
             )
         return self._state
 
@@ -229,16 +231,16 @@ class YOLOModel:
 
     def fit(
         self,
-        train_samples: Iterable[Any],
+        samples: Iterable[Any],
         *,
-        val_samples: Iterable[Any] | None = None,
+        val: Iterable[Any] | None = None,
         epochs: int = 100,
         imgsz: int | None = None,
         batch: int = 16,
         seed: int = 0,
         work_dir: str | os.PathLike[str] | None = None,
         min_area: int = 16,
-        progress: bool = True,
+        progress: bool = False,
         **train_args: Any,
     ) -> Any:
         """Train the detector on image/mask pairs, offline.
@@ -248,13 +250,13 @@ class YOLOModel:
         (``pretrained=False``), or fine-tuned from the ``weights`` given to the
         constructor. Training is seeded and uses ``deterministic=True``; AMP and
         plots are off (both would download files); no integration (hub, MLflow,
-        W&B, ...) runs. With ``val_samples`` the checkpoint with the best
+        W&B, ...) runs. With ``val`` samples the checkpoint with the best
         validation fitness is kept, otherwise the last epoch's.
 
         Args:
-            train_samples: :class:`~medsamkit.data.Sample` items (a
+            samples: :class:`~medsamkit.data.Sample` items (a
                 :class:`~medsamkit.data.MaskFolder` split) or ``(image, mask)`` pairs.
-            val_samples: Validation items (recommended; used for checkpoint selection).
+            val: Validation items (recommended; used for checkpoint selection).
             epochs: Training epochs.
             imgsz: Training (and from then on prediction) image size; default ``self.imgsz``.
             batch: Batch size.
@@ -263,7 +265,7 @@ class YOLOModel:
                 ``train/weights/best.pt``). Default: a temporary folder, deleted
                 after training (the weights stay in memory; use :meth:`save`).
             min_area: Smallest mask component, in pixels, that becomes a training box.
-            progress: Show Ultralytics' training log.
+            progress: Show Ultralytics' training log (default: quiet).
             **train_args: Further Ultralytics training arguments (``lr0``,
                 ``patience``, ``workers``, augmentation settings such as ``fliplr``, ...).
 
@@ -283,7 +285,7 @@ class YOLOModel:
         root = Path(tempfile.mkdtemp(prefix="medsamkit-yolo-")) if work_dir is None else Path(work_dir).expanduser().absolute()
         try:
             data_yaml = masks_to_yolo_dataset(
-                train_samples, root / "dataset", min_area=min_area, val_samples=val_samples,
+                samples, root / "dataset", min_area=min_area, val_samples=val,
                 polygons=self._task == "segment", progress=progress,
             )
             n_train = len(list((root / "dataset" / "labels" / "train").glob("*.txt")))

@@ -14,12 +14,31 @@ from typing import Any
 
 import numpy as np
 
-from .._types import Prompts
+from .._registry import register_component
+from .._types import ImageEncoding, Prompts
 from .._ultralytics import YOLOModel
 
 __all__ = ["YOLOBoxPrompter", "build_yolo_box_prompter"]
 
 
+def build_yolo_box_prompter(*, weights: str | None = None, state: str | None = None, **params: Any) -> YOLOBoxPrompter:
+    """Registry builder for ``"yolo-box"``: a saved prompter (``state``) or a checkpoint (``weights``).
+
+    ``Pipeline.save`` stores a fitted prompter as ``state``; it wins over ``weights``
+    (which then only documents where the weights came from). Other parameters
+    override the saved ones.
+    """
+    if state is not None:
+        return YOLOBoxPrompter.load(state, **params)
+    if weights is None:
+        raise ValueError(
+            "weights: the 'yolo-box' prompter needs trained weights: weights=PATH to an Ultralytics .pt "
+            "checkpoint, or state=PATH saved by YOLOBoxPrompter.save() (CLI: --prompter-state PATH)"
+        )
+    return YOLOBoxPrompter(weights=weights, **params)
+
+
+@register_component("prompter", "yolo-box", build=build_yolo_box_prompter, fitted=True)
 class YOLOBoxPrompter(YOLOModel):
     """Boxes from a YOLO detector trained on a few image/mask pairs (paper 000).
 
@@ -45,35 +64,18 @@ class YOLOBoxPrompter(YOLOModel):
         device: Torch device for training and prediction (``"cpu"``, ``"cuda:0"``).
 
     Example:
-        >>> prompter = YOLOBoxPrompter().fit(folder.subset(train_stems), val_samples=folder.subset(val_stems))
+        >>> prompter = YOLOBoxPrompter().fit(folder.subset(train_stems), val=folder.subset(val_stems))
         >>> prompter.save("busi_yolo.npz")
         >>> pipe = Pipeline(YOLOBoxPrompter.load("busi_yolo.npz"), LiteMedSAM())
     """
 
     requires_target = False
 
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
-        """The detected boxes as prompts (``target`` is not read)."""
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
+        """The detected boxes as prompts (``target`` and ``encoding`` are not read)."""
         boxes, _ = self.detect(image)
         if len(boxes) == 0:
             return Prompts.empty()
         return Prompts(box_xyxy=boxes)
-
-
-
-def build_yolo_box_prompter(*, weights: str | None = None, state: str | None = None, **params: Any) -> YOLOBoxPrompter:
-    """Registry builder for ``"yolo-box"``: a saved prompter (``state``) or a checkpoint (``weights``).
-
-    ``Pipeline.save`` stores a fitted prompter as ``state``; it wins over ``weights``
-    (which then only documents where the weights came from). Other parameters
-    override the saved ones.
-    """
-    if state is not None:
-        return YOLOBoxPrompter.load(state, **params)
-    if weights is None:
-        raise ValueError(
-            "weights: the 'yolo-box' prompter needs trained weights: weights=PATH to an Ultralytics .pt "
-            "checkpoint, or state=PATH saved by YOLOBoxPrompter.save() (CLI: --prompter-state PATH)"
-        )
-    return YOLOBoxPrompter(weights=weights, **params)
-

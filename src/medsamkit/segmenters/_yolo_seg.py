@@ -42,8 +42,10 @@ class YOLOSegmenter(YOLOModel):
         digest = self._state.digest[:12] if self._state is not None else "unfitted"
         return f"yolo-seg:{digest}:{self.imgsz}:{self.conf}:{self.iou}:{self.max_boxes}"
 
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
-        """The detected boxes as prompts (``target`` is not read)."""
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
+        """The detected boxes as prompts (``target`` and ``encoding`` are not read)."""
         boxes, _ = self.detect(image)
         return Prompts.empty() if len(boxes) == 0 else Prompts(box_xyxy=boxes)
 

@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._protocols import PromptProvider, TrainableSegmenter, prompts_for
+from .._types import ImageEncoding, Prompts
 from ._loop import run_epochs, save_state
 from ._settings import FinetuneConfig
-from ._trainable import (
-    _caller_model_restored,
-    _Item,
-    _prepare,
-    _target_at_logits,  # noqa: F401  (read from here by prompters/_embedding_head.py)
-    _Trainable,
-    item_encoding,
-    union_loss,
-)
+from ._trainable import _caller_model_restored, _Item, _prepare, _Trainable, item_encoding, union_loss
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..prompters import PerturbedBoxPrompter
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "sweep_thresholds"]
 
@@ -75,7 +73,7 @@ def _loss_fn(name: str) -> Any:
     return DiceLoss(sigmoid=True)
 
 
-def _check_trainable(segmenter: Any) -> None:
+def _check_trainable(segmenter: object) -> None:
     needed = ("model", "encode", "decode_logits", "image_size", "device")
     missing = [n for n in needed if not hasattr(segmenter, n)]
     if missing or not hasattr(getattr(segmenter, "model", None), "mask_decoder"):
@@ -86,13 +84,21 @@ def _check_trainable(segmenter: Any) -> None:
         )
 
 
-def _prompts(prompter: Any, item: _Item) -> Any:
-    if getattr(prompter, "requires_target", False):
-        return prompter(item.image, target=item.mask)
-    return prompter(item.image)
+def _prompts(prompter: PromptProvider, item: _Item, model_id: str | None = None, features: Any = None) -> Prompts:
+    """The prompter's prompts for a prepared item; an encoding-reading prompter gets the item's
+    encoding (``features``, else the item's own) when ``model_id`` names the segmenter."""
+    encoding = None
+    features = item.features if features is None else features
+    if getattr(prompter, "uses_encoding", False) and model_id is not None and features is not None:
+        encoding = ImageEncoding(
+            features=features, size_hw=item.size_hw, input_size_hw=item.input_size_hw, model_id=model_id
+        )
+    return prompts_for(prompter, item.image, target=item.mask, encoding=encoding)
 
 
-def _full_probabilities(segmenter: Any, item: _Item, prompts: Any, features: Any = None) -> np.ndarray:
+def _full_probabilities(
+    segmenter: TrainableSegmenter, item: _Item, prompts: Prompts, features: Any = None
+) -> np.ndarray:
     """``(H, W)`` union probability of all prompts at the input resolution.
 
     The segmenter's own decode path (``decode_low_res`` then ``finish_low_res``, as in
@@ -100,13 +106,14 @@ def _full_probabilities(segmenter: Any, item: _Item, prompts: Any, features: Any
     then the pixel-wise maximum is taken: the same probabilities as the pipeline's
     ``union`` at inference, so the swept threshold is the one that will be used.
     """
-    from ..segmenters._common import decode_low_res, finish_low_res
+    from ..segmenters import decode_low_res, finish_low_res
 
     if prompts.n == 0:
         return np.zeros(item.size_hw, dtype=np.float32)
     encoding = item_encoding(segmenter, item, features)
     logits, scores = decode_low_res(segmenter, encoding, prompts)
-    return finish_low_res(segmenter, encoding, logits, scores).probabilities.max(axis=0)
+    probabilities: np.ndarray = finish_low_res(segmenter, encoding, logits, scores).probabilities.max(axis=0)
+    return probabilities
 
 
 def _dice(pred: np.ndarray, target: np.ndarray) -> float:
@@ -116,10 +123,12 @@ def _dice(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def sweep_thresholds(
-    segmenter: Any, items: Sequence[_Item], prompter: Any, thresholds: Sequence[float]
+    segmenter: TrainableSegmenter, items: Sequence[_Item], prompter: PromptProvider, thresholds: Sequence[float]
 ) -> list[dict[str, float]]:
     """Mean Dice of each threshold on prepared validation items (probabilities computed once)."""
-    probs = [(_full_probabilities(segmenter, item, _prompts(prompter, item)), item.mask) for item in items]
+    probs = [
+        (_full_probabilities(segmenter, item, _prompts(prompter, item, segmenter.model_id)), item.mask) for item in items
+    ]
     return [
         {"threshold": float(t), "dice": float(np.mean([_dice(p > t, m) for p, m in probs]))} for t in thresholds
     ]
@@ -128,7 +137,7 @@ def sweep_thresholds(
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_dice", "seconds")
 
 
-def _check_mode(segmenter: Any, config: FinetuneConfig) -> None:
+def _check_mode(segmenter: TrainableSegmenter, config: FinetuneConfig) -> None:
     """LoRA mode: peft importable (ImportError with the install hint) and no adapters on the model yet."""
     if config.mode == "lora":
         from ._lora import _peft, has_lora
@@ -151,7 +160,9 @@ def _claim_run_dir(run_dir: Path, record: dict[str, Any], record_file: str, what
     atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
 
 
-def _validation_dice(segmenter: Any, trainable: _Trainable, items: Sequence[_Item], prompter: Any) -> float:
+def _validation_dice(
+    segmenter: TrainableSegmenter, trainable: _Trainable, items: Sequence[_Item], prompter: PromptProvider
+) -> float:
     """Mean Dice at threshold 0.5 of ``prompter`` + the current weights on prepared validation items."""
     import torch
 
@@ -159,14 +170,14 @@ def _validation_dice(segmenter: Any, trainable: _Trainable, items: Sequence[_Ite
         return float(
             np.mean(
                 [
-                    _dice(_full_probabilities(segmenter, it, _prompts(prompter, it), trainable.features(it)) > 0.5, it.mask)
-                    for it in items
+                    _dice(_full_probabilities(segmenter, it, _prompts(prompter, it, segmenter.model_id, f), f) > 0.5, it.mask)
+                    for it, f in ((it, trainable.features(it)) for it in items)
                 ]
             )
         )
 
 
-def _epoch_prompter(prompter: Any, seed: int, epoch: int) -> Any:
+def _epoch_prompter(prompter: PromptProvider, seed: int, epoch: int) -> PromptProvider:
     """A copy of a seeded prompter with a seed of its own per epoch (fresh jitter every epoch)."""
     if hasattr(prompter, "seed"):
         prompter = copy.copy(prompter)
@@ -175,13 +186,13 @@ def _epoch_prompter(prompter: Any, seed: int, epoch: int) -> Any:
 
 
 def finetune(
-    segmenter: Any,
+    segmenter: TrainableSegmenter,
     train: Sequence[Any],
     val: Sequence[Any] | None = None,
     *,
     out_dir: str | Path,
-    prompter: Any = None,
-    eval_prompter: Any = None,
+    prompter: PromptProvider | None = None,
+    eval_prompter: PromptProvider | None = None,
     config: FinetuneConfig | None = None,
     progress: bool = True,
     **overrides: Any,
@@ -259,13 +270,13 @@ def finetune(
 
 
 def _train(
-    segmenter: Any,
+    segmenter: TrainableSegmenter,
     train: Sequence[Any],
     val: Sequence[Any] | None,
     run_dir: Path,
     config: FinetuneConfig,
-    prompter: Any,
-    eval_prompter: Any,
+    prompter: PromptProvider,
+    eval_prompter: PromptProvider,
     progress: bool,
 ) -> FinetuneResult:
     import torch
@@ -337,10 +348,10 @@ def _train(
 
 
 def _finish(
-    segmenter: Any,
+    segmenter: TrainableSegmenter,
     trainable: _Trainable,
     run_dir: Path,
-    eval_prompter: Any,
+    eval_prompter: PromptProvider,
     val: Sequence[Any] | None,
     val_items: list[_Item],
     config: FinetuneConfig,
@@ -379,29 +390,37 @@ def _finish(
         else:
             sweep = sweep_thresholds(segmenter, val_items, eval_prompter, config.thresholds)
         threshold = max(sweep, key=lambda r: (r["dice"], -abs(r["threshold"] - 0.5)))["threshold"]
-        from ..evaluation._evaluate import _csv_text_for
+        from ..data import csv_text
 
-        atomic_write_text(run_dir / "threshold_sweep.csv", _csv_text_for(sweep, ("threshold", "dice")))
+        atomic_write_text(run_dir / "threshold_sweep.csv", csv_text(sweep, ("threshold", "dice")))
 
     pipeline = Pipeline(eval_prompter, tuned, threshold=threshold)
-    pipeline.save(run_dir)
+    try:
+        pipeline.save(run_dir)
+    except ValueError as exc:  # e.g. a prompter of your own: pipeline.json documents the run, cannot rebuild it
+        from .._pipeline import CONFIG_FILE
+
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(pipeline.config.model_dump(mode="json"), indent=2) + "\n")
+        warnings.warn(f"finetune: {run_dir / CONFIG_FILE} cannot rebuild the pipeline ({exc})", RuntimeWarning, stacklevel=3)
     _relativise_checkpoint(run_dir)
     return pipeline, threshold, sweep, adapters
 
 
-def _oracle_params(prompter: Any) -> dict[str, Any]:
+def _oracle_params(prompter: PerturbedBoxPrompter) -> dict[str, Any]:
     params = prompter.params()
     return {"mode": params["mode"], "min_area": params["min_area"]}
 
 
-def _reload(segmenter: Any, checkpoint: Path) -> Any:
+def _reload(segmenter: TrainableSegmenter, checkpoint: Path) -> TrainableSegmenter:
     """The same kind of segmenter, built from the saved fine-tuned weights."""
-    while callable(getattr(type(segmenter), "config_component", None)):
-        segmenter = segmenter.config_component()  # e.g. a CachedSegmenter
-    params = dict(segmenter.params()) if callable(getattr(segmenter, "params", None)) else {}
+    from ._lora import _base_segmenter
+
+    base = _base_segmenter(segmenter)  # out of a CachedSegmenter
+    params = dict(base.params()) if callable(getattr(base, "params", None)) else {}
     params.pop("module", None)
     params["checkpoint"] = str(checkpoint)
-    return type(segmenter)(**params)
+    rebuilt: TrainableSegmenter = type(base)(**params)
+    return rebuilt
 
 
 def _relativise_checkpoint(run_dir: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._protocols import Segmenter, TrainableSegmenter
 from ._engine import _check_mode, _check_trainable
 from ._settings import SAMMixConfig
 
@@ -84,10 +85,11 @@ def _check_labels(y: np.ndarray, train: list[Any], labelled: tuple[str, ...]) ->
 
 
 def _inputs(
-    segmenter: Any, train: Any, val: Any, labelled: Any, config: Any, overrides: dict[str, Any]
+    segmenter: TrainableSegmenter, train: Any, val: Any, labelled: Any, config: Any, overrides: dict[str, Any]
 ) -> tuple[SAMMixConfig, list[Any], list[Any], tuple[str, ...], Any, np.ndarray, np.ndarray]:
     """Everything checked before a file is written: ``(config, train, val, labelled, prompter, x, y)``."""
-    from ..prompters._cam import CAMBoxPrompter, _samples_to_arrays
+    from ..prompters import CAMBoxPrompter
+    from ..prompters import presence_arrays as _samples_to_arrays
 
     _check_trainable(segmenter)
     config = _config(config, overrides)
@@ -101,7 +103,9 @@ def _inputs(
     return config, train, val, labelled, prompter, x, y
 
 
-def _record(method: str, segmenter: Any, config: SAMMixConfig, train: list[Any], val: list[Any], labelled: tuple) -> dict:
+def _record(
+    method: str, segmenter: Segmenter, config: SAMMixConfig, train: Sequence[Any], val: Sequence[Any], labelled: Sequence[str]
+) -> dict[str, Any]:
     return {
         "method": method,
         "config": config.record(extendable=method == "sam-mix"),

@@ -139,10 +139,9 @@ def _check_state(path: Path, state: Any, parts: Mapping[str, Any], optimizers: M
 
 def write_history(run_dir: Path, history: list[dict[str, Any]], columns: Sequence[str]) -> None:
     """``history.csv``: one row per epoch, the given columns."""
-    from ..data import atomic_write_text
-    from ..evaluation._evaluate import _csv_text_for
+    from ..data import atomic_write_text, csv_text
 
-    atomic_write_text(run_dir / "history.csv", _csv_text_for(history, tuple(columns)))
+    atomic_write_text(run_dir / "history.csv", csv_text(history, tuple(columns)))
 
 
 def save_curve(

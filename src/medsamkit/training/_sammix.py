@@ -25,15 +25,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._protocols import TrainableSegmenter, prompts_for
 from ._engine import _claim_run_dir, _finish, _loss_fn, _validation_dice
 from ._inputs import _inputs, _record, pick_labelled
 from ._loop import ModulePart, run_epochs
 from ._settings import SAMMixConfig
 from ._trainable import _caller_model_restored, _Item, _Trainable, union_loss
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..prompters import CAMBoxPrompter
 
 __all__ = ["HISTORY_COLUMNS", "SAMMixConfig", "SAMMixResult", "fit_sam_pp", "fit_sammix", "pick_labelled"]
 
@@ -80,7 +84,7 @@ class SAMMixResult:
     method: str
     run_dir: Path
     pipeline: Any
-    prompter: Any
+    prompter: CAMBoxPrompter
     history: list[dict[str, Any]]
     best_epoch: int
     best_val_dice: float | None
@@ -96,7 +100,7 @@ class SAMMixResult:
 
 
 def fit_sammix(
-    segmenter: Any,
+    segmenter: TrainableSegmenter,
     train: Sequence[Any],
     val: Sequence[Any] | None = None,
     *,
@@ -186,7 +190,7 @@ def fit_sammix(
 
 
 def _joint(
-    segmenter: Any,
+    segmenter: TrainableSegmenter,
     train: list[Any],
     val: list[Any],
     labelled: tuple[str, ...],
@@ -203,14 +207,12 @@ def _joint(
     from tqdm.auto import tqdm
 
     from ..prompters import OracleBoxPrompter
-    from ..prompters._cam import (
-        _batches,
-        _classifier_scores,
-        _classifier_step,
-        _focal_loss,
-        _samples_to_arrays,
-        _seeded_classifier,
-    )
+    from ..prompters import classifier_scores as _classifier_scores
+    from ..prompters import classifier_step as _classifier_step
+    from ..prompters import focal_loss as _focal_loss
+    from ..prompters import index_batches as _batches
+    from ..prompters import presence_arrays as _samples_to_arrays
+    from ..prompters import seeded_classifier as _seeded_classifier
 
     ft_config = config.finetune_config()
     trainable = _Trainable(segmenter, ft_config)
@@ -221,7 +223,7 @@ def _joint(
     cls_loss_fn = _focal_loss(config.focal_alpha, config.focal_gamma)
     prompter.model = classifier
     oracle = OracleBoxPrompter()
-    augment = {"shift": config.shift, "intensity": config.intensity, "flip": config.flip}
+    augment: dict[str, Any] = {"shift": config.shift, "intensity": config.intensity, "flip": config.flip}
 
     what = "prepare" if trainable.lora else "encode"
     position = {s.stem: i for i, s in enumerate(train)}
@@ -244,7 +246,7 @@ def _joint(
             if item is None:
                 continue
             positive = bool(item.mask.any())
-            prompts = prompter(item.image)  # presence gate + Grad-CAM boxes; discrete, no gradient
+            prompts = prompts_for(prompter, item.image)  # presence gate + Grad-CAM boxes; discrete, no gradient
             if prompts.n == 0 and positive:
                 no_box += 1
                 if config.box_fallback == "skip":
@@ -359,7 +361,7 @@ def _joint(
         best_val_dice=loop.best_score if val_items else None,
         threshold=threshold,
         sweep=sweep,
-        labelled=labelled,
+        labelled=tuple(labelled),
         adapters=adapters,
     )
 
@@ -370,7 +372,7 @@ def _joint(
 
 
 def fit_sam_pp(
-    segmenter: Any,
+    segmenter: TrainableSegmenter,
     train: Sequence[Any],
     val: Sequence[Any] | None = None,
     *,
@@ -409,7 +411,7 @@ def fit_sam_pp(
         segmenter stage's rows, ``prompter.history`` the classifier's.
     """
     from .._pipeline import Pipeline
-    from ..prompters._cam import CAMBoxPrompter
+    from ..prompters import CAMBoxPrompter
     from . import _engine
 
     config, train, val, labelled, prompter, _, _ = _inputs(segmenter, train, val, labelled, config, overrides)
@@ -440,7 +442,7 @@ def fit_sam_pp(
         pipeline.save(run_dir)
         return SAMMixResult(
             method="sam-pp", run_dir=run_dir, pipeline=pipeline, prompter=prompter, history=[], best_epoch=0,
-            best_val_dice=None, threshold=0.5, sweep=[], labelled=labelled,
+            best_val_dice=None, threshold=0.5, sweep=[], labelled=tuple(labelled),
         )
     result = _engine.finetune(
         segmenter,
@@ -461,6 +463,6 @@ def fit_sam_pp(
         best_val_dice=result.best_val_dice,
         threshold=result.threshold,
         sweep=result.sweep,
-        labelled=labelled,
+        labelled=tuple(labelled),
         adapters=result.adapters,
     )

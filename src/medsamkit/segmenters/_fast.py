@@ -556,11 +556,11 @@ class FastEncoderMixin:
         import torch
 
         module = self.model.image_encoder
-        key = (id(module), _state_fingerprint(module))
+        key = (id(module), state_fingerprint(module))
         if key != getattr(self, "_encoder_digest_key", None):
             digest = hashlib.sha256()
             for name, t in (*module.named_parameters(), *module.named_buffers()):
-                if name.rsplit(".", 1)[-1] == "ab":  # derived from the parameters (see _state_fingerprint)
+                if name.rsplit(".", 1)[-1] == "ab":  # derived from the parameters (see state_fingerprint)
                     continue
                 digest.update(name.encode())
                 digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -99,8 +99,22 @@ def cxr(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
 
 
 def quality_table(out: Path) -> None:
-    """Failure detection per quality column for every provider of ``OUT/study-quality`` (rows lacking a column left out)."""
+    """Failure detection per quality column for every provider of ``OUT/study-quality`` (rows lacking a column left out),
+    and per provider of ``OUT/study``: how often something was predicted (sensitivity on lesion images, specificity on
+    normal ones) and how many lesion images stay below Dice 0.5."""
     import csv
+
+    for metrics in sorted((out / "study").glob("*/metrics.csv")):
+        with metrics.open() as handle:
+            rows = list(csv.DictReader(handle))
+        lesion = [r for r in rows if not r["stem"].startswith("normal")]
+        normal = [r for r in rows if r["stem"].startswith("normal")]
+        given = lambda r: int(r["n_prompts"] or 0) > 0  # noqa: E731
+        print(
+            f"{metrics.parent.name}: prompt on {sum(map(given, lesion))}/{len(lesion)} lesion images, "
+            f"none on {sum(not given(r) for r in normal)}/{len(normal)} normal images; "
+            f"lesion images with Dice < 0.5: {sum(float(r['dice']) < 0.5 for r in lesion)}"
+        )
 
     for metrics in sorted((out / "study-quality").glob("*/metrics.csv")):
         with metrics.open() as handle:

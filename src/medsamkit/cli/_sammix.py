@@ -61,11 +61,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from .. import Pipeline
+    from .. import Pipeline, training
     from .._cache import CachedSegmenter
     from ..data import MaskFolder, atomic_write_text, train_val_test_split
     from ..evaluation import evaluate
-    from .. import training
 
     if (args.data_dir is None) == (args.data is None):
         raise UsageError("give the data folder once: as DATA_DIR or with --data")

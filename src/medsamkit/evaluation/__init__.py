@@ -8,8 +8,8 @@ from ._studies import DETECTION_CLASSES, StudyReport, box_margin_study, compare_
 __all__ = [
     "CSV_COLUMNS",
     "DETECTION_CLASSES",
-    "EvaluationReport",
     "METRIC_COLUMNS",
+    "EvaluationReport",
     "SegmentReport",
     "StudyReport",
     "box_margin_study",

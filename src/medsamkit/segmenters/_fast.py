@@ -312,12 +312,12 @@ def _no_openvino_telemetry() -> Any:
         return
     saved = [(m, getattr(m, "tm", None)) for m in modules if hasattr(m, "tm")]
     for module, _ in saved:
-        setattr(module, "tm", stub)
+        module.tm = stub  # type: ignore[attr-defined]
     try:
         yield
     finally:
         for module, original in saved:
-            setattr(module, "tm", original)
+            module.tm = original  # type: ignore[attr-defined]
 
 
 def _openvino_model(core: Any, prepared: Any, example: Any) -> Any:

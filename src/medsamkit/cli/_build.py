@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._cache import EmbeddingCache
 from ._errors import UsageError
 
-__all__ = ["build_segmenter", "embedding_cache", "pipeline_from_args", "segmenter_params"]
+__all__ = ["build_segmenter", "embedding_cache", "in_same_cache", "limited_folder", "pipeline_from_args", "segmenter_params"]
 
 
 def segmenter_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def embedding_cache(args: argparse.Namespace) -> Any:
         return None
     if not args.cache_size_gb > 0:
         raise UsageError(f"--cache-size-gb: expected a positive number, got {args.cache_size_gb}")
-    from .._cache import EmbeddingCache
+    from .. import EmbeddingCache
 
     return EmbeddingCache(args.cache_dir, max_bytes=int(args.cache_size_gb * 1024**3))
 
@@ -48,17 +48,37 @@ def embedding_cache(args: argparse.Namespace) -> Any:
 def _in_cache(segmenter: Segmenter, cache: EmbeddingCache | None) -> Segmenter:
     if cache is None:
         return segmenter
-    from .._cache import CachedSegmenter
+    from .. import CachedSegmenter
 
     return CachedSegmenter(segmenter, cache)
 
 
 def build_segmenter(args: argparse.Namespace) -> Any:
     """The segmenter the options name, in the embedding cache unless ``--no-cache``."""
-    from .._registry import load_segmenter
+    from .. import load_segmenter
 
     cache = embedding_cache(args)  # checks --cache-size-gb before any weights load
     return _in_cache(load_segmenter(args.segmenter, **segmenter_params(args)), cache)
+
+
+def in_same_cache(pipeline: Any, segmenter: Any) -> Any:
+    """``pipeline`` with its segmenter in the embedding cache of ``segmenter``, if that one has a cache.
+
+    For the pipeline a training run returns: it holds the trained segmenter, uncached.
+    """
+    from .. import CachedSegmenter
+
+    if not isinstance(segmenter, CachedSegmenter):
+        return pipeline
+    return pipeline.replace(segmenter=CachedSegmenter(pipeline.segmenter, segmenter.cache))
+
+
+def limited_folder(data_dir: Any, limit: int | None) -> Any:
+    """The :class:`~medsamkit.MaskFolder` of ``data_dir``, its first ``limit`` images (``--limit``) if given."""
+    from ..data import MaskFolder
+
+    folder = MaskFolder(data_dir)
+    return folder if limit is None else folder.limit(limit)
 
 
 def _option_params(args: argparse.Namespace) -> dict[str, Any]:

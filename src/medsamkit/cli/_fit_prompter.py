@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._build import build_segmenter
+from ._build import build_segmenter, limited_folder
 from ._errors import UsageError
 from ._options import add_progress_option, add_segmenter_options, fittable_prompter_choices
 
@@ -42,15 +42,12 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from .._registry import fittable_prompters
-    from ..data import MaskFolder
 
     cls: Any = fittable_prompters()[args.prompter].cls
     init, fit = _named_parameters(cls.__init__), _named_parameters(cls.fit)
     if args.epochs is not None and "epochs" not in fit:
         raise UsageError(f"--epochs: {args.prompter} has no training epochs")
-    folder = MaskFolder(args.data_dir)
-    if args.limit is not None:
-        folder = folder.limit(args.limit)
+    folder = limited_folder(args.data_dir, args.limit)
     settings: dict[str, Any] = {"progress": not args.no_progress}
     if "seed" in fit:
         settings["seed"] = args.seed

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._build import build_segmenter
+from ._build import build_segmenter, in_same_cache, limited_folder
 from ._errors import UsageError
 from ._options import add_training_options, training_overrides
 from ._output import print_dice_row
@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from .. import Pipeline, training
-    from .._cache import CachedSegmenter
-    from ..data import MaskFolder, atomic_write_text, train_val_test_split
+    from ..data import atomic_write_text, train_val_test_split
     from ..evaluation import evaluate
 
     if (args.data_dir is None) == (args.data is None):
@@ -74,9 +73,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.pop("lr")  # SAMMixConfig's default: the paper's 1e-3 for both branches
     if not args.two_stage:
         overrides.update(warmup_epochs=args.warmup_epochs, box_fallback=args.box_fallback)
-    folder = MaskFolder(data_dir)
-    if args.limit is not None:
-        folder = folder.limit(args.limit)
+    folder = limited_folder(data_dir, args.limit)
     present = {s.stem: bool(s.load_mask().any()) for s in folder}
     split = train_val_test_split(
         folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, stratify=present
@@ -107,9 +104,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{method}: best epoch {result.best_epoch} (val Dice {shown}), threshold {result.threshold}")
     failed = 0
     if split.test:
-        tuned = result.pipeline
-        if isinstance(segmenter, CachedSegmenter):
-            tuned = tuned.replace(segmenter=CachedSegmenter(tuned.segmenter, segmenter.cache))
+        tuned = in_same_cache(result.pipeline, segmenter)
         test = folder.subset(split.test)
         print(f"\n{'test images':<44} {'images':>6} {'Dice mean':>10} {'std':>7}")
         for name, label, pipe in (

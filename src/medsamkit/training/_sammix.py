@@ -137,8 +137,8 @@ class SAMMixConfig(SegmenterTrainingSettings):
             1e-5); switch it on with ``loss="dicece"`` or ``"dicefocal"``.
         lora_rank, lora_alpha, lora_dropout, lora_targets, train_decoder: LoRA
             settings, as in :class:`FinetuneConfig` (paper: rank 8).
-        cam, omega, presence_threshold, max_boxes, min_area_fraction, input_size,
-            width, depth: The classifier and its boxes, as in ``CAMBoxPrompter``.
+        cam, omega, presence_threshold, max_boxes, min_area_fraction, input_size, width, depth: The
+            classifier and its boxes, as in ``CAMBoxPrompter``.
         focal_alpha: Focal-loss weight of the positive class (None: no weighting).
         focal_gamma: Focal-loss focusing parameter (eq. 3).
         shift, intensity, flip: Classifier augmentation, as in ``CAMBoxPrompter.fit``.

@@ -16,8 +16,7 @@ import torch
 import medsamkit as msk
 from medsamkit._cache import CachedSegmenter, EmbeddingCache
 from medsamkit.testing import FakeSegmenter
-from medsamkit.training import FinetuneConfig, finetune
-from medsamkit.training import _engine
+from medsamkit.training import FinetuneConfig, _engine, finetune
 
 N_TRAIN, N_VAL = 6, 3
 

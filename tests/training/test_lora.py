@@ -25,6 +25,7 @@ from medsamkit.segmenters import _sam
 from medsamkit.segmenters._sam import HQSAM, SAM
 from medsamkit.training import (
     FinetuneConfig,
+    _engine,
     apply_lora,
     finetune,
     has_lora,
@@ -35,7 +36,6 @@ from medsamkit.training import (
     save_lora,
     unload_lora,
 )
-from medsamkit.training import _engine
 
 N_TRAIN, N_VAL = 4, 2
 

@@ -50,6 +50,7 @@ _EXPORTS = {
     "LiteMedSAM": ".segmenters",
     "SAM": ".segmenters",
     "HQSAM": ".segmenters",
+    "YOLOSegmenter": ".segmenters",
     "load_segmenter": "._registry",
     "build_prompter": "._registry",
     "PROMPTERS": "._registry",
@@ -151,5 +152,5 @@ if TYPE_CHECKING:  # pragma: no cover
         PerturbedBoxPrompter,
         YOLOBoxPrompter,
     )
-    from .segmenters import HQSAM, SAM, LiteMedSAM
+    from .segmenters import HQSAM, SAM, LiteMedSAM, YOLOSegmenter
     from .training import FinetuneConfig, FinetuneResult, SAMMixConfig, SAMMixResult, finetune, fit_sam_pp, fit_sammix

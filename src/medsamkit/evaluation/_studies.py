@@ -140,6 +140,14 @@ def compare_prompters(
     if limit is not None:
         samples = samples[:limit]
     out_dir = Path(out_dir)
+    from .._outdir import claim_out_dir, input_folders
+
+    # Per-provider folders are claimed and locked by evaluate; here: the study's own files.
+    claim_out_dir(
+        out_dir,
+        inputs=input_folders(samples),
+        owned=("comparison.csv", "comparison.json", "dice_boxplot.png", *(_safe_name(label) for label in prompters)),
+    )
     by_stem = {s.stem: s for s in samples}
     targets: dict[str, np.ndarray] = {}
     table, reports, dice_groups = [], {}, {}

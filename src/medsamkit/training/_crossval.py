@@ -280,6 +280,9 @@ def crossval(
         "finetune": config.record(),
         "stems": list(folder.stems),
     }
+    from .._outdir import claim_out_dir, input_folders
+
+    claim_out_dir(out_dir, inputs=input_folders(folder))
     run_path = out_dir / RUN_FILE
     if run_path.is_file() and json.loads(run_path.read_text()) != run:
         raise ValueError(

@@ -8,7 +8,7 @@
   stratified splits of stems (:class:`Split`, :class:`Fold`).
 """
 
-from ._folder import MaskFolder, Sample
+from ._folder import MaskFolder, Sample, image_samples, match_masks
 from ._io import (
     IMAGE_SUFFIXES,
     ImageReadError,
@@ -30,7 +30,9 @@ __all__ = [
     "Split",
     "atomic_write_bytes",
     "atomic_write_text",
+    "image_samples",
     "kfold_splits",
+    "match_masks",
     "read_image",
     "read_mask",
     "train_val_test_split",

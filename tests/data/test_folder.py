@@ -304,7 +304,7 @@ def test_image_samples_refuses_two_files_with_one_stem(tmp_path):
 
     image = np.zeros((8, 8), np.uint8)
     write_image(tmp_path / "case.png", image)
-    write_image(tmp_path / "case.jpg", image)
+    (tmp_path / "case.jpg").write_bytes((tmp_path / "case.png").read_bytes())
     write_image(tmp_path / "other.png", image)
     with pytest.raises(ValueError, match="duplicate stem 'case'"):
         image_samples(tmp_path)

@@ -128,8 +128,20 @@ class _Item:
     prefix: Any = None  # LoRA mode: output of the frozen encoder layers before the first adapter
 
 
+def _monai_losses() -> Any:
+    """``monai.losses``, or ImportError naming the extra that installs it."""
+    try:
+        from monai import losses
+    except ImportError:
+        raise ImportError(
+            "fine-tuning needs MONAI (its Dice/focal losses): pip install 'medsamkit[finetune]'"
+        ) from None
+    return losses
+
+
 def _loss_fn(name: str) -> Any:
-    from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+    losses = _monai_losses()
+    DiceCELoss, DiceFocalLoss, DiceLoss = losses.DiceCELoss, losses.DiceFocalLoss, losses.DiceLoss
 
     if name == "dicefocal":
         return DiceFocalLoss(sigmoid=True)
@@ -274,7 +286,8 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]], columns: Sequen
 
 
 def _check_mode(segmenter: Any, config: FinetuneConfig) -> None:
-    """LoRA mode: peft importable (ImportError with the install hint) and no adapters on the model yet."""
+    """MONAI importable; LoRA mode: peft importable (ImportError with the install hint) and no adapters on the model yet."""
+    _monai_losses()  # before anything is written
     if config.mode == "lora":
         from ._lora import _peft, has_lora
 

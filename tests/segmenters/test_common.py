@@ -205,3 +205,20 @@ def test_check_encoding_refuses_another_model() -> None:
 def test_check_encoding_refuses_non_encodings(bad) -> None:
     with pytest.raises(TypeError, match=r"^encoding: expected an ImageEncoding"):
         check_encoding(bad, "litemedsam:abc")
+
+
+def test_unavailable_device_is_a_clear_value_error(monkeypatch):
+    """Issue 10: ``--device cuda`` without a GPU ended in a traceback from deep inside torch."""
+    import torch
+
+    from medsamkit import LiteMedSAM
+    from medsamkit.segmenters._common import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device: 'cuda'.*no usable CUDA GPU.*device='cpu'"):
+        check_device("cuda")
+    with pytest.raises(ValueError, match="device: 'cuda:1'"):
+        LiteMedSAM(device="cuda:1")
+    with pytest.raises(ValueError, match="device: expected a torch device"):
+        check_device("gpu0")
+    assert check_device("cpu") == torch.device("cpu")

@@ -1,6 +1,7 @@
 """Evaluation over a folder: tables (CSV/JSON), predicted masks, overlays and box plots."""
 
 from ._evaluate import CSV_COLUMNS, EvaluationReport, evaluate
+from ._plots import overlay_image, overlay_panel, plot_overlay, save_overlay
 from ._segment import SegmentReport, segment_images
 from ._studies import DETECTION_CLASSES, StudyReport, box_margin_study, compare_prompters, detection_class
 
@@ -14,5 +15,9 @@ __all__ = [
     "compare_prompters",
     "detection_class",
     "evaluate",
+    "overlay_image",
+    "overlay_panel",
+    "plot_overlay",
+    "save_overlay",
     "segment_images",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
-from ._common import decode_prompts, longest_side_size_hw, to_rgb_float
+from ._common import check_device, decode_prompts, longest_side_size_hw, to_rgb_float
 from ._fast import FastEncoderMixin
 
 __all__ = ["LiteMedSAM", "build_litemedsam_model", "litemedsam_checkpoint_path"]
@@ -151,7 +151,7 @@ class LiteMedSAM(FastEncoderMixin):
         if not isinstance(max_prompts_per_batch, int) or max_prompts_per_batch < 1:
             raise ValueError(f"max_prompts_per_batch: expected a positive int, got {max_prompts_per_batch!r}")
         self._check_precision(precision)
-        self.device = torch.device(device)
+        self.device = check_device(device)
         if model is None:
             path = litemedsam_checkpoint_path() if checkpoint is None else Path(checkpoint)
             model = build_litemedsam_model(path)
@@ -163,9 +163,22 @@ class LiteMedSAM(FastEncoderMixin):
         self.model = model.to(self.device).eval()
         self.max_prompts_per_batch = max_prompts_per_batch
         self._init_fast_encoder(precision)
-        from ._fast import Bf16Copy
+        from ._fast import Bf16Copy, _state_fingerprint
 
         self._decoder_copy = Bf16Copy()
+        self._bundled_decoder = (
+            _state_fingerprint(self.model.mask_decoder) if self.checkpoint == litemedsam_checkpoint_path() else None
+        )
+
+    @property
+    def trained_on_boxes_only(self) -> bool:
+        """True for the bundled zero-shot weights (MedSAM's distillation used box prompts only):
+        point prompts give poor masks until the decoder is fine-tuned with points."""
+        from ._fast import _state_fingerprint
+
+        if self._bundled_decoder is None or "+" in self.model_id:  # another checkpoint, LoRA adapters
+            return False
+        return _state_fingerprint(self.model.mask_decoder) == self._bundled_decoder
 
     def __repr__(self) -> str:
         backend = self._planned if self._fast is None else self._fast.backend

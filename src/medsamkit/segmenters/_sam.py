@@ -17,7 +17,7 @@ import numpy as np
 
 from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
-from ._common import decode_prompts, longest_side_size_hw
+from ._common import check_device, decode_prompts, longest_side_size_hw
 from ._fast import FastEncoderMixin
 from ._litemedsam import _file_digest
 
@@ -343,7 +343,7 @@ class _SAMFamily(FastEncoderMixin):
         _import(family)  # ImportError with the install hint, also when a module is given
         import torch
 
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self._check_precision(precision)
         if model is None:
             model, path = _build(family, self.model_type, checkpoint)

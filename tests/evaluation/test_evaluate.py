@@ -512,3 +512,17 @@ def test_images_without_a_mask_are_refused_unless_allowed(tmp_path):
     report = evaluate(fake_pipeline(), MaskFolder(data), out_dir=tmp_path / "out", allow_missing_masks=True, progress=False)
     assert report.n_evaluated == len(STEMS)
     assert report.summary["counts"]["missing_masks"] == 1
+
+
+def test_report_repr_dataframe_and_html(tmp_path):
+    make_folder(tmp_path / "data")
+    report = evaluate(fake_pipeline(), MaskFolder(tmp_path / "data"), out_dir=tmp_path / "out", progress=False)
+    text = repr(report)
+    assert text.startswith("EvaluationReport(out_dir=") and f"dice_mean={report.mean('dice'):.4f}" in text
+    assert "images=4" in text and len(text) < 300
+    frame = report.to_dataframe()
+    assert list(frame.index) == list(SORTED) and list(frame.columns) == list(CSV_COLUMNS[1:])
+    _, rows = read_csv(tmp_path / "out" / "metrics.csv")
+    np.testing.assert_allclose(frame["dice"].to_numpy(float), [float(r["dice"]) for r in rows], rtol=1e-5)
+    page = report._repr_html_()
+    assert page.count("<tr>") == 1 + len(report.summary["metrics"]) and "4 images" in page

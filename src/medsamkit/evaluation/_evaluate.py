@@ -59,6 +59,42 @@ class EvaluationReport:
         """Mean of ``metric`` over the images without error (None if none)."""
         return self.summary["metrics"][metric]["mean"]
 
+    def __repr__(self) -> str:
+        counts = self.summary.get("counts", {})
+        dice = self.summary.get("metrics", {}).get("dice", {})
+        shown = "-" if dice.get("mean") is None else f"{dice['mean']:.4f}"
+        return (
+            f"EvaluationReport(out_dir='{self.out_dir}', images={counts.get('images', len(self.rows))}, "
+            f"errors={self.n_errors}, dice_mean={shown}, evaluated_now={self.n_evaluated})"
+        )
+
+    def to_dataframe(self) -> Any:
+        """The per-image rows (``metrics.csv``) as a pandas ``DataFrame`` indexed by stem.
+
+        Raises:
+            ImportError: If pandas is not installed (``pip install pandas``).
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("EvaluationReport.to_dataframe needs pandas: pip install pandas") from None
+        return pd.DataFrame([{c: r.get(c) for c in CSV_COLUMNS} for r in self.rows], columns=list(CSV_COLUMNS)).set_index("stem")
+
+    def _repr_html_(self) -> str:
+        """The summary table for notebooks."""
+        import html
+
+        head = "".join(f"<th>{h}</th>" for h in ("metric", "mean", "median", "std", "n"))
+        body = []
+        for name, stats in self.summary["metrics"].items():
+            cells = [name] + [("-" if stats[k] is None else f"{stats[k]:.4f}") for k in ("mean", "median", "std")] + [str(stats["n"])]
+            body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        counts = self.summary["counts"]
+        caption = html.escape(
+            f"{self.out_dir}: {counts['images']} images, {counts['errors']} errors, {counts['no_prompt']} without prompt"
+        )
+        return f"<table><caption>{caption}</caption><tr>{head}</tr>{''.join(body)}</table>"
+
     def __str__(self) -> str:
         lines = [f"{'metric':<10} {'mean':>8} {'median':>8} {'std':>8} {'n':>5}"]
         for name, stats in self.summary["metrics"].items():

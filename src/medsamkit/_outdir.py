@@ -29,7 +29,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOCK_FILE", "MARKER_FILE", "OutDirLockedError", "claim_out_dir", "input_folders", "out_dir_lock"]
+__all__ = [
+    "LOCK_FILE",
+    "MARKER_FILE",
+    "OutDirLockedError",
+    "check_out_dir",
+    "check_out_file",
+    "claim_out_dir",
+    "input_folders",
+    "out_dir_lock",
+]
 
 MARKER_FILE = ".medsamkit-out.json"
 LOCK_FILE = ".medsamkit.lock"
@@ -37,8 +46,8 @@ _LEGACY_RECORDS = ("run.json", "finetune.json", "crossval_run.json", "sammix.jso
 """Files by which medsamkit versions before the marker recognised their own folders."""
 
 
-class OutDirLockedError(RuntimeError):
-    """Another process is writing into the output folder."""
+class OutDirLockedError(OSError):
+    """Another process is writing into the output folder (an ``OSError``: the CLI exits with status 2)."""
 
 
 def input_folders(data: Any) -> list[Path]:
@@ -116,6 +125,45 @@ def _read_marker(folder: Path) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) else {"written_by": "medsamkit", "foreign": None}
 
 
+def check_out_dir(
+    out_dir: str | os.PathLike[str], *, inputs: Iterable[Path] = (), owned: Sequence[str] = (), name: str = "out_dir"
+) -> dict[str, Any] | None:
+    """The checks of :func:`claim_out_dir` without creating or changing anything (run them
+    before slow set-up such as loading a model). Returns the folder's marker, or None.
+
+    Raises:
+        ValueError: As :func:`claim_out_dir`.
+    """
+    folder = Path(out_dir)
+    _check_not_input(folder, inputs, name)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{name}: expected a folder, got the file '{folder}'")
+    marker = _read_marker(folder)
+    if marker is None:
+        legacy = any((folder / record).is_file() for record in _LEGACY_RECORDS)
+        clash = [n for n in _entries(folder) if _matches(n, owned)]
+        if clash and not legacy:
+            shown = ", ".join(repr(n) for n in clash[:5])
+            raise ValueError(
+                f"{name}: '{folder}' already holds {shown}, which medsamkit did not write (the folder has no "
+                f"{MARKER_FILE}); medsamkit would overwrite it. Choose a new or empty folder."
+            )
+    return marker
+
+
+def check_out_file(path: str | os.PathLike[str], *, inputs: Iterable[Path] = (), name: str = "out") -> Path:
+    """Refuse an output file inside an input folder (e.g. a prompter state saved among the masks)."""
+    file = Path(path)
+    out = _real(file.parent)
+    for folder in inputs:
+        inp = _real(Path(folder))
+        if out == inp or inp in out.parents:
+            raise ValueError(
+                f"{name}: '{file}' lies inside the input folder '{folder}'; save it outside the data folders"
+            )
+    return file
+
+
 def claim_out_dir(
     out_dir: str | os.PathLike[str],
     *,
@@ -147,20 +195,10 @@ def claim_out_dir(
             entries of the same names that medsamkit did not write.
     """
     folder = Path(out_dir)
-    _check_not_input(folder, inputs, name)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{name}: expected a folder, got the file '{folder}'")
-    marker = _read_marker(folder)
+    marker = check_out_dir(folder, inputs=inputs, owned=owned, name=name)
     if marker is None:
         existing = _entries(folder)
         legacy = any((folder / record).is_file() for record in _LEGACY_RECORDS)
-        clash = [n for n in existing if _matches(n, owned)]
-        if clash and not legacy:
-            shown = ", ".join(repr(n) for n in clash[:5])
-            raise ValueError(
-                f"{name}: '{folder}' already holds {shown}, which medsamkit did not write (the folder has no "
-                f"{MARKER_FILE}); medsamkit would overwrite it. Choose a new or empty folder."
-            )
         foreign = [n for n in existing if not _matches(n, owned)] if legacy else existing
         folder.mkdir(parents=True, exist_ok=True)
         from . import __version__

@@ -222,7 +222,7 @@ def test_console_script_evaluate_real_litemedsam(tmp_path, shared_data):
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"] == {"images": 2, "evaluated": 2, "errors": 0, "no_prompt": 0}
+    assert summary["counts"] == {"images": 2, "evaluated": 2, "errors": 0, "no_prompt": 0, "missing_masks": 0}
     assert summary["metrics"]["dice"]["n"] == 2
     assert summary["metrics"]["dice"]["mean"] > 0.93
     assert json.loads((out / "pipeline.json").read_text())["segmenter"]["name"] == "litemedsam"

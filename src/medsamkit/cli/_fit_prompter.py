@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import MaskFolder
 
+    from .._outdir import check_out_file, input_folders
+
     folder = MaskFolder(args.data_dir)
+    check_out_file(args.out, inputs=input_folders(folder), name="--out")
     if args.limit is not None:
         folder = folder.limit(args.limit)
     progress = not args.no_progress

@@ -24,6 +24,7 @@ import numpy as np
 
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
+from .segmenters._common import OneShotMixin
 
 __all__ = ["CachedSegmenter", "EmbeddingCache", "default_cache_dir", "image_key"]
 
@@ -326,7 +327,7 @@ def _valid_logits(entry: dict[str, np.ndarray], n: int) -> bool:
     )
 
 
-class CachedSegmenter:
+class CachedSegmenter(OneShotMixin):
     """Wraps a segmenter so ``encode`` reads and writes an :class:`EmbeddingCache`.
 
     The wrapper is a :class:`~medsamkit.Segmenter` with the same ``model_id`` and

@@ -18,11 +18,12 @@ import numpy as np
 
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
+from .segmenters._common import OneShotMixin
 
 __all__ = ["FakeSegmenter", "make_blob_image", "make_presence_folder"]
 
 
-class FakeSegmenter:
+class FakeSegmenter(OneShotMixin):
     """A deterministic segmenter without a model.
 
     ``encode`` stores the image scaled to ``[0, 1]``; ``decode`` returns, for each

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
-from ._common import check_device, decode_prompts, longest_side_size_hw, to_rgb_float
+from ._common import OneShotMixin, check_device, decode_prompts, longest_side_size_hw, to_rgb_float
 from ._fast import FastEncoderMixin
 
 __all__ = ["LiteMedSAM", "build_litemedsam_model", "litemedsam_checkpoint_path"]
@@ -82,7 +82,7 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-class LiteMedSAM(FastEncoderMixin):
+class LiteMedSAM(OneShotMixin, FastEncoderMixin):
     """LiteMedSAM segmenter with the preprocessing of LiteMedSAM's own inference.
 
     Preprocessing: resize so the long side is 256 px (``cv2.INTER_AREA``),

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
-from ._common import check_device, decode_prompts, longest_side_size_hw
+from ._common import OneShotMixin, check_device, decode_prompts, longest_side_size_hw
 from ._fast import FastEncoderMixin
 from ._litemedsam import _file_digest
 
@@ -312,7 +312,7 @@ class _FirstIntermediate:
         return FirstIntermediate(encoder)
 
 
-class _SAMFamily(FastEncoderMixin):
+class _SAMFamily(OneShotMixin, FastEncoderMixin):
     """Shared code of :class:`SAM` and :class:`HQSAM` (see :class:`SAM`)."""
 
     _family: _Family

@@ -231,6 +231,7 @@ def test_interrupted_run_keeps_finished_images_and_resumes(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         evaluate(wrapper, folder, out_dir=out, progress=False)
     assert wrapper.calls == 3
+    assert json.loads((out / "summary.json").read_text())["complete"] is False  # not taken for a finished run
     assert sorted(p.stem for p in (out / "records").glob("*.json")) == list(SORTED[:2])
     assert sorted(p.stem for p in (out / "masks").glob("*.png")) == list(SORTED[:2])
     header, rows = read_csv(out / "metrics.csv")
@@ -244,6 +245,7 @@ def test_interrupted_run_keeps_finished_images_and_resumes(tmp_path):
     assert seg.encode_calls == len(STEMS) - 2
     assert report.n_evaluated == len(STEMS) - 2
     assert {s: (out / "records" / f"{s}.json").stat().st_mtime_ns for s in SORTED[:2]} == mtimes
+    assert json.loads((out / "summary.json").read_text())["complete"] is True
     _, rows = read_csv(out / "metrics.csv")
     assert [r["stem"] for r in rows] == list(SORTED)
     for row in rows:
@@ -259,7 +261,7 @@ def test_different_config_in_same_out_dir_is_refused_unless_overwrite(tmp_path):
     evaluate(fake_pipeline(mode="intensity"), folder, out_dir=out, progress=False)
     before = (out / "metrics.csv").read_text()
 
-    with pytest.raises(ValueError, match=re.escape(str(out))):
+    with pytest.raises(ValueError, match=re.escape(str(out)) + r".*overwrite=True \(--overwrite\)"):
         evaluate(fake_pipeline(mode="box"), folder, out_dir=out, progress=False)
     with pytest.raises(ValueError, match=re.escape(str(out))):
         evaluate(fake_pipeline(mode="intensity"), folder, out_dir=out, spacing=(0.5, 0.5), progress=False)

@@ -533,7 +533,7 @@ def test_points_on_the_zero_shot_box_trained_model_warn_once(litemedsam, caplog)
     from medsamkit import _pipeline
 
     _pipeline._warned_points.discard(litemedsam.model_id)
-    image, mask = make_blob_image((64, 64), seed=2)
+    image, _ = make_blob_image((64, 64), seed=2)
     assert litemedsam.trained_on_boxes_only
     points = FixedPrompter(Prompts(points_xy=[[[32, 32]]]))
     with caplog.at_level("WARNING", logger="medsamkit"):

@@ -376,7 +376,7 @@ class CachedSegmenter(OneShotMixin):
     def encode(self, image: np.ndarray) -> ImageEncoding:
         """The cached encoding of ``image``, computing and storing it on a miss."""
         key = image_key(image, self.model_id)
-        size_hw = tuple(int(v) for v in np.shape(image)[:2])
+        size_hw = (int(np.shape(image)[0]), int(np.shape(image)[1]))
         encoding = self.cache.get(
             key, device=getattr(self.segmenter, "device", None), size_hw=size_hw, model_id=self.model_id
         )

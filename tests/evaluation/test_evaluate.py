@@ -484,9 +484,10 @@ def test_second_run_into_a_locked_out_dir_fails_fast_and_a_stale_lock_is_taken_o
     make_folder(tmp_path / "data")
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from medsamkit._outdir import out_dir_lock\n"
-         f"with out_dir_lock({str(out)!r}):\n    print('locked', flush=True); sys.stdin.read()"],
+        [sys.executable, "-c", (
+            "import sys, time; from medsamkit._outdir import out_dir_lock\n"
+            f"with out_dir_lock({str(out)!r}):\n    print('locked', flush=True); sys.stdin.read()"
+        )],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -497,7 +498,7 @@ def test_second_run_into_a_locked_out_dir_fails_fast_and_a_stale_lock_is_taken_o
     finally:
         holder.communicate("")
     # A lock file left by a process that is gone (kill -9) does not block the next run.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     (out / LOCK_FILE).write_text(dead.stdout)
     report = evaluate(fake_pipeline(), MaskFolder(tmp_path / "data"), out_dir=out, progress=False)
     assert report.n_evaluated == len(STEMS)

@@ -241,7 +241,7 @@ def sample_key(sample: Any, run_digest: str) -> str:
     for array in sample.load():
         array = np.ascontiguousarray(array)
         digest.update(f"{array.shape}|{array.dtype.str}|".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.tobytes())
     return digest.hexdigest()
 
 

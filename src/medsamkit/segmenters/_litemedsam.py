@@ -144,8 +144,6 @@ class LiteMedSAM(OneShotMixin, FastEncoderMixin):
         max_prompts_per_batch: int = 32,
         precision: Precision = "fast",
     ) -> None:
-        import torch
-
         if model is not None and checkpoint is not None:
             raise ValueError("checkpoint: give either checkpoint or model, not both")
         if not isinstance(max_prompts_per_batch, int) or max_prompts_per_batch < 1:

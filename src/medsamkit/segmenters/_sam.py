@@ -341,8 +341,6 @@ class _SAMFamily(OneShotMixin, FastEncoderMixin):
         ):
             raise ValueError(f"max_prompts_per_batch: expected a positive int, got {max_prompts_per_batch!r}")
         _import(family)  # ImportError with the install hint, also when a module is given
-        import torch
-
         self.device = check_device(device)
         self._check_precision(precision)
         if model is None:

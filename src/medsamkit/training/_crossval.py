@@ -88,10 +88,11 @@ def _as_folder(folder: Any) -> Any:
 
 
 def _factory(segmenter_factory: Any) -> Callable[[], Any]:
+    # A segmenter instance first: segmenters are callable too (one-shot ``seg(image, boxes=...)``).
+    if not isinstance(segmenter_factory, type) and hasattr(segmenter_factory, "encode"):
+        return lambda: segmenter_factory  # finetune leaves it unchanged, reuse it
     if callable(segmenter_factory):
         return segmenter_factory
-    if hasattr(segmenter_factory, "encode"):  # a segmenter: finetune leaves it unchanged, reuse it
-        return lambda: segmenter_factory
     raise TypeError(
         "segmenter_factory: expected a callable returning a segmenter (e.g. medsamkit.LiteMedSAM) "
         f"or a segmenter, got {type(segmenter_factory).__name__}"

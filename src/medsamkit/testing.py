@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._registry import register_component
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
 from .segmenters._common import OneShotMixin
@@ -23,6 +24,7 @@ from .segmenters._common import OneShotMixin
 __all__ = ["FakeSegmenter", "make_blob_image", "make_presence_folder"]
 
 
+@register_component("segmenter", "fake")
 class FakeSegmenter(OneShotMixin):
     """A deterministic segmenter without a model.
 
@@ -73,6 +75,7 @@ class FakeSegmenter(OneShotMixin):
         if prompts.box_xyxy is not None:
             x0, y0, x1, y1 = prompts.box_xyxy[i]
         else:
+            assert prompts.points_xy is not None and prompts.point_labels is not None  # Prompts: boxes or points
             pts = prompts.points_xy[i][prompts.point_labels[i] == 1]
             if len(pts) == 0:
                 return 0, 0, -1, -1

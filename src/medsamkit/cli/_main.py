@@ -25,7 +25,7 @@ from . import (
     _segment,
 )
 from ._checks import configure_logging
-from ._errors import is_user_error
+from ._errors import is_user_error, user_message
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if is_user_error(exc):
-            print(f"medsamkit: error: {exc}", file=sys.stderr)
+            print(f"medsamkit: error: {user_message(exc)}", file=sys.stderr)
             return 2
         traceback.print_exc()
         print(

@@ -2,7 +2,8 @@
 
 - :func:`read_image`, :func:`read_mask`, :func:`write_image`, :func:`write_mask`:
   file IO keeping native dtypes (uint8, uint16, float32), RGB channel order.
-- :func:`atomic_write_bytes`, :func:`atomic_write_text`: crash-safe file writes.
+- :func:`atomic_write_bytes`, :func:`atomic_write_text`: crash-safe file writes;
+  :func:`csv_text`: the CSV text of every table medsamkit writes.
 - :class:`MaskFolder` / :class:`Sample`: ``root/images`` + ``root/masks`` paired by stem.
 - :func:`train_val_test_split` / :func:`kfold_splits`: deterministic, optionally
   stratified splits of stems (:class:`Split`, :class:`Fold`).
@@ -14,6 +15,7 @@ from ._io import (
     ImageReadError,
     atomic_write_bytes,
     atomic_write_text,
+    csv_text,
     read_image,
     read_mask,
     write_image,
@@ -30,6 +32,7 @@ __all__ = [
     "Split",
     "atomic_write_bytes",
     "atomic_write_text",
+    "csv_text",
     "image_samples",
     "kfold_splits",
     "match_masks",

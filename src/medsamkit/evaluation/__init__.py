@@ -1,7 +1,7 @@
 """Evaluation over a folder: tables (CSV/JSON), predicted masks, overlays and box plots."""
 
-from ._evaluate import CSV_COLUMNS, EvaluationReport, evaluate
-from ._plots import overlay_image, overlay_panel, plot_overlay, save_overlay
+from ._evaluate import CSV_COLUMNS, METRIC_COLUMNS, EvaluationReport, evaluate
+from ._plots import overlay_image, overlay_panel, plot_overlay, save_grouped_boxplot, save_overlay
 from ._segment import SegmentReport, segment_images
 from ._studies import DETECTION_CLASSES, StudyReport, box_margin_study, compare_prompters, detection_class
 
@@ -9,6 +9,7 @@ __all__ = [
     "CSV_COLUMNS",
     "DETECTION_CLASSES",
     "EvaluationReport",
+    "METRIC_COLUMNS",
     "SegmentReport",
     "StudyReport",
     "box_margin_study",
@@ -18,6 +19,7 @@ __all__ = [
     "overlay_image",
     "overlay_panel",
     "plot_overlay",
+    "save_grouped_boxplot",
     "save_overlay",
     "segment_images",
 ]

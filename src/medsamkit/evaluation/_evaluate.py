@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -129,21 +127,6 @@ def _row_for(stem: str, metrics: dict[str, float] | None, **extra: Any) -> dict[
     row.update({"seconds": None, "n_prompts": None, "note": None, "error": None})
     row.update(extra)
     return row
-
-
-def _csv_text_for(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    """CSV text of ``rows`` (None as an empty cell, floats with 6 significant digits)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(
-            {
-                key: ("" if row.get(key) is None else (f"{row[key]:.6g}" if isinstance(row[key], float) else row[key]))
-                for key in columns
-            }
-        )
-    return buffer.getvalue()
 
 
 def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -409,7 +392,7 @@ def _evaluate_locked(
 ) -> EvaluationReport:
     from tqdm.auto import tqdm
 
-    from ..data import atomic_write_text
+    from ..data import atomic_write_text, csv_text
     from ..metrics import compute_metrics
     from ._prefetch import prefetch
 
@@ -444,7 +427,7 @@ def _evaluate_locked(
         return [rows[s.stem] for s in samples if s.stem in rows]
 
     def flush() -> None:
-        atomic_write_text(out_dir / "metrics.csv", _csv_text_for(ordered(), CSV_COLUMNS))
+        atomic_write_text(out_dir / "metrics.csv", csv_text(ordered(), CSV_COLUMNS))
 
     def write_summary(*, complete: bool) -> dict[str, Any]:
         summary = _summarize(ordered())

@@ -74,8 +74,8 @@ def segment_images(
 def _segment_locked(pipeline: Any, images: Sequence[Any], out_dir: Path, *, n_overlays: int, progress: bool) -> SegmentReport:
     from tqdm.auto import tqdm
 
-    from ..data import atomic_write_text
-    from ._evaluate import RUN_FILE, _check_same_run, _csv_text_for, read_record, run_digest, sample_key, write_record
+    from ..data import atomic_write_text, csv_text
+    from ._evaluate import RUN_FILE, _check_same_run, read_record, run_digest, sample_key, write_record
     from ._plots import save_overlay
     from ._prefetch import prefetch
 
@@ -144,7 +144,7 @@ def _segment_locked(pipeline: Any, images: Sequence[Any], out_dir: Path, *, n_ov
             overlays += 1
         write_record(out_dir, sample.stem, row, result, key=keys[sample.stem])
         rows[sample.stem] = row
-        atomic_write_text(out_dir / "results.csv", _csv_text_for(list(rows.values()), SEGMENT_COLUMNS))
+        atomic_write_text(out_dir / "results.csv", csv_text(list(rows.values()), SEGMENT_COLUMNS))
     ordered = [rows[s.stem] for s in images if s.stem in rows]
-    atomic_write_text(out_dir / "results.csv", _csv_text_for(ordered, SEGMENT_COLUMNS))
+    atomic_write_text(out_dir / "results.csv", csv_text(ordered, SEGMENT_COLUMNS))
     return SegmentReport(out_dir=out_dir, rows=ordered, errors=errors)

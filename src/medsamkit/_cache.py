@@ -26,7 +26,7 @@ from ._paths import default_cache_dir
 from ._protocols import LowResDecoder, Segmenter
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
-from .segmenters._common import OneShotMixin
+from ._oneshot import OneShotMixin
 
 __all__ = ["CachedSegmenter", "EmbeddingCache", "image_key"]
 

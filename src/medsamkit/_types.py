@@ -304,19 +304,3 @@ class SegmentationResult:
             f"SegmentationResult(shape=({h}, {w}), area={area} px ({area / max(h * w, 1):.1%}), "
             f"prompts={self.prompts.n}{' ' + '+'.join(kinds) if kinds else ''}, scores={scores}{note})"
         )
-
-    def plot(self, image: Any, *, target: Any = None, ax: Any = None, title: str | None = None) -> Any:
-        """Draw ``image`` with this result's mask outline, prompts and (optionally) a reference ``target``.
-
-        Args:
-            image: The image that was segmented.
-            target: Optional reference mask, drawn in another colour.
-            ax: A matplotlib ``Axes`` to draw on (default: a new figure).
-            title: Figure title.
-
-        Returns:
-            The matplotlib ``Axes``.
-        """
-        from .evaluation import plot_overlay
-
-        return plot_overlay(image, self.mask, target=target, prompts=self.prompts, ax=ax, title=title)

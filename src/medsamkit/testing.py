@@ -19,7 +19,7 @@ import numpy as np
 from ._registry import register_component
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
-from .segmenters._common import OneShotMixin
+from ._oneshot import OneShotMixin
 
 __all__ = ["FakeSegmenter", "make_blob_image", "make_presence_folder"]
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import segment_images
 
     from .._outdir import check_out_dir, input_folders
-    from ..evaluation._segment import SEGMENT_OWNED
+    from ..evaluation import SEGMENT_OWNED
 
     samples = _samples(args)
     inputs = input_folders(samples)

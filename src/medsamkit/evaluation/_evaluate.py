@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CSV_COLUMNS", "EvaluationReport", "check_stems", "evaluate", "read_record", "sample_key", "write_record"]
+__all__ = ["CSV_COLUMNS", "EVALUATE_OWNED", "EvaluationReport", "METRIC_COLUMNS", "check_stems", "evaluate", "read_record", "sample_key", "write_record"]
 
 METRIC_COLUMNS = ("dice", "iou", "precision", "recall", "f1", "hd95")
 CSV_COLUMNS = ("stem", *METRIC_COLUMNS, "seconds", "n_prompts", "note", "error")

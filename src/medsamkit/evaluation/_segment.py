@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SegmentReport", "segment_images"]
+__all__ = ["SEGMENT_OWNED", "SegmentReport", "segment_images"]
 
 SEGMENT_COLUMNS = ("stem", "area_px", "n_prompts", "mean_score", "seconds", "note", "error")
 SEGMENT_OWNED = ("records", "masks", "overlays", "run.json", "results.csv", "pipeline.json", "prompter.*")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from .._types import ImageEncoding, PromptMasks, Prompts, SegmentationResult
+from .._types import ImageEncoding, PromptMasks, Prompts
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "LowResDecoding",
-    "OneShotMixin",
     "check_device",
     "check_encoding",
     "decode_low_res",
@@ -30,53 +29,6 @@ __all__ = [
     "state_fingerprint",
     "to_rgb_float",
 ]
-
-
-class OneShotMixin:
-    """``segmenter(image, boxes=...)``: encode, decode the given prompts, threshold, in one call.
-
-    For one image and prompts you already have (as in other SAM front-ends). For a
-    folder or automatic prompts use :class:`~medsamkit.Pipeline` and
-    :func:`~medsamkit.evaluate`, which reuse encodings and write results.
-    """
-
-    def __call__(
-        self,
-        image: Any,
-        *,
-        boxes: Any = None,
-        points: Any = None,
-        labels: Any = None,
-        prompts: Any = None,
-        threshold: float = 0.5,
-        combine: str = "union",
-    ) -> SegmentationResult:
-        """Segment ``image`` (an array or an image file's path) with the given prompts.
-
-        Args:
-            image: ``(H, W)``/``(H, W, C)`` array, or a path (read with ``read_image``).
-            boxes: One box ``(x0, y0, x1, y1)`` or ``(N, 4)`` boxes, in image pixels.
-            points: ``(P, 2)`` points of one prompt or ``(N, P, 2)``, ``(x, y)`` pixels.
-            labels: Point labels (1 foreground, 0 background); default all foreground.
-            prompts: A :class:`~medsamkit.Prompts` (or a shorthand of
-                :meth:`Prompts.coerce`) instead of ``boxes``/``points``.
-            threshold: Probability threshold.
-            combine: ``"union"`` or ``"best"`` over the prompts.
-
-        Returns:
-            A :class:`~medsamkit.SegmentationResult`.
-        """
-        from .._pipeline import Pipeline
-        from ..prompters._fixed import FixedPrompter
-
-        if prompts is None:
-            if boxes is None and points is None:
-                raise ValueError("prompts: give boxes=..., points=... (with labels=...) or prompts=...; got none")
-            prompts = {"boxes": boxes, "points": points, "labels": labels}
-        elif boxes is not None or points is not None or labels is not None:
-            raise ValueError("prompts: give either prompts=... or boxes/points/labels, not both")
-        fixed = FixedPrompter(Prompts.coerce(prompts, name="prompts"))
-        return Pipeline(fixed, self, threshold=threshold, combine=combine)(image)  # type: ignore[arg-type]
 
 
 def check_device(device: Any) -> torch.device:

@@ -11,9 +11,9 @@ from .._types import ImageEncoding, PromptMasks, Prompts
 from .._paths import file_digest
 from .._registry import register_component
 from .._validation import as_image
+from .._oneshot import OneShotMixin
 from ._common import (
     LowResDecoding,
-    OneShotMixin,
     check_device,
     decode_prompts,
     longest_side_size_hw,

@@ -88,6 +88,9 @@ _EXPORTS = {
     "compare_prompters": ".evaluation",
     "box_margin_study": ".evaluation",
     "StudyReport": ".evaluation",
+    "overlay_image": ".evaluation",
+    "plot_overlay": ".evaluation",
+    "OutDirLockedError": "._outdir",
 }
 
 __all__ = sorted([*_EXPORTS, "metrics", "testing", "__version__"])
@@ -141,7 +144,10 @@ if TYPE_CHECKING:  # pragma: no cover
         box_margin_study,
         compare_prompters,
         evaluate,
+        overlay_image,
+        plot_overlay,
         segment_images,
     )
+    from ._outdir import OutDirLockedError
     from .prompters import BoxesWithPointsPrompter, CAMBoxPrompter, EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
     from .segmenters import HQSAM, SAM, LiteMedSAM, YOLOSegmenter

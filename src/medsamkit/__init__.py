@@ -88,6 +88,9 @@ _EXPORTS = {
     "compare_prompters": ".evaluation",
     "box_margin_study": ".evaluation",
     "StudyReport": ".evaluation",
+    "overlay_image": ".evaluation",
+    "plot_overlay": ".evaluation",
+    "OutDirLockedError": "._outdir",
 }
 
 __all__ = sorted([*_EXPORTS, "metrics", "testing", "__version__"])
@@ -111,6 +114,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from . import metrics, testing
     from ._cache import CachedSegmenter, EmbeddingCache
     from ._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
+    from ._outdir import OutDirLockedError
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
     from ._protocols import (
@@ -140,6 +144,8 @@ if TYPE_CHECKING:  # pragma: no cover
         box_margin_study,
         compare_prompters,
         evaluate,
+        overlay_image,
+        plot_overlay,
         segment_images,
     )
     from .prompters import (

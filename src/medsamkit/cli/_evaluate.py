@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ._build import pipeline_from_args
+from ._checks import add_missing_masks_option, check_data_and_out, check_missing_masks
 from ._options import add_data_options, add_pipeline_options
 
 __all__ = ["add_parser", "run"]
@@ -26,6 +27,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="pixel size for HD95 (default: 1 1, pixels)",
     )
     ev.add_argument("--overwrite", action="store_true", help="discard previous results in OUT_DIR")
+    add_missing_masks_option(ev)
     add_data_options(ev)
     add_pipeline_options(ev)
     return ev
@@ -33,9 +35,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import MaskFolder
-    from ..evaluation import evaluate
+    from ..evaluation import EVALUATE_OWNED, evaluate
 
     folder = MaskFolder(args.data_dir, images=args.images, masks=args.masks, mask_suffix=args.mask_suffix)
+    check_missing_masks(folder, args)  # before the model loads
+    check_data_and_out(folder, args.out, owned=EVALUATE_OWNED)
     pipeline = pipeline_from_args(args)
     report = evaluate(
         pipeline,
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         n_overlays=args.overlays,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        allow_missing_masks=args.allow_missing_masks,
     )
     print(report)
     print(f"results: {report.out_dir}")

@@ -9,7 +9,7 @@
   stratified splits of stems (:class:`Split`, :class:`Fold`).
 """
 
-from ._folder import MaskFolder, Sample
+from ._folder import MaskFolder, Sample, image_samples, match_masks
 from ._io import (
     IMAGE_SUFFIXES,
     ImageReadError,
@@ -33,7 +33,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "csv_text",
+    "image_samples",
     "kfold_splits",
+    "match_masks",
     "read_image",
     "read_mask",
     "train_val_test_split",

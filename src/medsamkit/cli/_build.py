@@ -15,6 +15,7 @@ from .._protocols import PromptProvider, Segmenter
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._cache import EmbeddingCache
+    from .._pipeline import Pipeline
 from ._errors import UsageError
 
 __all__ = ["build_segmenter", "embedding_cache", "in_same_cache", "limited_folder", "pipeline_from_args", "segmenter_params"]
@@ -61,7 +62,7 @@ def build_segmenter(args: argparse.Namespace) -> Any:
     return _in_cache(load_segmenter(args.segmenter, **segmenter_params(args)), cache)
 
 
-def in_same_cache(pipeline: Any, segmenter: Any) -> Any:
+def in_same_cache(pipeline: Pipeline, segmenter: Segmenter) -> Pipeline:
     """``pipeline`` with its segmenter in the embedding cache of ``segmenter``, if that one has a cache.
 
     For the pipeline a training run returns: it holds the trained segmenter, uncached.

@@ -2,6 +2,8 @@
 
 - :func:`read_image`, :func:`read_mask`, :func:`write_image`, :func:`write_mask`:
   file IO keeping native dtypes (uint8, uint16, float32), RGB channel order.
+- :func:`read_volume` / :class:`Volume`: NIfTI, NRRD, MHA and DICOM series with their
+  geometry (``medical`` extra); :func:`read_dicom_image` for one DICOM file.
 - :func:`atomic_write_bytes`, :func:`atomic_write_text`: crash-safe file writes.
 - :class:`MaskFolder` / :class:`Sample`: ``root/images`` + ``root/masks`` paired by stem.
 - :func:`train_val_test_split` / :func:`kfold_splits`: deterministic, optionally
@@ -19,6 +21,7 @@ from ._io import (
     write_image,
     write_mask,
 )
+from ._medical import VOLUME_SUFFIXES, Volume, is_volume_path, read_dicom_image, read_volume
 from ._splits import Fold, Split, kfold_splits, train_val_test_split
 
 __all__ = [
@@ -28,11 +31,16 @@ __all__ = [
     "MaskFolder",
     "Sample",
     "Split",
+    "VOLUME_SUFFIXES",
+    "Volume",
     "atomic_write_bytes",
     "atomic_write_text",
+    "is_volume_path",
     "kfold_splits",
     "read_image",
+    "read_dicom_image",
     "read_mask",
+    "read_volume",
     "train_val_test_split",
     "write_image",
     "write_mask",

@@ -8,6 +8,7 @@ import pytest
 from medsamkit import FillHoles, KeepLargestComponents, Prompts, RemoveSmallComponents
 from medsamkit._registry import (
     POSTPROCESSORS,
+    PREPROCESSORS,
     PROMPTERS,
     SEGMENTERS,
     build_postprocessor,
@@ -34,6 +35,7 @@ def test_registered_names():
         "sam-vit-l",
     ]
     assert set(POSTPROCESSORS) == {"keep-largest", "remove-small", "fill-holes"}
+    assert set(PREPROCESSORS) == {"window", "percentile-clip", "clahe"}
 
 
 def test_unknown_prompter_lists_valid_names():

@@ -33,6 +33,9 @@ _EXPORTS = {
     "KeepLargestComponents": "._postprocess",
     "RemoveSmallComponents": "._postprocess",
     "FillHoles": "._postprocess",
+    "Window": "._intensity",
+    "PercentileClip": "._intensity",
+    "CLAHE": "._intensity",
     # prompt providers
     "OracleBoxPrompter": ".prompters",
     "PerturbedBoxPrompter": ".prompters",
@@ -109,6 +112,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .training import FinetuneConfig, FinetuneResult, SAMMixConfig, SAMMixResult, finetune, fit_sam_pp, fit_sammix
     from ._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
+    from ._intensity import CLAHE, PercentileClip, Window
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
     from ._protocols import PromptProvider, Segmenter
     from ._registry import PROMPTERS, SEGMENTERS, build_prompter, load_segmenter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -11,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._protocols import PromptProvider, Segmenter
-from ._registry import build_postprocessor, build_prompter, component_config, load_segmenter
+from ._registry import build_postprocessor, build_preprocessor, build_prompter, component_config, load_segmenter
 from ._types import ImageEncoding, Prompts, SegmentationResult
 from ._validation import as_image, as_mask, check_probability
 
@@ -19,6 +20,7 @@ __all__ = ["ComponentConfig", "Pipeline", "PipelineConfig"]
 
 Combine = Literal["union", "best"]
 CONFIG_FILE = "pipeline.json"
+_log = logging.getLogger("medsamkit")
 
 
 class ComponentConfig(BaseModel):
@@ -38,6 +40,7 @@ class PipelineConfig(BaseModel):
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     combine: Combine = "union"
     postprocess: list[ComponentConfig] = Field(default_factory=list)
+    preprocess: list[ComponentConfig] = Field(default_factory=list)
 
 
 def _resolve(params: dict[str, Any], key: str, base_dir: str | Path | None) -> dict[str, Any]:
@@ -47,6 +50,17 @@ def _resolve(params: dict[str, Any], key: str, base_dir: str | Path | None) -> d
     if isinstance(value, str) and base_dir is not None and not Path(value).is_absolute():
         params[key] = str(Path(base_dir) / value)
     return params
+
+
+def _check_steps(steps: Any, *, name: str, what: str) -> tuple[Callable[[np.ndarray], np.ndarray], ...]:
+    """Validate a sequence of callables (pre- or post-processing steps)."""
+    if callable(steps) or isinstance(steps, str) or not hasattr(steps, "__iter__"):
+        raise TypeError(f"{name}: expected a sequence of callables {what}, got {type(steps).__name__}")
+    result = tuple(steps)
+    for i, step in enumerate(result):
+        if not callable(step):
+            raise TypeError(f"{name}[{i}]: expected a callable {what}, got {type(step).__name__}")
+    return result
 
 
 class Pipeline:
@@ -67,6 +81,12 @@ class Pipeline:
         combine: ``"union"`` or ``"best"``.
         postprocess: Callables ``mask -> mask`` applied in order (for example
             ``[KeepLargestComponents(2), FillHoles()]``).
+        preprocess: Intensity steps ``image -> image`` applied in order before the
+            prompter and the segmenter see the image (for example
+            ``[Window.preset("abdomen")]`` for CT in HU, ``[PercentileClip()]`` for MR,
+            ``[CLAHE()]``). Without one, a float or signed-integer (HU) image is
+            min-max scaled by the segmenter as before, and the pipeline logs once
+            (logger ``medsamkit``) that it was.
 
     Example:
         >>> pipe = Pipeline(OracleBoxPrompter(), LiteMedSAM())
@@ -82,6 +102,7 @@ class Pipeline:
         threshold: float = 0.5,
         combine: Combine = "union",
         postprocess: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
+        preprocess: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
     ) -> None:
         if not callable(prompter) or not hasattr(prompter, "requires_target"):
             raise TypeError(
@@ -110,11 +131,14 @@ class Pipeline:
         self.threshold = check_probability(threshold, name="threshold")
         self.combine = combine
         self.postprocess = tuple(steps)
+        self.preprocess = _check_steps(preprocess, name="preprocess", what="image -> image (e.g. [Window(40, 400)])")
+        self._told_normalisation = False
 
     def __repr__(self) -> str:
         return (
             f"Pipeline({self.prompter!r}, {self.segmenter!r}, threshold={self.threshold}, "
-            f"combine={self.combine!r}, postprocess={list(self.postprocess)!r})"
+            f"combine={self.combine!r}, postprocess={list(self.postprocess)!r}"
+            + (f", preprocess={list(self.preprocess)!r})" if self.preprocess else ")")
         )
 
     def replace(self, **changes: Any) -> Pipeline:
@@ -125,6 +149,7 @@ class Pipeline:
             "threshold": self.threshold,
             "combine": self.combine,
             "postprocess": self.postprocess,
+            "preprocess": self.preprocess,
         }
         unknown = set(changes) - set(kwargs)
         if unknown:
@@ -164,13 +189,14 @@ class Pipeline:
             image: ``(H, W)`` or ``(H, W, C)`` image (uint8, uint16, float, ...).
             target: ``(H, W)`` reference mask; needed by oracle prompters only.
             encoding: A reusable encoding of ``image`` from ``segmenter.encode``
-                (skips the encoder, e.g. when sweeping thresholds).
+                (skips the encoder, e.g. when sweeping thresholds); with
+                ``preprocess`` steps, an encoding of ``pipe.preprocess_image(image)``.
             prompts: Prompts to use instead of asking the prompt provider.
 
         Returns:
             A :class:`SegmentationResult` at the input resolution.
         """
-        image = as_image(image)
+        image = self.preprocess_image(image)
         size_hw = image.shape[:2]
         if target is not None:
             target = as_mask(target, name="target", size_hw=size_hw)
@@ -198,6 +224,27 @@ class Pipeline:
             raise ValueError(f"encoding: expected an encoding of a {size_hw} image, got one of {encoding.size_hw}")
         decoded = self.segmenter.decode(encoding, prompts)
         return self.finish(decoded.probabilities, decoded.scores, prompts)
+
+    def preprocess_image(self, image: np.ndarray) -> np.ndarray:
+        """``image`` after the ``preprocess`` steps: what the prompter and segmenter see."""
+        image = as_image(image)
+        for i, step in enumerate(self.preprocess):
+            out = as_image(step(image), name=f"preprocess[{i}] output")
+            if out.shape[:2] != image.shape[:2]:
+                raise ValueError(f"preprocess[{i}] output: expected size {image.shape[:2]}, got {out.shape[:2]}")
+            image = out
+        if not self.preprocess and not self._told_normalisation and image.dtype.kind in "fi":
+            self._told_normalisation = True
+            _log.warning(
+                "medsamkit: a %s image (values %.4g..%.4g) reaches the segmenter without an intensity step; "
+                "it is min-max scaled per image to [0, 1], as for any image. For CT in HU give "
+                "preprocess=[Window.preset('abdomen')] (CLI: --window abdomen), for MR [PercentileClip()]. "
+                "Said once per pipeline.",
+                image.dtype,
+                float(image.min()),
+                float(image.max()),
+            )
+        return image
 
     def finish(self, probabilities: np.ndarray, scores: np.ndarray, prompts: Prompts) -> SegmentationResult:
         """Threshold, combine and post-process decoded ``(N, H, W)`` probabilities."""
@@ -230,6 +277,7 @@ class Pipeline:
             threshold=self.threshold,
             combine=self.combine,
             postprocess=[ComponentConfig(**component_config(step)) for step in self.postprocess],
+            preprocess=[ComponentConfig(**component_config(step)) for step in self.preprocess],
         )
 
     @classmethod
@@ -241,7 +289,7 @@ class Pipeline:
         """
         if not isinstance(config, PipelineConfig):
             config = PipelineConfig.model_validate(config)
-        for part in (config.prompter, config.segmenter, *config.postprocess):
+        for part in (config.prompter, config.segmenter, *config.postprocess, *config.preprocess):
             if part.name.startswith("python:"):
                 raise ValueError(
                     f"config: component {part.name} is not registered in medsamkit, so the pipeline "
@@ -255,6 +303,7 @@ class Pipeline:
             threshold=config.threshold,
             combine=config.combine,
             postprocess=[build_postprocessor(p.name, **p.params) for p in config.postprocess],
+            preprocess=[build_preprocessor(p.name, **p.params) for p in config.preprocess],
         )
 
     def save(self, directory: str | Path) -> Path:

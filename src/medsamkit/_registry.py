@@ -8,9 +8,11 @@ from typing import Any
 
 __all__ = [
     "POSTPROCESSORS",
+    "PREPROCESSORS",
     "PROMPTERS",
     "SEGMENTERS",
     "build_postprocessor",
+    "build_preprocessor",
     "build_prompter",
     "component_config",
     "load_segmenter",
@@ -151,6 +153,15 @@ def _postprocessors() -> dict[str, type]:
 POSTPROCESSORS = ("keep-largest", "remove-small", "fill-holes")
 """Post-processing step names."""
 
+def _preprocessors() -> dict[str, type]:
+    from ._intensity import CLAHE, PercentileClip, Window
+
+    return {cls.name: cls for cls in (Window, PercentileClip, CLAHE)}
+
+
+PREPROCESSORS = ("window", "percentile-clip", "clahe")
+"""Intensity (pre-processing) step names."""
+
 _CLASS_NAMES = {
     "OracleBoxPrompter": "oracle-box",
     "PerturbedBoxPrompter": "perturbed-box",
@@ -195,6 +206,11 @@ def load_segmenter(name: str, **params: Any) -> Any:
 def build_postprocessor(name: str, **params: Any) -> Any:
     """Build a post-processing step by name (``keep-largest``, ``remove-small``, ``fill-holes``)."""
     return _build(_postprocessors(), "postprocess", name, params)
+
+
+def build_preprocessor(name: str, **params: Any) -> Any:
+    """Build an intensity step by name (``window``, ``percentile-clip``, ``clahe``)."""
+    return _build(_preprocessors(), "preprocess", name, params)
 
 
 def component_config(component: Any) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 - :func:`read_image`, :func:`read_mask`, :func:`write_image`, :func:`write_mask`:
   file IO keeping native dtypes (uint8, uint16, float32), RGB channel order.
 - :func:`read_volume` / :class:`Volume`: NIfTI, NRRD, MHA and DICOM series with their
-  geometry (``medical`` extra); :func:`read_dicom_image` for one DICOM file.
+  geometry (``medical`` extra); :func:`read_dicom_image` for one DICOM file;
+  :func:`write_volume` (NIfTI/NRRD/MHA with the source geometry), :func:`write_dicom_seg`
+  and :func:`read_dicom_seg` (DICOM Segmentation referencing the source images).
 - :func:`atomic_write_bytes`, :func:`atomic_write_text`: crash-safe file writes.
 - :class:`MaskFolder` / :class:`Sample`: ``root/images`` + ``root/masks`` paired by stem.
 - :func:`train_val_test_split` / :func:`kfold_splits`: deterministic, optionally
@@ -22,6 +24,7 @@ from ._io import (
     write_mask,
 )
 from ._medical import VOLUME_SUFFIXES, Volume, is_volume_path, read_dicom_image, read_volume
+from ._medical_write import read_dicom_seg, write_dicom_seg, write_volume
 from ._splits import Fold, Split, kfold_splits, train_val_test_split
 
 __all__ = [
@@ -39,9 +42,12 @@ __all__ = [
     "kfold_splits",
     "read_image",
     "read_dicom_image",
+    "read_dicom_seg",
     "read_mask",
     "read_volume",
     "train_val_test_split",
     "write_image",
+    "write_dicom_seg",
     "write_mask",
+    "write_volume",
 ]

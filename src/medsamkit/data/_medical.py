@@ -428,9 +428,9 @@ def _read_dicom_series(folder: Path) -> Volume:
         image = reader.Execute()
     except RuntimeError as exc:
         raise ImageReadError(folder, f"SimpleITK could not read the series ({_first_line(exc)})") from None
-    if len(sorted_files) == 1:  # one slice: SimpleITK gives a 2D-like volume of depth 1
-        pass
-    volume = Volume.from_sitk(image, modality=modality, path=folder, meta={"series_uid": uid, "files": sorted_files})
+    sop_uids = [str(images[i][1].get("SOPInstanceUID", "")) for i in order]
+    meta = {"series_uid": uid, "files": sorted_files, "sop_instance_uids": sop_uids}
+    volume = Volume.from_sitk(image, modality=modality, path=folder, meta=meta)
     if volume.shape[0] != len(sorted_files):
         raise ImageReadError(folder, f"expected {len(sorted_files)} slices, SimpleITK read {volume.shape[0]}")
     return volume
@@ -532,7 +532,7 @@ def read_dicom_image(path: PathLike) -> Volume:
         "photometric": photometric,
         "voi_lut_applied": voi_applied,
         "transfer_syntax": str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else None,
-        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+        "sop_instance_uids": [str(ds.get("SOPInstanceUID", ""))],
         "series_uid": str(ds.get("SeriesInstanceUID", "")),
         "files": [str(path)],
     }

@@ -75,6 +75,7 @@ _EXPORTS = {
     "read_mask": ".data",
     "write_mask": ".data",
     "Volume": ".data",
+    "segment_volume": ".volumes",
     "read_volume": ".data",
     "ImageReadError": ".data",
     "train_val_test_split": ".data",
@@ -97,7 +98,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
         globals()[name] = value
         return value
-    if name in ("metrics", "testing", "data", "prompters", "segmenters", "evaluation", "training"):
+    if name in ("metrics", "testing", "data", "prompters", "segmenters", "evaluation", "training", "volumes"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'medsamkit' has no attribute {name!r}")
 
@@ -140,3 +141,4 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .prompters import BoxesWithPointsPrompter, CAMBoxPrompter, EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
     from .segmenters import HQSAM, SAM, LiteMedSAM
+    from .volumes import segment_volume

@@ -73,6 +73,17 @@ def test_read_volume_non_finite_voxel_is_refused(tmp_path):
         read_volume(path)
 
 
+def test_nifti_nan_voxel_is_refused_although_itk_reads_it_as_zero(tmp_path):
+    sitk = _sitk()
+    array = np.zeros((2, 3, 4), np.float32)
+    array[1, 2, 3] = np.nan
+    path = tmp_path / "nan.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).any()  # what made this check necessary
+    with pytest.raises(ImageReadError, match=r"nan.nii.gz.*expected finite voxel values.*\(1, 2, 3\)"):
+        read_volume(path)
+
+
 def test_read_image_on_a_volume_points_to_read_volume(tmp_path):
     path = tmp_path / "v.nii.gz"
     _sitk().WriteImage(_sitk().GetImageFromArray(np.zeros((2, 3, 4), np.int16)), str(path))

@@ -8,6 +8,8 @@
   and :func:`read_dicom_seg` (DICOM Segmentation referencing the source images).
 - :func:`atomic_write_bytes`, :func:`atomic_write_text`: crash-safe file writes.
 - :class:`MaskFolder` / :class:`Sample`: ``root/images`` + ``root/masks`` paired by stem.
+- :class:`VolumeFolder` / :class:`VolumeSample`: ``root/images`` + ``root/masks`` of volume
+  files or DICOM series folders (masks as volumes or DICOM-SEG).
 - :func:`train_val_test_split` / :func:`kfold_splits`: deterministic, optionally
   stratified splits of stems (:class:`Split`, :class:`Fold`).
 """
@@ -25,6 +27,7 @@ from ._io import (
 )
 from ._medical import VOLUME_SUFFIXES, Volume, is_volume_path, read_dicom_image, read_volume
 from ._medical_write import read_dicom_seg, write_dicom_seg, write_volume
+from ._volume_folder import VolumeFolder, VolumeSample, looks_like_volume_folder
 from ._splits import Fold, Split, kfold_splits, train_val_test_split
 
 __all__ = [
@@ -36,10 +39,13 @@ __all__ = [
     "Split",
     "VOLUME_SUFFIXES",
     "Volume",
+    "VolumeFolder",
+    "VolumeSample",
     "atomic_write_bytes",
     "atomic_write_text",
     "is_volume_path",
     "kfold_splits",
+    "looks_like_volume_folder",
     "read_image",
     "read_dicom_image",
     "read_dicom_seg",

@@ -2,7 +2,8 @@
 
 Everything here needs the ``medical`` extra (``pip install medsamkit[medical]``):
 SimpleITK reads and writes NIfTI / NRRD / MetaImage and DICOM series, pydicom reads
-single DICOM files and highdicom writes DICOM-SEG. They are imported inside the
+single DICOM files and highdicom writes DICOM-SEG; nibabel checks float NIfTI files
+for NaN (ITK's reader silently turns NaN into 0). They are imported inside the
 functions, so ``import medsamkit`` stays light.
 
 Conventions (those of ITK / SimpleITK, which 3D Slicer and ITK-SNAP share):
@@ -62,7 +63,7 @@ def require_medical(module: str) -> Any:
     """Import one of the ``medical`` extra's libraries, or say how to install it.
 
     Args:
-        module: ``"SimpleITK"``, ``"pydicom"`` or ``"highdicom"``.
+        module: ``"SimpleITK"``, ``"pydicom"``, ``"highdicom"`` or ``"nibabel"``.
 
     Raises:
         ImportError: Naming ``pip install medsamkit[medical]`` when it is missing.
@@ -339,11 +340,26 @@ def _read_itk_file(path: Path) -> Volume:
         image = reader.Execute()
     except RuntimeError as exc:
         raise ImageReadError(path, f"SimpleITK could not read it ({_first_line(exc)})") from None
+    if str(path).lower().endswith((".nii", ".nii.gz")) and "float" in image.GetPixelIDTypeAsString():
+        _check_nifti_finite(path)
     modality = None
     for key in ("modality", "Modality"):
         if reader.HasMetaDataKey(key):
             modality = reader.GetMetaData(key).strip() or None
     return Volume.from_sitk(image, modality=modality, path=path)
+
+
+def _check_nifti_finite(path: Path) -> None:
+    """ITK's NIfTI reader turns NaN voxels into 0 without a word; look at the stored values with nibabel."""
+    nib = require_medical("nibabel")
+    data = np.asanyarray(nib.load(str(path)).dataobj)  # (x, y, z), stored order
+    bad = ~np.isfinite(data)
+    if bad.any():
+        x, y, z = (int(v) for v in np.argwhere(bad)[0][:3])
+        raise ImageReadError(
+            path,
+            f"expected finite voxel values, got {int(bad.sum())} NaN/inf voxel(s) (first at (z, y, x) = {(z, y, x)})",
+        )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsamkit.data import ImageReadError, Volume, read_dicom_seg, read_volume, write_dicom_seg, write_volume
+from medsamkit.data import (
+    ImageReadError,
+    Volume,
+    read_dicom_seg,
+    read_volume,
+    write_dicom_seg,
+    write_volume,
+)
 
 VOLUMES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "volumes"
 CT3 = VOLUMES / "dcmqi_ct3slice_liver"

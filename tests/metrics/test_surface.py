@@ -9,11 +9,11 @@ import pytest
 import torch
 from monai.metrics import (
     compute_average_surface_distance,
+    compute_dice,
     compute_hausdorff_distance,
     compute_iou,
     compute_surface_dice,
 )
-from monai.metrics import compute_dice
 
 from medsamkit.metrics import (
     average_surface_distance,
@@ -58,7 +58,7 @@ def test_3d_metrics_match_monai(seed, spacing):
         float(compute_average_surface_distance(p, t, symmetric=True, spacing=spacing)), rel=1e-5
     )
     # compute_surface_dice takes one-hot (B, C, ...) with class 0 = background skipped
-    one_hot = lambda m: torch.as_tensor(np.stack([~m, m])[None].astype(np.float32))  # noqa: E731
+    one_hot = lambda m: torch.as_tensor(np.stack([~m, m])[None].astype(np.float32))
     monai_nsd = float(compute_surface_dice(one_hot(pred), one_hot(target), class_thresholds=[2.0], spacing=spacing))
     assert ours["nsd"] == pytest.approx(monai_nsd, rel=1e-6)
     assert 0.0 < ours["nsd"] < 1.0  # a test that can fail both ways
@@ -70,7 +70,7 @@ def test_3d_metrics_match_monai(seed, spacing):
 @pytest.mark.parametrize("tolerance", [0.5, 1.0, 3.0])
 def test_2d_nsd_matches_monai(tolerance):
     pred, target = _blobs((40, 50), 5)
-    one_hot = lambda m: torch.as_tensor(np.stack([~m, m])[None].astype(np.float32))  # noqa: E731
+    one_hot = lambda m: torch.as_tensor(np.stack([~m, m])[None].astype(np.float32))
     spacing = (0.7, 1.1)
     expected = float(compute_surface_dice(one_hot(pred), one_hot(target), class_thresholds=[tolerance], spacing=spacing))
     assert normalized_surface_dice(pred, target, tolerance=tolerance, spacing=spacing) == pytest.approx(expected, rel=1e-6)

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from medsamkit import OracleBoxPrompter, Pipeline, Window
-from medsamkit.data import Volume, VolumeFolder, read_dicom_seg, read_volume, write_volume
+from medsamkit.data import (
+    Volume,
+    VolumeFolder,
+    read_dicom_seg,
+    read_volume,
+    write_volume,
+)
 from medsamkit.metrics import volume_metrics
 from medsamkit.testing import FakeSegmenter
 from medsamkit.volumes import evaluate_volumes, segment_volume, segment_volumes

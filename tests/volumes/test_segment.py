@@ -11,7 +11,15 @@ from medsamkit import FixedPrompter, OracleBoxPrompter, Pipeline, Prompts, Windo
 from medsamkit.data import Volume, read_volume
 from medsamkit.metrics import volume_metrics
 from medsamkit.testing import FakeSegmenter
-from medsamkit.volumes import AutoSlices, Box3D, OracleSliceBoxes, Propagate, consistent_3d, segment_volume, volume_prompt
+from medsamkit.volumes import (
+    AutoSlices,
+    Box3D,
+    OracleSliceBoxes,
+    Propagate,
+    consistent_3d,
+    segment_volume,
+    volume_prompt,
+)
 
 VOLUMES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "volumes"
 
@@ -125,7 +133,7 @@ def test_consistent_3d_bridges_single_gaps_and_keeps_largest():
 
 
 def test_auto_runs_the_prompter_on_every_slice_then_3d_consistency():
-    vol, mask = _ellipsoid_volume()
+    vol, _mask = _ellipsoid_volume()
     box = Prompts(box_xyxy=[[10, 6, 50, 42]])
     pipe = Pipeline(FixedPrompter(box), FakeSegmenter(), preprocess=[Window(-300, 1200)])
     result = segment_volume(pipe, vol, AutoSlices())

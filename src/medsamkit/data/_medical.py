@@ -538,7 +538,8 @@ def read_dicom_image(path: PathLike) -> Volume:
     thickness = ds.get("SliceThickness")
     dz = float(thickness) if thickness not in (None, "") and float(thickness) > 0 else 1.0
     array = values if values.ndim == 3 else values[None]
-    origin = tuple(float(v) for v in ds.ImagePositionPatient) if "ImagePositionPatient" in ds else (0.0, 0.0, 0.0)
+    x, y, z = (float(v) for v in ds.ImagePositionPatient) if "ImagePositionPatient" in ds else (0.0, 0.0, 0.0)
+    origin = (x, y, z)
     direction = np.eye(3)
     if "ImageOrientationPatient" in ds:
         iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])

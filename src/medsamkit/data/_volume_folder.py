@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any, Union, overload
 
 from ._io import ImageReadError
-from ._medical import VOLUME_SUFFIXES, Volume, _strip_volume_suffix, is_dicom_file, read_volume
+from ._medical import (
+    VOLUME_SUFFIXES,
+    Volume,
+    _strip_volume_suffix,
+    is_dicom_file,
+    read_volume,
+)
 
 __all__ = ["VolumeFolder", "VolumeSample", "looks_like_volume_folder"]
 

@@ -12,7 +12,12 @@ Reading and writing volumes is in :mod:`medsamkit.data` (``read_volume``, ``writ
 ``write_dicom_seg``); 3D metrics in :mod:`medsamkit.metrics` (``volume_metrics``).
 """
 
-from ._evaluate import VOLUME_CSV_COLUMNS, VolumeReport, evaluate_volumes, segment_volumes
+from ._evaluate import (
+    VOLUME_CSV_COLUMNS,
+    VolumeReport,
+    evaluate_volumes,
+    segment_volumes,
+)
 from ._segment import (
     AutoSlices,
     Box3D,

@@ -129,7 +129,7 @@ def _slice_picture(pipeline: Any, image: Any, pred: np.ndarray, target: np.ndarr
     slices = np.flatnonzero(union.any(axis=(1, 2)))
     if slices.size == 0:
         slices = np.array([image.shape[0] // 2])
-    picks = sorted({int(slices[int(round(i))]) for i in np.linspace(0, slices.size - 1, min(n, slices.size))})
+    picks = sorted({int(slices[round(i)]) for i in np.linspace(0, slices.size - 1, min(n, slices.size))})
     panels = []
     for k in picks:
         shown = pipeline.preprocess_image(image.array[k]) if getattr(pipeline, "preprocess", ()) else image.array[k]
@@ -247,8 +247,8 @@ def _run_folder(
             "note": None if result.encoded_slices else "no prompt",
             "error": None,
         }
-        record = {"row": row, "prompts": {str(k): p.to_dict() for k, p in result.prompts.items()}}
-        _atomic_text(out / "records" / f"{sample.stem}.json", json.dumps(record) + "\n")
+        record_data = {"row": row, "prompts": {str(k): p.to_dict() for k, p in result.prompts.items()}}
+        _atomic_text(out / "records" / f"{sample.stem}.json", json.dumps(record_data) + "\n")
         rows[sample.stem] = row
         flush()
     bar.close()

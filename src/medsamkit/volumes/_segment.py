@@ -173,10 +173,10 @@ class Box3D:
     def run(self, runner: _Runner) -> None:
         x0, y0, z0, x1, y1, z1 = self.box
         depth = runner.volume.shape[0]
-        first, last = max(int(round(z0)), 0), min(int(round(z1)), depth - 1)
+        first, last = max(round(z0), 0), min(round(z1), depth - 1)
         if first > last:
             raise ValueError(f"box: z range {z0:g}..{z1:g} lies outside the volume's {depth} slices")
-        prompts = Prompts(box_xyxy=[[x0, y0, x1, y1]])
+        prompts = Prompts(box_xyxy=np.array([[x0, y0, x1, y1]], dtype=np.float32))
         for k in range(first, last + 1):
             runner.run(k, prompts)
 

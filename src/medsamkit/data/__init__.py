@@ -25,7 +25,7 @@ from ._io import (
     write_image,
     write_mask,
 )
-from ._medical import VOLUME_SUFFIXES, Volume, is_volume_path, read_dicom_image, read_volume
+from ._medical import VOLUME_SUFFIXES, Volume, is_volume_path, read_dicom_image, read_volume, volume_stem
 from ._medical_write import read_dicom_seg, write_dicom_seg, write_volume
 from ._volume_folder import VolumeFolder, VolumeSample, looks_like_volume_folder
 from ._splits import Fold, Split, kfold_splits, train_val_test_split
@@ -52,6 +52,7 @@ __all__ = [
     "read_mask",
     "read_volume",
     "train_val_test_split",
+    "volume_stem",
     "write_image",
     "write_dicom_seg",
     "write_mask",

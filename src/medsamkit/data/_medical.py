@@ -47,6 +47,7 @@ __all__ = [
     "read_volume",
     "require_medical",
     "volume_format",
+    "volume_stem",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -255,7 +256,8 @@ def is_dicom_file(path: PathLike) -> bool:
         return False
 
 
-def _strip_volume_suffix(name: str) -> str:
+def volume_stem(name: str) -> str:
+    """A volume or DICOM file name without its suffix (``"lung2.nii.gz"`` -> ``"lung2"``)."""
     lower = name.lower()
     for suffix in VOLUME_SUFFIXES + DICOM_SUFFIXES:
         if lower.endswith(suffix):

@@ -24,7 +24,7 @@ from ._io import ImageReadError
 from ._medical import (
     VOLUME_SUFFIXES,
     Volume,
-    _strip_volume_suffix,
+    volume_stem,
     is_dicom_file,
     read_volume,
 )
@@ -48,7 +48,7 @@ def _list_volumes(directory: Path) -> dict[str, Path]:
     for path in sorted(directory.iterdir()):
         if not _is_volume_entry(path):
             continue
-        stem = path.name if path.is_dir() else _strip_volume_suffix(path.name)
+        stem = path.name if path.is_dir() else volume_stem(path.name)
         if stem in found:
             raise ValueError(
                 f"duplicate stem '{stem}' in '{directory}': both '{found[stem].name}' and '{path.name}' exist; "

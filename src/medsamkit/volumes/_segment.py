@@ -186,9 +186,12 @@ class Propagate:
 
     The seed slice is segmented with ``box`` (or, with ``mask``, that mask is taken as
     its segmentation). Then, outwards in both directions, each slice gets the box of
-    its neighbour's predicted mask (grown by ``margin`` pixels); propagation stops in
-    a direction at the first slice whose prediction has fewer than ``min_area``
-    pixels (the target has vanished), or at the volume's end.
+    its neighbour's predicted mask (grown by ``margin`` pixels). Propagation stops in
+    a direction at the first slice whose prediction is smaller than ``min_area``
+    pixels or than ``min_area_fraction`` of the seed slice's area: the target is
+    taken to have vanished there, and that slice's prediction is discarded. A
+    SAM-family model segments *something* inside almost any box (a vessel, partial
+    volume), so without the fraction rule propagation on CT rarely stops by itself.
 
     Args:
         seed_slice: Index ``k`` of the seed slice.
@@ -196,11 +199,22 @@ class Propagate:
         mask: ``(H, W)`` mask on the seed slice (instead of ``box``).
         margin: Pixels added on each side of a propagated box.
         min_area: Smallest predicted area (pixels) that continues the propagation.
+        min_area_fraction: Smallest predicted area, as a fraction of the seed slice's,
+            that continues the propagation (0 turns the rule off).
     """
 
     name = "propagate"
 
-    def __init__(self, seed_slice: int, *, box: Any = None, mask: Any = None, margin: float = 2.0, min_area: int = 10) -> None:
+    def __init__(
+        self,
+        seed_slice: int,
+        *,
+        box: Any = None,
+        mask: Any = None,
+        margin: float = 2.0,
+        min_area: int = 10,
+        min_area_fraction: float = 0.2,
+    ) -> None:
         if isinstance(seed_slice, bool) or not isinstance(seed_slice, (int, np.integer)):
             raise TypeError(f"seed_slice: expected a slice index (int), got {type(seed_slice).__name__}")
         if (box is None) == (mask is None):
@@ -214,6 +228,9 @@ class Propagate:
         self.seed_mask = None if mask is None else np.asarray(mask) != 0
         self.margin = float(margin)
         self.min_area = int(min_area)
+        if not 0.0 <= float(min_area_fraction) < 1.0:
+            raise ValueError(f"min_area_fraction: expected a number in [0, 1), got {min_area_fraction!r}")
+        self.min_area_fraction = float(min_area_fraction)
 
     @classmethod
     def from_mask(cls, target: Any, *, seed_slice: int | None = None, **kwargs: Any) -> Propagate:
@@ -232,7 +249,10 @@ class Propagate:
         return cls(seed_slice, box=box, **kwargs)
 
     def __repr__(self) -> str:
-        return f"Propagate(seed_slice={self.seed_slice}, margin={self.margin:g}, min_area={self.min_area})"
+        return (
+            f"Propagate(seed_slice={self.seed_slice}, margin={self.margin:g}, min_area={self.min_area}, "
+            f"min_area_fraction={self.min_area_fraction:g})"
+        )
 
     def run(self, runner: _Runner) -> None:
         depth, h, w = runner.volume.shape
@@ -246,13 +266,16 @@ class Propagate:
             seed = self.seed_mask
         else:
             seed = runner.run(s, Prompts(box_xyxy=self.box[None]))
+        smallest = max(self.min_area, 1, self.min_area_fraction * float(seed.sum()))
         for step in (-1, 1):
             previous, k = seed, s + step
-            while 0 <= k < depth and int(previous.sum()) >= self.min_area:
+            while 0 <= k < depth and float(previous.sum()) >= smallest:
                 box = mask_to_xyxy(previous)
-                assert box is not None  # previous has at least min_area >= 1 pixels, or the loop ended
+                assert box is not None  # previous has at least one pixel, or the loop ended
                 grown = grow_boxes_xyxy(box[None], self.margin, (h, w))
                 previous = runner.run(k, Prompts(box_xyxy=grown))
+                if float(previous.sum()) < smallest:  # the target vanished here: not part of the result
+                    runner.mask[k] = False
                 k += step
 
 

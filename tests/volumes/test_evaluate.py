@@ -166,6 +166,52 @@ def test_segment_volumes_box3d_without_masks(tmp_path):
         segment_volumes(_pipe(), root, out_dir=tmp_path / "o2", prompt="oracle")
 
 
+def _dicom_bad(root: Path, kind: str) -> None:
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import HTJ2KLossless, generate_uid
+
+    folder = root / "images" / "bad"
+    src_dir = VOLUMES / "dcmqi_ct3slice_liver" / "dicom" / "ct3slice"
+    if kind == "mixed_series":
+        shutil.copytree(src_dir, folder)
+        shutil.copy(VOLUMES / "cxr_dicom" / "RG1_UNCI.dcm", folder / "other.dcm")
+        return
+    folder.mkdir(parents=True)
+    src = pydicom.dcmread(src_dir / "01.dcm")
+    uid = generate_uid()
+    for k in range(5):
+        if kind == "missing_slices" and k == 2:
+            continue
+        ds = src.copy()
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
+        ds.ImagePositionPatient = [*list(src.ImagePositionPatient)[:2], 10.0 * k]
+        if kind == "compressed":
+            ds.PixelData = encapsulate([ds.PixelData])
+            ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+        ds.save_as(folder / f"s{k}.dcm", enforce_file_format=True)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("mixed_series", "expected one DICOM series, found 2"),
+        ("missing_slices", "missing slices: expected positions 10 mm apart, got gaps of 20 mm"),
+        ("compressed", "no decoder for it is installed"),
+    ],
+)
+def test_bad_dicom_series_in_a_folder_run_is_named_and_the_run_continues(tmp_path, kind, message):
+    root = _folder(tmp_path / "data", n=1)
+    _dicom_bad(root, kind)
+    vol, mask = _case(0)
+    write_volume(root / "masks" / "bad.nii.gz", vol, mask)  # never reached: the image fails first
+    report = evaluate_volumes(_pipe(), root, out_dir=tmp_path / "out", prompt="oracle", progress=False, pictures=False)
+    assert set(report.errors) == {"bad"}
+    assert "images/bad" in report.errors["bad"] and message in report.errors["bad"], report.errors["bad"]
+    assert report.rows[0]["stem"] == "bad" and report.rows[1]["dice"] is not None
+
+
 @pytest.mark.shared_data
 def test_dicom_series_folder_gets_a_dicom_seg(tmp_path):
     root = tmp_path / "data"

@@ -73,15 +73,15 @@ def _run_volumes(args: argparse.Namespace) -> int:
     from ..volumes import evaluate_volumes
 
     folder = VolumeFolder(args.data_dir, images=args.images, masks=args.masks)
-    samples = list(folder)[: args.limit] if args.limit is not None else folder
     pipeline = pipeline_from_args(args)
     prompt = args.prompt or "box3d"
     if prompt == "auto" and getattr(pipeline.prompter, "requires_target", False):
         raise UsageError("--prompt auto runs the --prompter on every slice; choose an automatic one (not oracle-box/perturbed-box)")
     report = evaluate_volumes(
         pipeline,
-        samples,
+        folder,
         out_dir=args.out,
+        limit=args.limit,
         prompt=prompt,
         nsd_tolerance=args.nsd_tolerance,
         label=args.label,

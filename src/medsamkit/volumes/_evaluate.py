@@ -85,12 +85,19 @@ def _clean(value: Any) -> Any:
 
 
 def _check_out_dir(out_dir: Path, data: Any) -> None:
-    root = Path(getattr(data, "root", "")).resolve() if hasattr(data, "root") else None
+    """Refuse an output folder inside an input folder (the images/masks folders, or a volume's own folder)."""
+    inputs: list[Path] = []
+    if hasattr(data, "images_dir"):
+        inputs += [Path(d) for d in (data.images_dir, getattr(data, "masks_dir", None)) if d is not None]
+    else:
+        for sample in data:
+            for path in (sample.image_path, sample.mask_path):
+                if path is not None:
+                    inputs.append(Path(path) if Path(path).is_dir() else Path(path).parent)
     out = out_dir.resolve()
-    if root is not None:
-        for sub in (getattr(data, "images_dir", None), getattr(data, "masks_dir", None)):
-            if sub is not None and (out == Path(sub).resolve() or Path(sub).resolve() in out.parents):
-                raise ValueError(f"out_dir: expected a folder outside the input folder {sub}, got {out_dir}")
+    for folder in dict.fromkeys(p.resolve() for p in inputs):
+        if out == folder or folder in out.parents:
+            raise ValueError(f"out_dir: expected a folder outside the input folder {folder}, got {out_dir}")
 
 
 def _prepare(out_dir: Path, run: dict[str, Any], *, overwrite: bool) -> None:
@@ -174,6 +181,7 @@ def _run_folder(
     overwrite: bool,
     cache: Any,
     progress: bool,
+    limit: int | None = None,
 ) -> VolumeReport:
     from tqdm.auto import tqdm
 
@@ -185,6 +193,10 @@ def _run_folder(
         data = VolumeFolder(data, require_masks=with_masks)
     out = Path(out_dir)
     _check_out_dir(out, data)
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit: expected a positive int, got {limit!r}")
+        data = list(data)[:limit]
     run = {
         "pipeline": pipeline.config.model_dump(mode="json"),
         "prompt": prompt,
@@ -272,6 +284,7 @@ def evaluate_volumes(
     overwrite: bool = False,
     cache: Any = None,
     progress: bool = True,
+    limit: int | None = None,
 ) -> VolumeReport:
     """Segment every volume of a folder and score it against its reference mask.
 
@@ -293,10 +306,12 @@ def evaluate_volumes(
         nsd_tolerance: NSD tolerance in mm.
         label: Reference label to segment in multi-label masks (default: any non-zero).
         cache: An :class:`~medsamkit.EmbeddingCache` or folder for encodings.
+        limit: Only the first ``limit`` volumes in sorted order.
     """
     return _run_folder(
         pipeline, data, out_dir=out_dir, prompt=prompt, with_masks=True, nsd_tolerance=nsd_tolerance, label=label,
         box3d=None, save_masks=save_masks, pictures=pictures, overwrite=overwrite, cache=cache, progress=progress,
+        limit=limit,
     )
 
 

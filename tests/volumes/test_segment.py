@@ -206,3 +206,9 @@ def test_real_tumour_segmented_with_a_3d_box(litemedsam):
     assert result.encoded_slices == list(range(5))  # the tumour spans the whole 5-slice slab
     metrics = volume_metrics(result.mask.array, mask.array > 0, spacing=image.spacing)
     assert metrics["dice"] > 0.6, metrics
+
+
+def test_pipeline_on_a_3d_array_points_to_segment_volume():
+    vol, mask = _ellipsoid_volume()
+    with pytest.raises(ValueError, match=r"image: expected shape \(H, W\).*got shape \(12, 48, 56\); a 3D volume.*segment_volume"):
+        _pipe()(vol.array, target=mask[0])

@@ -138,16 +138,9 @@ def _distances(pred: np.ndarray, target: np.ndarray, sampling: tuple[float, ...]
     cropped = _crop_to_union(pred, target)
     if cropped is None:
         return None
-    pred_edges, target_edges = _edges(cropped[0]), _edges(cropped[1])
-    if not pred_edges.any() or not target_edges.any():
-        empty = np.empty(0, dtype=np.float64)
-        return empty, empty
-    from scipy.spatial import cKDTree
+    from ._distance import edge_distances
 
-    scale = np.asarray(sampling, dtype=np.float64)
-    pred_points = np.argwhere(pred_edges) * scale
-    target_points = np.argwhere(target_edges) * scale
-    return cKDTree(target_points).query(pred_points, k=1)[0], cKDTree(pred_points).query(target_points, k=1)[0]
+    return edge_distances(_edges(cropped[0]), _edges(cropped[1]), sampling)
 
 
 def _hd(distances: tuple[np.ndarray, np.ndarray] | None, percentile: float) -> float:

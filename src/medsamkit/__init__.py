@@ -25,7 +25,11 @@ _EXPORTS = {
     "PromptMasks": "._types",
     "SegmentationResult": "._types",
     "PromptProvider": "._protocols",
+    "FittablePrompter": "._protocols",
     "Segmenter": "._protocols",
+    "TrainableSegmenter": "._protocols",
+    "LowResDecoder": "._protocols",
+    "prompts_for": "._protocols",
     # pipeline
     "Pipeline": "._pipeline",
     "PipelineConfig": "._pipeline",
@@ -53,6 +57,7 @@ _EXPORTS = {
     "build_prompter": "._registry",
     "PROMPTERS": "._registry",
     "SEGMENTERS": "._registry",
+    "register_component": "._registry",
     # embedding cache
     "EmbeddingCache": "._cache",
     # fine-tuning
@@ -116,8 +121,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
     from ._intensity import CLAHE, PercentileClip, Window
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
-    from ._protocols import PromptProvider, Segmenter
-    from ._registry import PROMPTERS, SEGMENTERS, build_prompter, load_segmenter
+    from ._protocols import (
+        FittablePrompter,
+        LowResDecoder,
+        PromptProvider,
+        Segmenter,
+        TrainableSegmenter,
+        prompts_for,
+    )
+    from ._registry import PROMPTERS, SEGMENTERS, build_prompter, load_segmenter, register_component
     from ._types import ImageEncoding, PromptMasks, Prompts, SegmentationResult
     from .data import (
         ImageReadError,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._registry import register_component
 from ._validation import as_image, describe
 
 __all__ = ["CLAHE", "WINDOW_PRESETS", "PercentileClip", "Window", "parse_window"]
@@ -60,6 +61,7 @@ def _to_uint8(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+@register_component("preprocess", "window")
 class Window:
     """CT windowing: values in ``[level - width/2, level + width/2]`` map to 0..255, others clip.
 
@@ -115,6 +117,7 @@ def parse_window(text: str) -> Window:
     raise ValueError(f"window: expected a preset ({', '.join(sorted(WINDOW_PRESETS))}) or 'LEVEL,WIDTH' such as '40,400', got {text!r}")
 
 
+@register_component("preprocess", "percentile-clip")
 class PercentileClip:
     """Clip each image to its own ``[low, high]`` percentiles, then map that range to 0..255.
 
@@ -146,6 +149,7 @@ class PercentileClip:
         return _to_uint8(image, lo, hi)
 
 
+@register_component("preprocess", "clahe")
 class CLAHE:
     """Contrast-limited adaptive histogram equalisation (OpenCV ``createCLAHE``).
 

@@ -6,7 +6,8 @@
   geometry (``medical`` extra); :func:`read_dicom_image` for one DICOM file;
   :func:`write_volume` (NIfTI/NRRD/MHA with the source geometry), :func:`write_dicom_seg`
   and :func:`read_dicom_seg` (DICOM Segmentation referencing the source images).
-- :func:`atomic_write_bytes`, :func:`atomic_write_text`: crash-safe file writes.
+- :func:`atomic_write_bytes`, :func:`atomic_write_text`: crash-safe file writes;
+  :func:`csv_text`: the CSV text of every table medsamkit writes.
 - :class:`MaskFolder` / :class:`Sample`: ``root/images`` + ``root/masks`` paired by stem.
 - :class:`VolumeFolder` / :class:`VolumeSample`: ``root/images`` + ``root/masks`` of volume
   files or DICOM series folders (masks as volumes or DICOM-SEG).
@@ -20,6 +21,7 @@ from ._io import (
     ImageReadError,
     atomic_write_bytes,
     atomic_write_text,
+    csv_text,
     read_image,
     read_mask,
     write_image,
@@ -43,6 +45,7 @@ __all__ = [
     "VolumeSample",
     "atomic_write_bytes",
     "atomic_write_text",
+    "csv_text",
     "is_volume_path",
     "kfold_splits",
     "looks_like_volume_folder",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -86,21 +84,6 @@ def _row_for(stem: str, metrics: dict[str, float] | None, **extra: Any) -> dict[
     row.update({"seconds": None, "n_prompts": None, "note": None, "error": None})
     row.update(extra)
     return row
-
-
-def _csv_text_for(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    """CSV text of ``rows`` (None as an empty cell, floats with 6 significant digits)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(
-            {
-                key: ("" if row.get(key) is None else (f"{row[key]:.6g}" if isinstance(row[key], float) else row[key]))
-                for key in columns
-            }
-        )
-    return buffer.getvalue()
 
 
 def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -189,7 +172,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from ..data import atomic_write_text, write_mask
+    from ..data import atomic_write_text, csv_text, write_mask
     from ..metrics import compute_metrics
     from ._prefetch import prefetch
 
@@ -232,7 +215,7 @@ def evaluate(
 
     def flush() -> None:
         ordered = [rows[s.stem] for s in samples if s.stem in rows]
-        atomic_write_text(out_dir / "metrics.csv", _csv_text_for(ordered, CSV_COLUMNS))
+        atomic_write_text(out_dir / "metrics.csv", csv_text(ordered, CSV_COLUMNS))
 
     bar = tqdm(pending, desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True)
     for sample, loaded, read_error in prefetch(bar, lambda s: s.load()):

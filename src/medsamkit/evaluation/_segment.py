@@ -55,8 +55,8 @@ def segment_images(
     """
     from tqdm.auto import tqdm
 
-    from ..data import atomic_write_text, write_mask
-    from ._evaluate import RUN_FILE, _check_same_run, _csv_text_for
+    from ..data import atomic_write_text, csv_text, write_mask
+    from ._evaluate import RUN_FILE, _check_same_run
     from ._plots import save_overlay
     from ._prefetch import prefetch
 
@@ -121,7 +121,7 @@ def segment_images(
             overlays += 1
         atomic_write_text(record, json.dumps({"row": row, "prompts": result.prompts.to_dict()}) + "\n")
         rows[sample.stem] = row
-        atomic_write_text(out_dir / "results.csv", _csv_text_for(list(rows.values()), SEGMENT_COLUMNS))
+        atomic_write_text(out_dir / "results.csv", csv_text(list(rows.values()), SEGMENT_COLUMNS))
     ordered = [rows[s.stem] for s in images if s.stem in rows]
-    atomic_write_text(out_dir / "results.csv", _csv_text_for(ordered, SEGMENT_COLUMNS))
+    atomic_write_text(out_dir / "results.csv", csv_text(ordered, SEGMENT_COLUMNS))
     return SegmentReport(out_dir=out_dir, rows=ordered, errors=errors)

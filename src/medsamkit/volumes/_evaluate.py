@@ -8,8 +8,6 @@ contours per volume. Bad files are named and skipped; the run goes on.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import shutil
@@ -67,17 +65,9 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(VOLUME_CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(
-            {
-                k: ("" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]))
-                for k in VOLUME_CSV_COLUMNS
-            }
-        )
-    return buffer.getvalue()
+    from ..data import csv_text
+
+    return csv_text(rows, VOLUME_CSV_COLUMNS)
 
 
 def _clean(value: Any) -> Any:

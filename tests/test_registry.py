@@ -194,7 +194,7 @@ class TestRegistration:
         assert sam == {f"{p}-vit-{t}": c for p, c in (("sam", "SAM"), ("hq-sam", "HQSAM")) for t in "blh"}
 
     def test_unknown_kind(self):
-        with pytest.raises(ValueError, match=r"^kind: expected one of \['prompter', 'segmenter', 'postprocess'\], got 'metric'"):
+        with pytest.raises(ValueError, match=r"^kind: expected one of \['prompter', 'segmenter', 'postprocess', 'preprocess'\], got 'metric'"):
             components("metric")
         with pytest.raises(ValueError, match=r"^kind: expected one of"):
             register_component("metric", "dice")

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .._validation import as_image, as_mask, describe
+from ._errors import ImageReadError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -34,23 +35,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: File suffixes recognised as images (compared case-insensitively).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-class ImageReadError(OSError):
-    """An image or mask file could not be read (missing, empty, corrupt or unsupported).
-
-    Attributes:
-        path: The file that could not be read.
-        reason: Why it could not be read.
-    """
-
-    def __init__(self, path: PathLike, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"cannot read image file '{self.path}': {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # keep picklable (e.g. for multiprocessing)
-        return (type(self), (self.path, self.reason))
 
 
 def _as_path(path: Any, *, name: str = "path") -> Path:

@@ -35,7 +35,7 @@ from typing import Any, Union
 import numpy as np
 
 from .._validation import describe
-from ._io import ImageReadError
+from ._errors import ImageReadError
 
 __all__ = [
     "DICOM_SUFFIXES",

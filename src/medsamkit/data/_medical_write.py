@@ -13,7 +13,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ._io import ImageReadError
+from ._errors import ImageReadError
 from ._medical import VOLUME_SUFFIXES, Volume, require_medical
 
 __all__ = ["read_dicom_seg", "write_dicom_seg", "write_volume"]

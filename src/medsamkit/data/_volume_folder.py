@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union, overload
 
-from ._io import ImageReadError
+from ._errors import ImageReadError
 from ._medical import (
     VOLUME_SUFFIXES,
     Volume,

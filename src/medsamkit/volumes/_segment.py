@@ -32,7 +32,7 @@ import numpy as np
 
 from .._geometry import grow_boxes_xyxy, mask_to_xyxy
 from .._types import Prompts
-from ..data._medical import Volume
+from ..data import Volume
 
 __all__ = [
     "AutoSlices",

@@ -29,8 +29,8 @@ from ._io import (
 )
 from ._medical import VOLUME_SUFFIXES, Volume, is_volume_path, read_dicom_image, read_volume, volume_stem
 from ._medical_write import read_dicom_seg, write_dicom_seg, write_volume
-from ._volume_folder import VolumeFolder, VolumeSample, looks_like_volume_folder
 from ._splits import Fold, Split, kfold_splits, train_val_test_split
+from ._volume_folder import VolumeFolder, VolumeSample, looks_like_volume_folder
 
 __all__ = [
     "IMAGE_SUFFIXES",

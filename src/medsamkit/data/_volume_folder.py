@@ -24,9 +24,9 @@ from ._errors import ImageReadError
 from ._medical import (
     VOLUME_SUFFIXES,
     Volume,
-    volume_stem,
     is_dicom_file,
     read_volume,
+    volume_stem,
 )
 
 __all__ = ["VolumeFolder", "VolumeSample", "looks_like_volume_folder"]

@@ -23,7 +23,6 @@ from ._distance import (
     hausdorff,
     hd95,
 )
-from ._surface import _nsd
 from ._overlap import (
     _counts,
     _dice_from_counts,
@@ -38,6 +37,7 @@ from ._overlap import (
     precision,
     recall,
 )
+from ._surface import _nsd
 
 __all__ = ["DEFAULT_METRICS", "METRICS", "NSD_TOLERANCE", "MetricAccumulator", "compute_metrics", "nsd", "summarize"]
 

@@ -53,6 +53,7 @@ _EXPORTS = {
     "LiteMedSAM": ".segmenters",
     "SAM": ".segmenters",
     "HQSAM": ".segmenters",
+    "YOLOSegmenter": ".segmenters",
     "load_segmenter": "._registry",
     "build_prompter": "._registry",
     "PROMPTERS": "._registry",
@@ -94,6 +95,9 @@ _EXPORTS = {
     "compare_prompters": ".evaluation",
     "box_margin_study": ".evaluation",
     "StudyReport": ".evaluation",
+    "overlay_image": ".evaluation",
+    "plot_overlay": ".evaluation",
+    "OutDirLockedError": "._outdir",
 }
 
 __all__ = sorted([*_EXPORTS, "metrics", "testing", "__version__"])
@@ -118,6 +122,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._cache import CachedSegmenter, EmbeddingCache
     from ._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
     from ._intensity import CLAHE, PercentileClip, Window
+    from ._outdir import OutDirLockedError
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
     from ._protocols import (
@@ -150,6 +155,8 @@ if TYPE_CHECKING:  # pragma: no cover
         box_margin_study,
         compare_prompters,
         evaluate,
+        overlay_image,
+        plot_overlay,
         segment_images,
     )
     from .prompters import (
@@ -162,6 +169,6 @@ if TYPE_CHECKING:  # pragma: no cover
         PerturbedBoxPrompter,
         YOLOBoxPrompter,
     )
-    from .segmenters import HQSAM, SAM, LiteMedSAM
+    from .segmenters import HQSAM, SAM, LiteMedSAM, YOLOSegmenter
     from .training import FinetuneConfig, FinetuneResult, SAMMixConfig, SAMMixResult, finetune, fit_sam_pp, fit_sammix
     from .volumes import segment_volume

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -82,6 +83,38 @@ def _check_steps(steps: Any, *, name: str, what: str) -> tuple[Callable[[np.ndar
     return result
 
 
+THIN_SIDE = 8
+"""A side shorter than this many pixels in the model input makes a result unreliable (noted)."""
+
+
+def _thin_note(size_hw: tuple[int, int], input_size_hw: tuple[int, int]) -> str | None:
+    """The note for an image squeezed to a few pixels across in the model input, else None."""
+    if min(input_size_hw) >= THIN_SIDE or min(input_size_hw) >= min(size_hw):
+        return None
+    (h, w), (ih, iw) = size_hw, input_size_hw
+    return (
+        f"thin image: {h}x{w} px becomes {ih}x{iw} px in the model input, too thin to segment reliably; "
+        "crop or tile it first"
+    )
+
+
+_warned_points: set[str] = set()
+
+
+def _warn_points_on_box_model(segmenter: Any) -> None:
+    """Say once per model that point-only prompts on box-trained zero-shot weights give poor masks."""
+    model_id = str(getattr(segmenter, "model_id", type(segmenter).__name__))
+    if model_id in _warned_points:
+        return
+    _warned_points.add(model_id)
+    logging.getLogger("medsamkit").warning(
+        "medsamkit: %s was trained with box prompts only; point prompts alone give poor (often near-empty) "
+        "masks until the decoder is fine-tuned with points (medsamkit finetune --prompter mean-mask-points), "
+        "or use a box prompter",
+        type(getattr(segmenter, "segmenter", segmenter)).__name__,
+    )
+
+
 class Pipeline:
     """Fully automatic segmentation of one image: prompts, masks, one final mask.
 
@@ -123,6 +156,12 @@ class Pipeline:
         postprocess: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
         preprocess: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
     ) -> None:
+        for name, component in (("prompter", prompter), ("segmenter", segmenter)):
+            if isinstance(component, type):
+                raise TypeError(
+                    f"{name}: expected an instance, got the class {component.__name__}; "
+                    f"call it first: {component.__name__}()"
+                )
         if not callable(prompter) or not hasattr(prompter, "requires_target"):
             raise TypeError(
                 "prompter: expected a PromptProvider (callable with a requires_target attribute), "
@@ -188,29 +227,45 @@ class Pipeline:
 
     def __call__(
         self,
-        image: np.ndarray,
+        image: np.ndarray | str | Path,
         *,
-        target: np.ndarray | None = None,
+        target: np.ndarray | str | Path | None = None,
         encoding: ImageEncoding | None = None,
-        prompts: Prompts | None = None,
+        prompts: Any = None,
     ) -> SegmentationResult:
         """Segment one image.
 
         Args:
-            image: ``(H, W)`` or ``(H, W, C)`` image (uint8, uint16, float, ...).
-            target: ``(H, W)`` reference mask; needed by oracle prompters only.
+            image: ``(H, W)`` or ``(H, W, C)`` image (uint8, uint16, float, ...), or
+                the path of an image file (read with :func:`medsamkit.read_image`).
+            target: ``(H, W)`` reference mask, or a mask file's path; needed by oracle
+                prompters only.
             encoding: A reusable encoding of ``image`` from ``segmenter.encode``
                 (skips the encoder, e.g. when sweeping thresholds); with
                 ``preprocess`` steps, an encoding of ``pipe.preprocess_image(image)``.
-            prompts: Prompts to use instead of asking the prompt provider.
+            prompts: Prompts to use instead of asking the prompt provider:
+                :class:`Prompts`, one box ``(x0, y0, x1, y1)``, a list of boxes, or a
+                dict ``{"boxes": ..., "points": ..., "labels": ...}``
+                (:meth:`Prompts.coerce`).
 
         Returns:
-            A :class:`SegmentationResult` at the input resolution.
+            A :class:`SegmentationResult` at the input resolution. Its ``note`` says
+            when the image is so thin that the model sees almost nothing across it.
         """
+        if isinstance(image, (str, Path)):
+            from .data import read_image
+
+            image = read_image(image)
         image = self.preprocess_image(image)
         size_hw = image.shape[:2]
+        if isinstance(target, (str, Path)):
+            from .data import read_mask
+
+            target = read_mask(target)
         if target is not None:
             target = as_mask(target, name="target", size_hw=size_hw)
+        if prompts is not None:
+            prompts = Prompts.coerce(prompts, name="prompts")
         if prompts is None and getattr(self.prompter, "uses_encoding", False):
             # A provider reading the segmenter's embedding: encode first, once, and share it.
             if encoding is None:
@@ -233,8 +288,12 @@ class Pipeline:
             encoding = self.segmenter.encode(image)
         elif tuple(encoding.size_hw) != tuple(size_hw):
             raise ValueError(f"encoding: expected an encoding of a {size_hw} image, got one of {encoding.size_hw}")
+        if prompts.box_xyxy is None and getattr(self.segmenter, "trained_on_boxes_only", False):
+            _warn_points_on_box_model(self.segmenter)
         decoded = self.segmenter.decode(encoding, prompts)
-        return self.finish(decoded.probabilities, decoded.scores, prompts)
+        result = self.finish(decoded.probabilities, decoded.scores, prompts)
+        thin = _thin_note(size_hw, getattr(encoding, "input_size_hw", size_hw))
+        return result if thin is None else dataclasses.replace(result, note=thin)
 
     def preprocess_image(self, image: np.ndarray) -> np.ndarray:
         """``image`` after the ``preprocess`` steps: what the prompter and segmenter see."""

@@ -6,6 +6,7 @@ that bad input fails early with an exception naming the parameter.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,11 @@ def as_image(image: Any, *, name: str = "image") -> np.ndarray:
     """
     if image is None:
         raise TypeError(f"{name}: expected a numpy array of shape (H, W) or (H, W, C), got None")
+    if isinstance(image, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"{name}: expected a numpy array of shape (H, W) or (H, W, C), got the path {image!r}; "
+            "read the file first: medsamkit.read_image(path)"
+        )
     try:
         array = np.asarray(image)
     except Exception as exc:  # pragma: no cover - exotic objects

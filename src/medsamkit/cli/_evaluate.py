@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ._build import pipeline_from_args
+from ._checks import add_missing_masks_option, check_data_and_out, check_missing_masks
 from ._errors import UsageError
 from ._options import add_data_options, add_pipeline_options, add_volume_options
 
@@ -32,6 +33,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="pixel size for HD95 (default: 1 1, pixels)",
     )
     ev.add_argument("--overwrite", action="store_true", help="discard previous results in OUT_DIR")
+    add_missing_masks_option(ev)
     add_data_options(ev)
     add_pipeline_options(ev)
     add_volume_options(ev, prompts=("oracle", "box3d", "propagate", "auto"), default="box3d")
@@ -40,7 +42,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import MaskFolder, looks_like_volume_folder
-    from ..evaluation import evaluate
+    from ..evaluation import EVALUATE_OWNED, evaluate
 
     if looks_like_volume_folder(args.data_dir, images=args.images):
         return _run_volumes(args)
@@ -48,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--prompt/--label apply to volume folders; {args.data_dir / args.images} holds 2D images")
 
     folder = MaskFolder(args.data_dir, images=args.images, masks=args.masks, mask_suffix=args.mask_suffix)
+    check_missing_masks(folder, args)  # before the model loads
+    check_data_and_out(folder, args.out, owned=EVALUATE_OWNED)
     pipeline = pipeline_from_args(args)
     report = evaluate(
         pipeline,
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         n_overlays=args.overlays,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        allow_missing_masks=args.allow_missing_masks,
     )
     print(report)
     print(f"results: {report.out_dir}")

@@ -43,11 +43,14 @@ def run(args: argparse.Namespace) -> int:
 
     from .._registry import fittable_prompters
 
+    from .._outdir import check_out_file, input_folders
+
     cls: Any = fittable_prompters()[args.prompter].cls
     init, fit = _named_parameters(cls.__init__), _named_parameters(cls.fit)
     if args.epochs is not None and "epochs" not in fit:
         raise UsageError(f"--epochs: {args.prompter} has no training epochs")
     folder = limited_folder(args.data_dir, args.limit)
+    check_out_file(args.out, inputs=input_folders(folder), name="--out")  # never among the images or masks
     settings: dict[str, Any] = {"progress": not args.no_progress}
     if "seed" in fit:
         settings["seed"] = args.seed

@@ -37,7 +37,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _samples(args: argparse.Namespace) -> list[Any]:
-    from ..data import IMAGE_SUFFIXES, MaskFolder, Sample
+    from ..data import MaskFolder, Sample, image_samples, match_masks
 
     path: Path = args.input
     if path.is_file():
@@ -45,18 +45,14 @@ def _samples(args: argparse.Namespace) -> list[Any]:
     elif (path / args.images).is_dir():
         samples = list(MaskFolder(path, images=args.images, masks=args.masks, mask_suffix=args.mask_suffix, require_masks=False))
     elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-        if not files:
-            raise UsageError(f"IMAGE_OR_DIR: expected image files in {path}, found none")
-        samples = [Sample(stem=p.stem, image_path=p) for p in files]
+        try:
+            samples = image_samples(path)  # refuses case.png + case.jpg: one result would overwrite the other
+        except ValueError as exc:
+            raise UsageError(f"IMAGE_OR_DIR: {exc}") from None
     else:
         raise UsageError(f"IMAGE_OR_DIR: {path} does not exist")
     if args.reference_masks is not None:
-        matched = []
-        for s in samples:
-            masks = [p for p in args.reference_masks.glob(f"{s.stem}{args.mask_suffix}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
-            matched.append(Sample(stem=s.stem, image_path=s.image_path, mask_path=masks[0] if masks else s.mask_path))
-        samples = matched
+        samples = match_masks(samples, args.reference_masks, mask_suffix=args.mask_suffix)  # exact names
     if args.limit is not None:
         samples = samples[: args.limit]
     return samples
@@ -98,13 +94,18 @@ def _run_volumes(args: argparse.Namespace, samples: list[Any]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import segment_images
+    from .._outdir import check_out_dir, input_folders
+    from ..evaluation import SEGMENT_OWNED, segment_images
 
     volumes = _volume_samples(args)
     if volumes is not None:
         return _run_volumes(args, volumes)
 
     samples = _samples(args)
+    inputs = input_folders(samples)
+    if args.reference_masks is not None:
+        inputs.append(args.reference_masks)
+    check_out_dir(args.out, inputs=inputs, owned=SEGMENT_OWNED, name="--out")  # before the model loads
     pipeline = pipeline_from_args(args)
     if getattr(pipeline.prompter, "requires_target", False) and any(s.mask_path is None for s in samples):
         missing = [s.stem for s in samples if s.mask_path is None][:5]

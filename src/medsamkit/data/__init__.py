@@ -15,7 +15,7 @@
   stratified splits of stems (:class:`Split`, :class:`Fold`).
 """
 
-from ._folder import MaskFolder, Sample
+from ._folder import MaskFolder, Sample, image_samples, match_masks
 from ._io import (
     IMAGE_SUFFIXES,
     ImageReadError,
@@ -46,9 +46,11 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "csv_text",
+    "image_samples",
     "is_volume_path",
     "kfold_splits",
     "looks_like_volume_folder",
+    "match_masks",
     "read_image",
     "read_dicom_image",
     "read_dicom_seg",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,28 +73,11 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def _check_out_dir(out_dir: Path, data: Any) -> None:
-    """Refuse an output folder inside an input folder (the images/masks folders, or a volume's own folder)."""
-    inputs: list[Path] = []
-    if hasattr(data, "images_dir"):
-        inputs += [Path(d) for d in (data.images_dir, getattr(data, "masks_dir", None)) if d is not None]
-    else:
-        for sample in data:
-            for path in (sample.image_path, sample.mask_path):
-                if path is not None:
-                    inputs.append(Path(path) if Path(path).is_dir() else Path(path).parent)
-    out = out_dir.resolve()
-    for folder in dict.fromkeys(p.resolve() for p in inputs):
-        if out == folder or folder in out.parents:
-            raise ValueError(f"out_dir: expected a folder outside the input folder {folder}, got {out_dir}")
+VOLUME_OWNED = ("records", "masks", "pictures", _RUN_FILE, "metrics.csv", "summary.json", "pipeline.json", "prompter.*")
+"""What a volume run writes directly in its output folder (what ``overwrite`` may delete)."""
 
 
-def _prepare(out_dir: Path, run: dict[str, Any], *, overwrite: bool) -> None:
-    if overwrite and out_dir.exists():
-        for name in ("records", "masks", "pictures"):
-            shutil.rmtree(out_dir / name, ignore_errors=True)
-        for name in (_RUN_FILE, "metrics.csv", "summary.json"):
-            (out_dir / name).unlink(missing_ok=True)
+def _prepare(out_dir: Path, run: dict[str, Any]) -> None:
     path = out_dir / _RUN_FILE
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -173,27 +155,55 @@ def _run_folder(
     progress: bool,
     limit: int | None = None,
 ) -> VolumeReport:
-    from tqdm.auto import tqdm
-
-    from ..data import VolumeFolder, write_image
-    from ..metrics import volume_metrics
-    from ._segment import segment_volume, volume_prompt
+    from .._outdir import claim_out_dir, input_folders, out_dir_lock
+    from ..data import VolumeFolder
 
     if isinstance(data, (str, Path)):
         data = VolumeFolder(data, require_masks=with_masks)
     out = Path(out_dir)
-    _check_out_dir(out, data)
+    inputs = input_folders(data)
+    inputs += [s.image_path for s in data if s.image_path.is_dir()]  # a DICOM series folder itself
+    claim_out_dir(out, inputs=inputs, owned=VOLUME_OWNED)  # checks before taking the lock
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit: expected a positive int, got {limit!r}")
         data = list(data)[:limit]
+    with out_dir_lock(out):
+        claim_out_dir(out, inputs=inputs, owned=VOLUME_OWNED, overwrite=overwrite)
+        return _run_claimed(
+            pipeline, data, out, prompt=prompt, with_masks=with_masks, nsd_tolerance=nsd_tolerance, label=label,
+            box3d=box3d, save_masks=save_masks, pictures=pictures, cache=cache, progress=progress,
+        )
+
+
+def _run_claimed(
+    pipeline: Any,
+    data: Any,
+    out: Path,
+    *,
+    prompt: str,
+    with_masks: bool,
+    nsd_tolerance: float,
+    label: int | None,
+    box3d: dict[str, Any] | None,
+    save_masks: bool,
+    pictures: bool,
+    cache: Any,
+    progress: bool,
+) -> VolumeReport:
+    from tqdm.auto import tqdm
+
+    from ..data import write_image
+    from ..metrics import volume_metrics
+    from ._segment import segment_volume, volume_prompt
+
     run = {
         "pipeline": pipeline.config.model_dump(mode="json"),
         "prompt": prompt,
         "nsd_tolerance_mm": float(nsd_tolerance),
         "label": label,
     }
-    _prepare(out, run, overwrite=overwrite)
+    _prepare(out, run)
     try:
         pipeline.save(out)
     except Exception as exc:  # a custom component: the run still goes on

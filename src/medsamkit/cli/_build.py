@@ -137,4 +137,22 @@ def pipeline_from_args(args: argparse.Namespace) -> Any:
         post.append(KeepLargestComponents(args.keep_largest))
     if args.fill_holes:
         post.append(FillHoles())
-    return Pipeline(prompter, segmenter, threshold=args.threshold, combine=args.combine, postprocess=post)
+    return Pipeline(prompter, segmenter, threshold=args.threshold, combine=args.combine, postprocess=post, preprocess=_preprocess(args))
+
+
+def _preprocess(args: argparse.Namespace) -> list[Any]:
+    """Intensity steps of ``--window``, ``--percentile-clip`` and ``--clahe``, in that order."""
+    from .._intensity import CLAHE, PercentileClip, parse_window
+
+    steps: list[Any] = []
+    try:
+        if getattr(args, "window", None):
+            steps.append(parse_window(args.window))
+        if getattr(args, "percentile_clip", None):
+            steps.append(PercentileClip(*args.percentile_clip))
+    except ValueError as exc:
+        flag = "--window" if "window" in str(exc) or "width" in str(exc) else "--percentile-clip"
+        raise UsageError(f"{flag}: {exc}") from None
+    if getattr(args, "clahe", False):
+        steps.append(CLAHE())
+    return steps

@@ -123,7 +123,7 @@ def quality_table(out: Path) -> None:
         for column in msk.evaluation.QUALITY_COLUMNS:
             kept = [r for r in rows if r.get(column) not in (None, "")]
             fd = msk.failure_detection(kept, column=column)
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             print(
                 f"  {column:<10} n {fd['n']:>3}  AUROC Dice<0.8 {fmt(fd.get('auroc_dice_below_0.8'))}  "
                 f"<0.7 {fmt(fd.get('auroc_dice_below_0.7'))}  mean {fmt(fd.get('mean_dice'))}  "

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     print(report)
     if args.quality:
         detection = report.summary.get("failure_detection", {})
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         print(
             f"failure detection (quality): AUROC Dice<0.8 {fmt(detection.get('auroc_dice_below_0.8'))}, "
             f"Dice<0.7 {fmt(detection.get('auroc_dice_below_0.7'))}; mean Dice {fmt(detection.get('mean_dice'))}, "

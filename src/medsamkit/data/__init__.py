@@ -4,6 +4,7 @@
   file IO keeping native dtypes (uint8, uint16, float32), RGB channel order.
 - :func:`atomic_write_bytes`, :func:`atomic_write_text`: crash-safe file writes.
 - :class:`MaskFolder` / :class:`Sample`: ``root/images`` + ``root/masks`` paired by stem.
+- :class:`CsvSamples`: image/mask paths listed in a CSV file (CXLSeg layout).
 - :func:`train_val_test_split` / :func:`kfold_splits`: deterministic, optionally
   stratified splits of stems (:class:`Split`, :class:`Fold`).
 """
@@ -20,9 +21,11 @@ from ._io import (
     write_mask,
 )
 from ._splits import Fold, Split, kfold_splits, train_val_test_split
+from ._table import CsvSamples
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "CsvSamples",
     "Fold",
     "ImageReadError",
     "MaskFolder",

@@ -9,14 +9,14 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CSV_COLUMNS", "EvaluationReport", "evaluate"]
+__all__ = ["CSV_COLUMNS", "EvaluationReport", "evaluate", "evaluate_samples"]
 
 METRIC_COLUMNS = ("dice", "iou", "precision", "recall", "f1", "hd95")
 CSV_COLUMNS = ("stem", *METRIC_COLUMNS, "seconds", "n_prompts", "note", "error")
@@ -78,6 +78,19 @@ def _as_samples(data: Any) -> Sequence[Any]:
     return data
 
 
+def _engine_options(engine: Any) -> Any:
+    """None for the local engine, a :class:`RayEngine` for Ray (``"ray"`` gives the defaults)."""
+    from ._ray import RayEngine
+
+    if engine == "local":
+        return None
+    if engine == "ray":
+        return RayEngine()
+    if isinstance(engine, RayEngine):
+        return engine
+    raise ValueError(f"engine: expected 'local', 'ray' or a RayEngine, got {engine!r}")
+
+
 def _row_for(stem: str, metrics: dict[str, float] | None, **extra: Any) -> dict[str, Any]:
     row: dict[str, Any] = {"stem": stem}
     for name in METRIC_COLUMNS:
@@ -88,35 +101,66 @@ def _row_for(stem: str, metrics: dict[str, float] | None, **extra: Any) -> dict[
     return row
 
 
+def _csv_cells(row: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    """The cells of one CSV row: None as an empty cell, floats with 6 significant digits."""
+    return {
+        key: ("" if row.get(key) is None else (f"{row[key]:.6g}" if isinstance(row[key], float) else row[key]))
+        for key in columns
+    }
+
+
 def _csv_text_for(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     """CSV text of ``rows`` (None as an empty cell, floats with 6 significant digits)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(
-            {
-                key: ("" if row.get(key) is None else (f"{row[key]:.6g}" if isinstance(row[key], float) else row[key]))
-                for key in columns
-            }
-        )
+        writer.writerow(_csv_cells(row, columns))
     return buffer.getvalue()
 
 
-def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from ..metrics import summarize
+class _Summary:
+    """``summary.json`` built one row at a time (keeps 8 bytes per image and metric, not the rows)."""
 
-    ok = [r for r in rows if not r.get("error")]
-    return {
-        "metrics": {name: summarize([r.get(name) for r in ok]) for name in (*METRIC_COLUMNS, "seconds")},
-        "counts": {
-            "images": len(rows),
-            "evaluated": len(ok),
-            "errors": len(rows) - len(ok),
-            "no_prompt": sum(1 for r in ok if r.get("note") == "no prompt"),
-        },
-        "errors": {r["stem"]: r["error"] for r in rows if r.get("error")},
-    }
+    def __init__(self) -> None:
+        from array import array
+
+        self.values = {name: array("d") for name in (*METRIC_COLUMNS, "seconds")}
+        self.images = 0
+        self.no_prompt = 0
+        self.errors: dict[str, str] = {}
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.images += 1
+        if row.get("error"):
+            self.errors[row["stem"]] = row["error"]
+            return
+        for name, column in self.values.items():
+            value = row.get(name)
+            column.append(math.nan if value is None else float(value))
+        self.no_prompt += row.get("note") == "no prompt"
+
+    def result(self) -> dict[str, Any]:
+        from ..metrics import summarize
+
+        evaluated = self.images - len(self.errors)
+        return {
+            "metrics": {name: summarize(np.frombuffer(column, dtype=np.float64)) for name, column in self.values.items()},
+            "counts": {
+                "images": self.images,
+                "evaluated": evaluated,
+                "errors": len(self.errors),
+                "no_prompt": self.no_prompt,
+            },
+            "errors": dict(self.errors),
+        }
+
+
+def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = _Summary()
+    for row in rows:
+        summary.add(row)
+    return summary.result()
 
 
 def _check_same_run(
@@ -136,6 +180,65 @@ def _check_same_run(
             )
 
 
+def _finished_row(out_dir: Path, sample: Any) -> dict[str, Any] | None:
+    """The row of ``sample`` from a previous run into ``out_dir``, or None if it must be (re)done."""
+    record = out_dir / "records" / f"{sample.stem}.json"
+    if not record.is_file():
+        return None
+    row = json.loads(record.read_text())["row"]
+    return None if row.get("error") else row
+
+
+def _evaluate_one(
+    pipeline: Any, sample: Any, loaded: Any, read_error: BaseException | None, *, out_dir: Path, spacing: Any, save_masks: bool
+) -> dict[str, Any]:
+    """Segment and score one sample; write its mask and record; return its ``metrics.csv`` row.
+
+    A failure gives an error row (named on stderr) and writes nothing: a failed image
+    is retried when the run resumes.
+    """
+    from ..data import atomic_write_text, write_mask
+    from ..metrics import compute_metrics
+
+    try:
+        if read_error is not None:
+            raise read_error
+        image, mask = loaded
+        start = time.perf_counter()
+        result = pipeline(image, target=mask)
+        seconds = time.perf_counter() - start
+        values = compute_metrics(result.mask, mask, spacing=spacing, metrics=METRIC_COLUMNS)
+    except Exception as exc:  # one bad file must not stop a long run
+        message = f"{type(exc).__name__}: {exc}"
+        print(f"medsamkit: error: {sample.stem}: {message}", file=sys.stderr)
+        return _row_for(sample.stem, None, error=message)
+    row = _row_for(sample.stem, values, seconds=round(seconds, 4), n_prompts=result.prompts.n, note=result.note)
+    if save_masks:
+        write_mask(out_dir / "masks" / f"{sample.stem}.png", result.mask)
+    atomic_write_text(
+        out_dir / "records" / f"{sample.stem}.json",
+        json.dumps({"row": row, "prompts": result.prompts.to_dict(), "scores": result.scores.tolist()}) + "\n",
+    )
+    return row
+
+
+def evaluate_samples(
+    pipeline: Any, samples: Iterable[Any], *, out_dir: Path, spacing: Any, save_masks: bool
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The per-image loop of both engines: yields ``(sample, row)`` in order.
+
+    Reads the next images in a background thread while the current one is
+    segmented; each image's mask and record are written before its row is yielded.
+    The local engine runs it over all pending samples, each Ray worker over its batches.
+    """
+    from ._prefetch import prefetch
+
+    for sample, loaded, read_error in prefetch(samples, lambda s: s.load()):
+        yield sample, _evaluate_one(
+            pipeline, sample, loaded, read_error, out_dir=out_dir, spacing=spacing, save_masks=save_masks
+        )
+
+
 def evaluate(
     pipeline: Any,
     data: Any,
@@ -147,6 +250,7 @@ def evaluate(
     save_masks: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    engine: Any = "local",
 ) -> EvaluationReport:
     """Segment every image of ``data`` with ``pipeline`` and score it against its mask.
 
@@ -183,16 +287,19 @@ def evaluate(
         save_masks: Write the predicted masks as PNG.
         overwrite: Delete previous results in ``out_dir`` first.
         progress: Show a progress bar.
+        engine: ``"local"`` (this process) or ``"ray"`` / a :class:`RayEngine` (Ray Data:
+            local Ray, or the cluster ``RAY_ADDRESS`` or ``RayEngine(address=...)``
+            names; ``pip install medsamkit[ray]``). Both write the same files; see
+            ``docs/ray.md``.
 
     Returns:
         An :class:`EvaluationReport`.
     """
     from tqdm.auto import tqdm
 
-    from ..data import atomic_write_text, write_mask
-    from ..metrics import compute_metrics
-    from ._prefetch import prefetch
+    from ..data import atomic_write_text
 
+    engine_options = _engine_options(engine)
     samples = _as_samples(data)
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -201,7 +308,6 @@ def evaluate(
     if isinstance(n_overlays, bool) or not isinstance(n_overlays, int) or n_overlays < 0:
         raise ValueError(f"n_overlays: expected a non-negative int, got {n_overlays!r}")
     out_dir = Path(out_dir)
-    records_dir = out_dir / "records"
     if overwrite and out_dir.exists():
         import shutil
 
@@ -216,17 +322,28 @@ def evaluate(
     try:
         pipeline.save(out_dir)
     except Exception as exc:  # a custom component: keep the documentary config
+        if engine_options is not None:
+            raise ValueError(
+                f"engine: the Ray engine rebuilds the pipeline on its workers from pipeline.json, "
+                f"and this pipeline cannot be saved ({exc})"
+            ) from exc
         atomic_write_text(out_dir / "pipeline.json", json.dumps(config, indent=2) + "\n")
         print(f"medsamkit: note: pipeline cannot be saved for re-running ({exc})", file=sys.stderr)
     atomic_write_text(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
 
+    if engine_options is not None:
+        from ._ray import ray_evaluate
+
+        return ray_evaluate(
+            engine_options, samples, pipeline=pipeline, out_dir=out_dir, spacing=spacing, n_overlays=n_overlays,
+            save_masks=save_masks, progress=progress,
+        )
+
     rows: dict[str, dict[str, Any]] = {}
     for sample in samples:
-        record = records_dir / f"{sample.stem}.json"
-        if record.is_file():
-            row = json.loads(record.read_text())["row"]
-            if not row.get("error"):
-                rows[sample.stem] = row
+        row = _finished_row(out_dir, sample)
+        if row is not None:
+            rows[sample.stem] = row
     pending = [s for s in samples if s.stem not in rows]
     errors: dict[str, str] = {}
 
@@ -235,33 +352,10 @@ def evaluate(
         atomic_write_text(out_dir / "metrics.csv", _csv_text_for(ordered, CSV_COLUMNS))
 
     bar = tqdm(pending, desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True)
-    for sample, loaded, read_error in prefetch(bar, lambda s: s.load()):
-        try:
-            if read_error is not None:
-                raise read_error
-            image, mask = loaded
-            start = time.perf_counter()
-            result = pipeline(image, target=mask)
-            seconds = time.perf_counter() - start
-            values = compute_metrics(result.mask, mask, spacing=spacing, metrics=METRIC_COLUMNS)
-        except Exception as exc:  # one bad file must not stop a long run
-            message = f"{type(exc).__name__}: {exc}"
-            errors[sample.stem] = message
-            print(f"medsamkit: error: {sample.stem}: {message}", file=sys.stderr)
-            # Not recorded on disk: a failed image is retried when the run resumes.
-            rows[sample.stem] = _row_for(sample.stem, None, error=message)
-            flush()
-            continue
-        row = _row_for(
-            sample.stem, values, seconds=round(seconds, 4), n_prompts=result.prompts.n, note=result.note
-        )
-        if save_masks:
-            write_mask(out_dir / "masks" / f"{sample.stem}.png", result.mask)
-        atomic_write_text(
-            records_dir / f"{sample.stem}.json",
-            json.dumps({"row": row, "prompts": result.prompts.to_dict(), "scores": result.scores.tolist()}) + "\n",
-        )
+    for sample, row in evaluate_samples(pipeline, bar, out_dir=out_dir, spacing=spacing, save_masks=save_masks):
         rows[sample.stem] = row
+        if row.get("error"):
+            errors[sample.stem] = row["error"]
         flush()
         dice_values = [r["dice"] for r in rows.values() if r.get("dice") is not None]
         if dice_values:
@@ -278,9 +372,7 @@ def evaluate(
 
 def _pictures(out_dir: Path, samples: Sequence[Any], rows: list[dict[str, Any]], *, n_overlays: int, save_masks: bool) -> None:
     """Box plot of the metrics and overlays of the worst and best images."""
-    from .._types import Prompts
-    from ..data import read_mask
-    from ._plots import save_metric_boxplot, save_overlay
+    from ._plots import save_metric_boxplot
 
     ok = [r for r in rows if not r.get("error")]
     if not ok:
@@ -289,10 +381,23 @@ def _pictures(out_dir: Path, samples: Sequence[Any], rows: list[dict[str, Any]],
     if not (n_overlays and save_masks):
         return
     scored = sorted((r for r in ok if r.get("dice") is not None), key=lambda r: r["dice"])
-    worst = scored[: (n_overlays + 1) // 2]
-    best = scored[len(worst) :][-(n_overlays // 2) :] if n_overlays // 2 else []
-    by_stem = {s.stem: s for s in samples}
+    _draw_overlays(out_dir, _overlay_rows(scored, n_overlays), {s.stem: s for s in samples})
+
+
+def _overlay_rows(scored: Sequence[dict[str, Any]], n_overlays: int) -> list[dict[str, Any]]:
+    """The worst and best rows of ``scored`` (rows sorted by Dice, ties in sample order)."""
+    worst = list(scored[: (n_overlays + 1) // 2])
+    best = list(scored[len(worst) :][-(n_overlays // 2) :]) if n_overlays // 2 else []
+    return [*worst, *best]
+
+
+def _draw_overlays(out_dir: Path, rows: list[dict[str, Any]], by_stem: dict[str, Any]) -> None:
+    """Overlay pictures of ``rows`` (their masks and records are read back from ``out_dir``)."""
     import shutil
+
+    from .._types import Prompts
+    from ..data import read_mask
+    from ._plots import save_overlay
 
     shutil.rmtree(out_dir / "overlays", ignore_errors=True)  # the worst/best set changes on resume
 
@@ -312,6 +417,5 @@ def _pictures(out_dir: Path, samples: Sequence[Any], rows: list[dict[str, Any]],
     # Reading, drawing and PNG encoding mostly release the GIL: one thread per core.
     from concurrent.futures import ThreadPoolExecutor
 
-    rows = [*worst, *best]
     with ThreadPoolExecutor(max_workers=max(1, min(len(rows), os.cpu_count() or 1))) as pool:
         list(pool.map(draw, rows))

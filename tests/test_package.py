@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import subprocess
@@ -60,12 +61,16 @@ def test_pipeline_imports_pydantic_when_used():
     assert "pydantic" in _heavy_modules_after("import medsamkit as m\nm.Pipeline")
 
 
-# Only names whose module file exists are checked here (other modules may still be being written);
-# the evaluation names are listed separately below.
-_NOT_EVALUATION = sorted(
-    name for name, module in medsamkit._EXPORTS.items() if module != ".evaluation" and _module_exists(module)
-)
+# Every name of the export table must resolve (a module that disappears fails here and in
+# test_every_module_of_the_export_table_exists); the evaluation names are listed separately below.
+_NOT_EVALUATION = sorted(name for name, module in medsamkit._EXPORTS.items() if module != ".evaluation")
 _EVALUATION = sorted(name for name, module in medsamkit._EXPORTS.items() if module == ".evaluation")
+
+
+@pytest.mark.parametrize("module", sorted(set(medsamkit._EXPORTS.values())))
+def test_every_module_of_the_export_table_exists(module):
+    assert _module_exists(module), f"medsamkit._EXPORTS names {module!r}, which has no file in {PACKAGE_DIR}"
+    assert importlib.import_module(module, "medsamkit").__name__ == "medsamkit" + module
 
 
 @pytest.mark.parametrize("name", _NOT_EVALUATION)

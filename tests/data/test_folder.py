@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -10,20 +11,7 @@ import pytest
 
 from medsamkit.data import MaskFolder, Sample, write_mask
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
-
 COUNTS = {"cxr-shenzhen": 59, "cxr-montgomery": 13, "us-busi": 780, "ct-chaos-liver": 20}
-
-
-def shared_dataset(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_dir():
-        pytest.fail(
-            f"shared dataset '{name}' not found at {path.resolve()} (expected ../shared/data "
-            "next to the repository; CI always provides it)"
-        )
-    return path
 
 
 def _png(path: Path, value: int = 0, shape: tuple[int, ...] = (4, 5)) -> None:
@@ -50,7 +38,7 @@ def _make(root: Path, images: list[str], masks: list[str]) -> Path:
 
 
 @pytest.mark.parametrize("name", sorted(COUNTS))
-def test_shared_sets(name: str) -> None:
+def test_shared_sets(name: str, shared_dataset: Callable[[str], Path]) -> None:
     root = shared_dataset(name)
     folder = MaskFolder(root)
     assert len(folder) == COUNTS[name]
@@ -64,7 +52,7 @@ def test_shared_sets(name: str) -> None:
     assert f"samples={COUNTS[name]}" in repr(folder) and name in repr(folder)
 
 
-def test_busi_normals_have_empty_masks() -> None:
+def test_busi_normals_have_empty_masks(shared_dataset: Callable[[str], Path]) -> None:
     folder = MaskFolder(shared_dataset("us-busi"))
     normals = [s for s in folder.stems if s.startswith("normal_")]
     assert len(normals) == 133
@@ -76,7 +64,7 @@ def test_busi_normals_have_empty_masks() -> None:
     assert folder.sample(benign[0]).load_mask().any()
 
 
-def test_shared_root_is_normalised() -> None:
+def test_shared_root_is_normalised(shared_dataset: Callable[[str], Path]) -> None:
     folder = MaskFolder(shared_dataset("ct-chaos-liver"))
     assert folder.root.is_absolute() and ".." not in folder.root.parts
     assert folder[0].image_path.parent == folder.images_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,7 @@ import pytest
 from medsamkit.data import (
     IMAGE_SUFFIXES,
     ImageReadError,
+    _io,
     atomic_write_bytes,
     atomic_write_text,
     read_image,
@@ -20,10 +22,6 @@ from medsamkit.data import (
     write_image,
     write_mask,
 )
-from medsamkit.data import _io
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
 
 # name -> (first stem, expected (H, W) or None when sizes vary)
 DATASETS = {
@@ -32,16 +30,6 @@ DATASETS = {
     "us-busi": ("benign_001", None),
     "ct-chaos-liver": ("chaosct_101_1009", (512, 512)),
 }
-
-
-def shared_dataset(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_dir():
-        pytest.fail(
-            f"shared dataset '{name}' not found at {path.resolve()} (expected ../shared/data "
-            "next to the repository; CI always provides it)"
-        )
-    return path
 
 
 def _write_raw(path: Path, array: np.ndarray) -> None:
@@ -57,7 +45,7 @@ def _write_raw(path: Path, array: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_read_real_pairs(name: str) -> None:
+def test_read_real_pairs(name: str, shared_dataset: Callable[[str], Path]) -> None:
     root = shared_dataset(name)
     stem, size_hw = DATASETS[name]
     image = read_image(root / "images" / f"{stem}.png")
@@ -74,7 +62,7 @@ def test_read_real_pairs(name: str) -> None:
     np.testing.assert_array_equal(mask, raw > 0)
 
 
-def test_read_busi_normal_mask_is_empty() -> None:
+def test_read_busi_normal_mask_is_empty(shared_dataset: Callable[[str], Path]) -> None:
     root = shared_dataset("us-busi")
     mask = read_mask(root / "masks" / "normal_001.png")
     assert mask.dtype == np.bool_ and mask.ndim == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +12,7 @@ import pytest
 
 from medsamkit.data import Fold, MaskFolder, Split, kfold_splits, train_val_test_split
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
-
 STEMS = [f"case_{i:03d}" for i in range(100)]
-
-
-def shared_dataset(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_dir():
-        pytest.fail(
-            f"shared dataset '{name}' not found at {path.resolve()} (expected ../shared/data "
-            "next to the repository; CI always provides it)"
-        )
-    return path
 
 
 def _check_partition(split: Split, stems: list[str]) -> None:
@@ -77,7 +65,7 @@ def test_split_is_random_not_sorted_slices() -> None:
     assert split.test != tuple(STEMS[:20]) and split.test != tuple(STEMS[-20:])
 
 
-def test_split_of_mask_folder() -> None:
+def test_split_of_mask_folder(shared_dataset: Callable[[str], Path]) -> None:
     folder = MaskFolder(shared_dataset("cxr-shenzhen"))
     split = train_val_test_split(folder, seed=1)
     assert split == train_val_test_split(list(folder.stems), seed=1)
@@ -132,7 +120,7 @@ def test_split_stratified_keeps_proportions() -> None:
     assert split == train_val_test_split(list(reversed(stems)), stratify=extra, seed=5)
 
 
-def test_split_stratified_real_busi() -> None:
+def test_split_stratified_real_busi(shared_dataset: Callable[[str], Path]) -> None:
     folder = MaskFolder(shared_dataset("us-busi"))
     labels = {s: s.split("_")[0] for s in folder.stems}  # benign / malignant / normal
     split = train_val_test_split(folder, stratify=labels, seed=0)
@@ -235,7 +223,7 @@ def test_kfold_stratified() -> None:
         assert sum(per_fold) == totals[label]
 
 
-def test_kfold_of_mask_folder() -> None:
+def test_kfold_of_mask_folder(shared_dataset: Callable[[str], Path]) -> None:
     folder = MaskFolder(shared_dataset("cxr-montgomery"))
     folds = kfold_splits(folder, k=13)
     assert all(len(f.val) == 1 for f in folds)

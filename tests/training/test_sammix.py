@@ -339,6 +339,7 @@ def test_cli_sammix_then_evaluate_the_saved_pipeline(tmp_path, capsys):
     assert (tmp_path / "eval" / "metrics.csv").is_file()
 
 
+@pytest.mark.real_model
 def test_cli_two_stage_and_usage_errors(tmp_path, capsys, monkeypatch):
     data = _folder(tmp_path / "data", 10, 2000)
     calls = []

@@ -1,4 +1,4 @@
-"""The ``medsamkit`` command line: ``evaluate``, ``segment`` and ``demo``."""
+"""The ``medsamkit`` command line: one module per command (``evaluate``, ``segment``, ``demo``, ...)."""
 
 from ._main import build_parser, main
 

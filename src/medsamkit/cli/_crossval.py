@@ -1,0 +1,54 @@
+"""``medsamkit crossval``: k-fold cross-validation of fine-tuning."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._build import build_segmenter
+from ._options import add_training_options, training_overrides
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    cv = sub.add_parser(
+        "crossval", help="k-fold cross-validation: fine-tune on each fold, evaluate its held-out images zero-shot and fine-tuned"
+    )
+    cv.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with images/ and masks/")
+    cv.add_argument(
+        "--out", type=Path, required=True, metavar="OUT_DIR", help="output folder (finished folds are skipped when run again)"
+    )
+    cv.add_argument("--k", type=int, default=5, help="number of folds (default: 5)")
+    add_training_options(cv)
+    return cv
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import MaskFolder
+    from ..training import crossval
+
+    overrides = training_overrides(args)
+    folder = MaskFolder(args.data_dir)
+    if args.limit is not None:
+        folder = folder.limit(args.limit)
+    result = crossval(
+        lambda: build_segmenter(args),
+        folder,
+        k=args.k,
+        out_dir=args.out,
+        prompter=args.prompter,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        progress=not args.no_progress,
+        **overrides,
+    )
+    print(result)
+    print(f"tables and box plot: {args.out.resolve()} (crossval.csv, crossval.json, crossval_boxplot.png)")
+    failed = sum(f["settings"][s]["n_errors"] for f in result.folds for s in f["settings"])
+    if failed:
+        print(f"medsamkit: {failed} held-out evaluation(s) failed; see fold_*/*/metrics.csv", file=sys.stderr)
+        return 1
+    return 0

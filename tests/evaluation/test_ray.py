@@ -374,3 +374,37 @@ def test_real_litemedsam_on_ray_matches_local_even_when_a_worker_is_killed(ray_c
     assert evaluate(pipe, folder, out_dir=out, progress=False, engine="ray").n_evaluated == 0
     for row in report.rows:
         np.testing.assert_array_equal(read_mask(out / "masks" / f"{row['stem']}.png"), read_mask(tmp_path / "local" / "masks" / f"{row['stem']}.png"))
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def test_cli_evaluate_and_segment_with_engine_ray(ray_cluster, tmp_path, capsys):
+    from medsamkit.cli import main
+
+    make_data(tmp_path / "data", 5)
+    common = ["--segmenter", "fake", "--no-progress", "--no-cache"]
+    assert main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "local"), *common]) == 0
+    ray_args = ["--engine", "ray", "--workers", "2", "--batch-size", "2"]
+    assert main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "ray"), *common, *ray_args]) == 0
+    assert_same_outputs(tmp_path / "local", tmp_path / "ray")
+
+    # A CSV listing as DATA_DIR (paths relative to the CSV's folder).
+    table = tmp_path / "data" / "list.csv"
+    table.write_text("image,mask\n" + "".join(f"images/case_{i:02d}.png,masks/case_{i:02d}.png\n" for i in range(5)))
+    args = ["evaluate", str(table), "--mask-column", "mask", "--out", str(tmp_path / "csv"), *common, *ray_args]
+    assert main(args) == 0
+    assert without_timing(read_rows(tmp_path / "csv" / "metrics.csv")) == without_timing(read_rows(tmp_path / "ray" / "metrics.csv"))
+
+    images = str(tmp_path / "data" / "images")
+    refs = ["--reference-masks", str(tmp_path / "data" / "masks")]
+    assert main(["segment", images, "--out", str(tmp_path / "seg-local"), *refs, *common]) == 0
+    assert main(["segment", images, "--out", str(tmp_path / "seg-ray"), *refs, *common, *ray_args]) == 0
+    assert_same_outputs(tmp_path / "seg-local", tmp_path / "seg-ray", table="results.csv")
+    capsys.readouterr()
+
+    # Ray-only options without --engine ray are a usage error (exit 2), naming the option.
+    assert main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "x"), *common, "--workers", "2"]) == 2
+    assert "--workers: only used with --engine ray" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "y"), *common, "--engine", "ray", "--workers", "3", "--threads-per-worker", "1"]) == 2
+    assert "workers: 3 workers x 1 threads per worker = 3 CPUs, but Ray sees 2" in capsys.readouterr().err

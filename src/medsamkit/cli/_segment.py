@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ._build import pipeline_from_args
+from ._engine import add_engine_options, engine_from_args
 from ._errors import UsageError
 from ._options import add_data_options, add_pipeline_options
 
@@ -25,6 +26,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     add_data_options(sg)
     add_pipeline_options(sg)
+    add_engine_options(sg)
     return sg
 
 
@@ -57,6 +59,7 @@ def _samples(args: argparse.Namespace) -> list[Any]:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import segment_images
 
+    engine = engine_from_args(args)
     samples = _samples(args)
     pipeline = pipeline_from_args(args)
     if getattr(pipeline.prompter, "requires_target", False) and any(s.mask_path is None for s in samples):
@@ -65,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
             f"--prompter {args.prompter} reads reference masks, but none were found for {missing}; "
             "pass --reference-masks DIR, or use --prompter fixed/mean-mask-points"
         )
-    report = segment_images(pipeline, samples, out_dir=args.out, n_overlays=args.overlays, progress=not args.no_progress)
+    report = segment_images(
+        pipeline, samples, out_dir=args.out, n_overlays=args.overlays, progress=not args.no_progress, engine=engine
+    )
     done = sum(1 for r in report.rows if not r.get("error"))
     print(f"segmented {done} image(s); masks in {report.out_dir / 'masks'}")
     if report.errors:

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,8 +126,14 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
             kwargs["include_dashboard"] = False
         ray.init(**kwargs)
         started = True
-    context = ray.data.DataContext.get_current()
-    saved = (context.execution_options.preserve_order, context.enable_progress_bars, context.print_on_execution_start)
+    with warnings.catch_warnings():  # Ray's own deprecated fields, touched when the context is created
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ray.data.DataContext.get_current()
+    saved = (
+        context.execution_options.preserve_order,
+        context.enable_progress_bars,
+        getattr(context, "print_on_execution_start", True),
+    )
     context.execution_options.preserve_order = True  # rows come back in input order
     context.enable_progress_bars = False  # the driver shows one bar
     context.print_on_execution_start = False

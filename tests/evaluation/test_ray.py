@@ -19,7 +19,7 @@ import pytest
 
 from medsamkit import CsvSamples, MaskFolder, OracleBoxPrompter, Pipeline, RayEngine, evaluate, segment_images
 from medsamkit.data import Sample, read_mask, write_image, write_mask
-from medsamkit.evaluation._ray import TELEMETRY_OFF, ray_session
+from medsamkit.evaluation._ray import TELEMETRY_OFF, check_rebuildable, ray_session
 from medsamkit.testing import FakeSegmenter, make_blob_image
 
 SIZE = (96, 128)
@@ -320,7 +320,7 @@ def test_workers_share_an_embedding_cache(ray_cluster, tmp_path):
     assert all(p.stat().st_mtime_ns > used[p] for p in entries)  # every entry was read (a hit refreshes it)
 
 
-def test_a_pipeline_that_cannot_be_saved_is_refused(ray_cluster, tmp_path):
+def test_a_pipeline_the_workers_cannot_rebuild_is_refused(tmp_path):
     class Mine:
         requires_target = True
 
@@ -329,6 +329,9 @@ def test_a_pipeline_that_cannot_be_saved_is_refused(ray_cluster, tmp_path):
 
     with pytest.raises(ValueError, match="engine: the Ray engine rebuilds the pipeline .* component python:"):
         evaluate(Pipeline(Mine(), FakeSegmenter()), make_data(tmp_path / "data", 2), out_dir=tmp_path / "o", engine="ray")
+    in_memory = {"prompter": {"name": "oracle-box", "params": {}}, "segmenter": {"name": "litemedsam", "params": {"module": "m"}}}
+    with pytest.raises(ValueError, match="component litemedsam cannot be rebuilt"):
+        check_rebuildable(in_memory)
 
 
 def _kill_one_worker_when(records: Path, at_least: int, killed: dict, stop: threading.Event) -> None:

@@ -339,6 +339,8 @@ def evaluate(
             save_masks=save_masks, progress=progress,
         )
 
+    if not isinstance(samples, (list, tuple)) and callable(getattr(samples, "sample_from_row", None)):
+        samples = samples[:]  # a CSV listing: read it once, not at every flush
     rows: dict[str, dict[str, Any]] = {}
     for sample in samples:
         row = _finished_row(out_dir, sample)

@@ -322,7 +322,8 @@ def _stream(
     save_masks: bool = True, cache: dict[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Schedule the job and yield its output rows in input order (streaming)."""
-    check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
+    if len(samples) == 0:
+        return
     resources = ray.cluster_resources()
     workers, threads, gpus = options.plan(resources.get("CPU", 1), resources.get("GPU", 0))
     # Blocks of at most batch_size items, and at least one per worker.
@@ -475,6 +476,7 @@ def ray_evaluate(
     )
     from ._plots import save_metric_boxplot
 
+    check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
     total = len(samples)
     summary = _Summary()
     extremes = _Extremes(n_overlays if save_masks else 0)
@@ -536,6 +538,7 @@ def ray_segment(options: RayEngine, images: Any, *, pipeline: Any, out_dir: Path
     from ._plots import save_overlay
     from ._segment import SEGMENT_COLUMNS, SegmentReport
 
+    check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
     total = len(images)
     stems: list[str] = []
     error_rows: dict[str, dict[str, Any]] = {}

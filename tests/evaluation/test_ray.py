@@ -382,15 +382,17 @@ def test_real_litemedsam_on_ray_matches_local_even_when_a_worker_is_killed(ray_c
 # -- command line ----------------------------------------------------------------------------
 
 
-def test_cli_evaluate_and_segment_with_engine_ray(ray_cluster, tmp_path, capsys):
+def test_cli_evaluate_and_segment_with_engine_ray(ray_cluster, tmp_path, capsys, monkeypatch):
     from medsamkit.cli import main
 
     make_data(tmp_path / "data", 5)
-    common = ["--segmenter", "fake", "--no-progress", "--no-cache"]
-    assert main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "local"), *common]) == 0
+    monkeypatch.chdir(tmp_path)  # relative paths: the workers run in another directory
+    common = ["--segmenter", "fake", "--no-progress", "--cache-dir", "cache"]
+    assert main(["evaluate", "data", "--out", "local", *common]) == 0
     ray_args = ["--engine", "ray", "--workers", "2", "--batch-size", "2"]
-    assert main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "ray"), *common, *ray_args]) == 0
+    assert main(["evaluate", "data", "--out", "ray", *common, *ray_args]) == 0
     assert_same_outputs(tmp_path / "local", tmp_path / "ray")
+    assert len(list((tmp_path / "cache").glob("*/*.npz"))) == 5
 
     # A CSV listing as DATA_DIR (paths relative to the CSV's folder).
     table = tmp_path / "data" / "list.csv"

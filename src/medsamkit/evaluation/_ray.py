@@ -168,7 +168,8 @@ def _write_items(samples: Any, out_dir: Path, rows_per_block: int) -> list[dict[
         writer = csv.writer(handle, lineterminator="\n")
         start, rows = 0, 0
         for sample in samples:
-            writer.writerow([sample.stem, str(sample.image_path), "" if sample.mask_path is None else str(sample.mask_path)])
+            mask = "" if sample.mask_path is None else str(Path(sample.mask_path).absolute())
+            writer.writerow([sample.stem, str(Path(sample.image_path).absolute()), mask])  # workers have another cwd
             rows += 1
             if rows == rows_per_block:
                 end = handle.tell()
@@ -310,7 +311,7 @@ def _cache_of(pipeline: Any) -> dict[str, Any] | None:
     segmenter = getattr(pipeline, "segmenter", None)
     if isinstance(segmenter, CachedSegmenter):
         return {
-            "directory": str(segmenter.cache.directory),
+            "directory": str(Path(segmenter.cache.directory).absolute()),
             "max_bytes": segmenter.cache.max_bytes,
             "decodes": segmenter.decodes,
         }
@@ -476,6 +477,7 @@ def ray_evaluate(
     )
     from ._plots import save_metric_boxplot
 
+    out_dir = out_dir.absolute()  # the workers' working directory is not ours
     check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
     total = len(samples)
     summary = _Summary()
@@ -538,6 +540,7 @@ def ray_segment(options: RayEngine, images: Any, *, pipeline: Any, out_dir: Path
     from ._plots import save_overlay
     from ._segment import SEGMENT_COLUMNS, SegmentReport
 
+    out_dir = out_dir.absolute()  # the workers' working directory is not ours
     check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
     total = len(images)
     stems: list[str] = []

@@ -180,11 +180,19 @@ def _write_items(samples: Any, out_dir: Path, rows_per_block: int) -> list[dict[
     return blocks
 
 
-def _read_items(batch: dict[str, Any], path: str) -> dict[str, list[str]]:
-    """Stage 0 (cheap tasks): the items of each block's byte range of the items file."""
+def _read_items(batch: dict[str, Any], path: str, out_dir: str, command: str) -> dict[str, list[str]]:
+    """Stage 1 (cheap tasks): each block's items, and each item's row from a previous run.
+
+    ``done`` is the row (JSON) of an image a previous run finished, ``""`` for one to do:
+    finished images never reach a model.
+    """
     import io
 
-    columns: dict[str, list[str]] = {"stem": [], "image_path": [], "mask_path": []}
+    from ._evaluate import _finished_row
+    from ._segment import _finished_segment_row
+
+    finished = _finished_row if command == "evaluate" else _finished_segment_row
+    columns: dict[str, list[str]] = {"stem": [], "image_path": [], "mask_path": [], "done": []}
     with open(path, "rb") as handle:
         for start, end in zip(batch["start"], batch["end"]):
             handle.seek(int(start))
@@ -193,17 +201,29 @@ def _read_items(batch: dict[str, Any], path: str) -> dict[str, list[str]]:
                 columns["stem"].append(stem)
                 columns["image_path"].append(image)
                 columns["mask_path"].append(mask)
+                try:
+                    row = finished(Path(out_dir), _samples_of({"stem": [stem], "image_path": [image], "mask_path": [mask]})[0])
+                except Exception:  # noqa: BLE001 - a damaged record: do the image again
+                    row = None
+                columns["done"].append("" if row is None else json.dumps(row))
     return columns
 
 
-def _items_dataset(ray: Any, samples: Any, out_dir: Path, rows_per_block: int) -> Any:
-    """A dataset of ``stem, image_path, mask_path`` (text; ``""`` for no mask), in input order.
+def _items_dataset(ray: Any, samples: Any, out_dir: Path, rows_per_block: int, command: str) -> Any:
+    """A dataset of ``stem, image_path, mask_path, done`` (text; ``""`` for no mask / to do), in input order.
 
-    Every stage but the model actors asks for no CPU: the actors may hold all of them.
+    The item stage asks for no CPU (the model actors may hold all of them) and runs
+    at most two tasks at a time (no CPU asked means no bound otherwise).
     """
     blocks = _write_items(samples, out_dir, rows_per_block)
     ds = ray.data.from_items(blocks, override_num_blocks=max(1, len(blocks)))
-    return ds.map_batches(_read_items, fn_kwargs={"path": str(out_dir / ITEMS_FILE)}, num_cpus=0, batch_size=None)
+    return ds.map_batches(
+        _read_items,
+        fn_kwargs={"path": str(out_dir / ITEMS_FILE), "out_dir": str(out_dir), "command": command},
+        num_cpus=0,
+        batch_size=None,
+        compute=ray.data.TaskPoolStrategy(size=2),
+    )
 
 
 def _samples_of(batch: Mapping[str, Any]) -> list[Any]:
@@ -213,22 +233,6 @@ def _samples_of(batch: Mapping[str, Any]) -> list[Any]:
         Sample(stem=str(stem), image_path=Path(str(image)), mask_path=Path(str(mask)) if mask else None)
         for stem, image, mask in zip(batch["stem"], batch["image_path"], batch["mask_path"])
     ]
-
-
-def _finished_rows(batch: dict[str, Any], out_dir: str, command: str) -> dict[str, Any]:
-    """Stage 1 (cheap tasks): each item's row from a previous run (JSON), or ``""`` to do."""
-    from ._evaluate import _finished_row
-    from ._segment import _finished_segment_row
-
-    finished = _finished_row if command == "evaluate" else _finished_segment_row
-    done = []
-    for sample in _samples_of(batch):
-        try:
-            row = finished(Path(out_dir), sample)
-        except Exception:  # a damaged record: do the image again
-            row = None
-        done.append("" if row is None else json.dumps(row))
-    return {**{k: list(v) for k, v in batch.items()}, "done": done}
 
 
 def check_rebuildable(config: Mapping[str, Any]) -> None:
@@ -329,10 +333,7 @@ def _stream(
     workers, threads, gpus = options.plan(resources.get("CPU", 1), resources.get("GPU", 0))
     # Blocks of at most batch_size items, and at least one per worker.
     rows_per_block = max(1, min(options.batch_size, math.ceil(len(samples) / workers)))
-    ds = _items_dataset(ray, samples, out_dir, rows_per_block)
-    ds = ds.map_batches(
-        _finished_rows, fn_kwargs={"out_dir": str(out_dir), "command": command}, num_cpus=0, batch_size=None
-    )
+    ds = _items_dataset(ray, samples, out_dir, rows_per_block, command)
     ds = ds.map_batches(
         _Worker,
         fn_constructor_kwargs={

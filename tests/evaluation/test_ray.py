@@ -301,15 +301,21 @@ def test_segment_on_ray_matches_local(ray_cluster, tmp_path):
 
 
 def test_workers_share_an_embedding_cache(ray_cluster, tmp_path):
-    """Two workers write one cache folder at once; a second run reads it and gives the same results."""
+    """Two workers write one cache folder at once (the same entries too: images come in
+    identical pairs, one of each pair per worker); a second run reads it back."""
     from medsamkit import CachedSegmenter, EmbeddingCache
 
-    folder = make_data(tmp_path / "data", 8)
+    for i in range(8):
+        image, mask = make_blob_image(SIZE, seed=i // 2)
+        write_image(tmp_path / "data" / "images" / f"case_{i:02d}.png", image)
+        write_mask(tmp_path / "data" / "masks" / f"case_{i:02d}.png", mask)
+    folder = MaskFolder(tmp_path / "data")
     cache = EmbeddingCache(tmp_path / "cache")
     pipe = Pipeline(OracleBoxPrompter(), CachedSegmenter(FakeSegmenter(), cache))
     first = evaluate(pipe, folder, out_dir=tmp_path / "a", progress=False, engine=RayEngine(workers=2, batch_size=1))
     entries = cache.entries()
-    assert len(entries) == 8
+    assert len(entries) == 4
+    assert [r["dice"] for r in first.rows][::2] == [r["dice"] for r in first.rows][1::2]
     for entry in entries:  # every entry complete and readable
         assert cache.get(entry.stem) is not None
     used = {p: p.stat().st_mtime_ns for p in entries}

@@ -66,7 +66,7 @@ def run(data: Path, name: str, out: Path, *, n_train: int, n_test: int | None, s
     )
     providers["embedding head"] = _fit(
         "embedding head", providers_dir / "head.pt",
-        lambda: msk.EmbeddingHeadPrompter().fit(seg, train, progress=True), msk.EmbeddingHeadPrompter.load,
+        lambda: msk.EmbeddingHeadPrompter().fit(train, segmenter=seg, progress=True), msk.EmbeddingHeadPrompter.load,
     )
     if "yolo" not in skip:
         from medsamkit.prompters import YOLOBoxPrompter

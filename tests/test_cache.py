@@ -9,16 +9,8 @@ import numpy as np
 import pytest
 
 import medsamkit as msk
-from medsamkit._cache import CachedSegmenter, EmbeddingCache, default_cache_dir, image_key
+from medsamkit._cache import CachedSegmenter, EmbeddingCache, image_key
 from medsamkit.testing import FakeSegmenter, make_blob_image
-
-
-def test_default_cache_dir_follows_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("MEDSAMKIT_CACHE_DIR", str(tmp_path / "c"))
-    assert default_cache_dir() == tmp_path / "c"
-    monkeypatch.delenv("MEDSAMKIT_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "medsamkit" / "embeddings"
 
 
 def test_image_key_depends_on_pixels_dtype_shape_and_model():

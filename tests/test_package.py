@@ -6,9 +6,9 @@ import ast
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
-import re
 from pathlib import Path
 
 import pytest

@@ -410,9 +410,52 @@ class TestConfig:
                 return Prompts.empty()
 
         pipe = Pipeline(MyPrompter(), FakeSegmenter())
-        pipe.save(tmp_path)  # documents the run ...
         with pytest.raises(ValueError, match=r"^config: component python:.*MyPrompter is not registered"):
-            Pipeline.load(tmp_path)  # ... but cannot rebuild it
+            Pipeline.from_config(pipe.config)  # the config documents the run but cannot rebuild it
+
+    def test_save_refuses_a_lambda_postprocessor_at_save_time(self, tmp_path):
+        # Before: save() wrote "python:builtins.function" and only load() failed.
+        pipe = Pipeline(OracleBoxPrompter(), FakeSegmenter(), postprocess=[FillHoles(), lambda m: m])
+        with pytest.raises(ValueError, match=r"^postprocess\[1\]: python:builtins\.function is not a registered .*cannot be rebuilt"):
+            pipe.save(tmp_path / "run")
+        assert not (tmp_path / "run" / "pipeline.json").exists()
+
+    def test_save_refuses_a_custom_prompter_at_save_time(self, tmp_path):
+        class MyPrompter:
+            requires_target = False
+
+            def __call__(self, image, *, target=None):  # pragma: no cover - not called
+                return Prompts.empty()
+
+        with pytest.raises(ValueError, match=r"^prompter: python:.*MyPrompter is not a registered medsamkit component"):
+            Pipeline(MyPrompter(), FakeSegmenter()).save(tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+
+    def test_a_component_registered_by_the_user_saves_and_loads(self, tmp_path, monkeypatch):
+        from medsamkit import _registry, register_component
+
+        # A registry of this test's own: the name must not outlive it.
+        monkeypatch.setattr(_registry, "_TABLES", {kind: dict(table) for kind, table in _registry._TABLES.items()})
+        monkeypatch.setattr(_registry, "_NAMES_OF", dict(_registry._NAMES_OF))
+
+        @register_component("prompter", "test-center-box")
+        class CenterBox:
+            requires_target = False
+            uses_encoding = False
+
+            def __init__(self, *, size=4):
+                self.size = size
+
+            def params(self):
+                return {"size": self.size}
+
+            def __call__(self, image, *, target=None, encoding=None):
+                h, w = image.shape[:2]
+                return Prompts(box_xyxy=[[w // 2 - self.size, h // 2 - self.size, w // 2 + self.size, h // 2 + self.size]])
+
+        pipe = Pipeline(CenterBox(size=3), FakeSegmenter())
+        loaded = Pipeline.load(pipe.save(tmp_path / "run"))
+        assert isinstance(loaded.prompter, CenterBox) and loaded.prompter.size == 3
 
     def test_save_load_oracle_box(self, tmp_path):
         pipe = Pipeline(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from medsamkit import FillHoles, KeepLargestComponents, Prompts, RemoveSmallComponents
+from medsamkit import _registry
 from medsamkit._registry import (
     POSTPROCESSORS,
     PROMPTERS,
@@ -13,7 +14,10 @@ from medsamkit._registry import (
     build_postprocessor,
     build_prompter,
     component_config,
+    components,
+    fittable_prompters,
     load_segmenter,
+    register_component,
 )
 from medsamkit.prompters import FixedPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
 from medsamkit.testing import FakeSegmenter
@@ -166,3 +170,97 @@ class TestComponentConfig:
         config = component_config(OracleBoxPrompter())
         assert config["name"].startswith("python:")
         assert config["params"] == {"mode": "whole"}
+
+
+class TestRegistration:
+    @pytest.fixture
+    def own_registry(self, monkeypatch):
+        """A copy of the registry for one test: names registered here do not outlive it."""
+        monkeypatch.setattr(_registry, "_TABLES", {kind: dict(table) for kind, table in _registry._TABLES.items()})
+        monkeypatch.setattr(_registry, "_NAMES_OF", dict(_registry._NAMES_OF))
+
+    def test_fittable_prompters_are_the_learned_ones(self):
+        assert sorted(fittable_prompters()) == ["cam-box", "embedding-head", "mean-mask-points", "yolo-box"]
+        assert all(component.fitted for component in fittable_prompters().values())
+        assert not components("prompter")["oracle-box"].fitted
+
+    def test_components_know_their_classes(self):
+        assert components("prompter")["oracle-box"].cls is OracleBoxPrompter
+        assert components("segmenter")["fake"].cls is FakeSegmenter
+        assert components("postprocess")["fill-holes"].cls is FillHoles
+        sam = {name: c.cls.__name__ for name, c in components("segmenter").items() if "sam-vit" in name}
+        assert sam == {f"{p}-vit-{t}": c for p, c in (("sam", "SAM"), ("hq-sam", "HQSAM")) for t in "blh"}
+
+    def test_unknown_kind(self):
+        with pytest.raises(ValueError, match=r"^kind: expected one of \['prompter', 'segmenter', 'postprocess'\], got 'metric'"):
+            components("metric")
+        with pytest.raises(ValueError, match=r"^kind: expected one of"):
+            register_component("metric", "dice")
+
+    def test_a_taken_name_is_refused(self, own_registry):
+        with pytest.raises(ValueError, match=r"^name: the prompter name 'oracle-box' is taken by OracleBoxPrompter"):
+
+            @register_component("prompter", "oracle-box")
+            class Other:
+                pass
+
+    def test_only_classes_register(self, own_registry):
+        with pytest.raises(TypeError, match=r"^register: expected a class, got function"):
+            register_component("postprocess", "identity")(lambda mask: mask)
+
+    def test_a_fitted_component_is_rebuilt_from_its_state(self, own_registry, tmp_path):
+        @register_component("prompter", "test-saved", fitted=True)
+        class Saved:
+            requires_target = False
+            uses_encoding = False
+            state_suffix = ".txt"
+
+            def __init__(self, value=0):
+                self.value = value
+
+            @classmethod
+            def load(cls, path, **overrides):
+                return cls(int(open(path).read()), **overrides)
+
+        (tmp_path / "s.txt").write_text("7")
+        assert build_prompter("test-saved", state=tmp_path / "s.txt").value == 7
+        with pytest.raises(ValueError, match=r"^state: the 'test-saved' prompter must be fitted; give the .txt saved by Saved.save\(\)"):
+            build_prompter("test-saved")
+        assert "test-saved" in fittable_prompters()
+
+    def test_registry_names_do_not_outlive_the_fixture(self):
+        assert "test-saved" not in PROMPTERS
+
+
+def test_looking_names_up_stays_light():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import medsamkit
+
+    code = (
+        "import json, sys\n"
+        "from medsamkit._registry import components\n"
+        "names = [list(components(k)) for k in ('prompter', 'segmenter', 'postprocess')]\n"
+        "print(json.dumps([m for m in ('torch', 'cv2', 'scipy', 'pydantic') if m in sys.modules]))\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(medsamkit.__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_command_line_choices_are_the_registry():
+    from medsamkit.cli._main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    prompter = next(a for a in commands["evaluate"]._actions if a.dest == "prompter")
+    segmenter = next(a for a in commands["evaluate"]._actions if a.dest == "segmenter")
+    fittable = next(a for a in commands["fit-prompter"]._actions if a.dest == "prompter")
+    assert list(prompter.choices) == list(PROMPTERS)
+    assert list(segmenter.choices) == list(SEGMENTERS)
+    assert list(fittable.choices) == list(fittable_prompters())

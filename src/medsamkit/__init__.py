@@ -25,7 +25,11 @@ _EXPORTS = {
     "PromptMasks": "._types",
     "SegmentationResult": "._types",
     "PromptProvider": "._protocols",
+    "FittablePrompter": "._protocols",
     "Segmenter": "._protocols",
+    "TrainableSegmenter": "._protocols",
+    "LowResDecoder": "._protocols",
+    "prompts_for": "._protocols",
     # pipeline
     "Pipeline": "._pipeline",
     "PipelineConfig": "._pipeline",
@@ -50,6 +54,7 @@ _EXPORTS = {
     "build_prompter": "._registry",
     "PROMPTERS": "._registry",
     "SEGMENTERS": "._registry",
+    "register_component": "._registry",
     # embedding cache
     "EmbeddingCache": "._cache",
     # fine-tuning
@@ -110,8 +115,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
-    from ._protocols import PromptProvider, Segmenter
-    from ._registry import PROMPTERS, SEGMENTERS, build_prompter, load_segmenter
+    from ._protocols import (
+        FittablePrompter,
+        LowResDecoder,
+        PromptProvider,
+        Segmenter,
+        TrainableSegmenter,
+        prompts_for,
+    )
+    from ._registry import PROMPTERS, SEGMENTERS, build_prompter, load_segmenter, register_component
     from ._types import ImageEncoding, PromptMasks, Prompts, SegmentationResult
     from .data import (
         CsvSamples,

@@ -16,14 +16,16 @@ import os
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from ._paths import default_cache_dir
+from ._protocols import LowResDecoder, Segmenter
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
 
-__all__ = ["CachedSegmenter", "EmbeddingCache", "default_cache_dir", "image_key"]
+__all__ = ["CachedSegmenter", "EmbeddingCache", "image_key"]
 
 _FORMAT = 1
 _SUFFIX = ".npz"
@@ -31,21 +33,12 @@ _RESCAN_EVERY = 64
 """Writes between two scans of the folder while the size this instance knows of is below the bound."""
 
 
-def default_cache_dir() -> Path:
-    """``$MEDSAMKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/medsamkit/embeddings`` (``~/.cache/...``)."""
-    env = os.environ.get("MEDSAMKIT_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "medsamkit" / "embeddings"
-
-
 def image_key(image: np.ndarray, model_id: str) -> str:
     """Cache key of an image for a model: SHA-256 of the model id, shape, dtype and pixels."""
     image = np.ascontiguousarray(as_image(image))
     digest = hashlib.sha256()
     digest.update(f"v{_FORMAT}|{model_id}|{image.shape}|{image.dtype.str}|".encode())
-    digest.update(memoryview(image).cast("B"))
+    digest.update(image.data.cast("B"))
     return digest.hexdigest()
 
 
@@ -68,7 +61,7 @@ def _to_arrays(features: Any) -> tuple[str, list[np.ndarray]]:
 
 def _from_arrays(meta: str, arrays: list[np.ndarray], device: Any) -> Any:
     info = json.loads(meta)
-    items = []
+    items: list[Any] = []
     for kind, array in zip(info["types"], arrays):
         if kind == "torch":
             import torch
@@ -139,7 +132,7 @@ class EmbeddingCache:
         from .data import atomic_write_bytes
 
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the names for its keywords
         data = buffer.getvalue()
         atomic_write_bytes(self._path(key), data)
         with self._lock:
@@ -163,8 +156,8 @@ class EmbeddingCache:
                 n = int(data["n_arrays"])
                 encoding = ImageEncoding(
                     features=_from_arrays(str(data["meta"]), [data[f"a{i}"] for i in range(n)], device),
-                    size_hw=tuple(int(v) for v in data["size_hw"]),
-                    input_size_hw=tuple(int(v) for v in data["input_size_hw"]),
+                    size_hw=cast("tuple[int, int]", tuple(int(v) for v in data["size_hw"])),
+                    input_size_hw=cast("tuple[int, int]", tuple(int(v) for v in data["input_size_hw"])),
                     model_id=str(data["model_id"]),
                 )
             except Exception:  # not an encoding entry (or a damaged one): a miss, and it goes away
@@ -247,7 +240,7 @@ class CachedSegmenter:
     """
 
     def __init__(
-        self, segmenter: Any, cache: EmbeddingCache | str | Path | None = None, *, decodes: bool = True
+        self, segmenter: Segmenter, cache: EmbeddingCache | str | Path | None = None, *, decodes: bool = True
     ) -> None:
         if not hasattr(segmenter, "encode") or not hasattr(segmenter, "model_id"):
             raise TypeError(f"segmenter: expected a Segmenter, got {type(segmenter).__name__}")
@@ -259,8 +252,6 @@ class CachedSegmenter:
         self.decode_hits = 0
         self.decode_misses = 0
         self._keys: weakref.WeakKeyDictionary[ImageEncoding, str] = weakref.WeakKeyDictionary()
-        self._weights: tuple[Any, ...] | None = None
-        self._weights_digest = ""
 
     @property
     def model_id(self) -> str:
@@ -275,7 +266,7 @@ class CachedSegmenter:
 
     def __getattr__(self, name: str) -> Any:
         # Delegate everything else (params, preprocess, decode_logits, model, ...).
-        if name in ("segmenter", "cache", "decodes", "_keys", "_weights", "_weights_digest"):
+        if name in ("segmenter", "cache", "decodes", "_keys"):
             raise AttributeError(name)
         return getattr(self.segmenter, name)
 
@@ -292,63 +283,49 @@ class CachedSegmenter:
     def decode(self, encoding: ImageEncoding, prompts: Prompts) -> PromptMasks:
         """Decode with the wrapped segmenter, reusing cached low-resolution logits when possible.
 
-        For SAM-family segmenters (``decode_logits`` + ``postprocess_logits``) and an
-        encoding that came from this wrapper's :meth:`encode`, the decoder's
+        For segmenters that offer the :class:`~medsamkit.LowResDecoder` capability
+        (the SAM family: ``decode_low_res``, ``finish_low_res``, ``decoder_digest``)
+        and an encoding that came from this wrapper's :meth:`encode`, the decoder's
         ``(N, 1, 256, 256)`` float32 logits and scores are cached under a key made of
-        the image's cache key, the exact prompts and a digest of the prompt-encoder
-        and mask-decoder weights (recomputed whenever a weight tensor is replaced or
-        changed in place, e.g. by fine-tuning). A hit skips the decoder; cropping,
-        upsampling and the sigmoid run as usual, so the probabilities are identical
-        to an uncached decode. Everything else is decoded by the wrapped segmenter.
+        the image's cache key, the exact prompts and the segmenter's digest of its
+        prompt-encoder and mask-decoder weights (recomputed whenever a weight tensor is
+        replaced or changed in place, e.g. by fine-tuning). A hit skips the decoder;
+        cropping, upsampling and the sigmoid run as usual, so the probabilities are
+        identical to an uncached decode. Everything else is decoded by the wrapped segmenter.
         """
-        from .segmenters._common import check_encoding, decode_low_res, finish_low_res
-
+        seg = self.segmenter
         key = self._decode_key(encoding, prompts)
-        if key is None:
-            return self.segmenter.decode(encoding, prompts)
-        check_encoding(encoding, self.model_id)
+        if key is None or not isinstance(seg, LowResDecoder):
+            return seg.decode(encoding, prompts)
         entry = self.cache.get_arrays(key)
         if entry is not None and {"logits", "scores"} <= set(entry):
             import torch
 
+            from .segmenters import check_encoding
+
+            check_encoding(encoding, self.model_id)
             self.decode_hits += 1
             logits, scores = torch.from_numpy(entry["logits"]), entry["scores"]
         else:
             self.decode_misses += 1
-            logits, scores = decode_low_res(self.segmenter, encoding, prompts)
+            logits, scores = seg.decode_low_res(encoding, prompts)
             self.cache.put_arrays(key, {"logits": logits.numpy(), "scores": scores})
-        return finish_low_res(self.segmenter, encoding, logits, scores)
+        return seg.finish_low_res(encoding, logits, scores)
 
     def _decode_key(self, encoding: ImageEncoding, prompts: Prompts) -> str | None:
         """Cache key of decoding ``prompts`` against ``encoding``, or None when it cannot be cached."""
         seg = self.segmenter
-        if not (self.decodes and getattr(seg, "cacheable_decode", False)) or not isinstance(prompts, Prompts):
+        if not (self.decodes and isinstance(seg, LowResDecoder)) or not isinstance(prompts, Prompts):
             return None
         image = self._keys.get(encoding) if isinstance(encoding, ImageEncoding) else None
         if image is None or prompts.n == 0:
             return None
         prompts = prompts.clipped_to(encoding.size_hw)
         digest = hashlib.sha256()
-        digest.update(f"decode|v{_FORMAT}|{image}|{self._decoder_digest()}|".encode())
+        digest.update(f"decode|v{_FORMAT}|{image}|{seg.decoder_digest()}|".encode())
         for name in ("box_xyxy", "points_xy", "point_labels"):
             value = getattr(prompts, name)
             digest.update(f"{name}:{'-' if value is None else value.dtype.str + str(value.shape)}|".encode())
             if value is not None:
                 digest.update(np.ascontiguousarray(value).tobytes())
         return digest.hexdigest()
-
-    def _decoder_digest(self) -> str:
-        """SHA-256 of the prompt encoder's and mask decoder's weights (cached until one changes)."""
-        import torch
-
-        from .segmenters._fast import _state_fingerprint
-
-        modules = (self.segmenter.model.prompt_encoder, self.segmenter.model.mask_decoder)
-        # Storage and in-place version counter of every tensor: a new module or an optimiser step changes them.
-        state = tuple(_state_fingerprint(module) for module in modules)
-        if state != self._weights:
-            digest = hashlib.sha256()
-            for t in (t for module in modules for t in (*module.parameters(), *module.buffers())):
-                digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._weights, self._weights_digest = state, digest.hexdigest()
-        return self._weights_digest

@@ -1,12 +1,14 @@
-"""Mask and box geometry helpers (connected components, boxes, box growth)."""
+"""Mask and box geometry helpers (connected components, boxes, box growth, model frames)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from ._validation import as_mask
 
-__all__ = ["component_boxes_xyxy", "connected_components", "grow_boxes_xyxy", "mask_to_xyxy"]
+__all__ = ["component_boxes_xyxy", "connected_components", "grow_boxes_xyxy", "mask_to_xyxy", "target_at_logits"]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -101,3 +103,26 @@ def grow_boxes_xyxy(box_xyxy: np.ndarray, margin: float, size_hw: tuple[int, int
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
     return boxes
+
+
+def target_at_logits(mask: np.ndarray, input_size_hw: tuple[int, int], image_size: int, logits_side: int) -> Any:
+    """A reference mask in a SAM-family model's low-resolution frame (the training target).
+
+    The mask is resized like the image (long side to ``image_size``, giving
+    ``input_size_hw``), padded at the bottom and right to the square model input and
+    scaled to the ``logits_side`` x ``logits_side`` grid of the decoder's logits (or of
+    an embedding): area interpolation, then foreground where at least half covered.
+
+    Returns:
+        ``(1, logits_side, logits_side)`` float32 torch tensor of 0 and 1.
+    """
+    import cv2
+    import torch
+
+    scale = logits_side / image_size
+    h = max(1, round(input_size_hw[0] * scale))
+    w = max(1, round(input_size_hw[1] * scale))
+    small = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+    target = np.zeros((logits_side, logits_side), dtype=np.float32)
+    target[:h, :w] = small
+    return torch.from_numpy(target)[None]

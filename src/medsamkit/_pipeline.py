@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._protocols import PromptProvider, Segmenter
+from ._protocols import PromptProvider, Segmenter, prompts_for
 from ._registry import build_postprocessor, build_prompter, component_config, load_segmenter
 from ._types import ImageEncoding, Prompts, SegmentationResult
 from ._validation import as_image, as_mask, check_probability
@@ -38,6 +38,24 @@ class PipelineConfig(BaseModel):
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     combine: Combine = "union"
     postprocess: list[ComponentConfig] = Field(default_factory=list)
+
+
+def _check_rebuildable(config: PipelineConfig) -> None:
+    """Raise ValueError naming the first component that a saved config could not rebuild."""
+    parts = [("prompter", config.prompter), ("segmenter", config.segmenter)]
+    parts += [(f"postprocess[{i}]", part) for i, part in enumerate(config.postprocess)]
+    for role, part in parts:
+        if part.name.startswith("python:"):
+            raise ValueError(
+                f"{role}: {part.name} is not a registered medsamkit component, so the pipeline cannot be "
+                "rebuilt from a saved config; register its class with medsamkit.register_component, or "
+                "rebuild the pipeline in Python"
+            )
+        if "module" in part.params:  # a segmenter wrapping a module in memory (see its params())
+            raise ValueError(
+                f"{role}: {part.name} wraps an in-memory module ({part.params['module']}), so the pipeline "
+                "cannot be rebuilt from a saved config; save the weights and build it with checkpoint=PATH"
+            )
 
 
 def _resolve(params: dict[str, Any], key: str, base_dir: str | Path | None) -> dict[str, Any]:
@@ -119,7 +137,7 @@ class Pipeline:
 
     def replace(self, **changes: Any) -> Pipeline:
         """A copy with some arguments changed (``pipe.replace(threshold=0.6)``); models are shared."""
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "prompter": self.prompter,
             "segmenter": self.segmenter,
             "threshold": self.threshold,
@@ -140,15 +158,7 @@ class Pipeline:
         ``target`` goes to providers with ``requires_target``; ``encoding`` to providers
         with ``uses_encoding`` (they read the segmenter's embedding).
         """
-        kwargs: dict[str, Any] = {}
-        if self.prompter.requires_target:
-            kwargs["target"] = target
-        if getattr(self.prompter, "uses_encoding", False):
-            kwargs["encoding"] = encoding
-        prompts = self.prompter(image, **kwargs)
-        if not isinstance(prompts, Prompts):
-            raise TypeError(f"prompter: expected it to return Prompts, got {type(prompts).__name__}")
-        return prompts
+        return prompts_for(self.prompter, image, target=target, encoding=encoding)
 
     def __call__(
         self,
@@ -262,15 +272,24 @@ class Pipeline:
 
         Returns:
             The path of ``pipeline.json``.
+
+        Raises:
+            ValueError: Before anything is written, if a component could not be rebuilt
+                from the saved config: one that is not registered (a lambda
+                post-processing step, a prompter class of your own: see
+                :func:`~medsamkit.register_component`) or a segmenter wrapping an
+                in-memory module. ``config`` still describes such a pipeline.
         """
         from .data import atomic_write_text
 
+        config = self.config
+        _check_rebuildable(config)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = self.config
-        if callable(getattr(self.prompter, "save", None)):
+        save_state = getattr(self.prompter, "save", None)
+        if callable(save_state):
             state_file = "prompter" + getattr(self.prompter, "state_suffix", ".npz")
-            self.prompter.save(directory / state_file)
+            save_state(directory / state_file)
             config.prompter.params["state"] = state_file
         path = directory / CONFIG_FILE
         atomic_write_text(path, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")

@@ -7,11 +7,13 @@ from typing import Any
 import numpy as np
 
 from ._geometry import connected_components
+from ._registry import register_component
 from ._validation import as_mask
 
 __all__ = ["FillHoles", "KeepLargestComponents", "RemoveSmallComponents"]
 
 
+@register_component("postprocess", "keep-largest")
 class KeepLargestComponents:
     """Keep the ``n`` largest 8-connected components (e.g. ``n=2`` for two lungs, 1 for a liver).
 
@@ -44,6 +46,7 @@ class KeepLargestComponents:
         return np.isin(labels, keep)
 
 
+@register_component("postprocess", "remove-small")
 class RemoveSmallComponents:
     """Drop components smaller than ``min_area`` pixels.
 
@@ -76,6 +79,7 @@ class RemoveSmallComponents:
         return ~small[labels]
 
 
+@register_component("postprocess", "fill-holes")
 class FillHoles:
     """Fill holes (background regions not connected to the image border)."""
 

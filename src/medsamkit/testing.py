@@ -16,12 +16,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._registry import register_component
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
 
 __all__ = ["FakeSegmenter", "make_blob_image", "make_presence_folder"]
 
 
+@register_component("segmenter", "fake")
 class FakeSegmenter:
     """A deterministic segmenter without a model.
 
@@ -72,6 +74,7 @@ class FakeSegmenter:
         if prompts.box_xyxy is not None:
             x0, y0, x1, y1 = prompts.box_xyxy[i]
         else:
+            assert prompts.points_xy is not None and prompts.point_labels is not None  # Prompts: boxes or points
             pts = prompts.points_xy[i][prompts.point_labels[i] == 1]
             if len(pts) == 0:
                 return 0, 0, -1, -1

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import medsamkit._cache
+import medsamkit
 from medsamkit import Pipeline
 from medsamkit.cli import build_parser, main
 from medsamkit.cli._build import build_segmenter, embedding_cache
@@ -61,7 +61,7 @@ def test_every_command_builds_its_segmenter_in_the_sized_cache(command, folders,
         built.append((directory, max_bytes))
         raise _Stop("stopped once the cache was built")
 
-    monkeypatch.setattr(medsamkit._cache, "EmbeddingCache", recording_cache)
+    monkeypatch.setattr(medsamkit, "EmbeddingCache", recording_cache)
     argv = _argv(command, folders, "--segmenter", "fake", "--cache-dir", str(tmp_path / "c"), "--cache-size-gb", "0.5")
     assert main(argv) == 2
     assert "stopped once the cache was built" in capsys.readouterr().err
@@ -95,7 +95,7 @@ def test_build_segmenter_with_and_without_cache(tmp_path):
         ]
     )
     cached = build_segmenter(args)
-    assert isinstance(cached, medsamkit._cache.CachedSegmenter)
+    assert isinstance(cached, medsamkit.CachedSegmenter)
     assert isinstance(cached.segmenter, FakeSegmenter)
     assert cached.cache.directory == tmp_path / "c" and cached.cache.max_bytes == 256 * 1024**2
     args = parser.parse_args(["compare", "d", "--out", "o", "--with", "oracle-box", "--segmenter", "fake", "--no-cache"])

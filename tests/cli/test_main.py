@@ -87,6 +87,18 @@ def test_unexpected_exceptions_are_bugs_with_traceback_and_exit_1(exc, tmp_path,
     assert not is_user_error(exc)
 
 
+def test_a_missing_optional_package_names_its_extra(tmp_path, capsys, monkeypatch):
+    import medsamkit.evaluation as evaluation
+
+    exc = ModuleNotFoundError("No module named 'monai'", name="monai")
+    monkeypatch.setattr(evaluation, "evaluate", _failing_evaluate(exc))
+    make_folder(tmp_path / "data", stems=("a",))
+    assert main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "out"), *FAKE]) == 2
+    assert capsys.readouterr().err == "medsamkit: error: No module named 'monai': pip install 'medsamkit[finetune]'\n"
+    # a module of our own (or any other) that is missing is a bug
+    assert not is_user_error(ModuleNotFoundError("No module named 'medsamkit._gone'", name="medsamkit._gone"))
+
+
 def test_every_command_is_listed_and_dispatches_to_its_module(capsys):
     names = ["evaluate", "segment", "finetune", "sammix", "crossval", "fit-prompter", "compare", "box-margins", "demo"]
     parser = build_parser()
@@ -107,3 +119,15 @@ def test_version(capsys):
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"medsamkit {medsamkit.__version__}"
+
+
+@pytest.mark.parametrize("module", ["medsamkit", "medsamkit.cli"])
+def test_python_dash_m(module):
+    import subprocess
+    import sys
+
+    import medsamkit
+
+    proc = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"medsamkit {medsamkit.__version__}"

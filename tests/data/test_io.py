@@ -391,3 +391,19 @@ def test_atomic_write_interrupt_cleans_up(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(tmp_path / "new.bin", b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_csv_text_formats_every_table_the_same_way():
+    import csv
+    import io
+
+    from medsamkit.data import csv_text
+
+    rows = [{"stem": "a", "dice": 0.123456789, "n": 3, "note": None, "extra": "left out"}, {"stem": "b", "dice": 1.0}]
+    text = csv_text(rows, ("stem", "dice", "n", "note"))
+    assert text.splitlines()[0] == "stem,dice,n,note"
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert parsed == [
+        {"stem": "a", "dice": "0.123457", "n": "3", "note": ""},  # 6 significant digits, None empty
+        {"stem": "b", "dice": "1", "n": "", "note": ""},  # a missing key is an empty cell
+    ]

@@ -33,7 +33,7 @@ def seg(litemedsam, tmp_path_factory):
 @pytest.fixture(scope="module")
 def head(seg, cxr):
     train, _ = cxr
-    return msk.EmbeddingHeadPrompter().fit(seg, train, epochs=30)
+    return msk.EmbeddingHeadPrompter().fit(train, segmenter=seg, epochs=30)
 
 
 def _box_iou(a, b):
@@ -111,10 +111,14 @@ def test_errors(head, seg, cxr, tmp_path):
         head(image, encoding=fake.encode(image))
     with pytest.raises(RuntimeError, match="not fitted"):
         msk.EmbeddingHeadPrompter()(image, encoding=seg.encode(image))
-    with pytest.raises(TypeError, match="segmenter"):
-        msk.EmbeddingHeadPrompter().fit(fake, test)
+    with pytest.raises(TypeError, match="^segmenter: expected a SAM-family segmenter"):
+        msk.EmbeddingHeadPrompter().fit(test, segmenter=fake)
+    with pytest.raises(TypeError, match="^segmenter: EmbeddingHeadPrompter.fit needs segmenter="):
+        msk.EmbeddingHeadPrompter().fit(test)
+    with pytest.raises(TypeError, match=r"^samples: got a segmenter .*fit\(samples, \*, segmenter="):
+        msk.EmbeddingHeadPrompter().fit(seg)  # the segmenter first, as before the FittablePrompter signature
     with pytest.raises(ValueError, match="samples"):
-        msk.EmbeddingHeadPrompter().fit(seg, [])
+        msk.EmbeddingHeadPrompter().fit([], segmenter=seg)
     with pytest.raises(ValueError, match="max_boxes"):
         msk.EmbeddingHeadPrompter(max_boxes=0)
     with pytest.raises(FileNotFoundError, match="path"):

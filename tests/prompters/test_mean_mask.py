@@ -207,15 +207,15 @@ class TestErrors:
         assert not (tmp_path / "p.npz").exists()
 
     def test_all_empty_masks(self):
-        with pytest.raises(ValueError, match=r"^masks: expected some foreground, got 3 empty masks"):
+        with pytest.raises(ValueError, match=r"^samples: expected some foreground, got 3 empty masks"):
             MeanMaskPointPrompter().fit([np.zeros((16, 16), bool)] * 3)
 
     def test_no_masks(self):
-        with pytest.raises(ValueError, match=r"^masks: expected at least one training mask"):
+        with pytest.raises(ValueError, match=r"^samples: expected at least one training mask"):
             MeanMaskPointPrompter().fit([])
 
     def test_bad_mask_in_training_set(self):
-        with pytest.raises(ValueError, match=r"masks\[\]: expected shape \(H, W\)"):
+        with pytest.raises(ValueError, match=r"samples\[\]: expected shape \(H, W\)"):
             MeanMaskPointPrompter().fit([np.zeros((16, 16, 3))])
 
     def test_bad_image_at_call(self):

@@ -227,7 +227,7 @@ TRAIN_SCRIPT = BLOCK_NETWORK + textwrap.dedent(
     folder = MaskFolder(out / "data")
     start = time.perf_counter()
     det = YOLOBoxPrompter(imgsz=64, conf=0.0, max_boxes=3)
-    det.fit(folder[:6], val_samples=folder[6:], epochs=2, batch=4, work_dir=out / "work", progress=False)
+    det.fit(folder[:6], val=folder[6:], epochs=2, batch=4, work_dir=out / "work", progress=False)
     det.save(out / "det.npz")
     det.export_weights(out / "best.pt")
     tuned = YOLOBoxPrompter(weights=out / "best.pt").fit(folder[:6], epochs=1, imgsz=64, batch=4, progress=False)

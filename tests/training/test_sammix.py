@@ -23,7 +23,7 @@ from medsamkit._cache import CachedSegmenter, EmbeddingCache
 from medsamkit.cli import main
 from medsamkit.data import MaskFolder
 from medsamkit.prompters import CAMBoxPrompter
-from medsamkit.prompters._cam import _seeded_classifier
+from medsamkit.prompters import seeded_classifier as _seeded_classifier
 from medsamkit.testing import FakeSegmenter, make_presence_folder
 from medsamkit.training import (
     SAMMixConfig,
@@ -349,7 +349,7 @@ def test_cli_two_stage_and_usage_errors(tmp_path, capsys, monkeypatch):
         return SAMMixResult(method="sam-pp", run_dir=out_dir, pipeline=None, prompter=None, history=[], best_epoch=0,
                             best_val_dice=None, threshold=0.5, sweep=[], labelled=labelled or ())
 
-    monkeypatch.setattr(_sammix, "fit_sam_pp", fake_fit)
+    monkeypatch.setattr(msk.training, "fit_sam_pp", fake_fit)  # what the command calls
     code = main(["sammix", str(data.root), "--out", str(tmp_path / "pp"), "--two-stage", "--labelled", "3",
                  "--mode", "decoder", "--test-fraction", "0", "--no-cache", "--no-progress"])
     assert code == 0, capsys.readouterr()

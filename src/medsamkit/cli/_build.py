@@ -9,11 +9,15 @@ Every command that builds a segmenter takes the options of
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .._protocols import PromptProvider, Segmenter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .._cache import EmbeddingCache
 from ._errors import UsageError
 
-__all__ = ["build_segmenter", "embedding_cache", "pipeline_from_args", "segmenter_params"]
+__all__ = ["build_segmenter", "embedding_cache", "in_same_cache", "limited_folder", "pipeline_from_args", "segmenter_params"]
 
 
 def segmenter_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -36,56 +40,85 @@ def embedding_cache(args: argparse.Namespace) -> Any:
         return None
     if not args.cache_size_gb > 0:
         raise UsageError(f"--cache-size-gb: expected a positive number, got {args.cache_size_gb}")
-    from .._cache import EmbeddingCache
+    from .. import EmbeddingCache
 
     return EmbeddingCache(args.cache_dir, max_bytes=int(args.cache_size_gb * 1024**3))
 
 
-def _in_cache(segmenter: Any, cache: Any) -> Any:
+def _in_cache(segmenter: Segmenter, cache: EmbeddingCache | None) -> Segmenter:
     if cache is None:
         return segmenter
-    from .._cache import CachedSegmenter
+    from .. import CachedSegmenter
 
     return CachedSegmenter(segmenter, cache)
 
 
 def build_segmenter(args: argparse.Namespace) -> Any:
     """The segmenter the options name, in the embedding cache unless ``--no-cache``."""
-    from .._registry import load_segmenter
+    from .. import load_segmenter
 
     cache = embedding_cache(args)  # checks --cache-size-gb before any weights load
     return _in_cache(load_segmenter(args.segmenter, **segmenter_params(args)), cache)
 
 
-def _prompter_from_args(args: argparse.Namespace) -> Any:
+def in_same_cache(pipeline: Any, segmenter: Any) -> Any:
+    """``pipeline`` with its segmenter in the embedding cache of ``segmenter``, if that one has a cache.
+
+    For the pipeline a training run returns: it holds the trained segmenter, uncached.
+    """
+    from .. import CachedSegmenter
+
+    if not isinstance(segmenter, CachedSegmenter):
+        return pipeline
+    return pipeline.replace(segmenter=CachedSegmenter(pipeline.segmenter, segmenter.cache))
+
+
+def limited_folder(data_dir: Any, limit: int | None) -> Any:
+    """The :class:`~medsamkit.MaskFolder` of ``data_dir``, its first ``limit`` images (``--limit``) if given."""
+    from ..data import MaskFolder
+
+    folder = MaskFolder(data_dir)
+    return folder if limit is None else folder.limit(limit)
+
+
+def _option_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Constructor parameters that the pipeline options give the chosen (not fitted) prompter.
+
+    The command line's options for a prompter (``--box-mode``, ``--margin``, ``--box``,
+    ...) belong to that prompter; a registered prompter without options of its own is
+    built with its defaults.
+    """
     from .. import Prompts
-    from .._registry import build_prompter
 
     if args.prompter == "oracle-box":
-        return build_prompter("oracle-box", mode=args.box_mode, min_area=args.min_area)
+        return {"mode": args.box_mode, "min_area": args.min_area}
     if args.prompter == "perturbed-box":
-        return build_prompter(
-            "perturbed-box", margin=args.margin, jitter=args.jitter, seed=args.seed, mode=args.box_mode, min_area=args.min_area
-        )
-    if args.prompter == "mean-mask-points":
-        from ..data import MaskFolder
-        from ..prompters import MeanMaskPointPrompter
+        return {"margin": args.margin, "jitter": args.jitter, "seed": args.seed, "mode": args.box_mode, "min_area": args.min_area}
+    if args.prompter == "fixed":
+        if not args.box:
+            raise UsageError("--prompter fixed needs at least one --box X0 Y0 X1 Y1")
+        return {"prompts": Prompts(box_xyxy=args.box).to_dict()}
+    return {}
 
-        if args.fit_masks is not None:
-            return MeanMaskPointPrompter().fit(MaskFolder(args.fit_masks), progress=not args.no_progress)
-        if args.prompter_state is not None:
-            return MeanMaskPointPrompter.load(args.prompter_state)
-        raise UsageError("--prompter mean-mask-points needs --prompter-state FILE.npz or --fit-masks TRAIN_DIR")
-    if args.prompter in ("yolo-box", "cam-box", "embedding-head"):
+
+def _prompter_from_args(args: argparse.Namespace) -> PromptProvider:
+    from .._registry import build_prompter, components
+
+    component = components("prompter")[args.prompter]  # argparse checked the name against the registry
+    if args.prompter == "mean-mask-points" and args.fit_masks is not None:
+        from ..data import MaskFolder
+
+        fitted: PromptProvider = component.cls().fit(MaskFolder(args.fit_masks), progress=not args.no_progress)
+        return fitted
+    if component.fitted:
         if args.prompter_state is None:
+            alternative = " or --fit-masks TRAIN_DIR" if args.prompter == "mean-mask-points" else ""
             raise UsageError(
-                f"--prompter {args.prompter} needs --prompter-state FILE (saved by the prompter's save(); "
-                "fit one with: medsamkit fit-prompter TRAIN_DIR --prompter ... --out FILE)"
+                f"--prompter {args.prompter} needs --prompter-state FILE{alternative} (saved by the prompter's save(); "
+                f"fit one with: medsamkit fit-prompter TRAIN_DIR --prompter {args.prompter} --out FILE)"
             )
         return build_prompter(args.prompter, state=args.prompter_state)
-    if not args.box:
-        raise UsageError("--prompter fixed needs at least one --box X0 Y0 X1 Y1")
-    return build_prompter("fixed", prompts=Prompts(box_xyxy=args.box).to_dict())
+    return build_prompter(args.prompter, **_option_params(args))
 
 
 def pipeline_from_args(args: argparse.Namespace) -> Any:

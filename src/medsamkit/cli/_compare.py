@@ -46,7 +46,7 @@ def _parse_value(text: str) -> Any:
 
 def provider_from_spec(spec: str) -> Any:
     """``name[:key=value,...]`` -> a prompt provider built by the registry."""
-    from .._registry import build_prompter
+    from .. import build_prompter
 
     name, _, rest = spec.partition(":")
     params: dict[str, Any] = {}

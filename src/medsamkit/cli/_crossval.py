@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._build import build_segmenter
+from ._build import build_segmenter, limited_folder
 from ._options import add_training_options, training_overrides
 
 __all__ = ["add_parser", "run"]
@@ -27,13 +27,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import MaskFolder
     from ..training import crossval
 
     overrides = training_overrides(args)
-    folder = MaskFolder(args.data_dir)
-    if args.limit is not None:
-        folder = folder.limit(args.limit)
+    folder = limited_folder(args.data_dir, args.limit)
     result = crossval(
         lambda: build_segmenter(args),
         folder,

@@ -9,7 +9,9 @@ medsamkit's code:
 * :class:`OSError` (``FileNotFoundError``, ``PermissionError``, ``ImageReadError``, a full
   disk, ...): a missing, unreadable or unwritable file or folder;
 * :class:`ImportError` whose message says ``pip install``: a missing optional package
-  (the library raises ``ImportError("... pip install medsamkit[x]") from None``).
+  (the library raises ``ImportError("... pip install medsamkit[x]") from None``), and a
+  ``ModuleNotFoundError`` for one of the packages of an extra (:data:`OPTIONAL_PACKAGES`),
+  reported with the extra to install.
 
 Everything else (``TypeError``, ``KeyError``, ``AttributeError``, ``RuntimeError``, an
 ``ImportError`` without an install hint, ...) is a bug in medsamkit: the CLI prints the
@@ -18,7 +20,19 @@ traceback and exits with status 1.
 
 from __future__ import annotations
 
-__all__ = ["UsageError", "is_user_error"]
+__all__ = ["OPTIONAL_PACKAGES", "UsageError", "is_user_error", "user_message"]
+
+#: Top-level modules of the optional dependencies -> the extra that installs them.
+OPTIONAL_PACKAGES = {
+    "segment_anything": "sam",
+    "segment_anything_hq": "sam",
+    "torchvision": "sam",
+    "monai": "finetune",
+    "ultralytics": "yolo",
+    "pytorch_grad_cam": "cam",
+    "peft": "lora",
+    "openvino": "openvino",
+}
 
 
 class UsageError(Exception):
@@ -29,4 +43,18 @@ def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is the user's to fix (exit 2, one line) rather than a bug (traceback, exit 1)."""
     if isinstance(exc, (UsageError, ValueError, OSError)):
         return True
-    return isinstance(exc, ImportError) and "pip install" in str(exc)
+    return isinstance(exc, ImportError) and ("pip install" in str(exc) or _missing_extra(exc) is not None)
+
+
+def _missing_extra(exc: ImportError) -> str | None:
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    return OPTIONAL_PACKAGES.get(exc.name.partition(".")[0])
+
+
+def user_message(exc: BaseException) -> str:
+    """The one line printed for a user error (a missing optional package names its extra)."""
+    extra = _missing_extra(exc) if isinstance(exc, ImportError) and "pip install" not in str(exc) else None
+    if extra is not None:
+        return f"{exc}: pip install 'medsamkit[{extra}]'"
+    return str(exc)

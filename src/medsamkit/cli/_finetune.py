@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._build import build_segmenter
+from ._build import build_segmenter, in_same_cache, limited_folder
 from ._options import add_training_options, training_overrides
 from ._output import print_dice_row
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .._protocols import PromptProvider
 
 __all__ = ["add_parser", "run"]
 
@@ -38,22 +41,21 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from .. import Pipeline
-    from .._cache import CachedSegmenter
     from ..data import MaskFolder, atomic_write_text, train_val_test_split
     from ..evaluation import evaluate
     from ..prompters import MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
     from ..training import finetune
 
     overrides = training_overrides(args)
-    folder = MaskFolder(args.data_dir)
-    if args.limit is not None:
-        folder = folder.limit(args.limit)
+    folder = limited_folder(args.data_dir, args.limit)
     split = train_val_test_split(folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "split.json", json.dumps(split.to_dict(), indent=2) + "\n")
     print(f"split (seed {args.seed}): {len(split.train)} train, {len(split.val)} val, {len(split.test)} test")
     segmenter = build_segmenter(args)
     progress = not args.no_progress
+    prompter: PromptProvider
+    eval_prompter: PromptProvider
     if args.prompter == "mean-mask-points":
         prompter = MeanMaskPointPrompter().fit(folder.subset(split.train), progress=progress)
         eval_prompter = prompter
@@ -74,9 +76,7 @@ def run(args: argparse.Namespace) -> int:
     )
     shown = "-" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
     print(f"best epoch {result.best_epoch} (val Dice {shown}), threshold {result.threshold}")
-    tuned = result.pipeline
-    if isinstance(segmenter, CachedSegmenter):
-        tuned = tuned.replace(segmenter=CachedSegmenter(tuned.segmenter, segmenter.cache))
+    tuned = in_same_cache(result.pipeline, segmenter)
     failed = 0
     lines = []
     if split.test:

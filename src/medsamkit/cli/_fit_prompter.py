@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._build import build_segmenter
-from ._options import FITTABLE_PROMPTERS, add_progress_option, add_segmenter_options
+from ._build import build_segmenter, limited_folder
+from ._errors import UsageError
+from ._options import add_progress_option, add_segmenter_options, fittable_prompter_choices
 
 __all__ = ["add_parser", "run"]
 
@@ -17,9 +18,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     fp.add_argument(
         "data_dir", type=Path, metavar="TRAIN_DIR", help="training folder with images/ and masks/ (training images only)"
     )
-    fp.add_argument("--prompter", choices=FITTABLE_PROMPTERS, required=True, help="provider to fit")
+    fp.add_argument("--prompter", choices=fittable_prompter_choices(), required=True, help="provider to fit")
     fp.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to save it (use with --prompter-state FILE)")
-    fp.add_argument("--epochs", type=int, help="training epochs (embedding-head: 40, yolo-box: 100, cam-box: its default)")
+    fp.add_argument("--epochs", type=int, help="training epochs (default: the provider's: embedding-head 40, yolo-box 100, cam-box 40)")
     fp.add_argument("--imgsz", type=int, default=640, help="yolo-box: training and prediction image size (default: 640)")
     fp.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     add_segmenter_options(fp, segmenter_help="embedding-head: whose embedding to read (default: litemedsam)")
@@ -28,37 +29,34 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return fp
 
 
+def _named_parameters(function: Any) -> set[str]:
+    """The parameters ``function`` takes by name (not the ones a ``**kwargs`` would swallow)."""
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in inspect.signature(function).parameters.values() if p.kind in kinds}
+
+
 def run(args: argparse.Namespace) -> int:
+    """Fit the registered learned provider ``--prompter`` through its ``FittablePrompter`` signature."""
     import time
 
-    from ..data import MaskFolder
+    from .._registry import fittable_prompters
 
-    folder = MaskFolder(args.data_dir)
-    if args.limit is not None:
-        folder = folder.limit(args.limit)
-    progress = not args.no_progress
+    cls: Any = fittable_prompters()[args.prompter].cls
+    init, fit = _named_parameters(cls.__init__), _named_parameters(cls.fit)
+    if args.epochs is not None and "epochs" not in fit:
+        raise UsageError(f"--epochs: {args.prompter} has no training epochs")
+    folder = limited_folder(args.data_dir, args.limit)
+    settings: dict[str, Any] = {"progress": not args.no_progress}
+    if "seed" in fit:
+        settings["seed"] = args.seed
+    if args.epochs is not None:
+        settings["epochs"] = args.epochs
+    if getattr(cls, "uses_encoding", False):  # it learns on the segmenter's embedding
+        settings["segmenter"] = build_segmenter(args)
     start = time.perf_counter()
-    if args.prompter == "mean-mask-points":
-        from ..prompters import MeanMaskPointPrompter
-
-        prompter = MeanMaskPointPrompter().fit(folder, progress=progress)
-    elif args.prompter == "embedding-head":
-        from ..prompters import EmbeddingHeadPrompter
-
-        prompter = EmbeddingHeadPrompter().fit(
-            build_segmenter(args), folder, epochs=args.epochs or 40, seed=args.seed, progress=progress
-        )
-    elif args.prompter == "cam-box":
-        from ..prompters import CAMBoxPrompter
-
-        kwargs = {"epochs": args.epochs} if args.epochs else {}
-        prompter = CAMBoxPrompter().fit(folder, seed=args.seed, progress=progress, **kwargs)
-    else:
-        from ..prompters import YOLOBoxPrompter
-
-        prompter = YOLOBoxPrompter(imgsz=args.imgsz).fit(
-            folder, epochs=args.epochs or 100, imgsz=args.imgsz, seed=args.seed, progress=progress
-        )
+    prompter = cls(**({"imgsz": args.imgsz} if "imgsz" in init else {})).fit(folder, **settings)
     prompter.save(args.out)
     print(f"fitted {args.prompter} on {len(folder)} images in {time.perf_counter() - start:.0f} s; saved {args.out}")
     print(f"use it with: medsamkit evaluate DATA --prompter {args.prompter} --prompter-state {args.out}")

@@ -24,7 +24,7 @@ from . import (
     _sammix,
     _segment,
 )
-from ._errors import is_user_error
+from ._errors import is_user_error, user_message
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if is_user_error(exc):
-            print(f"medsamkit: error: {exc}", file=sys.stderr)
+            print(f"medsamkit: error: {user_message(exc)}", file=sys.stderr)
             return 2
         traceback.print_exc()
         print(

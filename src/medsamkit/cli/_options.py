@@ -9,29 +9,37 @@ from typing import Any, Protocol
 from ._errors import UsageError
 
 __all__ = [
-    "FITTABLE_PROMPTERS",
-    "PROMPTER_CHOICES",
-    "SEGMENTER_CHOICES",
     "add_data_options",
     "add_pipeline_options",
     "add_progress_option",
     "add_segmenter_options",
     "add_training_options",
+    "fittable_prompter_choices",
+    "prompter_choices",
+    "segmenter_choices",
     "training_overrides",
 ]
 
-PROMPTER_CHOICES = ("oracle-box", "perturbed-box", "mean-mask-points", "yolo-box", "cam-box", "embedding-head", "fixed")
-SEGMENTER_CHOICES = (
-    "litemedsam",
-    "sam-vit-b",
-    "sam-vit-l",
-    "sam-vit-h",
-    "hq-sam-vit-b",
-    "hq-sam-vit-l",
-    "hq-sam-vit-h",
-    "fake",
-)
-FITTABLE_PROMPTERS = ("mean-mask-points", "embedding-head", "yolo-box", "cam-box")
+
+def prompter_choices() -> list[str]:
+    """The registered prompt provider names (the registry is the only list of them)."""
+    from .._registry import components
+
+    return list(components("prompter"))
+
+
+def segmenter_choices() -> list[str]:
+    """The registered segmenter names."""
+    from .._registry import components
+
+    return list(components("segmenter"))
+
+
+def fittable_prompter_choices() -> list[str]:
+    """The registered learned prompt providers (``fit-prompter``)."""
+    from .._registry import fittable_prompters
+
+    return list(fittable_prompters())
 
 
 class _Target(Protocol):
@@ -49,7 +57,7 @@ def add_segmenter_options(
     device: bool = False,
 ) -> None:
     """The options :func:`medsamkit.cli._build.build_segmenter` reads: segmenter, weights, numerics, cache."""
-    parser.add_argument("--segmenter", choices=SEGMENTER_CHOICES, default="litemedsam", help=segmenter_help)
+    parser.add_argument("--segmenter", choices=segmenter_choices(), default="litemedsam", help=segmenter_help)
     parser.add_argument("--checkpoint", type=Path, help=checkpoint_help)
     parser.add_argument(
         "--precision",
@@ -73,7 +81,7 @@ def add_progress_option(parser: _Target) -> None:
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     """The pipeline of ``evaluate`` and ``segment``: prompter, segmenter, threshold, post-processing."""
     group = parser.add_argument_group("pipeline")
-    group.add_argument("--prompter", choices=PROMPTER_CHOICES, default="oracle-box", help="prompt provider (default: oracle-box)")
+    group.add_argument("--prompter", choices=prompter_choices(), default="oracle-box", help="prompt provider (default: oracle-box)")
     add_segmenter_options(group, device=True)
     group.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
     group.add_argument("--combine", choices=("union", "best"), default="union", help="how prompt masks combine (default: union)")
@@ -94,7 +102,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--prompter-state",
         type=Path,
-        help="mean-mask-points, yolo-box, embedding-head: the file saved by the prompter's save() (or medsamkit fit-prompter)",
+        help=f"learned prompters ({', '.join(fittable_prompter_choices())}): the file saved by the prompter's save() "
+        "(or medsamkit fit-prompter)",
     )
     group.add_argument(
         "--fit-masks", type=Path, help="mean-mask-points: fit on the masks of this MaskFolder instead of --prompter-state"

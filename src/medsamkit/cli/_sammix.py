@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._build import build_segmenter
+from ._build import build_segmenter, in_same_cache, limited_folder
 from ._errors import UsageError
 from ._options import add_training_options, training_overrides
 from ._output import print_dice_row
@@ -61,11 +61,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from .. import Pipeline
-    from .._cache import CachedSegmenter
-    from ..data import MaskFolder, atomic_write_text, train_val_test_split
+    from .. import Pipeline, training
+    from ..data import atomic_write_text, train_val_test_split
     from ..evaluation import evaluate
-    from ..training import _sammix
 
     if (args.data_dir is None) == (args.data is None):
         raise UsageError("give the data folder once: as DATA_DIR or with --data")
@@ -75,15 +73,13 @@ def run(args: argparse.Namespace) -> int:
         overrides.pop("lr")  # SAMMixConfig's default: the paper's 1e-3 for both branches
     if not args.two_stage:
         overrides.update(warmup_epochs=args.warmup_epochs, box_fallback=args.box_fallback)
-    folder = MaskFolder(data_dir)
-    if args.limit is not None:
-        folder = folder.limit(args.limit)
+    folder = limited_folder(data_dir, args.limit)
     present = {s.stem: bool(s.load_mask().any()) for s in folder}
     split = train_val_test_split(
         folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, stratify=present
     )
     train = folder.subset(split.train)
-    labelled = None if args.labelled is None else _sammix.pick_labelled(train, args.labelled, seed=args.seed)
+    labelled = None if args.labelled is None else training.pick_labelled(train, args.labelled, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "split.json", json.dumps(split.to_dict(), indent=2) + "\n")
     n_labelled = len(split.train) if labelled is None else len(labelled)
@@ -92,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         f"{len(split.val)} val, {len(split.test)} test"
     )
     segmenter = build_segmenter(args)
-    fit = _sammix.fit_sam_pp if args.two_stage else _sammix.fit_sammix
+    fit = training.fit_sam_pp if args.two_stage else training.fit_sammix
     result = fit(
         segmenter,
         train,
@@ -108,9 +104,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{method}: best epoch {result.best_epoch} (val Dice {shown}), threshold {result.threshold}")
     failed = 0
     if split.test:
-        tuned = result.pipeline
-        if isinstance(segmenter, CachedSegmenter):
-            tuned = tuned.replace(segmenter=CachedSegmenter(tuned.segmenter, segmenter.cache))
+        tuned = in_same_cache(result.pipeline, segmenter)
         test = folder.subset(split.test)
         print(f"\n{'test images':<44} {'images':>6} {'Dice mean':>10} {'std':>7}")
         for name, label, pipe in (

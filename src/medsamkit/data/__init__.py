@@ -2,7 +2,8 @@
 
 - :func:`read_image`, :func:`read_mask`, :func:`write_image`, :func:`write_mask`:
   file IO keeping native dtypes (uint8, uint16, float32), RGB channel order.
-- :func:`atomic_write_bytes`, :func:`atomic_write_text`: crash-safe file writes.
+- :func:`atomic_write_bytes`, :func:`atomic_write_text`: crash-safe file writes;
+  :func:`csv_text`: the CSV text of every table medsamkit writes.
 - :class:`MaskFolder` / :class:`Sample`: ``root/images`` + ``root/masks`` paired by stem.
 - :class:`CsvSamples`: image/mask paths listed in a CSV file (CXLSeg layout).
 - :func:`train_val_test_split` / :func:`kfold_splits`: deterministic, optionally
@@ -15,6 +16,7 @@ from ._io import (
     ImageReadError,
     atomic_write_bytes,
     atomic_write_text,
+    csv_text,
     read_image,
     read_mask,
     write_image,
@@ -33,6 +35,7 @@ __all__ = [
     "Split",
     "atomic_write_bytes",
     "atomic_write_text",
+    "csv_text",
     "kfold_splits",
     "read_image",
     "read_mask",

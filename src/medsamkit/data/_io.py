@@ -6,8 +6,11 @@ Images are decoded with OpenCV from the file's bytes (``np.fromfile`` +
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -215,6 +218,25 @@ def atomic_write_text(path: PathLike, text: str, *, encoding: str = "utf-8") -> 
     if not isinstance(text, str):
         raise TypeError(f"text: expected str, got {describe(text)}")
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """CSV text of ``rows`` in ``columns`` order (None as an empty cell, floats with 6 significant digits).
+
+    Keys of a row outside ``columns`` are left out. Every table medsamkit writes
+    (``metrics.csv``, ``history.csv``, ``crossval.csv``, ...) goes through here.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                key: ("" if row.get(key) is None else (f"{row[key]:.6g}" if isinstance(row[key], float) else row[key]))
+                for key in columns
+            }
+        )
+    return buffer.getvalue()
 
 
 def _require_png(path: Path, *, name: str) -> None:

@@ -197,7 +197,7 @@ def _groups(stems: list[str], stratify: Mapping[str, Hashable] | None) -> list[l
                 f"stratify: labels must be hashable, got {describe(label)} for stem '{stem}'"
             ) from None
     try:
-        labels = sorted(by_label)
+        labels = sorted(by_label)  # type: ignore[type-var]  # unorderable labels: the except below
     except TypeError:  # labels of mixed, unorderable types
         labels = sorted(by_label, key=_label_sort_key)
     return [by_label[label] for label in labels]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -78,19 +76,6 @@ def _as_samples(data: Any) -> Sequence[Any]:
     return data
 
 
-def _engine_options(engine: Any) -> Any:
-    """None for the local engine, a :class:`RayEngine` for Ray (``"ray"`` gives the defaults)."""
-    from ._ray import RayEngine
-
-    if engine == "local":
-        return None
-    if engine == "ray":
-        return RayEngine()
-    if isinstance(engine, RayEngine):
-        return engine
-    raise ValueError(f"engine: expected 'local', 'ray' or a RayEngine, got {engine!r}")
-
-
 def _row_for(stem: str, metrics: dict[str, float] | None, **extra: Any) -> dict[str, Any]:
     row: dict[str, Any] = {"stem": stem}
     for name in METRIC_COLUMNS:
@@ -99,24 +84,6 @@ def _row_for(stem: str, metrics: dict[str, float] | None, **extra: Any) -> dict[
     row.update({"seconds": None, "n_prompts": None, "note": None, "error": None})
     row.update(extra)
     return row
-
-
-def _csv_cells(row: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
-    """The cells of one CSV row: None as an empty cell, floats with 6 significant digits."""
-    return {
-        key: ("" if row.get(key) is None else (f"{row[key]:.6g}" if isinstance(row[key], float) else row[key]))
-        for key in columns
-    }
-
-
-def _csv_text_for(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    """CSV text of ``rows`` (None as an empty cell, floats with 6 significant digits)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(_csv_cells(row, columns))
-    return buffer.getvalue()
 
 
 class _Summary:
@@ -297,9 +264,10 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from ..data import atomic_write_text
+    from ..data import atomic_write_text, csv_text
+    from ._ray import engine_options as parse_engine
 
-    engine_options = _engine_options(engine)
+    engine_options = parse_engine(engine)
     samples = _as_samples(data)
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -332,9 +300,7 @@ def evaluate(
     atomic_write_text(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
 
     if engine_options is not None:
-        from ._ray import ray_evaluate
-
-        return ray_evaluate(
+        return _evaluate_on_ray(
             engine_options, samples, pipeline=pipeline, out_dir=out_dir, spacing=spacing, n_overlays=n_overlays,
             save_masks=save_masks, progress=progress,
         )
@@ -351,7 +317,7 @@ def evaluate(
 
     def flush() -> None:
         ordered = [rows[s.stem] for s in samples if s.stem in rows]
-        atomic_write_text(out_dir / "metrics.csv", _csv_text_for(ordered, CSV_COLUMNS))
+        atomic_write_text(out_dir / "metrics.csv", csv_text(ordered, CSV_COLUMNS))
 
     bar = tqdm(pending, desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True)
     for sample, row in evaluate_samples(pipeline, bar, out_dir=out_dir, spacing=spacing, save_masks=save_masks):
@@ -421,3 +387,84 @@ def _draw_overlays(out_dir: Path, rows: list[dict[str, Any]], by_stem: dict[str,
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(rows), os.cpu_count() or 1))) as pool:
         list(pool.map(draw, rows))
+
+
+def _evaluate_on_ray(
+    options: Any, samples: Any, *, pipeline: Any, out_dir: Path, spacing: Any, n_overlays: int,
+    save_masks: bool, progress: bool,
+) -> EvaluationReport:
+    """:func:`evaluate` on Ray Data: the workers run :func:`evaluate_samples`, this process streams the rows.
+
+    Called after the run is set up (``run.json``, ``pipeline.json``). The driver keeps
+    the summary's columns and one stem per image, never the rows (``report.rows`` reads
+    them back from the records).
+    """
+    import functools
+
+    from ..data import Sample, atomic_write_text
+    from ._plots import save_metric_boxplot
+    from ._ray import (
+        ColumnRow,
+        CsvStream,
+        Extremes,
+        RecordRows,
+        cache_of,
+        check_rebuildable,
+        progress_bar,
+        ray_session,
+        stream_rows,
+    )
+
+    out_dir = out_dir.absolute()  # the workers' working directory is not ours
+    check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
+    total = len(samples)
+    summary = _Summary()
+    extremes = Extremes(n_overlays if save_masks else 0)
+    stems: list[str] = []
+    error_rows: dict[str, dict[str, Any]] = {}
+    n_evaluated = 0
+    dice_sum, dice_n = 0.0, 0
+    table = CsvStream(out_dir / "metrics.csv", CSV_COLUMNS)
+    committed = False
+    bar = progress_bar(total, "evaluate (ray)", progress)
+    work = functools.partial(evaluate_samples, spacing=tuple(float(s) for s in spacing), save_masks=save_masks)
+    try:
+        with ray_session(options.address) as ray:
+            rows = stream_rows(
+                ray, options, samples, out_dir=out_dir, work=work, finished=_finished_row, cache=cache_of(pipeline)
+            )
+            for index, item in enumerate(rows):
+                row = json.loads(item["row"])
+                n_evaluated += not item["reused"]
+                stems.append(row["stem"])
+                table.write(row)
+                summary.add(row)
+                if row.get("error"):
+                    error_rows[row["stem"]] = row
+                    print(f"medsamkit: error: {row['stem']}: {row['error']}", file=sys.stderr)
+                elif row.get("dice") is not None:
+                    sample = Sample(row["stem"], Path(item["image_path"]), Path(item["mask_path"]))
+                    extremes.add(float(row["dice"]), index, row["stem"], sample)
+                    dice_sum, dice_n = dice_sum + row["dice"], dice_n + 1
+                    bar.set_postfix(dice=f"{dice_sum / dice_n:.3f}", refresh=False)
+                bar.update(1)
+        committed = True
+    finally:
+        bar.close()
+        table.close(commit=committed)
+    result = summary.result()
+    atomic_write_text(out_dir / "summary.json", json.dumps(result, indent=2) + "\n")
+    n_ok = summary.images - len(summary.errors)
+    if n_ok:
+        columns = {name: summary.values[name] for name in METRIC_COLUMNS}
+        save_metric_boxplot(out_dir / "boxplot.png", [ColumnRow(columns, i) for i in range(n_ok)], title=f"{n_ok} images")
+        if n_overlays and save_masks:
+            scored, by_stem = extremes.sorted_rows()
+            _draw_overlays(out_dir, _overlay_rows(scored, n_overlays), by_stem)
+    return EvaluationReport(
+        out_dir=out_dir,
+        rows=RecordRows(out_dir, stems, error_rows),  # type: ignore[arg-type]
+        summary=result,
+        n_evaluated=n_evaluated,
+        errors=dict(summary.errors),
+    )

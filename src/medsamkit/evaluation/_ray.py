@@ -18,14 +18,27 @@ import json
 import logging
 import math
 import os
-import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TELEMETRY_OFF", "RayEngine", "check_rebuildable", "ray_evaluate", "ray_segment", "ray_session", "worker_pipeline"]
+__all__ = [
+    "TELEMETRY_OFF",
+    "ColumnRow",
+    "CsvStream",
+    "Extremes",
+    "RayEngine",
+    "RecordRows",
+    "cache_of",
+    "check_rebuildable",
+    "engine_options",
+    "progress_bar",
+    "ray_session",
+    "stream_rows",
+    "worker_pipeline",
+]
 
 TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_USAGE_DISABLED": "1"}
 """Environment set before Ray is imported and passed to its workers: no usage statistics."""
@@ -92,6 +105,17 @@ class RayEngine:
                 f"gpus_per_worker: {workers} workers x {per_gpu} GPUs = {per_gpu * workers}, but Ray sees {gpus:g} GPUs"
             )
         return workers, threads, float(per_gpu)
+
+
+def engine_options(engine: Any) -> RayEngine | None:
+    """None for the local engine, a :class:`RayEngine` for Ray (``"ray"`` gives the defaults)."""
+    if isinstance(engine, str) and engine == "local":
+        return None
+    if isinstance(engine, str) and engine == "ray":
+        return RayEngine()
+    if isinstance(engine, RayEngine):
+        return engine
+    raise ValueError(f"engine: expected 'local', 'ray' or a RayEngine, got {engine!r}")
 
 
 # -- Ray session -----------------------------------------------------------------------
@@ -180,18 +204,15 @@ def _write_items(samples: Any, out_dir: Path, rows_per_block: int) -> list[dict[
     return blocks
 
 
-def _read_items(batch: dict[str, Any], path: str, out_dir: str, command: str) -> dict[str, list[str]]:
+def _read_items(batch: dict[str, Any], path: str, out_dir: str, finished: Callable[[Path, Any], Any]) -> dict[str, list[str]]:
     """Stage 1 (cheap tasks): each block's items, and each item's row from a previous run.
 
-    ``done`` is the row (JSON) of an image a previous run finished, ``""`` for one to do:
-    finished images never reach a model.
+    ``done`` is the row (JSON) of an image a previous run finished (``finished(out_dir,
+    sample)``, the local engine's own check), ``""`` for one to do: finished images
+    never reach a model.
     """
     import io
 
-    from ._evaluate import _finished_row
-    from ._segment import _finished_segment_row
-
-    finished = _finished_row if command == "evaluate" else _finished_segment_row
     columns: dict[str, list[str]] = {"stem": [], "image_path": [], "mask_path": [], "done": []}
     with open(path, "rb") as handle:
         for start, end in zip(batch["start"], batch["end"]):
@@ -209,7 +230,7 @@ def _read_items(batch: dict[str, Any], path: str, out_dir: str, command: str) ->
     return columns
 
 
-def _items_dataset(ray: Any, samples: Any, out_dir: Path, rows_per_block: int, command: str) -> Any:
+def _items_dataset(ray: Any, samples: Any, out_dir: Path, rows_per_block: int, finished: Any) -> Any:
     """A dataset of ``stem, image_path, mask_path, done`` (text; ``""`` for no mask / to do), in input order.
 
     The item stage asks for no CPU (the model actors may hold all of them) and runs
@@ -219,7 +240,7 @@ def _items_dataset(ray: Any, samples: Any, out_dir: Path, rows_per_block: int, c
     ds = ray.data.from_items(blocks, override_num_blocks=max(1, len(blocks)))
     return ds.map_batches(
         _read_items,
-        fn_kwargs={"path": str(out_dir / ITEMS_FILE), "out_dir": str(out_dir), "command": command},
+        fn_kwargs={"path": str(out_dir / ITEMS_FILE), "out_dir": str(out_dir), "finished": finished},
         num_cpus=0,
         batch_size=None,
         compute=ray.data.TaskPoolStrategy(size=2),
@@ -272,34 +293,23 @@ def worker_pipeline(out_dir: str | Path, *, device: str | None = None, cache: di
 
 
 class _Worker:
-    """Stage 2 (actors): one pipeline per actor, the shared per-image loop over each batch."""
+    """Stage 2 (actors): one pipeline per actor, the local engine's per-image loop over each batch."""
 
     def __init__(
-        self, *, command: str, out_dir: str, spacing: Any, save_masks: bool, threads: int,
+        self, *, work: Callable[..., Iterator[tuple[Any, dict[str, Any]]]], out_dir: str, threads: int,
         device: str | None, cache: dict[str, Any] | None,
     ) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.command = command
+        self.work = work
         self.out_dir = Path(out_dir)
-        self.spacing = tuple(spacing)
-        self.save_masks = save_masks
         self.pipeline = worker_pipeline(out_dir, device=device, cache=cache)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        from ._evaluate import evaluate_samples
-        from ._segment import segment_samples
-
         samples = _samples_of(batch)
         todo = [s for s, done in zip(samples, batch["done"]) if not done]
-        if self.command == "evaluate":
-            loop = evaluate_samples(
-                self.pipeline, todo, out_dir=self.out_dir, spacing=self.spacing, save_masks=self.save_masks
-            )
-        else:
-            loop = segment_samples(self.pipeline, todo, out_dir=self.out_dir)
-        new = {sample.stem: json.dumps(row) for sample, row in loop}
+        new = {sample.stem: json.dumps(row) for sample, row in self.work(self.pipeline, todo, out_dir=self.out_dir)}
         return {
             "stem": [s.stem for s in samples],
             "image_path": [str(s.image_path) for s in samples],
@@ -309,7 +319,8 @@ class _Worker:
         }
 
 
-def _cache_of(pipeline: Any) -> dict[str, Any] | None:
+def cache_of(pipeline: Any) -> dict[str, Any] | None:
+    """The embedding cache settings of ``pipeline``'s segmenter (a ``CachedSegmenter``), or None."""
     from .._cache import CachedSegmenter
 
     segmenter = getattr(pipeline, "segmenter", None)
@@ -322,23 +333,34 @@ def _cache_of(pipeline: Any) -> dict[str, Any] | None:
     return None
 
 
-def _stream(
-    ray: Any, options: RayEngine, samples: Any, *, command: str, out_dir: Path, spacing: Any = (1.0, 1.0),
-    save_masks: bool = True, cache: dict[str, Any] | None = None,
+def stream_rows(
+    ray: Any, options: RayEngine, samples: Any, *, out_dir: Path, work: Callable[..., Any],
+    finished: Callable[[Path, Any], Any], cache: dict[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Schedule the job and yield its output rows in input order (streaming)."""
+    """Run ``work`` on Ray over ``samples`` and yield its rows in input order (streaming).
+
+    Args:
+        work: ``work(pipeline, samples, *, out_dir) -> iterator of (sample, row)``, the
+            local engine's per-image loop (it writes each image's files); a module-level
+            function or a ``functools.partial`` of one (sent to the workers).
+        finished: ``finished(out_dir, sample) -> row or None``, the local engine's check
+            for an image a previous run finished.
+
+    Yields:
+        ``{"stem", "image_path", "mask_path", "row" (JSON), "reused" (bool)}`` per sample.
+    """
     if len(samples) == 0:
         return
     resources = ray.cluster_resources()
     workers, threads, gpus = options.plan(resources.get("CPU", 1), resources.get("GPU", 0))
     # Blocks of at most batch_size items, and at least one per worker.
     rows_per_block = max(1, min(options.batch_size, math.ceil(len(samples) / workers)))
-    ds = _items_dataset(ray, samples, out_dir, rows_per_block, command)
+    ds = _items_dataset(ray, samples, out_dir, rows_per_block, finished)
     ds = ds.map_batches(
         _Worker,
         fn_constructor_kwargs={
-            "command": command, "out_dir": str(out_dir), "spacing": [float(s) for s in spacing],
-            "save_masks": save_masks, "threads": threads, "device": "cuda" if gpus > 0 else None, "cache": cache,
+            "work": work, "out_dir": str(out_dir), "threads": threads,
+            "device": "cuda" if gpus > 0 else None, "cache": cache,
         },
         batch_size=options.batch_size,
         compute=ray.data.ActorPoolStrategy(size=workers),
@@ -354,7 +376,7 @@ def _stream(
 # -- the driver -----------------------------------------------------------------------------
 
 
-class _RecordRows(Sequence):
+class RecordRows(Sequence):
     """``report.rows`` of a Ray run without holding the rows: read back from the records."""
 
     def __init__(self, out_dir: Path, stems: list[str], errors: dict[str, dict[str, Any]]) -> None:
@@ -380,7 +402,7 @@ class _RecordRows(Sequence):
         return f"<{len(self)} rows read from {self._out_dir / 'records'}>"
 
 
-class _ColumnRow(Mapping):
+class ColumnRow(Mapping):
     """One image's metric values, viewed from the summary's columns (for the box plot)."""
 
     __slots__ = ("_columns", "_i")
@@ -400,22 +422,22 @@ class _ColumnRow(Mapping):
         return len(self._columns)
 
 
-class _CsvStream:
+class CsvStream:
     """``metrics.csv`` written row by row into a hidden file, renamed into place at the end."""
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        from ._evaluate import _csv_cells
+        from ..data import csv_text
 
-        self._cells = _csv_cells
+        self._csv_text = csv_text  # the one table writer: same cells as the local engine's
         self.path = path
         self.columns = columns
+        self._header = csv_text([], columns)
         self._partial = path.with_name(f".{path.name}.partial")
         self._file = open(self._partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
-        self._writer = csv.DictWriter(self._file, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-        self._writer.writeheader()
+        self._file.write(self._header)
 
     def write(self, row: dict[str, Any]) -> None:
-        self._writer.writerow(self._cells(row, self.columns))
+        self._file.write(self._csv_text([row], self.columns)[len(self._header) :])
 
     def close(self, *, commit: bool) -> None:
         self._file.flush()
@@ -427,7 +449,7 @@ class _CsvStream:
             self._partial.unlink(missing_ok=True)
 
 
-class _Extremes:
+class Extremes:
     """The ``n`` lowest and highest Dice rows seen, ties in input order (for the overlays)."""
 
     def __init__(self, n: int) -> None:
@@ -457,127 +479,7 @@ class _Extremes:
         return [{"stem": found[i][1], "dice": found[i][0]} for i in order], {found[i][1]: found[i][2] for i in order}
 
 
-def _progress(total: int, desc: str, progress: bool) -> Any:
+def progress_bar(total: int, desc: str, progress: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
-
-
-def ray_evaluate(
-    options: RayEngine, samples: Any, *, pipeline: Any, out_dir: Path, spacing: Any, n_overlays: int,
-    save_masks: bool, progress: bool,
-) -> Any:
-    """The Ray engine of :func:`~medsamkit.evaluate` (called by it after the run is set up)."""
-    from ..data import Sample, atomic_write_text
-    from ._evaluate import (
-        CSV_COLUMNS,
-        EvaluationReport,
-        _draw_overlays,
-        _overlay_rows,
-        _Summary,
-    )
-    from ._plots import save_metric_boxplot
-
-    out_dir = out_dir.absolute()  # the workers' working directory is not ours
-    check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
-    total = len(samples)
-    summary = _Summary()
-    extremes = _Extremes(n_overlays if save_masks else 0)
-    stems: list[str] = []
-    error_rows: dict[str, dict[str, Any]] = {}
-    n_evaluated = 0
-    dice_sum, dice_n = 0.0, 0
-    table = _CsvStream(out_dir / "metrics.csv", CSV_COLUMNS)
-    committed = False
-    bar = _progress(total, "evaluate (ray)", progress)
-    try:
-        with ray_session(options.address) as ray:
-            rows = _stream(
-                ray, options, samples, command="evaluate", out_dir=out_dir, spacing=spacing,
-                save_masks=save_masks, cache=_cache_of(pipeline),
-            )
-            for index, item in enumerate(rows):
-                row = json.loads(item["row"])
-                n_evaluated += not item["reused"]
-                stems.append(row["stem"])
-                table.write(row)
-                summary.add(row)
-                if row.get("error"):
-                    error_rows[row["stem"]] = row
-                    print(f"medsamkit: error: {row['stem']}: {row['error']}", file=sys.stderr)
-                elif row.get("dice") is not None:
-                    sample = Sample(row["stem"], Path(item["image_path"]), Path(item["mask_path"]))
-                    extremes.add(float(row["dice"]), index, row["stem"], sample)
-                    dice_sum, dice_n = dice_sum + row["dice"], dice_n + 1
-                    bar.set_postfix(dice=f"{dice_sum / dice_n:.3f}", refresh=False)
-                bar.update(1)
-        committed = True
-    finally:
-        bar.close()
-        table.close(commit=committed)
-    result = summary.result()
-    atomic_write_text(out_dir / "summary.json", json.dumps(result, indent=2) + "\n")
-    n_ok = summary.images - len(summary.errors)
-    if n_ok:
-        columns = {name: summary.values[name] for name in CSV_COLUMNS if name in summary.values and name != "seconds"}
-        view = [_ColumnRow(columns, i) for i in range(n_ok)]
-        save_metric_boxplot(out_dir / "boxplot.png", view, title=f"{n_ok} images")
-        if n_overlays and save_masks:
-            scored, by_stem = extremes.sorted_rows()
-            _draw_overlays(out_dir, _overlay_rows(scored, n_overlays), by_stem)
-    return EvaluationReport(
-        out_dir=out_dir,
-        rows=_RecordRows(out_dir, stems, error_rows),  # type: ignore[arg-type]
-        summary=result,
-        n_evaluated=n_evaluated,
-        errors=dict(summary.errors),
-    )
-
-
-def ray_segment(options: RayEngine, images: Any, *, pipeline: Any, out_dir: Path, n_overlays: int, progress: bool) -> Any:
-    """The Ray engine of :func:`~medsamkit.segment_images` (called by it after the run is set up)."""
-    from .._types import Prompts
-    from ..data import Sample, read_image, read_mask
-    from ._plots import save_overlay
-    from ._segment import SEGMENT_COLUMNS, SegmentReport
-
-    out_dir = out_dir.absolute()  # the workers' working directory is not ours
-    check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
-    total = len(images)
-    stems: list[str] = []
-    error_rows: dict[str, dict[str, Any]] = {}
-    errors: dict[str, str] = {}
-    overlays = len(list((out_dir / "overlays").glob("*.png")))  # a resumed run keeps counting
-    to_draw: list[Any] = []
-    table = _CsvStream(out_dir / "results.csv", SEGMENT_COLUMNS)
-    committed = False
-    bar = _progress(total, "segment (ray)", progress)
-    try:
-        with ray_session(options.address) as ray:
-            for item in _stream(ray, options, images, command="segment", out_dir=out_dir, cache=_cache_of(pipeline)):
-                row = json.loads(item["row"])
-                stems.append(row["stem"])
-                table.write(row)
-                if row.get("error"):
-                    error_rows[row["stem"]] = row
-                    errors[row["stem"]] = row["error"]
-                    print(f"medsamkit: error: {row['stem']}: {row['error']}", file=sys.stderr)
-                elif not item["reused"] and overlays + len(to_draw) < n_overlays:
-                    mask = Path(item["mask_path"]) if item["mask_path"] else None
-                    to_draw.append(Sample(row["stem"], Path(item["image_path"]), mask))
-                bar.update(1)
-        committed = True
-    finally:
-        bar.close()
-        table.close(commit=committed)
-    for sample in to_draw:  # the first successes, as the local engine draws them
-        record = json.loads((out_dir / "records" / f"{sample.stem}.json").read_text())
-        save_overlay(
-            out_dir / "overlays" / f"{sample.stem}.png",
-            read_image(sample.image_path),
-            pred=read_mask(out_dir / "masks" / f"{sample.stem}.png"),
-            target=read_mask(sample.mask_path) if sample.mask_path is not None else None,
-            prompts=Prompts.from_dict(record["prompts"]),
-            title=sample.stem,
-        )
-    return SegmentReport(out_dir=out_dir, rows=_RecordRows(out_dir, stems, error_rows), errors=errors)  # type: ignore[arg-type]

@@ -57,11 +57,12 @@ def segment_images(
     """
     from tqdm.auto import tqdm
 
-    from ..data import atomic_write_text
-    from ._evaluate import RUN_FILE, _check_same_run, _csv_text_for, _engine_options
+    from ..data import atomic_write_text, csv_text
+    from ._evaluate import RUN_FILE, _check_same_run
     from ._plots import save_overlay
+    from ._ray import engine_options as parse_engine
 
-    engine_options = _engine_options(engine)
+    engine_options = parse_engine(engine)
     out_dir = Path(out_dir)
     run = {"pipeline": pipeline.config.model_dump(mode="json"), "command": "segment"}
     _check_same_run(out_dir, run, keys=("pipeline", "command"))
@@ -77,9 +78,7 @@ def segment_images(
             ) from exc
         print(f"medsamkit: note: pipeline cannot be saved for re-running ({exc})", file=sys.stderr)
     if engine_options is not None:
-        from ._ray import ray_segment
-
-        return ray_segment(engine_options, images, pipeline=pipeline, out_dir=out_dir, n_overlays=n_overlays, progress=progress)
+        return _segment_on_ray(engine_options, images, pipeline=pipeline, out_dir=out_dir, n_overlays=n_overlays, progress=progress)
     rows: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     overlays = len(list((out_dir / "overlays").glob("*.png")))  # a resumed run keeps counting
@@ -110,9 +109,9 @@ def segment_images(
         if row.get("error"):
             errors[sample.stem] = row["error"]
             continue
-        atomic_write_text(out_dir / "results.csv", _csv_text_for(list(rows.values()), SEGMENT_COLUMNS))
+        atomic_write_text(out_dir / "results.csv", csv_text(list(rows.values()), SEGMENT_COLUMNS))
     ordered = [rows[s.stem] for s in images if s.stem in rows]
-    atomic_write_text(out_dir / "results.csv", _csv_text_for(ordered, SEGMENT_COLUMNS))
+    atomic_write_text(out_dir / "results.csv", csv_text(ordered, SEGMENT_COLUMNS))
     return SegmentReport(out_dir=out_dir, rows=ordered, errors=errors)
 
 
@@ -171,3 +170,55 @@ def segment_samples(
             out_dir / "records" / f"{sample.stem}.json", json.dumps({"row": row, "prompts": result.prompts.to_dict()}) + "\n"
         )
         yield sample, row
+
+
+def _segment_on_ray(options: Any, images: Any, *, pipeline: Any, out_dir: Path, n_overlays: int, progress: bool) -> SegmentReport:
+    """:func:`segment_images` on Ray Data: the workers run :func:`segment_samples`, this process streams the rows."""
+    from .._types import Prompts
+    from ..data import Sample, read_image, read_mask
+    from ._plots import save_overlay
+    from ._ray import CsvStream, RecordRows, cache_of, check_rebuildable, progress_bar, ray_session, stream_rows
+
+    out_dir = out_dir.absolute()  # the workers' working directory is not ours
+    check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
+    stems: list[str] = []
+    error_rows: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    overlays = len(list((out_dir / "overlays").glob("*.png")))  # a resumed run keeps counting
+    to_draw: list[Any] = []
+    table = CsvStream(out_dir / "results.csv", SEGMENT_COLUMNS)
+    committed = False
+    bar = progress_bar(len(images), "segment (ray)", progress)
+    try:
+        with ray_session(options.address) as ray:
+            rows = stream_rows(
+                ray, options, images, out_dir=out_dir, work=segment_samples, finished=_finished_segment_row,
+                cache=cache_of(pipeline),
+            )
+            for item in rows:
+                row = json.loads(item["row"])
+                stems.append(row["stem"])
+                table.write(row)
+                if row.get("error"):
+                    error_rows[row["stem"]] = row
+                    errors[row["stem"]] = row["error"]
+                    print(f"medsamkit: error: {row['stem']}: {row['error']}", file=sys.stderr)
+                elif not item["reused"] and overlays + len(to_draw) < n_overlays:
+                    mask = Path(item["mask_path"]) if item["mask_path"] else None
+                    to_draw.append(Sample(row["stem"], Path(item["image_path"]), mask))
+                bar.update(1)
+        committed = True
+    finally:
+        bar.close()
+        table.close(commit=committed)
+    for sample in to_draw:  # the first successes, as the local engine draws them
+        record = json.loads((out_dir / "records" / f"{sample.stem}.json").read_text())
+        save_overlay(
+            out_dir / "overlays" / f"{sample.stem}.png",
+            read_image(sample.image_path),
+            pred=read_mask(out_dir / "masks" / f"{sample.stem}.png"),
+            target=read_mask(sample.mask_path) if sample.mask_path is not None else None,
+            prompts=Prompts.from_dict(record["prompts"]),
+            title=sample.stem,
+        )
+    return SegmentReport(out_dir=out_dir, rows=RecordRows(out_dir, stems, error_rows), errors=errors)  # type: ignore[arg-type]

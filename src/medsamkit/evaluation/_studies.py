@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .._protocols import PromptProvider, Segmenter
+
 __all__ = ["DETECTION_CLASSES", "StudyReport", "box_margin_study", "compare_prompters", "detection_class"]
 
 DETECTION_CLASSES = ("detected", "missed: no prompt", "missed: wrong place", "false positive", "true negative")
@@ -91,9 +93,9 @@ class StudyReport:
 
 
 def compare_prompters(
-    segmenter: Any,
+    segmenter: Segmenter,
     data: Any,
-    prompters: Mapping[str, Any],
+    prompters: Mapping[str, PromptProvider],
     *,
     out_dir: str | Path,
     limit: int | None = None,
@@ -128,10 +130,10 @@ def compare_prompters(
         progress: Progress bars.
     """
     from .._pipeline import Pipeline
-    from ..data import atomic_write_text
-    from ..metrics import summarize
     from .._types import Prompts
-    from ._evaluate import _as_samples, _csv_text_for, evaluate
+    from ..data import atomic_write_text, csv_text
+    from ..metrics import summarize
+    from ._evaluate import _as_samples, evaluate
     from ._plots import save_grouped_boxplot
 
     if not prompters:
@@ -184,14 +186,14 @@ def compare_prompters(
         table.append(entry)
         dice_groups[label] = [r.get("dice") for r in report.rows if not r.get("error")]
     columns = list(table[0])
-    atomic_write_text(out_dir / "comparison.csv", _csv_text_for(table, columns))
+    atomic_write_text(out_dir / "comparison.csv", csv_text(table, columns))
     atomic_write_text(out_dir / "comparison.json", json.dumps(table, indent=2) + "\n")
     save_grouped_boxplot(out_dir / "dice_boxplot.png", dice_groups, ylabel="Dice", title=f"{len(samples)} images")
     return StudyReport(out_dir=out_dir, table=table, reports=reports)
 
 
 def box_margin_study(
-    segmenter: Any,
+    segmenter: Segmenter,
     data: Any,
     *,
     out_dir: str | Path,

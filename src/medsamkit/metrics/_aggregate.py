@@ -210,7 +210,7 @@ class MetricAccumulator:
     :meth:`reset` to start over. Every stored row is kept, so per-image results can be
     written out (:attr:`rows`) as well as summarised.
 
-    Example:
+    Examples:
         >>> acc = MetricAccumulator(("dice", "hd95"), spacing=(0.8, 0.8))
         >>> acc.update(pred, target, key="case_001")  # doctest: +SKIP
         >>> acc.compute()["dice"]["mean"]  # doctest: +SKIP

@@ -1,6 +1,21 @@
-"""Prompt providers: where to segment, as boxes or points."""
+"""Prompt providers: where to segment, as boxes or points.
 
-from ._cam import CAM_METHODS, CAMBoxPrompter
+The presence-classifier pieces (:func:`presence_arrays`, :func:`seeded_classifier`,
+:func:`focal_loss`, :func:`index_batches`, :func:`classifier_step`,
+:func:`classifier_scores`) train :class:`CAMBoxPrompter`'s classifier, in
+``CAMBoxPrompter.fit`` and in SAM-Mix's joint loop (:func:`medsamkit.fit_sammix`).
+"""
+
+from ._cam import (
+    CAM_METHODS,
+    CAMBoxPrompter,
+    classifier_scores,
+    classifier_step,
+    focal_loss,
+    index_batches,
+    presence_arrays,
+    seeded_classifier,
+)
 from ._combined import BoxesWithPointsPrompter
 from ._embedding_head import EmbeddingHeadPrompter
 from ._fixed import FixedPrompter
@@ -19,6 +34,12 @@ __all__ = [
     "PerturbedBoxPrompter",
     "YOLOBoxPrompter",
     "YOLOSegmenter",
+    "classifier_scores",
+    "classifier_step",
     "configure_ultralytics_offline",
+    "focal_loss",
+    "index_batches",
     "masks_to_yolo_dataset",
+    "presence_arrays",
+    "seeded_classifier",
 ]

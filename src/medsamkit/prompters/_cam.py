@@ -20,10 +20,20 @@ from typing import Any
 import numpy as np
 
 from .._geometry import component_boxes_xyxy
-from .._types import Prompts
+from .._registry import register_component
+from .._types import ImageEncoding, Prompts
 from .._validation import as_image, as_mask, check_probability
 
-__all__ = ["CAM_METHODS", "CAMBoxPrompter"]
+__all__ = [
+    "CAM_METHODS",
+    "CAMBoxPrompter",
+    "classifier_scores",
+    "classifier_step",
+    "focal_loss",
+    "index_batches",
+    "presence_arrays",
+    "seeded_classifier",
+]
 
 CAM_METHODS: dict[str, str] = {
     "gradcam": "GradCAM",
@@ -99,7 +109,7 @@ def _build_classifier(width: int, depth: int) -> Any:
     return PresenceNet()
 
 
-def _samples_to_arrays(samples: Sequence[Any], size: int, *, name: str) -> tuple[np.ndarray, np.ndarray]:
+def presence_arrays(samples: Sequence[Any], size: int, *, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed images ``(N, size, size)`` and presence labels ``(N,)`` (mask non-empty)."""
     images, labels = [], []
     for i, sample in enumerate(samples):
@@ -143,11 +153,12 @@ def _augment(batch: Any, rng: np.random.Generator, *, shift: float, intensity: f
     return out
 
 
-# Pieces of the classifier training, shared by CAMBoxPrompter.fit and SAM-Mix's joint loop
-# (medsamkit.training._sammix), which steps the classifier between segmenter steps.
+# Pieces of the presence classifier's training, public: CAMBoxPrompter.fit and SAM-Mix's
+# joint loop (medsamkit.training.fit_sammix, which steps the classifier between segmenter
+# steps) train it with the same code.
 
 
-def _seeded_classifier(width: int, depth: int, seed: int) -> Any:
+def seeded_classifier(width: int, depth: int, seed: int) -> Any:
     """A fresh classifier initialised from ``seed`` (the global torch RNG state is left untouched)."""
     import torch
 
@@ -156,7 +167,7 @@ def _seeded_classifier(width: int, depth: int, seed: int) -> Any:
         return _build_classifier(width, depth)
 
 
-def _focal_loss(alpha: float | None, gamma: float) -> Any:
+def focal_loss(alpha: float | None, gamma: float) -> Any:
     """``loss(logits (N,), labels (N,)) -> scalar``: mean sigmoid focal loss; ``alpha`` None: no class weight."""
     from torchvision.ops import sigmoid_focal_loss
 
@@ -168,12 +179,12 @@ def _focal_loss(alpha: float | None, gamma: float) -> Any:
     return loss_fn
 
 
-def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+def index_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Consecutive index batches of ``order`` (the last one may be shorter)."""
     return [order[begin : begin + batch_size] for begin in range(0, len(order), batch_size)]
 
 
-def _classifier_step(
+def classifier_step(
     model: Any,
     optimizer: Any,
     x: Any,
@@ -195,7 +206,7 @@ def _classifier_step(
         y: ``(N,)`` float32 presence labels.
         index: Indices of the batch in ``x``.
         rng: Augmentation randomness.
-        loss_fn: See :func:`_focal_loss`.
+        loss_fn: See :func:`focal_loss`.
         shift, intensity, flip: Augmentation settings (see :meth:`CAMBoxPrompter.fit`).
 
     Returns:
@@ -207,18 +218,18 @@ def _classifier_step(
 
     if len(index) < 2 and len(x) >= 2:
         return None
-    index = torch.as_tensor(index)
+    rows = torch.as_tensor(index)
     model.train()
-    xb = _augment(x[index], rng, shift=shift, intensity=intensity, flip=flip)
+    xb = _augment(x[rows], rng, shift=shift, intensity=intensity, flip=flip)
     logits = model(xb)[:, 0]
-    loss = loss_fn(logits, y[index])
+    loss = loss_fn(logits, y[rows])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach()), int(((logits.detach() > 0).float() == y[index]).sum())
+    return float(loss.detach()), int(((logits.detach() > 0).float() == y[rows]).sum())
 
 
-def _classifier_scores(model: Any, x: Any, y: Any, loss_fn: Any, *, threshold: float = 0.5) -> tuple[float, float]:
+def classifier_scores(model: Any, x: Any, y: Any, loss_fn: Any, *, threshold: float = 0.5) -> tuple[float, float]:
     """``(loss, accuracy)`` of the classifier in eval mode; "present" when the probability exceeds ``threshold``."""
     import math
 
@@ -231,6 +242,7 @@ def _classifier_scores(model: Any, x: Any, y: Any, loss_fn: Any, *, threshold: f
     return float(loss_fn(logits, y)), float(((logits > cut).float() == y).float().mean())
 
 
+@register_component("prompter", "cam-box", fitted=True)
 class CAMBoxPrompter:
     """Boxes around the class-activation regions of a small presence classifier (SAM-Mix prompts).
 
@@ -270,6 +282,7 @@ class CAMBoxPrompter:
     """
 
     requires_target = False
+    uses_encoding = False
     state_suffix = ".pt"
 
     def __init__(
@@ -396,7 +409,7 @@ class CAMBoxPrompter:
             raise ValueError("samples: expected at least one training sample, got none")
 
         start = time.perf_counter()
-        x_np, y_np = _samples_to_arrays(samples, self.input_size, name="samples")
+        x_np, y_np = presence_arrays(samples, self.input_size, name="samples")
         if y_np.min() == y_np.max():
             kind = "non-empty" if y_np[0] else "empty"
             raise ValueError(
@@ -407,20 +420,20 @@ class CAMBoxPrompter:
         y_train = torch.from_numpy(y_np)
         x_val = y_val = None
         if val is not None and len(val):
-            xv, yv = _samples_to_arrays(val, self.input_size, name="val")
+            xv, yv = presence_arrays(val, self.input_size, name="val")
             x_val, y_val = torch.from_numpy(xv)[:, None], torch.from_numpy(yv)
 
-        loss_fn = _focal_loss(alpha, gamma)
+        loss_fn = focal_loss(alpha, gamma)
         rng = np.random.default_rng(seed)
         history: list[dict[str, float]] = []
         best: tuple[float, int, dict[str, Any]] | None = None
-        model = _seeded_classifier(self.width, self.depth, seed)
+        model = seeded_classifier(self.width, self.depth, seed)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         n = len(y_train)
         for epoch in tqdm(range(1, epochs + 1), desc="fit CAM classifier", unit="epoch", disable=not progress):
             losses, correct = [], 0
-            for index in _batches(rng.permutation(n), batch_size):
-                step = _classifier_step(
+            for index in index_batches(rng.permutation(n), batch_size):
+                step = classifier_step(
                     model, optimizer, x_train, y_train, index, rng,
                     loss_fn=loss_fn, shift=shift, intensity=intensity, flip=flip,
                 )
@@ -429,7 +442,7 @@ class CAMBoxPrompter:
                     correct += step[1]
             record = {"epoch": epoch, "loss": float(np.sum(losses) / n), "accuracy": correct / n}
             if x_val is not None:
-                val_loss, val_accuracy = _classifier_scores(model, x_val, y_val, loss_fn)
+                val_loss, val_accuracy = classifier_scores(model, x_val, y_val, loss_fn)
                 record["val_loss"] = val_loss
                 record["val_accuracy"] = val_accuracy
                 if best is None or val_loss < best[0]:
@@ -514,7 +527,9 @@ class CAMBoxPrompter:
         min_area = max(1, int(self.min_area_fraction * h * w))
         return component_boxes_xyxy(region, min_area=min_area, keep_largest=True)[: self.max_boxes]
 
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
         """Box prompts for ``image`` (``target`` is not read); none when the classifier says "absent"."""
         self._check_fitted()
         image = as_image(image)

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .._types import Prompts
+from .._protocols import PromptProvider, prompts_for
+from .._types import ImageEncoding, Prompts
 
 __all__ = ["BoxesWithPointsPrompter"]
 
@@ -26,7 +27,7 @@ class BoxesWithPointsPrompter:
         points: A provider giving points (e.g. ``MeanMaskPointPrompter``).
     """
 
-    def __init__(self, boxes: Any, points: Any) -> None:
+    def __init__(self, boxes: PromptProvider, points: PromptProvider) -> None:
         for name, value in (("boxes", boxes), ("points", points)):
             if not callable(value) or not hasattr(value, "requires_target"):
                 raise TypeError(f"{name}: expected a prompt provider, got {type(value).__name__}")
@@ -38,26 +39,21 @@ class BoxesWithPointsPrompter:
     def __repr__(self) -> str:
         return f"BoxesWithPointsPrompter({self.boxes!r}, {self.points!r})"
 
-    @staticmethod
-    def _ask(provider: Any, image: np.ndarray, target: Any, encoding: Any) -> Prompts:
-        kwargs: dict[str, Any] = {}
-        if provider.requires_target:
-            kwargs["target"] = target
-        if getattr(provider, "uses_encoding", False):
-            kwargs["encoding"] = encoding
-        return provider(image, **kwargs)
-
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: Any = None) -> Prompts:
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
         """Box prompts, each with the points inside it."""
-        box_prompts = self._ask(self.boxes, image, target, encoding)
-        point_prompts = self._ask(self.points, image, target, encoding)
+        box_prompts = prompts_for(self.boxes, image, target=target, encoding=encoding)
+        point_prompts = prompts_for(self.points, image, target=target, encoding=encoding)
         boxes = box_prompts.box_xyxy
         if boxes is None or len(boxes) == 0:
             return Prompts.empty()
         if point_prompts.points_xy is None or point_prompts.n == 0:
             return Prompts(box_xyxy=boxes)
         groups: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(boxes))]
-        for pts, labels in zip(point_prompts.points_xy, point_prompts.point_labels):
+        point_labels = point_prompts.point_labels
+        assert point_labels is not None  # Prompts: points always come with labels
+        for pts, labels in zip(point_prompts.points_xy, point_labels):
             real = labels != -1
             if not real.any():
                 continue

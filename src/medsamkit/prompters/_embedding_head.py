@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .._geometry import component_boxes_xyxy, grow_boxes_xyxy
+from .._geometry import component_boxes_xyxy, grow_boxes_xyxy, target_at_logits
+from .._protocols import Segmenter
+from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
 
@@ -51,6 +53,7 @@ def _build_head(channels: int, hidden: int) -> Any:
     )
 
 
+@register_component("prompter", "embedding-head", fitted=True)
 class EmbeddingHeadPrompter:
     """Boxes from a small head trained on the segmenter's image embedding.
 
@@ -119,9 +122,10 @@ class EmbeddingHeadPrompter:
 
     def fit(
         self,
-        segmenter: Any,
         samples: Sequence[Any],
         *,
+        segmenter: Segmenter | None = None,
+        val: Sequence[Any] | None = None,
         epochs: int = 40,
         lr: float = 1e-3,
         seed: int = 0,
@@ -130,9 +134,12 @@ class EmbeddingHeadPrompter:
         """Train the head on ``samples`` (items with ``load() -> (image, mask)``).
 
         Args:
-            segmenter: The SAM-family segmenter whose embedding the head reads (wrap it
-                in a ``CachedSegmenter`` to reuse encodings across studies).
             samples: Training images with masks; empty masks teach "no target here".
+            segmenter: Required: the SAM-family segmenter whose embedding the head reads
+                (wrap it in a ``CachedSegmenter`` to reuse encodings across studies).
+            val: Not read: the head trains for ``epochs`` without validation
+                (accepted so that every learned provider is fitted the same way, see
+                :class:`~medsamkit.FittablePrompter`).
             epochs: Passes over the training images (each pass costs milliseconds per
                 image: the encodings are computed once).
             lr: AdamW learning rate.
@@ -145,8 +152,13 @@ class EmbeddingHeadPrompter:
         import torch
         from tqdm.auto import tqdm
 
-        from ..training._engine import _target_at_logits
-
+        if hasattr(samples, "encode") and hasattr(samples, "model_id"):
+            raise TypeError(
+                f"samples: got a segmenter ({type(samples).__name__}); the signature is "
+                "fit(samples, *, segmenter=..., ...)"
+            )
+        if segmenter is None:
+            raise TypeError("segmenter: EmbeddingHeadPrompter.fit needs segmenter=<the segmenter whose embedding it reads>")
         if len(samples) == 0:
             raise ValueError("samples: expected at least one training sample, got none")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -159,7 +171,7 @@ class EmbeddingHeadPrompter:
             image, mask = sample.load()
             enc = segmenter.encode(image)
             emb = _embedding(enc.features).detach().float().cpu().clone()  # a normal tensor, even from inference mode
-            target = _target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1])
+            target = target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1])
             data.append((emb, target[None]))
         torch.manual_seed(seed)
         head = _build_head(data[0][0].shape[1], self.hidden)
@@ -189,7 +201,7 @@ class EmbeddingHeadPrompter:
 
     def _check_fitted(self) -> None:
         if self.head is None:
-            raise RuntimeError("EmbeddingHeadPrompter is not fitted: call fit(segmenter, samples) or load(path) first")
+            raise RuntimeError("EmbeddingHeadPrompter is not fitted: call fit(samples, segmenter=...) or load(path) first")
 
     def probability_map(self, encoding: ImageEncoding) -> np.ndarray:
         """``(H, W)`` float32 coarse foreground probability at the input resolution."""
@@ -258,8 +270,18 @@ class EmbeddingHeadPrompter:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> EmbeddingHeadPrompter:
-        """Load a prompter saved with :meth:`save`."""
+    def load(cls, path: str | Path, **overrides: Any) -> EmbeddingHeadPrompter:
+        """Load a prompter saved with :meth:`save`.
+
+        Args:
+            path: The ``.pt`` file.
+            **overrides: Parameters (:meth:`params`) as a config states them: each must
+                equal the saved value.
+
+        Raises:
+            TypeError: For a name that is not a parameter.
+            ValueError: For a value that contradicts the saved one.
+        """
         import torch
 
         path = Path(path)
@@ -271,7 +293,14 @@ class EmbeddingHeadPrompter:
             state = data["head"]
         except Exception as exc:
             raise ValueError(f"path: {path} is not a saved EmbeddingHeadPrompter ({exc})") from exc
-        prompter = cls(**meta["params"])
+        params = meta["params"]
+        unknown = sorted(set(overrides) - set(params))
+        if unknown:  # TypeError, like an unexpected keyword argument
+            raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(params)}")
+        for key, value in overrides.items():
+            if params[key] != value:
+                raise ValueError(f"{key}: the saved prompter {path} has {params[key]!r}, the config {value!r}")
+        prompter = cls(**params)
         head = _build_head(state["0.weight"].shape[1], prompter.hidden)
         head.load_state_dict(state)
         head.eval()

@@ -6,11 +6,18 @@ from typing import Any
 
 import numpy as np
 
-from .._types import Prompts
+from .._registry import register_component
+from .._types import ImageEncoding, Prompts
 
 __all__ = ["FixedPrompter"]
 
 
+def _from_config(*, prompts: dict[str, Any]) -> FixedPrompter:
+    """Registry builder: the prompts of a config (``Prompts.to_dict()``)."""
+    return FixedPrompter(Prompts.from_dict(prompts))
+
+
+@register_component("prompter", "fixed", build=_from_config)
 class FixedPrompter:
     """Returns the same prompts for every image (a box drawn once, a known landmark).
 
@@ -19,6 +26,7 @@ class FixedPrompter:
     """
 
     requires_target = False
+    uses_encoding = False
 
     def __init__(self, prompts: Prompts) -> None:
         if not isinstance(prompts, Prompts):
@@ -32,6 +40,8 @@ class FixedPrompter:
         """Constructor arguments (for configs)."""
         return {"prompts": self.prompts.to_dict()}
 
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
-        """The fixed prompts (``image`` and ``target`` are not read)."""
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
+        """The fixed prompts (``image``, ``target`` and ``encoding`` are not read)."""
         return self.prompts

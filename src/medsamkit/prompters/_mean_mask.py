@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
 from .._geometry import connected_components
-from .._types import Prompts
+from .._registry import register_component
+from .._types import ImageEncoding, Prompts
 from .._validation import as_image, as_mask, check_probability
 
 __all__ = ["MeanMaskPointPrompter"]
@@ -41,6 +42,7 @@ def _spread_points(region: np.ndarray, weight: np.ndarray, k: int) -> np.ndarray
     return np.asarray(chosen, dtype=np.float32)
 
 
+@register_component("prompter", "mean-mask-points", fitted=True)
 class MeanMaskPointPrompter:
     """Foreground points placed in the high-probability regions of the training set's mean mask.
 
@@ -64,6 +66,8 @@ class MeanMaskPointPrompter:
     """
 
     requires_target = False
+    uses_encoding = False
+    state_suffix = ".npz"
 
     def __init__(
         self,
@@ -103,12 +107,17 @@ class MeanMaskPointPrompter:
             "group": self.group,
         }
 
-    def fit(self, masks: Iterable[Any], *, progress: bool = False) -> MeanMaskPointPrompter:
+    def fit(
+        self, samples: Iterable[Any], *, val: Iterable[Any] | None = None, progress: bool = False
+    ) -> MeanMaskPointPrompter:
         """Average the training masks and place the points.
 
         Args:
-            masks: ``(H, W)`` masks, or items with a ``load_mask()`` method (the
+            samples: ``(H, W)`` masks, or items with a ``load_mask()`` method (the
                 samples of a ``MaskFolder``). Use the training split only.
+            val: Not read: the mean mask has nothing to validate (accepted so that
+                every learned provider is fitted the same way, see
+                :class:`~medsamkit.FittablePrompter`).
             progress: Show a progress bar.
 
         Returns:
@@ -122,16 +131,16 @@ class MeanMaskPointPrompter:
 
         total = np.zeros((self.grid_size, self.grid_size), dtype=np.float64)
         n = 0
-        for item in tqdm(masks, desc="mean mask", disable=not progress, unit="mask"):
+        for item in tqdm(samples, desc="mean mask", disable=not progress, unit="mask"):
             mask = item.load_mask() if hasattr(item, "load_mask") else item
-            mask = as_mask(mask, name="masks[]").astype(np.float32)
+            mask = as_mask(mask, name="samples[]").astype(np.float32)
             total += cv2.resize(mask, (self.grid_size, self.grid_size), interpolation=cv2.INTER_AREA)
             n += 1
         if n == 0:
-            raise ValueError("masks: expected at least one training mask, got none")
+            raise ValueError("samples: expected at least one training mask, got none")
         mean = (total / n).astype(np.float32)
         if mean.max() <= 0:
-            raise ValueError(f"masks: expected some foreground, got {n} empty masks")
+            raise ValueError(f"samples: expected some foreground, got {n} empty masks")
         self.mean_mask, self.n_fitted = mean, n
         self._points = self._place_points(mean)
         return self
@@ -158,7 +167,9 @@ class MeanMaskPointPrompter:
         if self.mean_mask is None:
             raise RuntimeError("MeanMaskPointPrompter is not fitted: call fit(training_masks) or load(path) first")
 
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
         """Points scaled to ``image``'s size (``target`` is not read)."""
         image = as_image(image)
         h, w = image.shape[:2]
@@ -185,7 +196,7 @@ class MeanMaskPointPrompter:
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer,
-            mean_mask=self.mean_mask,
+            mean_mask=cast(np.ndarray, self.mean_mask),  # fitted: checked above
             n_fitted=np.int64(self.n_fitted),
             params=np.frombuffer(json.dumps(self.params()).encode(), dtype=np.uint8),
         )
@@ -194,8 +205,18 @@ class MeanMaskPointPrompter:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> MeanMaskPointPrompter:
-        """Load a prompter saved with :meth:`save`."""
+    def load(cls, path: str | Path, **overrides: Any) -> MeanMaskPointPrompter:
+        """Load a prompter saved with :meth:`save`.
+
+        Args:
+            path: The ``.npz`` file.
+            **overrides: Parameters (:meth:`params`) as a config states them: each must
+                equal the saved value (the points were placed with them).
+
+        Raises:
+            TypeError: For a name that is not a parameter.
+            ValueError: For a value that contradicts the saved one.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"path: expected a saved MeanMaskPointPrompter .npz, got missing file {path}")
@@ -206,6 +227,12 @@ class MeanMaskPointPrompter:
                 n_fitted = int(data["n_fitted"])
         except (KeyError, ValueError, OSError) as exc:
             raise ValueError(f"path: {path} is not a saved MeanMaskPointPrompter ({exc})") from exc
+        unknown = sorted(set(overrides) - set(params))
+        if unknown:  # TypeError, like an unexpected keyword argument
+            raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(params)}")
+        for key, value in overrides.items():
+            if params[key] != value:
+                raise ValueError(f"{key}: the saved prompter {path} has {params[key]!r}, the config {value!r}")
         prompter = cls(**params)
         prompter.mean_mask, prompter.n_fitted = mean, n_fitted
         prompter._points = prompter._place_points(mean)

@@ -8,7 +8,8 @@ from typing import Any, Literal
 import numpy as np
 
 from .._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
-from .._types import Prompts
+from .._registry import register_component
+from .._types import ImageEncoding, Prompts
 from .._validation import as_image, as_mask
 
 __all__ = ["OracleBoxPrompter", "PerturbedBoxPrompter"]
@@ -26,6 +27,7 @@ def _require_target(target: np.ndarray | None, image: np.ndarray, owner: str) ->
     return as_mask(target, name="target", size_hw=image.shape[:2])
 
 
+@register_component("prompter", "oracle-box")
 class OracleBoxPrompter:
     """Boxes around the reference mask (the upper bound of any box prompter).
 
@@ -39,6 +41,7 @@ class OracleBoxPrompter:
     """
 
     requires_target = True
+    uses_encoding = False
 
     def __init__(self, *, mode: BoxMode = "components", min_area: int = 16) -> None:
         if mode not in ("components", "whole"):
@@ -62,12 +65,15 @@ class OracleBoxPrompter:
             return np.zeros((0, 4), np.float32) if box is None else box[None]
         return component_boxes_xyxy(target, min_area=self.min_area)
 
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
         """Boxes for ``image`` from its reference mask ``target`` (required)."""
         mask = _require_target(target, image, "OracleBoxPrompter")
         return Prompts(box_xyxy=self.boxes(mask))
 
 
+@register_component("prompter", "perturbed-box")
 class PerturbedBoxPrompter:
     """Oracle boxes grown by a margin and/or with seeded random corner jitter.
 
@@ -87,6 +93,7 @@ class PerturbedBoxPrompter:
     """
 
     requires_target = True
+    uses_encoding = False
 
     def __init__(
         self,
@@ -132,7 +139,9 @@ class PerturbedBoxPrompter:
         digest = hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=8).digest()
         return np.random.default_rng([self.seed, int.from_bytes(digest, "little")])
 
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
         """Perturbed oracle boxes for ``image`` (``target`` required)."""
         mask = _require_target(target, image, "PerturbedBoxPrompter")
         boxes = self.oracle.boxes(mask)

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from .._geometry import component_boxes_xyxy
-from .._types import PromptMasks, Prompts
+from .._registry import register_component
+from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image, as_mask, check_probability, describe
 
 __all__ = [
@@ -262,7 +263,7 @@ def _preserve_global_state() -> Iterator[None]:
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
         if fill is not None:
-            torch.utils.deterministic.fill_uninitialized_memory = fill
+            torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
         for key, value in env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -449,7 +450,7 @@ def masks_to_yolo_dataset(
         raise ValueError(f"min_area: expected a non-negative int, got {min_area!r}")
     out_dir = Path(out_dir).expanduser().absolute()
     _prepare_out_dir(out_dir)
-    kwargs = {"min_area": int(min_area), "polygons": polygons, "progress": progress}
+    kwargs: dict[str, Any] = {"min_area": int(min_area), "polygons": polygons, "progress": progress}
     _write_split(samples, out_dir, "train", name="samples", **kwargs)
     val = "images/train"
     if val_samples is not None:
@@ -535,6 +536,8 @@ class _YOLOModel:
     _default_model = "yolov8n.yaml"
 
     requires_target = False
+    uses_encoding = False
+    state_suffix = ".npz"
 
     def __init__(
         self,
@@ -606,20 +609,22 @@ class _YOLOModel:
 
     # -- model ---------------------------------------------------------------------
 
-    def _check_fitted(self) -> None:
+    def _check_fitted(self) -> bytes:
+        """The checkpoint bytes; RuntimeError when there are none yet."""
         if self._checkpoint is None:
             raise RuntimeError(
-                f"{type(self).__name__} has no weights: call fit(train_samples), load(path) or pass weights=PATH"
+                f"{type(self).__name__} has no weights: call fit(samples), load(path) or pass weights=PATH"
             )
+        return self._checkpoint
 
     def _load_yolo(self) -> Any:
         """The Ultralytics model for prediction, built from the in-memory checkpoint."""
         if self._yolo is None:
-            self._check_fitted()
+            checkpoint = self._check_fitted()
             yolo_cls = _import_ultralytics()
             with tempfile.TemporaryDirectory(prefix="medsamkit-yolo-") as tmp:
                 path = Path(tmp) / "model.pt"
-                path.write_bytes(self._checkpoint)
+                path.write_bytes(checkpoint)
                 with _offline_guard(verbose=False):
                     yolo = yolo_cls(str(path), task=self._task)
             if yolo.task != self._task:
@@ -629,16 +634,16 @@ class _YOLOModel:
 
     def fit(
         self,
-        train_samples: Iterable[Any],
+        samples: Iterable[Any],
         *,
-        val_samples: Iterable[Any] | None = None,
+        val: Iterable[Any] | None = None,
         epochs: int = 100,
         imgsz: int | None = None,
         batch: int = 16,
         seed: int = 0,
         work_dir: str | os.PathLike[str] | None = None,
         min_area: int = 16,
-        progress: bool = True,
+        progress: bool = False,
         **train_args: Any,
     ) -> Any:
         """Train the detector on image/mask pairs, offline.
@@ -648,13 +653,13 @@ class _YOLOModel:
         (``pretrained=False``), or fine-tuned from the ``weights`` given to the
         constructor. Training is seeded and uses ``deterministic=True``; AMP and
         plots are off (both would download files); no integration (hub, MLflow,
-        W&B, ...) runs. With ``val_samples`` the checkpoint with the best
+        W&B, ...) runs. With ``val`` samples the checkpoint with the best
         validation fitness is kept, otherwise the last epoch's.
 
         Args:
-            train_samples: :class:`~medsamkit.data.Sample` items (a
+            samples: :class:`~medsamkit.data.Sample` items (a
                 :class:`~medsamkit.data.MaskFolder` split) or ``(image, mask)`` pairs.
-            val_samples: Validation items (recommended; used for checkpoint selection).
+            val: Validation items (recommended; used for checkpoint selection).
             epochs: Training epochs.
             imgsz: Training (and from then on prediction) image size; default ``self.imgsz``.
             batch: Batch size.
@@ -663,7 +668,7 @@ class _YOLOModel:
                 ``train/weights/best.pt``). Default: a temporary folder, deleted
                 after training (the weights stay in memory; use :meth:`save`).
             min_area: Smallest mask component, in pixels, that becomes a training box.
-            progress: Show Ultralytics' training log.
+            progress: Show Ultralytics' training log (default: quiet).
             **train_args: Further Ultralytics training arguments (``lr0``,
                 ``patience``, ``workers``, augmentation settings such as ``fliplr``, ...).
 
@@ -680,10 +685,10 @@ class _YOLOModel:
             raise ValueError(f"train_args: {reserved} are set by fit() itself; use its own arguments instead")
         yolo_cls = _import_ultralytics()
         temporary = work_dir is None
-        root = Path(tempfile.mkdtemp(prefix="medsamkit-yolo-")) if temporary else Path(work_dir).expanduser().absolute()
+        root = Path(tempfile.mkdtemp(prefix="medsamkit-yolo-")) if work_dir is None else Path(work_dir).expanduser().absolute()
         try:
             data_yaml = masks_to_yolo_dataset(
-                train_samples, root / "dataset", min_area=min_area, val_samples=val_samples,
+                samples, root / "dataset", min_area=min_area, val_samples=val,
                 polygons=self._task == "segment", progress=progress,
             )
             n_train = len(list((root / "dataset" / "labels" / "train").glob("*.txt")))
@@ -784,13 +789,13 @@ class _YOLOModel:
         """
         from ..data import atomic_write_bytes
 
-        self._check_fitted()
-        meta = {"format": self._format, "params": self.params(), "train_info": self.train_info}
-        meta["params"]["weights"] = None
+        checkpoint = self._check_fitted()
+        params = {**self.params(), "weights": None}
+        meta = {"format": self._format, "params": params, "train_info": self.train_info}
         buffer = io.BytesIO()
         np.savez(
             buffer,
-            checkpoint=np.frombuffer(self._checkpoint, dtype=np.uint8),
+            checkpoint=np.frombuffer(checkpoint, dtype=np.uint8),
             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
         )
         path = Path(path)
@@ -801,9 +806,9 @@ class _YOLOModel:
         """Write the Ultralytics checkpoint (``.pt``) itself, e.g. to use it with ``yolo predict``."""
         from ..data import atomic_write_bytes
 
-        self._check_fitted()
+        checkpoint = self._check_fitted()
         path = Path(path)
-        atomic_write_bytes(path, self._checkpoint)
+        atomic_write_bytes(path, checkpoint)
         return path
 
     @classmethod
@@ -835,6 +840,24 @@ class _YOLOModel:
         return prompter
 
 
+def build_yolo_box_prompter(*, weights: str | None = None, state: str | None = None, **params: Any) -> YOLOBoxPrompter:
+    """Registry builder for ``"yolo-box"``: a saved prompter (``state``) or a checkpoint (``weights``).
+
+    ``Pipeline.save`` stores a fitted prompter as ``state``; it wins over ``weights``
+    (which then only documents where the weights came from). Other parameters
+    override the saved ones.
+    """
+    if state is not None:
+        return YOLOBoxPrompter.load(state, **params)
+    if weights is None:
+        raise ValueError(
+            "weights: the 'yolo-box' prompter needs trained weights: weights=PATH to an Ultralytics .pt "
+            "checkpoint, or state=PATH saved by YOLOBoxPrompter.save() (CLI: --prompter-state PATH)"
+        )
+    return YOLOBoxPrompter(weights=weights, **params)
+
+
+@register_component("prompter", "yolo-box", build=build_yolo_box_prompter, fitted=True)
 class YOLOBoxPrompter(_YOLOModel):
     """Boxes from a YOLO detector trained on a few image/mask pairs (paper 000).
 
@@ -860,14 +883,16 @@ class YOLOBoxPrompter(_YOLOModel):
         device: Torch device for training and prediction (``"cpu"``, ``"cuda:0"``).
 
     Example:
-        >>> prompter = YOLOBoxPrompter().fit(folder.subset(train_stems), val_samples=folder.subset(val_stems))
+        >>> prompter = YOLOBoxPrompter().fit(folder.subset(train_stems), val=folder.subset(val_stems))
         >>> prompter.save("busi_yolo.npz")
         >>> pipe = Pipeline(YOLOBoxPrompter.load("busi_yolo.npz"), LiteMedSAM())
     """
 
     requires_target = False
 
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
         """The detected boxes as prompts (``target`` is not read)."""
         boxes, _ = self.detect(image)
         if len(boxes) == 0:
@@ -908,7 +933,9 @@ class YOLOSegmenter(_YOLOModel):
             self._digest = cached = (checkpoint, digest)
         return f"yolo-seg:{cached[1]}:{self.imgsz}:{self.conf}:{self.iou}:{self.max_boxes}"
 
-    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None) -> Prompts:
+    def __call__(
+        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
+    ) -> Prompts:
         """The detected boxes as prompts (``target`` is not read)."""
         boxes, _ = self.detect(image)
         return Prompts.empty() if len(boxes) == 0 else Prompts(box_xyxy=boxes)
@@ -967,21 +994,3 @@ def _box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     area = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
     areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
     return inter / np.maximum(area + areas - inter, 1e-9)
-
-
-def build_yolo_box_prompter(*, weights: str | None = None, state: str | None = None, **params: Any) -> YOLOBoxPrompter:
-    """Registry builder for ``"yolo-box"``: a saved prompter (``state``) or a checkpoint (``weights``).
-
-    ``Pipeline.save`` stores a fitted prompter as ``state``; it wins over ``weights``
-    (which then only documents where the weights came from). Other parameters
-    override the saved ones.
-    """
-    if state is not None:
-        return YOLOBoxPrompter.load(state, **params)
-    if weights is None:
-        raise ValueError(
-            "weights: the 'yolo-box' prompter needs trained weights: weights=PATH to an Ultralytics .pt "
-            "checkpoint, or state=PATH saved by YOLOBoxPrompter.save() (CLI: --prompter-state PATH)"
-        )
-    return YOLOBoxPrompter(weights=weights, **params)
-

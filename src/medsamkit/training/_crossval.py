@@ -13,9 +13,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .._protocols import PromptProvider, Segmenter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .._pipeline import Pipeline
 
 __all__ = ["CROSSVAL_PROMPTERS", "CROSSVAL_SETTINGS", "CrossvalResult", "crossval"]
 
@@ -72,7 +77,7 @@ class CrossvalResult:
 
 
 def _metric_names() -> tuple[str, ...]:
-    from ..evaluation._evaluate import METRIC_COLUMNS
+    from ..evaluation import METRIC_COLUMNS
 
     return METRIC_COLUMNS
 
@@ -98,7 +103,7 @@ def _factory(segmenter_factory: Any) -> Callable[[], Any]:
     )
 
 
-def _prompters(kind: str, folder: Any, seed: int, progress: bool) -> tuple[Any, Any]:
+def _prompters(kind: str, folder: Any, seed: int, progress: bool) -> tuple[PromptProvider, PromptProvider]:
     """(training prompter, evaluation prompter)."""
     from ..prompters import MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
 
@@ -108,7 +113,7 @@ def _prompters(kind: str, folder: Any, seed: int, progress: bool) -> tuple[Any, 
     return PerturbedBoxPrompter(jitter_fraction=0.1, seed=seed), OracleBoxPrompter()
 
 
-def _same_cache(pipeline: Any, segmenter: Any) -> Any:
+def _same_cache(pipeline: Pipeline, segmenter: Segmenter) -> Pipeline:
     """The fine-tuned pipeline with the embedding cache of the starting segmenter, if it had one."""
     from .._cache import CachedSegmenter
 
@@ -158,9 +163,8 @@ def _summary(run: dict[str, Any], folds: list[dict[str, Any]]) -> dict[str, Any]
 
 
 def _write_tables(out_dir: Path, run: dict[str, Any], folds: list[dict[str, Any]]) -> dict[str, Any]:
-    from ..data import atomic_write_text
-    from ..evaluation._evaluate import _csv_text_for
-    from ..evaluation._plots import save_grouped_boxplot
+    from ..data import atomic_write_text, csv_text
+    from ..evaluation import save_grouped_boxplot
 
     rows = [
         {
@@ -173,7 +177,7 @@ def _write_tables(out_dir: Path, run: dict[str, Any], folds: list[dict[str, Any]
         for f in folds
         for setting in CROSSVAL_SETTINGS
     ]
-    atomic_write_text(out_dir / "crossval.csv", _csv_text_for(rows, _FOLD_COLUMNS))
+    atomic_write_text(out_dir / "crossval.csv", csv_text(rows, _FOLD_COLUMNS))
     summary = _summary(run, folds)
     atomic_write_text(out_dir / "crossval.json", json.dumps(summary, indent=2) + "\n")
     if folds:

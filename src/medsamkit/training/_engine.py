@@ -20,13 +20,21 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from .._geometry import target_at_logits as _target_at_logits
+from .._protocols import PromptProvider, TrainableSegmenter, prompts_for
+from .._types import ImageEncoding, Prompts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..prompters import PerturbedBoxPrompter
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "sweep_thresholds"]
 
@@ -138,7 +146,7 @@ def _loss_fn(name: str) -> Any:
     return DiceLoss(sigmoid=True)
 
 
-def _check_trainable(segmenter: Any) -> None:
+def _check_trainable(segmenter: object) -> None:
     needed = ("model", "encode", "decode_logits", "image_size", "device")
     missing = [n for n in needed if not hasattr(segmenter, n)]
     if missing or not hasattr(getattr(segmenter, "model", None), "mask_decoder"):
@@ -149,21 +157,7 @@ def _check_trainable(segmenter: Any) -> None:
         )
 
 
-def _target_at_logits(mask: np.ndarray, input_size_hw: tuple[int, int], image_size: int, logits_side: int) -> Any:
-    """The reference mask in the logits' frame: resized like the image, padded, then scaled."""
-    import cv2
-    import torch
-
-    scale = logits_side / image_size
-    h = max(1, round(input_size_hw[0] * scale))
-    w = max(1, round(input_size_hw[1] * scale))
-    small = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
-    target = np.zeros((logits_side, logits_side), dtype=np.float32)
-    target[:h, :w] = small
-    return torch.from_numpy(target)[None]
-
-
-def _prepare(segmenter: Any, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
+def _prepare(segmenter: TrainableSegmenter, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
     from tqdm.auto import tqdm
 
     items = []
@@ -174,21 +168,27 @@ def _prepare(segmenter: Any, samples: Sequence[Any], desc: str, progress: bool) 
     return items
 
 
-def _prompts(prompter: Any, item: _Item) -> Any:
-    if getattr(prompter, "requires_target", False):
-        return prompter(item.image, target=item.mask)
-    return prompter(item.image)
+def _prompts(prompter: PromptProvider, item: _Item, model_id: str | None = None, features: Any = None) -> Prompts:
+    """The prompter's prompts for a prepared item; an encoding-reading prompter gets the item's
+    encoding (``features``, else the item's own) when ``model_id`` names the segmenter."""
+    encoding = None
+    features = item.features if features is None else features
+    if getattr(prompter, "uses_encoding", False) and model_id is not None and features is not None:
+        encoding = ImageEncoding(
+            features=features, size_hw=item.size_hw, input_size_hw=item.input_size_hw, model_id=model_id
+        )
+    return prompts_for(prompter, item.image, target=item.mask, encoding=encoding)
 
 
-def _logits(segmenter: Any, item: _Item, prompts: Any, features: Any = None) -> tuple[Any, Any]:
-    from ..segmenters._common import prompts_to_model
+def _logits(segmenter: TrainableSegmenter, item: _Item, prompts: Prompts, features: Any = None) -> tuple[Any, Any]:
+    from ..segmenters import prompts_to_model
 
     prompts = prompts.clipped_to(item.size_hw)
     boxes, points = prompts_to_model(prompts, item.size_hw, item.input_size_hw, device=segmenter.device)
     return segmenter.decode_logits(item.features if features is None else features, boxes, points)
 
 
-def _full_probabilities(segmenter: Any, item: _Item, prompts: Any, features: Any = None) -> np.ndarray:
+def _full_probabilities(segmenter: TrainableSegmenter, item: _Item, prompts: Prompts, features: Any = None) -> np.ndarray:
     """``(H, W)`` union probability of all prompts at the input resolution.
 
     The segmenter's own ``postprocess_logits`` brings each prompt's logits to the
@@ -196,8 +196,6 @@ def _full_probabilities(segmenter: Any, item: _Item, prompts: Any, features: Any
     pipeline's ``union`` at inference, so the swept threshold is the one that will be used.
     """
     import torch
-
-    from .._types import ImageEncoding
 
     if prompts.n == 0:
         return np.zeros(item.size_hw, dtype=np.float32)
@@ -217,10 +215,10 @@ def _dice(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def sweep_thresholds(
-    segmenter: Any, items: Sequence[_Item], prompter: Any, thresholds: Sequence[float]
+    segmenter: TrainableSegmenter, items: Sequence[_Item], prompter: PromptProvider, thresholds: Sequence[float]
 ) -> list[dict[str, float]]:
     """Mean Dice of each threshold on prepared validation items (probabilities computed once)."""
-    probs = [(_full_probabilities(segmenter, item, _prompts(prompter, item)), item.mask) for item in items]
+    probs = [(_full_probabilities(segmenter, item, _prompts(prompter, item, segmenter.model_id)), item.mask) for item in items]
     return [
         {"threshold": float(t), "dice": float(np.mean([_dice(p > t, m) for p, m in probs]))} for t in thresholds
     ]
@@ -267,13 +265,12 @@ def _save_curve(
 
 
 def _write_history(run_dir: Path, history: list[dict[str, Any]], columns: Sequence[str] = HISTORY_COLUMNS) -> None:
-    from ..data import atomic_write_text
-    from ..evaluation._evaluate import _csv_text_for
+    from ..data import atomic_write_text, csv_text
 
-    atomic_write_text(run_dir / "history.csv", _csv_text_for(history, tuple(columns)))
+    atomic_write_text(run_dir / "history.csv", csv_text(history, tuple(columns)))
 
 
-def _check_mode(segmenter: Any, config: FinetuneConfig) -> None:
+def _check_mode(segmenter: TrainableSegmenter, config: FinetuneConfig) -> None:
     """LoRA mode: peft importable (ImportError with the install hint) and no adapters on the model yet."""
     if config.mode == "lora":
         from ._lora import _peft, has_lora
@@ -297,7 +294,7 @@ def _claim_run_dir(run_dir: Path, record: dict[str, Any], record_file: str, what
 
 
 @contextlib.contextmanager
-def _caller_model_restored(segmenter: Any) -> Iterator[None]:
+def _caller_model_restored(segmenter: TrainableSegmenter) -> Iterator[None]:
     """Give the caller's model back as it was, however training ends.
 
     Decoder mode trains the caller's mask decoder in place (its weights are put
@@ -328,7 +325,9 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _validation_dice(segmenter: Any, trainable: _Trainable, items: Sequence[_Item], prompter: Any) -> float:
+def _validation_dice(
+    segmenter: TrainableSegmenter, trainable: _Trainable, items: Sequence[_Item], prompter: PromptProvider
+) -> float:
     """Mean Dice at threshold 0.5 of ``prompter`` + the current weights on prepared validation items."""
     import torch
 
@@ -336,14 +335,14 @@ def _validation_dice(segmenter: Any, trainable: _Trainable, items: Sequence[_Ite
         return float(
             np.mean(
                 [
-                    _dice(_full_probabilities(segmenter, it, _prompts(prompter, it), trainable.features(it)) > 0.5, it.mask)
-                    for it in items
+                    _dice(_full_probabilities(segmenter, it, _prompts(prompter, it, segmenter.model_id, f), f) > 0.5, it.mask)
+                    for it, f in ((it, trainable.features(it)) for it in items)
                 ]
             )
         )
 
 
-def _epoch_prompter(prompter: Any, seed: int, epoch: int) -> Any:
+def _epoch_prompter(prompter: PromptProvider, seed: int, epoch: int) -> PromptProvider:
     """A copy of a seeded prompter with a seed of its own per epoch (fresh jitter every epoch)."""
     if hasattr(prompter, "seed"):
         prompter = copy.copy(prompter)
@@ -352,13 +351,13 @@ def _epoch_prompter(prompter: Any, seed: int, epoch: int) -> Any:
 
 
 def finetune(
-    segmenter: Any,
+    segmenter: TrainableSegmenter,
     train: Sequence[Any],
     val: Sequence[Any] | None = None,
     *,
     out_dir: str | Path,
-    prompter: Any = None,
-    eval_prompter: Any = None,
+    prompter: PromptProvider | None = None,
+    eval_prompter: PromptProvider | None = None,
     config: FinetuneConfig | None = None,
     progress: bool = True,
     **overrides: Any,
@@ -443,7 +442,7 @@ class _Trainable:
     :func:`finetune`), maybe the decoder; features are computed at every use.
     """
 
-    def __init__(self, segmenter: Any, config: FinetuneConfig) -> None:
+    def __init__(self, segmenter: TrainableSegmenter, config: FinetuneConfig) -> None:
         self.segmenter = segmenter
         self.config = config
         self.model = model = segmenter.model
@@ -462,7 +461,7 @@ class _Trainable:
                 target_modules=config.lora_targets,
                 train_decoder=config.train_decoder,
             )
-            self.encoder = _LoraEncoder(segmenter)
+            self.encoder: _LoraEncoder | None = _LoraEncoder(segmenter)
             self.state_key = "trainable"
         else:
             for p in model.mask_decoder.parameters():
@@ -526,7 +525,7 @@ class _LoraEncoder:
     The first use checks that this split gives the full encoder's output.
     """
 
-    def __init__(self, segmenter: Any) -> None:
+    def __init__(self, segmenter: TrainableSegmenter) -> None:
         from ._lora import _base_segmenter
 
         self.base = _base_segmenter(segmenter)
@@ -607,13 +606,13 @@ class _LoraEncoder:
 
 
 def _train(
-    segmenter: Any,
+    segmenter: TrainableSegmenter,
     train: Sequence[Any],
     val: Sequence[Any] | None,
     run_dir: Path,
     config: FinetuneConfig,
-    prompter: Any,
-    eval_prompter: Any,
+    prompter: PromptProvider,
+    eval_prompter: PromptProvider,
     progress: bool,
 ) -> FinetuneResult:
     import torch
@@ -628,7 +627,7 @@ def _train(
     val_items = trainable.prepare(val or [], f"{what} val", progress)
 
     history: list[dict[str, Any]] = []
-    best = {"epoch": 0, "dice": -math.inf, "state": trainable.snapshot()}
+    best: dict[str, Any] = {"epoch": 0, "dice": -math.inf, "state": trainable.snapshot()}
     start_epoch = 1
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
@@ -715,10 +714,10 @@ def _train(
 
 
 def _finish(
-    segmenter: Any,
+    segmenter: TrainableSegmenter,
     trainable: _Trainable,
     run_dir: Path,
-    eval_prompter: Any,
+    eval_prompter: PromptProvider,
     val: Sequence[Any] | None,
     val_items: list[_Item],
     config: FinetuneConfig,
@@ -757,29 +756,37 @@ def _finish(
         else:
             sweep = sweep_thresholds(segmenter, val_items, eval_prompter, config.thresholds)
         threshold = max(sweep, key=lambda r: (r["dice"], -abs(r["threshold"] - 0.5)))["threshold"]
-        from ..evaluation._evaluate import _csv_text_for
+        from ..data import csv_text
 
-        atomic_write_text(run_dir / "threshold_sweep.csv", _csv_text_for(sweep, ("threshold", "dice")))
+        atomic_write_text(run_dir / "threshold_sweep.csv", csv_text(sweep, ("threshold", "dice")))
 
     pipeline = Pipeline(eval_prompter, tuned, threshold=threshold)
-    pipeline.save(run_dir)
+    try:
+        pipeline.save(run_dir)
+    except ValueError as exc:  # e.g. a prompter of your own: pipeline.json documents the run, cannot rebuild it
+        from .._pipeline import CONFIG_FILE
+
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(pipeline.config.model_dump(mode="json"), indent=2) + "\n")
+        warnings.warn(f"finetune: {run_dir / CONFIG_FILE} cannot rebuild the pipeline ({exc})", RuntimeWarning, stacklevel=3)
     _relativise_checkpoint(run_dir)
     return pipeline, threshold, sweep, adapters
 
 
-def _oracle_params(prompter: Any) -> dict[str, Any]:
+def _oracle_params(prompter: PerturbedBoxPrompter) -> dict[str, Any]:
     params = prompter.params()
     return {"mode": params["mode"], "min_area": params["min_area"]}
 
 
-def _reload(segmenter: Any, checkpoint: Path) -> Any:
+def _reload(segmenter: TrainableSegmenter, checkpoint: Path) -> TrainableSegmenter:
     """The same kind of segmenter, built from the saved fine-tuned weights."""
-    while callable(getattr(type(segmenter), "config_component", None)):
-        segmenter = segmenter.config_component()  # e.g. a CachedSegmenter
-    params = dict(segmenter.params()) if callable(getattr(segmenter, "params", None)) else {}
+    from ._lora import _base_segmenter
+
+    base = _base_segmenter(segmenter)  # out of a CachedSegmenter
+    params = dict(base.params()) if callable(getattr(base, "params", None)) else {}
     params.pop("module", None)
     params["checkpoint"] = str(checkpoint)
-    return type(segmenter)(**params)
+    rebuilt: TrainableSegmenter = type(base)(**params)
+    return rebuilt
 
 
 def _relativise_checkpoint(run_dir: Path) -> None:

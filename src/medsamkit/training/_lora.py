@@ -16,11 +16,13 @@ when one of these functions is called (``pip install medsamkit[lora]``).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .._paths import file_digest
+from .._protocols import Segmenter, TrainableSegmenter
 
 __all__ = [
     "LORA_FILE",
@@ -178,10 +180,6 @@ def unload_lora(model: Any) -> Any:
     return model
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def save_lora(model: Any, path: str | Path, *, decoder: bool = False, base_model_id: str | None = None) -> Path:
     """Save a model's adapters alone, as safetensors (written atomically).
 
@@ -264,10 +262,12 @@ def read_lora(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return tensors, info
 
 
-def _base_segmenter(segmenter: Any) -> Any:
-    while callable(getattr(type(segmenter), "config_component", None)):
-        segmenter = segmenter.config_component()  # e.g. a CachedSegmenter
-    return segmenter
+def _base_segmenter(segmenter: Segmenter) -> Any:
+    """The segmenter itself, out of wrappers such as a CachedSegmenter (their ``config_component``)."""
+    base: Any = segmenter
+    while callable(getattr(type(base), "config_component", None)):
+        base = base.config_component()
+    return base
 
 
 def _weights_id(model_id: str) -> str:
@@ -275,7 +275,7 @@ def _weights_id(model_id: str) -> str:
     return ":".join(str(model_id).split(":")[:2])
 
 
-def load_lora(segmenter: Any, path: str | Path, *, merge: bool = False) -> Any:
+def load_lora(segmenter: TrainableSegmenter, path: str | Path, *, merge: bool = False) -> TrainableSegmenter:
     """A segmenter like ``segmenter`` with saved adapters attached (``segmenter`` is unchanged).
 
     The segmenter's module is copied, :func:`apply_lora` adds adapters with the saved
@@ -356,5 +356,5 @@ def load_lora(segmenter: Any, path: str | Path, *, merge: bool = False) -> Any:
     params.setdefault("device", str(base.device))
     adapted = type(base)(model=model, **params)
     tag = "lora-merged" if merge else "lora"
-    adapted.model_id = f"{base.model_id}+{tag}:{_file_digest(_lora_path(path))}"
+    adapted.model_id = f"{base.model_id}+{tag}:{file_digest(_lora_path(path))}"
     return adapted

@@ -27,11 +27,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import Field
 
+from .._protocols import Segmenter, TrainableSegmenter, prompts_for
 from ._engine import (
     _LORA_FIELDS,
     STATE_FILE,
@@ -53,6 +54,9 @@ from ._engine import (
     _validation_dice,
     _write_history,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..prompters import CAMBoxPrompter
 
 __all__ = ["HISTORY_COLUMNS", "SAMMixConfig", "SAMMixResult", "fit_sam_pp", "fit_sammix", "pick_labelled"]
 
@@ -133,8 +137,8 @@ class SAMMixConfig(SegmenterTrainingSettings):
             1e-5); switch it on with ``loss="dicece"`` or ``"dicefocal"``.
         lora_rank, lora_alpha, lora_dropout, lora_targets, train_decoder: LoRA
             settings, as in :class:`FinetuneConfig` (paper: rank 8).
-        cam, omega, presence_threshold, max_boxes, min_area_fraction, input_size,
-            width, depth: The classifier and its boxes, as in ``CAMBoxPrompter``.
+        cam, omega, presence_threshold, max_boxes, min_area_fraction, input_size, width, depth: The
+            classifier and its boxes, as in ``CAMBoxPrompter``.
         focal_alpha: Focal-loss weight of the positive class (None: no weighting).
         focal_gamma: Focal-loss focusing parameter (eq. 3).
         shift, intensity, flip: Classifier augmentation, as in ``CAMBoxPrompter.fit``.
@@ -220,7 +224,7 @@ class SAMMixResult:
     method: str
     run_dir: Path
     pipeline: Any
-    prompter: Any
+    prompter: CAMBoxPrompter
     history: list[dict[str, Any]]
     best_epoch: int
     best_val_dice: float | None
@@ -304,9 +308,12 @@ def _check_labels(y: np.ndarray, train: list[Any], labelled: tuple[str, ...]) ->
         )
 
 
-def _inputs(segmenter: Any, train: Any, val: Any, labelled: Any, config: Any, overrides: dict[str, Any]) -> tuple:
+def _inputs(
+    segmenter: TrainableSegmenter, train: Any, val: Any, labelled: Any, config: Any, overrides: dict[str, Any]
+) -> tuple[Any, ...]:
     """Everything checked before a file is written: ``(config, train, val, labelled, prompter, x, y)``."""
-    from ..prompters._cam import CAMBoxPrompter, _samples_to_arrays
+    from ..prompters import CAMBoxPrompter
+    from ..prompters import presence_arrays as _samples_to_arrays
 
     _check_trainable(segmenter)
     config = _config(config, overrides)
@@ -320,7 +327,9 @@ def _inputs(segmenter: Any, train: Any, val: Any, labelled: Any, config: Any, ov
     return config, train, val, labelled, prompter, x, y
 
 
-def _record(method: str, segmenter: Any, config: SAMMixConfig, train: list[Any], val: list[Any], labelled: tuple) -> dict:
+def _record(
+    method: str, segmenter: Segmenter, config: SAMMixConfig, train: Sequence[Any], val: Sequence[Any], labelled: Sequence[str]
+) -> dict[str, Any]:
     return {
         "method": method,
         "config": config.record(extendable=method == "sam-mix"),
@@ -367,7 +376,7 @@ def pick_labelled(samples: Sequence[Any], n: int, *, seed: int = 0) -> tuple[str
 
 
 def fit_sammix(
-    segmenter: Any,
+    segmenter: TrainableSegmenter,
     train: Sequence[Any],
     val: Sequence[Any] | None = None,
     *,
@@ -457,11 +466,11 @@ def fit_sammix(
 
 
 def _joint(
-    segmenter: Any,
-    train: list[Any],
-    val: list[Any],
-    labelled: tuple[str, ...],
-    prompter: Any,
+    segmenter: TrainableSegmenter,
+    train: Sequence[Any],
+    val: Sequence[Any],
+    labelled: Sequence[str],
+    prompter: CAMBoxPrompter,
     x_np: np.ndarray,
     y_np: np.ndarray,
     run_dir: Path,
@@ -474,7 +483,12 @@ def _joint(
     from tqdm.auto import tqdm
 
     from ..prompters import OracleBoxPrompter
-    from ..prompters._cam import _batches, _classifier_scores, _classifier_step, _focal_loss, _samples_to_arrays, _seeded_classifier
+    from ..prompters import classifier_scores as _classifier_scores
+    from ..prompters import classifier_step as _classifier_step
+    from ..prompters import focal_loss as _focal_loss
+    from ..prompters import index_batches as _batches
+    from ..prompters import presence_arrays as _samples_to_arrays
+    from ..prompters import seeded_classifier as _seeded_classifier
 
     ft_config = config.finetune_config()
     trainable = _Trainable(segmenter, ft_config)
@@ -485,7 +499,7 @@ def _joint(
     cls_loss_fn = _focal_loss(config.focal_alpha, config.focal_gamma)
     prompter.model = classifier
     oracle = OracleBoxPrompter()
-    augment = {"shift": config.shift, "intensity": config.intensity, "flip": config.flip}
+    augment: dict[str, Any] = {"shift": config.shift, "intensity": config.intensity, "flip": config.flip}
 
     what = "prepare" if trainable.lora else "encode"
     position = {s.stem: i for i, s in enumerate(train)}
@@ -519,7 +533,7 @@ def _joint(
             if item is None:
                 continue
             positive = bool(item.mask.any())
-            prompts = prompter(item.image)  # presence gate + Grad-CAM boxes; discrete, no gradient
+            prompts = prompts_for(prompter, item.image)  # presence gate + Grad-CAM boxes; discrete, no gradient
             if prompts.n == 0 and positive:
                 no_box += 1
                 if config.box_fallback == "skip":
@@ -652,7 +666,7 @@ def _joint(
         best_val_dice=best["dice"] if val_items else None,
         threshold=threshold,
         sweep=sweep,
-        labelled=labelled,
+        labelled=tuple(labelled),
         adapters=adapters,
     )
 
@@ -667,7 +681,7 @@ def _state(module: Any) -> dict[str, Any]:
 
 
 def fit_sam_pp(
-    segmenter: Any,
+    segmenter: TrainableSegmenter,
     train: Sequence[Any],
     val: Sequence[Any] | None = None,
     *,
@@ -706,7 +720,7 @@ def fit_sam_pp(
         segmenter stage's rows, ``prompter.history`` the classifier's.
     """
     from .._pipeline import Pipeline
-    from ..prompters._cam import CAMBoxPrompter
+    from ..prompters import CAMBoxPrompter
     from . import _engine
 
     config, train, val, labelled, prompter, _, _ = _inputs(segmenter, train, val, labelled, config, overrides)
@@ -737,7 +751,7 @@ def fit_sam_pp(
         pipeline.save(run_dir)
         return SAMMixResult(
             method="sam-pp", run_dir=run_dir, pipeline=pipeline, prompter=prompter, history=[], best_epoch=0,
-            best_val_dice=None, threshold=0.5, sweep=[], labelled=labelled,
+            best_val_dice=None, threshold=0.5, sweep=[], labelled=tuple(labelled),
         )
     result = _engine.finetune(
         segmenter,
@@ -758,6 +772,6 @@ def fit_sam_pp(
         best_val_dice=result.best_val_dice,
         threshold=result.threshold,
         sweep=result.sweep,
-        labelled=labelled,
+        labelled=tuple(labelled),
         adapters=result.adapters,
     )

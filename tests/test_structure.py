@@ -1,0 +1,291 @@
+"""The package's structure, checked from its source with ``ast`` (no external tool).
+
+* No import circle between the modules of ``src/medsamkit``: every import counts,
+  also those inside functions (a lazy import still ties two modules together); only
+  imports under ``if TYPE_CHECKING:`` are left out (they never run).
+* No ``_private`` name imported across packages: a module may import the private
+  names of its own package and of the packages above it (``from .._types import
+  Prompts`` is fine), never those of a sibling package (``from ..training._engine
+  import ...``) nor the private names defined in another package's module.
+* Every module imports on its own, in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import medsamkit
+
+PACKAGE_DIR = Path(medsamkit.__file__).resolve().parent
+ROOT = "medsamkit"
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str  # dotted, e.g. medsamkit.prompters._oracle ("medsamkit.prompters" for its __init__)
+    path: Path
+    is_package: bool
+
+    @property
+    def package(self) -> str:
+        """The package the module belongs to (a package's __init__ belongs to the package itself)."""
+        return self.name if self.is_package else self.name.rpartition(".")[0]
+
+
+def _modules(root: Path = PACKAGE_DIR) -> dict[str, Module]:
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts = parts[:-1]
+        name = ".".join(parts)
+        found[name] = Module(name, path, is_package)
+    return found
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement, at any depth, except those under ``if TYPE_CHECKING:``."""
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+@dataclass(frozen=True)
+class Imported:
+    """One imported thing: ``path`` is the dotted path of what is bound (a module or a name in one)."""
+
+    path: str
+    line: int
+
+
+def _imports(module: Module, modules: dict[str, Module]) -> list[Imported]:
+    """What ``module`` imports from inside the package, as dotted paths."""
+    tree = ast.parse(module.path.read_text(encoding="utf-8"), filename=str(module.path))
+    result = []
+    for node in _import_nodes(tree):
+        if isinstance(node, ast.Import):
+            result += [Imported(alias.name, node.lineno) for alias in node.names if alias.name.split(".")[0] == ROOT]
+            continue
+        if node.level:
+            base = module.package.split(".")
+            if node.level > 1:
+                base = base[: -(node.level - 1)]
+            source = ".".join([*base, *([node.module] if node.module else [])])
+        else:
+            source = node.module or ""
+        if source.split(".")[0] != ROOT:
+            continue
+        for alias in node.names:
+            result.append(Imported(f"{source}.{alias.name}" if alias.name != "*" else source, node.lineno))
+    return result
+
+
+def _module_of(path: str, modules: dict[str, Module]) -> str:
+    """The module a dotted path lives in (the path itself if it is a module, else its longest module prefix)."""
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in modules:
+            return candidate
+    raise AssertionError(f"{path} is not inside {ROOT}")
+
+
+def _graph(modules: dict[str, Module]) -> dict[str, set[str]]:
+    """Module -> modules it makes Python import (with their packages' __init__ outside its own ancestry)."""
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, module in modules.items():
+        ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)}
+        for imported in _imports(module, modules):
+            target = _module_of(imported.path, modules)
+            parts = target.split(".")
+            # Importing a.b.c runs a/__init__ and a/b/__init__ first (unless already being imported: our ancestors).
+            for i in range(1, len(parts) + 1):
+                step = ".".join(parts[:i])
+                if step not in ancestors and step != name:
+                    graph[name].add(step)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = 0
+
+    def connect(node: str) -> None:
+        nonlocal counter
+        index[node] = low[node] = counter
+        counter += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def _private_violations(modules: dict[str, Module]) -> list[str]:
+    """``file:line: what`` for every private name imported across packages."""
+    root = next(m.path.parent for m in modules.values() if m.name == ROOT).parent
+    problems = []
+    for name, module in modules.items():
+        own = module.package
+        for imported in _imports(module, modules):
+            parts = imported.path.split(".")
+            for i, part in enumerate(parts):
+                if not part.startswith("_") or part.startswith("__"):
+                    continue
+                owner = ".".join(parts[:i])  # the package or module the private name belongs to
+                if owner in modules and modules[owner].is_package:
+                    allowed = own == owner or own.startswith(owner + ".")  # our package or one above it
+                else:
+                    allowed = owner in modules and modules[owner].package == own  # a module of our own package
+                if not allowed:
+                    where = module.path.relative_to(root)
+                    problems.append(f"{where}:{imported.line}: {name} imports {imported.path} (private to {owner})")
+                    break
+    return problems
+
+
+# ---------------------------------------------------------------------------------------
+# the checks
+# ---------------------------------------------------------------------------------------
+
+
+def test_no_import_circles():
+    modules = _modules()
+    cycles = _cycles(_graph(modules))
+    assert cycles == [], "import circles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_no_private_names_imported_across_packages():
+    problems = _private_violations(_modules())
+    assert problems == [], "private imports across packages:\n" + "\n".join(problems)
+
+
+_ALL_MODULES = sorted(name for name in _modules() if not name.endswith(".__main__"))  # __main__ runs the program
+
+
+@pytest.mark.parametrize("name", _ALL_MODULES)
+def test_module_imports_in_isolation(name):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {name}"], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------
+# the checks can fail: they find what they are meant to find in a small fake package
+# ---------------------------------------------------------------------------------------
+
+
+def _write(root: Path, files: dict[str, str]) -> dict[str, Module]:
+    for relative, text in files.items():
+        path = root / ROOT / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return _modules(root / ROOT)
+
+
+def test_a_lazy_circle_through_a_package_init_is_found(tmp_path):
+    modules = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "_core.py": "def f():\n    from .seg import helper\n",
+            "seg/__init__.py": "from ._a import helper\n",
+            "seg/_a.py": "from .._core import f\nhelper = f\n",
+            "_other.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .seg import helper\n",
+        },
+    )
+    assert _cycles(_graph(modules)) == [["medsamkit._core", "medsamkit.seg", "medsamkit.seg._a"]]
+
+
+def test_type_checking_imports_make_no_circle(tmp_path):
+    modules = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "_a.py": "from ._b import x\ny = 1\n",
+            "_b.py": "import typing\nx = 1\nif typing.TYPE_CHECKING:\n    from ._a import y\n",
+        },
+    )
+    assert _cycles(_graph(modules)) == []
+
+
+def test_private_imports_across_packages_are_found(tmp_path):
+    modules = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "_types.py": "Prompts = 1\n_hidden = 2\n",
+            "training/__init__.py": "from ._engine import train\n",
+            "training/_engine.py": "train = 1\n_target = 2\n",
+            "prompters/__init__.py": "",
+            "prompters/_ok.py": "from .._types import Prompts\nfrom ..training import train\n",
+            "prompters/_bad.py": (
+                "def f():\n"
+                "    from ..training._engine import _target\n"
+                "    from ..training._engine import train\n"
+                "    from .._types import _hidden\n"
+                "    from ..training import _engine\n"
+            ),
+            "training/_same.py": "from ._engine import _target\n",
+        },
+    )
+    problems = _private_violations(modules)
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "medsamkit.prompters._bad imports medsamkit.training._engine._target (private to medsamkit.training)",
+        "medsamkit.prompters._bad imports medsamkit.training._engine.train (private to medsamkit.training)",
+        "medsamkit.prompters._bad imports medsamkit._types._hidden (private to medsamkit._types)",
+        "medsamkit.prompters._bad imports medsamkit.training._engine (private to medsamkit.training)",
+    ]

@@ -16,8 +16,7 @@ import torch
 import medsamkit as msk
 from medsamkit._cache import CachedSegmenter, EmbeddingCache
 from medsamkit.testing import FakeSegmenter
-from medsamkit.training import FinetuneConfig, finetune
-from medsamkit.training import _engine
+from medsamkit.training import FinetuneConfig, _engine, _loop, finetune
 
 N_TRAIN, N_VAL = 6, 3
 
@@ -100,18 +99,18 @@ def test_each_image_is_encoded_once(litemedsam, small_cxr, points, tmp_path, mon
 def test_interrupted_run_resumes_after_the_last_finished_epoch(seg, small_cxr, points, tmp_path, monkeypatch):
     train, val = small_cxr
     kwargs = dict(out_dir=tmp_path / "run", prompter=points, epochs=2, patience=0, progress=False)
-    real_curve = _engine._save_curve
+    real_curve = _loop.save_curve
 
-    def stop_after_first_epoch(run_dir, history):
-        real_curve(run_dir, history)
+    def stop_after_first_epoch(run_dir, history, **kwargs):
+        real_curve(run_dir, history, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_engine, "_save_curve", stop_after_first_epoch)
+    monkeypatch.setattr(_loop, "save_curve", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         finetune(seg, train[:3], val[:1], **kwargs)
-    first = json.loads(json.dumps(torch.load(tmp_path / "run" / "last.pt", weights_only=False)["history"]))
+    first = json.loads(json.dumps(torch.load(tmp_path / "run" / "last.pt", weights_only=True)["history"]))
     assert [h["epoch"] for h in first] == [1]
-    monkeypatch.setattr(_engine, "_save_curve", real_curve)
+    monkeypatch.setattr(_loop, "save_curve", real_curve)
     result = finetune(seg, train[:3], val[:1], **kwargs)
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.history[0] == first[0]
@@ -159,18 +158,6 @@ def test_bad_input(seg, small_cxr, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-def test_target_in_the_logits_frame_is_resized_and_padded():
-    mask = np.zeros((100, 200), dtype=bool)
-    mask[:, :100] = True  # left half
-    # LiteMedSAM frame: 200 -> 256 wide, 100 -> 128 high; logits at 256: same frame.
-    target = _engine._target_at_logits(mask, (128, 256), 256, 256)[0].numpy()
-    assert target.shape == (256, 256)
-    assert target[:128, :128].all() and not target[:128, 128:].any() and not target[128:].any()
-    # SAM frame: input 1024, logits 256 -> a quarter.
-    target = _engine._target_at_logits(mask, (512, 1024), 1024, 256)[0].numpy()
-    assert target[:128, :128].all() and not target[:, 128:].any() and not target[128:].any()
-
-
 def test_sweep_probabilities_equal_the_pipeline_union(seg, small_cxr):
     """The threshold sweep scores exactly the probabilities the saved pipeline will threshold."""
     from types import SimpleNamespace
@@ -184,3 +171,36 @@ def test_sweep_probabilities_equal_the_pipeline_union(seg, small_cxr):
     swept = _engine._full_probabilities(seg, item, prompts)
     at_inference = msk.Pipeline(msk.OracleBoxPrompter(), seg)(item.image, target=item.mask).probabilities
     np.testing.assert_allclose(swept, at_inference, atol=1e-6)
+
+
+@pytest.mark.real_model
+def test_run_dir_inside_the_data_is_refused(litemedsam, tmp_path):
+    """Issue 10: fine-tuning never writes into the folders it reads."""
+    from medsamkit.testing import make_blob_image
+
+    for i in range(2):
+        image, mask = make_blob_image((32, 32), seed=i)
+        msk.data.write_image(tmp_path / "data" / "images" / f"c{i}.png", image)
+        msk.write_mask(tmp_path / "data" / "masks" / f"c{i}.png", mask)
+    folder = msk.MaskFolder(tmp_path / "data")
+    for out in (folder.root, folder.images_dir, folder.masks_dir / "run"):
+        with pytest.raises(ValueError, match="input folder"):
+            finetune(litemedsam, folder[:1], folder[1:], out_dir=out, epochs=1, progress=False)
+    assert sorted(p.name for p in folder.masks_dir.iterdir()) == ["c0.png", "c1.png"]
+
+
+@pytest.mark.real_model
+def test_without_monai_the_error_names_the_extra(litemedsam, tmp_path, monkeypatch):
+    """Issue 10: fine-tuning without MONAI said only "No module named 'monai'"."""
+    import sys
+
+    from medsamkit.testing import make_blob_image
+
+    image, mask = make_blob_image((32, 32), seed=0)
+    msk.data.write_image(tmp_path / "data" / "images" / "c0.png", image)
+    msk.write_mask(tmp_path / "data" / "masks" / "c0.png", mask)
+    for name in ("monai", "monai.losses"):
+        monkeypatch.setitem(sys.modules, name, None)  # import monai -> ImportError
+    with pytest.raises(ImportError, match=r"pip install 'medsamkit\[finetune\]'"):
+        finetune(litemedsam, msk.MaskFolder(tmp_path / "data"), None, out_dir=tmp_path / "run", epochs=1, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written

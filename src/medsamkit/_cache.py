@@ -22,11 +22,11 @@ from typing import Any, cast
 
 import numpy as np
 
+from ._oneshot import OneShotMixin
 from ._paths import default_cache_dir
 from ._protocols import LowResDecoder, Segmenter
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
-from ._oneshot import OneShotMixin
 
 __all__ = ["CachedSegmenter", "EmbeddingCache", "image_key"]
 

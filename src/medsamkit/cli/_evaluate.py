@@ -35,9 +35,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import MaskFolder
-    from ..evaluation import evaluate
-
-    from ..evaluation import EVALUATE_OWNED
+    from ..evaluation import EVALUATE_OWNED, evaluate
 
     folder = MaskFolder(args.data_dir, images=args.images, masks=args.masks, mask_suffix=args.mask_suffix)
     check_missing_masks(folder, args)  # before the model loads

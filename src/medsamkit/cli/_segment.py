@@ -51,10 +51,8 @@ def _samples(args: argparse.Namespace) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import segment_images
-
     from .._outdir import check_out_dir, input_folders
-    from ..evaluation import SEGMENT_OWNED
+    from ..evaluation import SEGMENT_OWNED, segment_images
 
     samples = _samples(args)
     inputs = input_folders(samples)

@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._types import ImageEncoding, PromptMasks, Prompts
+from .._oneshot import OneShotMixin
 from .._paths import file_digest
 from .._registry import register_component
+from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
-from .._oneshot import OneShotMixin
 from ._common import (
     LowResDecoding,
     check_device,

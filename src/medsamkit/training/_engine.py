@@ -63,6 +63,17 @@ class FinetuneResult:
     adapters: Path | None = None
 
 
+def _monai_losses() -> Any:
+    """``monai.losses``, or ImportError naming the extra that installs it."""
+    try:
+        from monai import losses
+    except ImportError:
+        raise ImportError(
+            "fine-tuning needs MONAI (its Dice/focal losses): pip install 'medsamkit[finetune]'"
+        ) from None
+    return losses
+
+
 def _loss_fn(name: str) -> Any:
     losses = _monai_losses()
     DiceCELoss, DiceFocalLoss, DiceLoss = losses.DiceCELoss, losses.DiceFocalLoss, losses.DiceLoss

@@ -170,7 +170,7 @@ def run_offline(tmp_path):
         environment.update(HOME=str(home), MEDSAMKIT_CACHE_DIR=str(tmp_path / "cache" / "embeddings"))
         environment.update(env or {})
         done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=timeout, check=False)
-        lines = [l for l in done.stdout.splitlines() if l.startswith("OFFLINE-REPORT ")]
+        lines = [line for line in done.stdout.splitlines() if line.startswith("OFFLINE-REPORT ")]
         assert done.returncode == 0 and lines, f"offline script failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         return json.loads(lines[-1][len("OFFLINE-REPORT "):])
 

@@ -37,6 +37,9 @@ _EXPORTS = {
     "KeepLargestComponents": "._postprocess",
     "RemoveSmallComponents": "._postprocess",
     "FillHoles": "._postprocess",
+    "Window": "._intensity",
+    "PercentileClip": "._intensity",
+    "CLAHE": "._intensity",
     # prompt providers
     "OracleBoxPrompter": ".prompters",
     "PerturbedBoxPrompter": ".prompters",
@@ -77,6 +80,10 @@ _EXPORTS = {
     "read_image": ".data",
     "read_mask": ".data",
     "write_mask": ".data",
+    "Volume": ".data",
+    "VolumeFolder": ".data",
+    "segment_volume": ".volumes",
+    "read_volume": ".data",
     "ImageReadError": ".data",
     "train_val_test_split": ".data",
     "kfold_splits": ".data",
@@ -101,7 +108,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
         globals()[name] = value
         return value
-    if name in ("metrics", "testing", "data", "prompters", "segmenters", "evaluation", "training"):
+    if name in ("metrics", "testing", "data", "prompters", "segmenters", "evaluation", "training", "volumes"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'medsamkit' has no attribute {name!r}")
 
@@ -113,8 +120,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from . import metrics, testing
     from ._cache import CachedSegmenter, EmbeddingCache
-    from .training import FinetuneConfig, FinetuneResult, SAMMixConfig, SAMMixResult, finetune, fit_sam_pp, fit_sammix
     from ._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
+    from ._intensity import CLAHE, PercentileClip, Window
+    from ._outdir import OutDirLockedError
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
     from ._protocols import (
@@ -131,9 +139,12 @@ if TYPE_CHECKING:  # pragma: no cover
         ImageReadError,
         MaskFolder,
         Sample,
+        Volume,
+        VolumeFolder,
         kfold_splits,
         read_image,
         read_mask,
+        read_volume,
         train_val_test_split,
         write_mask,
     )
@@ -148,6 +159,16 @@ if TYPE_CHECKING:  # pragma: no cover
         plot_overlay,
         segment_images,
     )
-    from ._outdir import OutDirLockedError
-    from .prompters import BoxesWithPointsPrompter, CAMBoxPrompter, EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
+    from .prompters import (
+        BoxesWithPointsPrompter,
+        CAMBoxPrompter,
+        EmbeddingHeadPrompter,
+        FixedPrompter,
+        MeanMaskPointPrompter,
+        OracleBoxPrompter,
+        PerturbedBoxPrompter,
+        YOLOBoxPrompter,
+    )
     from .segmenters import HQSAM, SAM, LiteMedSAM, YOLOSegmenter
+    from .training import FinetuneConfig, FinetuneResult, SAMMixConfig, SAMMixResult, finetune, fit_sam_pp, fit_sammix
+    from .volumes import segment_volume

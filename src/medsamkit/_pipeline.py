@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._protocols import PromptProvider, Segmenter, prompts_for
-from ._registry import build_postprocessor, build_prompter, component_config, load_segmenter
+from ._registry import build_postprocessor, build_preprocessor, build_prompter, component_config, load_segmenter
 from ._types import ImageEncoding, Prompts, SegmentationResult
 from ._validation import as_image, as_mask, check_probability
 
@@ -21,6 +21,7 @@ __all__ = ["ComponentConfig", "Pipeline", "PipelineConfig"]
 
 Combine = Literal["union", "best"]
 CONFIG_FILE = "pipeline.json"
+_log = logging.getLogger("medsamkit")
 
 
 class ComponentConfig(BaseModel):
@@ -40,12 +41,14 @@ class PipelineConfig(BaseModel):
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     combine: Combine = "union"
     postprocess: list[ComponentConfig] = Field(default_factory=list)
+    preprocess: list[ComponentConfig] = Field(default_factory=list)
 
 
 def _check_rebuildable(config: PipelineConfig) -> None:
     """Raise ValueError naming the first component that a saved config could not rebuild."""
     parts = [("prompter", config.prompter), ("segmenter", config.segmenter)]
     parts += [(f"postprocess[{i}]", part) for i, part in enumerate(config.postprocess)]
+    parts += [(f"preprocess[{i}]", part) for i, part in enumerate(config.preprocess)]
     for role, part in parts:
         if part.name.startswith("python:"):
             raise ValueError(
@@ -67,6 +70,17 @@ def _resolve(params: dict[str, Any], key: str, base_dir: str | Path | None) -> d
     if isinstance(value, str) and base_dir is not None and not Path(value).is_absolute():
         params[key] = str(Path(base_dir) / value)
     return params
+
+
+def _check_steps(steps: Any, *, name: str, what: str) -> tuple[Callable[[np.ndarray], np.ndarray], ...]:
+    """Validate a sequence of callables (pre- or post-processing steps)."""
+    if callable(steps) or isinstance(steps, str) or not hasattr(steps, "__iter__"):
+        raise TypeError(f"{name}: expected a sequence of callables {what}, got {type(steps).__name__}")
+    result = tuple(steps)
+    for i, step in enumerate(result):
+        if not callable(step):
+            raise TypeError(f"{name}[{i}]: expected a callable {what}, got {type(step).__name__}")
+    return result
 
 
 THIN_SIDE = 8
@@ -119,6 +133,12 @@ class Pipeline:
         combine: ``"union"`` or ``"best"``.
         postprocess: Callables ``mask -> mask`` applied in order (for example
             ``[KeepLargestComponents(2), FillHoles()]``).
+        preprocess: Intensity steps ``image -> image`` applied in order before the
+            prompter and the segmenter see the image (for example
+            ``[Window.preset("abdomen")]`` for CT in HU, ``[PercentileClip()]`` for MR,
+            ``[CLAHE()]``). Without one, a float or signed-integer (HU) image is
+            min-max scaled by the segmenter as before, and the pipeline logs once
+            (logger ``medsamkit``) that it was.
 
     Example:
         >>> pipe = Pipeline(OracleBoxPrompter(), LiteMedSAM())
@@ -134,6 +154,7 @@ class Pipeline:
         threshold: float = 0.5,
         combine: Combine = "union",
         postprocess: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
+        preprocess: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
     ) -> None:
         for name, component in (("prompter", prompter), ("segmenter", segmenter)):
             if isinstance(component, type):
@@ -168,11 +189,14 @@ class Pipeline:
         self.threshold = check_probability(threshold, name="threshold")
         self.combine = combine
         self.postprocess = tuple(steps)
+        self.preprocess = _check_steps(preprocess, name="preprocess", what="image -> image (e.g. [Window(40, 400)])")
+        self._told_normalisation = False
 
     def __repr__(self) -> str:
         return (
             f"Pipeline({self.prompter!r}, {self.segmenter!r}, threshold={self.threshold}, "
-            f"combine={self.combine!r}, postprocess={list(self.postprocess)!r})"
+            f"combine={self.combine!r}, postprocess={list(self.postprocess)!r}"
+            + (f", preprocess={list(self.preprocess)!r})" if self.preprocess else ")")
         )
 
     def replace(self, **changes: Any) -> Pipeline:
@@ -183,6 +207,7 @@ class Pipeline:
             "threshold": self.threshold,
             "combine": self.combine,
             "postprocess": self.postprocess,
+            "preprocess": self.preprocess,
         }
         unknown = set(changes) - set(kwargs)
         if unknown:
@@ -216,7 +241,8 @@ class Pipeline:
             target: ``(H, W)`` reference mask, or a mask file's path; needed by oracle
                 prompters only.
             encoding: A reusable encoding of ``image`` from ``segmenter.encode``
-                (skips the encoder, e.g. when sweeping thresholds).
+                (skips the encoder, e.g. when sweeping thresholds); with
+                ``preprocess`` steps, an encoding of ``pipe.preprocess_image(image)``.
             prompts: Prompts to use instead of asking the prompt provider:
                 :class:`Prompts`, one box ``(x0, y0, x1, y1)``, a list of boxes, or a
                 dict ``{"boxes": ..., "points": ..., "labels": ...}``
@@ -230,7 +256,7 @@ class Pipeline:
             from .data import read_image
 
             image = read_image(image)
-        image = as_image(image)
+        image = self.preprocess_image(image)
         size_hw = image.shape[:2]
         if isinstance(target, (str, Path)):
             from .data import read_mask
@@ -269,6 +295,27 @@ class Pipeline:
         thin = _thin_note(size_hw, getattr(encoding, "input_size_hw", size_hw))
         return result if thin is None else dataclasses.replace(result, note=thin)
 
+    def preprocess_image(self, image: np.ndarray) -> np.ndarray:
+        """``image`` after the ``preprocess`` steps: what the prompter and segmenter see."""
+        image = as_image(image)
+        for i, step in enumerate(self.preprocess):
+            out = as_image(step(image), name=f"preprocess[{i}] output")
+            if out.shape[:2] != image.shape[:2]:
+                raise ValueError(f"preprocess[{i}] output: expected size {image.shape[:2]}, got {out.shape[:2]}")
+            image = out
+        if not self.preprocess and not self._told_normalisation and image.dtype.kind in "fi":
+            self._told_normalisation = True
+            _log.warning(
+                "medsamkit: a %s image (values %.4g..%.4g) reaches the segmenter without an intensity step; "
+                "it is min-max scaled per image to [0, 1], as for any image. For CT in HU give "
+                "preprocess=[Window.preset('abdomen')] (CLI: --window abdomen), for MR [PercentileClip()]. "
+                "Said once per pipeline.",
+                image.dtype,
+                float(image.min()),
+                float(image.max()),
+            )
+        return image
+
     def finish(self, probabilities: np.ndarray, scores: np.ndarray, prompts: Prompts) -> SegmentationResult:
         """Threshold, combine and post-process decoded ``(N, H, W)`` probabilities."""
         prompt_masks = probabilities > self.threshold
@@ -300,6 +347,7 @@ class Pipeline:
             threshold=self.threshold,
             combine=self.combine,
             postprocess=[ComponentConfig(**component_config(step)) for step in self.postprocess],
+            preprocess=[ComponentConfig(**component_config(step)) for step in self.preprocess],
         )
 
     @classmethod
@@ -311,7 +359,7 @@ class Pipeline:
         """
         if not isinstance(config, PipelineConfig):
             config = PipelineConfig.model_validate(config)
-        for part in (config.prompter, config.segmenter, *config.postprocess):
+        for part in (config.prompter, config.segmenter, *config.postprocess, *config.preprocess):
             if part.name.startswith("python:"):
                 raise ValueError(
                     f"config: component {part.name} is not registered in medsamkit, so the pipeline "
@@ -325,6 +373,7 @@ class Pipeline:
             threshold=config.threshold,
             combine=config.combine,
             postprocess=[build_postprocessor(p.name, **p.params) for p in config.postprocess],
+            preprocess=[build_preprocessor(p.name, **p.params) for p in config.preprocess],
         )
 
     def save(self, directory: str | Path) -> Path:

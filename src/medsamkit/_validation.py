@@ -66,6 +66,7 @@ def as_image(image: Any, *, name: str = "image") -> np.ndarray:
         raise ValueError(
             f"{name}: expected shape (H, W) or (H, W, C) with C in {_CHANNELS} (channels last), "
             f"got shape {array.shape}"
+            + ("; a 3D volume (D, H, W) is segmented slice by slice with medsamkit.volumes.segment_volume" if array.shape[2] > 4 else "")
         )
     if array.ndim not in (2, 3):
         raise ValueError(f"{name}: expected shape (H, W) or (H, W, C), got shape {array.shape}")

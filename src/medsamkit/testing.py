@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._oneshot import OneShotMixin
 from ._registry import register_component
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
-from ._oneshot import OneShotMixin
 
 __all__ = ["FakeSegmenter", "make_blob_image", "make_presence_folder"]
 

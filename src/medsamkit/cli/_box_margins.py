@@ -29,8 +29,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import MaskFolder
-    from ._checks import check_data_and_out, check_missing_masks
     from ..evaluation import box_margin_study
+    from ._checks import check_data_and_out, check_missing_masks
 
     folder = MaskFolder(args.data_dir)
     check_missing_masks(folder, args)

@@ -62,8 +62,8 @@ def provider_from_spec(spec: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import MaskFolder
-    from ._checks import check_data_and_out, check_missing_masks
     from ..evaluation import compare_prompters
+    from ._checks import check_data_and_out, check_missing_masks
 
     folder = MaskFolder(args.data_dir)
     check_missing_masks(folder, args)

@@ -41,9 +41,8 @@ def run(args: argparse.Namespace) -> int:
     """Fit the registered learned provider ``--prompter`` through its ``FittablePrompter`` signature."""
     import time
 
-    from .._registry import fittable_prompters
-
     from .._outdir import check_out_file, input_folders
+    from .._registry import fittable_prompters
 
     cls: Any = fittable_prompters()[args.prompter].cls
     init, fit = _named_parameters(cls.__init__), _named_parameters(cls.fit)

@@ -310,11 +310,11 @@ def import_openvino() -> Any:
 
 
 def _ir_key(prepared: Any, example_shape: tuple[int, ...]) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
 
     ov = import_openvino()
-
-    from importlib.metadata import PackageNotFoundError, version
 
     codes = []
     for module in {type(m).__module__.split(".")[0] for m in prepared.modules()}:
@@ -359,12 +359,12 @@ def _no_openvino_telemetry() -> Any:
         return
     saved = [(m, getattr(m, "tm", None)) for m in modules if hasattr(m, "tm")]
     for module, _ in saved:
-        setattr(module, "tm", stub)
+        module.tm = stub  # type: ignore[attr-defined]
     try:
         yield
     finally:
         for module, original in saved:
-            setattr(module, "tm", original)
+            module.tm = original  # type: ignore[attr-defined]
 
 
 def _openvino_model(core: Any, prepared: Any, example: Any) -> Any:

@@ -15,22 +15,22 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._types import ImageEncoding, PromptMasks, Prompts
+from .._oneshot import OneShotMixin
 from .._paths import file_digest
 from .._registry import register_component
+from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
-from .._oneshot import OneShotMixin
 from ._common import LowResDecoding, check_device, decode_prompts, longest_side_size_hw
 from ._fast import FastEncoderMixin
 
 __all__ = [
     "HQSAM",
-    "HQSAMFeatures",
     "HQSAM_CHECKPOINT_NAMES",
     "SAM",
     "SAM_CHECKPOINT_DIR_ENV",
     "SAM_CHECKPOINT_NAMES",
     "SAM_MODEL_TYPES",
+    "HQSAMFeatures",
     "build_hqsam_model",
     "build_sam_model",
     "sam_checkpoint_path",

@@ -194,7 +194,7 @@ def _joint(
     train: list[Any],
     val: list[Any],
     labelled: tuple[str, ...],
-    prompter: Any,
+    prompter: CAMBoxPrompter,
     x_np: np.ndarray,
     y_np: np.ndarray,
     run_dir: Path,

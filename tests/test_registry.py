@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsamkit import FillHoles, KeepLargestComponents, Prompts, RemoveSmallComponents
-from medsamkit import _registry
+from medsamkit import FillHoles, KeepLargestComponents, Prompts, RemoveSmallComponents, _registry
 from medsamkit._registry import (
     POSTPROCESSORS,
     PROMPTERS,

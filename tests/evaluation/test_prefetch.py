@@ -27,7 +27,7 @@ def test_loads_in_a_background_thread_ahead_of_the_consumer():
     gen = prefetch(range(5), load, ahead=2)
     next(gen)
     # While the caller holds item 0, items 1 and 2 were requested too.
-    for future_done in range(100):
+    for _ in range(100):
         if len(loaded) >= 3:
             break
         threading.Event().wait(0.01)

@@ -8,7 +8,7 @@ import pytest
 
 import medsamkit as msk
 from medsamkit._cache import CachedSegmenter, EmbeddingCache
-from medsamkit.testing import FakeSegmenter, make_blob_image
+from medsamkit.testing import FakeSegmenter
 
 N_TRAIN = 8
 

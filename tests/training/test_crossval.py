@@ -16,8 +16,7 @@ import medsamkit as msk
 from medsamkit._cache import CachedSegmenter, EmbeddingCache
 from medsamkit.cli import main
 from medsamkit.testing import FakeSegmenter, make_blob_image
-from medsamkit.training import CrossvalResult, crossval
-from medsamkit.training import _engine
+from medsamkit.training import CrossvalResult, _engine, crossval
 from medsamkit.training._engine import FinetuneResult
 
 N_IMAGES = 6

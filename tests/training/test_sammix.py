@@ -33,7 +33,6 @@ from medsamkit.training import (
     has_lora,
     pick_labelled,
 )
-from medsamkit.training import _sammix
 from medsamkit.training._sammix import HISTORY_COLUMNS
 
 SIZE_HW = (64, 80)

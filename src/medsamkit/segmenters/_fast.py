@@ -265,10 +265,10 @@ def openvino_cache_dir() -> Path:
 
 
 def _ir_key(prepared: Any, example_shape: tuple[int, ...]) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     import openvino as ov
     import torch
-
-    from importlib.metadata import PackageNotFoundError, version
 
     codes = []
     for module in {type(m).__module__.split(".")[0] for m in prepared.modules()}:

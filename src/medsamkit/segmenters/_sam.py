@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._types import ImageEncoding, PromptMasks, Prompts
 from .._paths import file_digest
 from .._registry import register_component
+from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
 from ._common import LowResDecoding, decode_prompts, longest_side_size_hw
 from ._fast import FastEncoderMixin

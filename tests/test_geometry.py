@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsamkit._geometry import component_boxes_xyxy, connected_components, grow_boxes_xyxy, mask_to_xyxy
+from medsamkit._geometry import component_boxes_xyxy, connected_components, grow_boxes_xyxy, mask_to_xyxy, target_at_logits
 
 
 def two_rectangles() -> np.ndarray:
@@ -129,3 +129,15 @@ def test_component_boxes_match_scipy_labelling_on_random_masks():
                 dtype=np.float32,
             ).reshape(-1, 4)
             np.testing.assert_array_equal(component_boxes_xyxy(mask, min_area=min_area), expected, err_msg=f"{trial}")
+
+
+def test_target_in_the_logits_frame_is_resized_and_padded():
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[:, :100] = True  # left half
+    # LiteMedSAM frame: 200 -> 256 wide, 100 -> 128 high; logits at 256: same frame.
+    target = target_at_logits(mask, (128, 256), 256, 256)[0].numpy()
+    assert target.shape == (256, 256)
+    assert target[:128, :128].all() and not target[:128, 128:].any() and not target[128:].any()
+    # SAM frame: input 1024, logits 256 -> a quarter.
+    target = target_at_logits(mask, (512, 1024), 1024, 256)[0].numpy()
+    assert target[:128, :128].all() and not target[:, 128:].any() and not target[128:].any()

@@ -50,6 +50,7 @@ _EXPORTS = {
     "LiteMedSAM": ".segmenters",
     "SAM": ".segmenters",
     "HQSAM": ".segmenters",
+    "YOLOSegmenter": ".segmenters",
     "load_segmenter": "._registry",
     "build_prompter": "._registry",
     "PROMPTERS": "._registry",
@@ -143,4 +144,4 @@ if TYPE_CHECKING:  # pragma: no cover
         segment_images,
     )
     from .prompters import BoxesWithPointsPrompter, CAMBoxPrompter, EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
-    from .segmenters import HQSAM, SAM, LiteMedSAM
+    from .segmenters import HQSAM, SAM, LiteMedSAM, YOLOSegmenter

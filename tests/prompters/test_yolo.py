@@ -1,4 +1,5 @@
-"""Tests for YOLOBoxPrompter / YOLOSegmenter: dataset conversion, box conversion, offline training.
+"""Tests for YOLOBoxPrompter and the shared YOLO machinery: dataset conversion, box conversion, offline training,
+safe loading (the YOLOSegmenter is tested in tests/segmenters/test_yolo_seg.py).
 
 Training runs once, in a subprocess with ``HOME`` set to a temporary folder and
 every socket blocked before ``ultralytics`` is imported (tiny images, 1-2 epochs).
@@ -21,15 +22,9 @@ import numpy as np
 import pytest
 
 from medsamkit import Pipeline, Prompts
+from medsamkit._ultralytics import masks_to_yolo_dataset, result_boxes, to_uint8_image
 from medsamkit.data import MaskFolder, read_image, write_image, write_mask
-from medsamkit.prompters._yolo import (
-    YOLOBoxPrompter,
-    YOLOSegmenter,
-    _result_boxes,
-    build_yolo_box_prompter,
-    masks_to_yolo_dataset,
-    to_uint8_image,
-)
+from medsamkit.prompters._yolo import YOLOBoxPrompter, build_yolo_box_prompter
 from medsamkit.testing import FakeSegmenter, make_blob_image
 
 BLOCK_NETWORK = """
@@ -162,12 +157,12 @@ class TestBoxConversion:
         result = stub_result(
             [[10, 5, 30, 25], [-3, -2, 90, 70], [40, 40, 41, 41], [1, 1, 2, 2]], [0.3, 0.9, 0.5, 0.1]
         )
-        boxes, scores, order = _result_boxes(result, (64, 80), conf=0.25, max_boxes=4)
+        boxes, scores, order = result_boxes(result, (64, 80), conf=0.25, max_boxes=4)
         np.testing.assert_array_equal(order, [1, 2, 0])
         np.testing.assert_allclose(scores, [0.9, 0.5, 0.3])
         # continuous [x0, x1) -> inclusive pixels x0 .. x1 - 1, clipped to the 80x64 image
         np.testing.assert_array_equal(boxes, [[0, 0, 79, 63], [40, 40, 40, 40], [10, 5, 29, 24]])
-        boxes, _, _ = _result_boxes(result, (64, 80), conf=0.0, max_boxes=2)
+        boxes, _, _ = result_boxes(result, (64, 80), conf=0.0, max_boxes=2)
         assert len(boxes) == 2
 
     def test_round_trip_with_dataset_labels(self, tmp_path):
@@ -176,7 +171,7 @@ class TestBoxConversion:
         rows = np.loadtxt(tmp_path / "ds/labels/train/000000.txt", ndmin=2)
         cx, cy, w, h = rows[:, 1] * 60, rows[:, 2] * 40, rows[:, 3] * 60, rows[:, 4] * 40
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-        boxes, _, _ = _result_boxes(stub_result(xyxy.tolist(), [0.9, 0.8]), (40, 60), conf=0.5, max_boxes=4)
+        boxes, _, _ = result_boxes(stub_result(xyxy.tolist(), [0.9, 0.8]), (40, 60), conf=0.5, max_boxes=4)
         np.testing.assert_allclose(boxes, [[30, 20, 49, 29], [3, 5, 12, 14]], atol=1e-3)
 
     def test_call_returns_prompts_or_empty(self, monkeypatch):
@@ -223,7 +218,7 @@ TRAIN_SCRIPT = BLOCK_NETWORK + textwrap.dedent(
     from pathlib import Path
     out = Path(sys.argv[1])
     from medsamkit.data import MaskFolder
-    from medsamkit.prompters._yolo import YOLOBoxPrompter, YOLOSegmenter
+    from medsamkit.prompters import YOLOBoxPrompter
     folder = MaskFolder(out / "data")
     start = time.perf_counter()
     det = YOLOBoxPrompter(imgsz=64, conf=0.0, max_boxes=3)
@@ -231,8 +226,6 @@ TRAIN_SCRIPT = BLOCK_NETWORK + textwrap.dedent(
     det.save(out / "det.npz")
     det.export_weights(out / "best.pt")
     tuned = YOLOBoxPrompter(weights=out / "best.pt").fit(folder[:6], epochs=1, imgsz=64, batch=4, progress=False)
-    seg = YOLOSegmenter(imgsz=64, conf=0.0, max_boxes=2).fit(folder[:6], epochs=1, batch=4, progress=False)
-    seg.save(out / "seg.npz")
     image = folder[0].load_image()
     import ultralytics.utils as uu
     result = {
@@ -255,7 +248,7 @@ TRAIN_SCRIPT = BLOCK_NETWORK + textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    """Train a detector (2 epochs) and a segmenter (1 epoch) offline in a subprocess; return its report."""
+    """Train a detector (2 epochs, then 1 more from its exported weights) offline in a subprocess; return its report."""
     out = tmp_path_factory.mktemp("yolo")
     write_folder(out / "data", 8)
     home = out / "home"
@@ -263,7 +256,7 @@ def trained(tmp_path_factory) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "YOLO_", "MEDSAMKIT_", "ULTRALYTICS_"))}
     env["HOME"] = str(home)
     proc = subprocess.run(
-        [sys.executable, "-c", TRAIN_SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", TRAIN_SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=300, check=False
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "result.json").read_text())
@@ -346,13 +339,97 @@ class TestSavedModels:
         np.testing.assert_array_equal(from_weights(image).box_xyxy, saved(image).box_xyxy)
         assert from_weights.params()["weights"] == str(weights)
 
-    def test_segmenter_baseline(self, trained):
-        seg = YOLOSegmenter.load(trained["out"] / "seg.npz")
-        with pytest.raises(ValueError, match="YOLOSegmenter"):
-            YOLOBoxPrompter.load(trained["out"] / "seg.npz")
-        image = read_image(trained["out"] / "data/images/case_02.png")
-        boxes, scores, masks = seg.segment(image)
-        assert masks.shape == (len(boxes), 64, 80) and masks.dtype == bool
-        result = Pipeline(seg, seg)(image)
-        assert result.mask.shape == (64, 80)
-        assert result.prompt_masks.shape[0] == len(boxes)
+
+# ---------------------------------------------------------------------------------------
+# Nothing a user hands over is unpickled (issue 10): planted files are refused, no code runs
+# ---------------------------------------------------------------------------------------
+
+
+class _Planted:
+    """Unpickling this object runs code: it creates the marker file."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def _planted_checkpoint(marker) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"model": _Planted(marker), "train_args": {}}, buffer)
+    return buffer.getvalue()
+
+
+PLANTED_PARAMS = {"model": "yolov8n.yaml", "weights": None, "conf": 0.25, "iou": 0.7, "max_boxes": 4, "imgsz": 64,
+                  "device": "cpu"}
+
+
+@pytest.mark.usefixtures("ultralytics_home")
+class TestPlantedFiles:
+
+    def test_a_planted_saved_state_does_not_run_code(self, tmp_path):
+        marker = tmp_path / "code-ran"
+        path = tmp_path / "prompter.npz"
+        meta = {"format": "medsamkit.YOLOBoxPrompter", "params": PLANTED_PARAMS, "train_info": {}}
+        np.savez(path, checkpoint=np.frombuffer(_planted_checkpoint(marker), np.uint8),
+                 meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        with pytest.raises(ValueError, match="prompter.npz"):
+            YOLOBoxPrompter.load(path)(np.zeros((32, 32), np.uint8))
+        assert not marker.exists()
+
+    def test_planted_weights_do_not_run_code(self, tmp_path):
+        marker = tmp_path / "code-ran"
+        path = tmp_path / "best.pt"
+        path.write_bytes(_planted_checkpoint(marker))
+        with pytest.raises(ValueError, match="best.pt"):
+            YOLOBoxPrompter(weights=path)(np.zeros((32, 32), np.uint8))
+        assert not marker.exists()
+        with pytest.raises(ValueError, match="best.pt"):
+            build_yolo_box_prompter(weights=str(path))(np.zeros((32, 32), np.uint8))
+        assert not marker.exists()
+
+    def _v2_state(self, path, yaml) -> None:
+        """A state in the current layout (YAML + arrays) with the given model YAML."""
+        meta = {"format": "medsamkit.YOLOBoxPrompter", "version": 2, "params": PLANTED_PARAMS, "train_info": {},
+                "task": "detect", "yaml": yaml, "names": {"0": "foreground"}, "keys": []}
+        np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+
+    def test_a_planted_model_yaml_does_not_run_code(self, tmp_path):
+        # Ultralytics evaluates a YAML's 'act' as Python, and calls any name of its model module as a layer.
+        marker = tmp_path / "code-ran"
+        layers = [[-1, 1, "Conv", [16, 3, 2]]]
+        head = [[-1, 1, "Detect", ["nc"]]]
+        planted = {
+            "act": {"nc": 1, "act": f"open({str(marker)!r}, 'w').close()", "backbone": layers, "head": head},
+            "a function": {"nc": 1, "backbone": [[-1, 1, "torch_safe_load", [str(tmp_path / "evil.pt")]]], "head": head},
+            "a whole model": {"nc": 1, "backbone": [[-1, 1, "DetectionModel", [str(tmp_path / "evil.yaml")]]], "head": head},
+        }
+        for what, yaml in planted.items():
+            path = tmp_path / f"{what}.npz"
+            self._v2_state(path, yaml)
+            with pytest.raises(ValueError, match=str(path.name)):
+                YOLOBoxPrompter.load(path)(np.zeros((32, 32), np.uint8))
+            assert not marker.exists(), what
+
+    def test_planted_weights_that_call_a_layer_class_do_not_run_code(self, tmp_path):
+        # A checkpoint made only of allowed layer classes can still try to *call* one (REDUCE): refused.
+        import io
+
+        import torch
+        from ultralytics.nn.tasks import DetectionModel
+
+        class Calls:
+            def __reduce__(self):
+                return (DetectionModel, (str(tmp_path / "missing.yaml"),))
+
+        buffer = io.BytesIO()
+        torch.save({"model": Calls(), "train_args": {}}, buffer)
+        path = tmp_path / "calls.pt"
+        path.write_bytes(buffer.getvalue())
+        with pytest.raises(ValueError, match="calls.pt"):
+            YOLOBoxPrompter(weights=path)

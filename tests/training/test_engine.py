@@ -16,8 +16,7 @@ import torch
 import medsamkit as msk
 from medsamkit._cache import CachedSegmenter, EmbeddingCache
 from medsamkit.testing import FakeSegmenter
-from medsamkit.training import FinetuneConfig, finetune
-from medsamkit.training import _engine
+from medsamkit.training import FinetuneConfig, _engine, _loop, finetune
 
 N_TRAIN, N_VAL = 6, 3
 
@@ -100,18 +99,18 @@ def test_each_image_is_encoded_once(litemedsam, small_cxr, points, tmp_path, mon
 def test_interrupted_run_resumes_after_the_last_finished_epoch(seg, small_cxr, points, tmp_path, monkeypatch):
     train, val = small_cxr
     kwargs = dict(out_dir=tmp_path / "run", prompter=points, epochs=2, patience=0, progress=False)
-    real_curve = _engine._save_curve
+    real_curve = _loop.save_curve
 
-    def stop_after_first_epoch(run_dir, history):
-        real_curve(run_dir, history)
+    def stop_after_first_epoch(run_dir, history, **kwargs):
+        real_curve(run_dir, history, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_engine, "_save_curve", stop_after_first_epoch)
+    monkeypatch.setattr(_loop, "save_curve", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         finetune(seg, train[:3], val[:1], **kwargs)
-    first = json.loads(json.dumps(torch.load(tmp_path / "run" / "last.pt", weights_only=False)["history"]))
+    first = json.loads(json.dumps(torch.load(tmp_path / "run" / "last.pt", weights_only=True)["history"]))
     assert [h["epoch"] for h in first] == [1]
-    monkeypatch.setattr(_engine, "_save_curve", real_curve)
+    monkeypatch.setattr(_loop, "save_curve", real_curve)
     result = finetune(seg, train[:3], val[:1], **kwargs)
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.history[0] == first[0]
@@ -157,18 +156,6 @@ def test_bad_input(seg, small_cxr, tmp_path):
     with pytest.raises(ValueError, match="not_a_setting"):
         finetune(seg, train, out_dir=tmp_path / "d", not_a_setting=1)
     assert not (tmp_path / "d").exists()
-
-
-def test_target_in_the_logits_frame_is_resized_and_padded():
-    mask = np.zeros((100, 200), dtype=bool)
-    mask[:, :100] = True  # left half
-    # LiteMedSAM frame: 200 -> 256 wide, 100 -> 128 high; logits at 256: same frame.
-    target = _engine._target_at_logits(mask, (128, 256), 256, 256)[0].numpy()
-    assert target.shape == (256, 256)
-    assert target[:128, :128].all() and not target[:128, 128:].any() and not target[128:].any()
-    # SAM frame: input 1024, logits 256 -> a quarter.
-    target = _engine._target_at_logits(mask, (512, 1024), 1024, 256)[0].numpy()
-    assert target[:128, :128].all() and not target[:, 128:].any() and not target[128:].any()
 
 
 def test_sweep_probabilities_equal_the_pipeline_union(seg, small_cxr):

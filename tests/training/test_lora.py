@@ -35,7 +35,8 @@ from medsamkit.training import (
     save_lora,
     unload_lora,
 )
-from medsamkit.training import _engine
+from medsamkit.training import _engine, _loop
+from medsamkit.training._trainable import union_loss
 
 N_TRAIN, N_VAL = 4, 2
 
@@ -220,21 +221,21 @@ def test_lora_with_the_decoder_resumes_after_an_interruption(litemedsam, exact, 
     kwargs = dict(out_dir=tmp_path / "run", prompter=points, mode="lora", train_decoder=True, lora_rank=4,
                   epochs=2, lr=1e-3, batch_size=1, patience=0, progress=False)
     before = {k: v.clone() for k, v in litemedsam.model.state_dict().items()}
-    real_curve = _engine._save_curve
+    real_curve = _loop.save_curve
 
-    def stop_after_first_epoch(run_dir, history):
-        real_curve(run_dir, history)
+    def stop_after_first_epoch(run_dir, history, **kwargs):
+        real_curve(run_dir, history, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_engine, "_save_curve", stop_after_first_epoch)
+    monkeypatch.setattr(_loop, "save_curve", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         finetune(litemedsam, train[:1], None, **kwargs)
     assert not has_lora(litemedsam.model)  # put back even when interrupted
-    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert [h["epoch"] for h in state["history"]] == [1]
-    assert any(k.startswith("mask_decoder.") for k in state["trainable"])
-    assert any("lora_A" in k for k in state["trainable"])
-    monkeypatch.setattr(_engine, "_save_curve", real_curve)
+    assert any(k.startswith("mask_decoder.") for k in state["parts"]["trainable"])
+    assert any("lora_A" in k for k in state["parts"]["trainable"])
+    monkeypatch.setattr(_loop, "save_curve", real_curve)
     result = finetune(litemedsam, train[:1], None, **kwargs)
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.history[0] == json.loads(json.dumps(state["history"][0]))
@@ -318,9 +319,7 @@ def test_lora_attaches_to_the_vit_qkv_of_sam_and_trains_one_step(family, tmp_pat
         trainable.train()
         item = items[0]
         prompts = Prompts(box_xyxy=[[30, 20, 100, 70]])
-        logits, _ = _engine._logits(seg, item, prompts, trainable.features(item))
-        target = _engine._target_at_logits(item.mask, item.input_size_hw, seg.image_size, logits.shape[-1])
-        loss = _engine._loss_fn("dicefocal")(logits.amax(dim=0, keepdim=True), target[None])
+        loss = union_loss(seg, trainable, item, prompts, _engine._loss_fn("dicefocal"))
         loss.backward()
         # B starts at zero, so only B gets a gradient on the first step (A's is B^T times something).
         assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)

@@ -6,6 +6,7 @@ The presence-classifier pieces (:func:`presence_arrays`, :func:`seeded_classifie
 ``CAMBoxPrompter.fit`` and in SAM-Mix's joint loop (:func:`medsamkit.fit_sammix`).
 """
 
+from .._ultralytics import configure_ultralytics_offline, masks_to_yolo_dataset
 from ._cam import (
     CAM_METHODS,
     CAMBoxPrompter,
@@ -21,19 +22,18 @@ from ._embedding_head import EmbeddingHeadPrompter
 from ._fixed import FixedPrompter
 from ._mean_mask import MeanMaskPointPrompter
 from ._oracle import OracleBoxPrompter, PerturbedBoxPrompter
-from ._yolo import YOLOBoxPrompter, YOLOSegmenter, configure_ultralytics_offline, masks_to_yolo_dataset
+from ._yolo import YOLOBoxPrompter
 
 __all__ = [
+    "CAM_METHODS",
     "BoxesWithPointsPrompter",
     "CAMBoxPrompter",
-    "CAM_METHODS",
     "EmbeddingHeadPrompter",
     "FixedPrompter",
     "MeanMaskPointPrompter",
     "OracleBoxPrompter",
     "PerturbedBoxPrompter",
     "YOLOBoxPrompter",
-    "YOLOSegmenter",
     "classifier_scores",
     "classifier_step",
     "configure_ultralytics_offline",

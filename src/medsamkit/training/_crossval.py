@@ -105,7 +105,11 @@ def _factory(segmenter_factory: Any) -> Callable[[], Any]:
 
 def _prompters(kind: str, folder: Any, seed: int, progress: bool) -> tuple[PromptProvider, PromptProvider]:
     """(training prompter, evaluation prompter)."""
-    from ..prompters import MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
+    from ..prompters import (
+        MeanMaskPointPrompter,
+        OracleBoxPrompter,
+        PerturbedBoxPrompter,
+    )
 
     if kind == "mean-mask-points":
         fitted = MeanMaskPointPrompter().fit(folder, progress=progress)

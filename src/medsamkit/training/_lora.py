@@ -249,7 +249,7 @@ def read_lora(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except Exception as exc:
         raise ValueError(f"path: could not read {path} as safetensors ({exc})") from exc
     if metadata.get("format") != _FORMAT:

@@ -22,38 +22,19 @@ will see them at inference), not on oracle boxes.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import Field
 
-from .._protocols import Segmenter, TrainableSegmenter, prompts_for
-from ._engine import (
-    _LORA_FIELDS,
-    STATE_FILE,
-    FinetuneConfig,
-    LossName,
-    SegmenterTrainingSettings,
-    _caller_model_restored,
-    _check_mode,
-    _check_trainable,
-    _claim_run_dir,
-    _finish,
-    _Item,
-    _logits,
-    _loss_fn,
-    _save_curve,
-    _save_state,
-    _target_at_logits,
-    _Trainable,
-    _validation_dice,
-    _write_history,
-)
+from .._protocols import TrainableSegmenter, prompts_for
+from ._engine import _claim_run_dir, _finish, _loss_fn, _validation_dice
+from ._inputs import _inputs, _record, pick_labelled
+from ._loop import ModulePart, run_epochs
+from ._settings import SAMMixConfig
+from ._trainable import _caller_model_restored, _Item, _Trainable, union_loss
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..prompters import CAMBoxPrompter
@@ -76,127 +57,6 @@ HISTORY_COLUMNS = (
 SAMMIX_RECORD = "sammix.json"
 SAM_PP_RECORD = "sam_pp.json"
 CLASSIFIER_FILE = "classifier.pt"
-_CLASSIFIER_FIELDS = (
-    "cam",
-    "omega",
-    "presence_threshold",
-    "max_boxes",
-    "min_area_fraction",
-    "input_size",
-    "width",
-    "depth",
-)
-
-
-class SAMMixConfig(SegmenterTrainingSettings):
-    """Settings of a SAM-Mix or SAM-PP run (saved as ``sammix.json`` / ``sam_pp.json`` in the run folder).
-
-    The segmenter fields have the names and meaning of :class:`FinetuneConfig`; the
-    classifier fields those of :class:`~medsamkit.prompters.CAMBoxPrompter` and its
-    ``fit``. Defaults follow paper 001 where it says: 10 epochs, learning rate 1e-3
-    for both branches, Dice loss (eq. 9), LoRA rank 8 on the encoder's attention,
-    ``ω = 0.5``.
-
-    Attributes:
-        mode: What of the segmenter trains: ``"lora"`` (paper: LoRA adapters on the
-            image encoder's ``qkv`` layers, needs peft) or ``"decoder"`` (the mask
-            decoder only; each image is encoded once: much faster on a CPU).
-        epochs: Passes over the training images (paper: 10).
-        lr: Adam learning rate of both branches (paper: 1e-3), unless set apart below.
-        classifier_lr: Adam learning rate of the classifier (None: ``lr``).
-        segmenter_lr: Adam learning rate of the segmenter (None: ``lr``).
-        weight_decay: Adam weight decay of the segmenter.
-        seg_weight: ``λ`` in ``L = L_cls + λ L_seg``. The branches share no
-            parameters, so λ only scales the segmenter's gradients, which Adam
-            largely normalises away; it is there for completeness and for SGD-like
-            behaviour at tiny gradients (0 switches segmentation training off).
-        loss: Segmentation loss: ``"dice"`` (paper eq. 9, MONAI ``DiceLoss``),
-            ``"dicece"`` or ``"dicefocal"``.
-        batch_size: Images per step of the classifier (the paper used 30). The
-            segmenter steps once per batch, on the gradients of the batch's labelled
-            images that got a box.
-        patience: Stop when validation Dice has not improved for this many epochs
-            (0: off).
-        seed: Seed of the classifier's initialisation, the batch order, the
-            augmentation and torch.
-        thresholds: Probability thresholds swept on the validation images at the end.
-        warmup_epochs: Epochs at the start in which only the classifier trains (its
-            first CAMs are noise; boxes from them would teach the segmenter noise).
-            Default 1; 0 is the paper's literal reading (both from the start).
-            SAM-Mix needs it smaller than ``epochs``; SAM-PP ignores it.
-        box_fallback: What happens to a labelled image with a non-empty mask when
-            the current classifier gives no box (it says "absent", or the CAM is
-            empty): ``"skip"`` (default; the segmenter only ever sees CAM boxes, as at
-            inference) or ``"oracle"`` (the mask's own boxes, so the segmenter also
-            learns while the classifier is still poor; closer to SAM-PP's training).
-            The number of such images per epoch is ``n_no_box`` in the history.
-        negatives: Labelled images with an **empty** mask that the classifier wrongly
-            gives a box also train the segmenter, towards an empty mask. Off by
-            default: with the Dice loss (eq. 9) an empty target gives a loss of ~1
-            whatever the prediction and almost no gradient (MONAI's smoothing is
-            1e-5); switch it on with ``loss="dicece"`` or ``"dicefocal"``.
-        lora_rank, lora_alpha, lora_dropout, lora_targets, train_decoder: LoRA
-            settings, as in :class:`FinetuneConfig` (paper: rank 8).
-        cam, omega, presence_threshold, max_boxes, min_area_fraction, input_size, width, depth: The
-            classifier and its boxes, as in ``CAMBoxPrompter``.
-        focal_alpha: Focal-loss weight of the positive class (None: no weighting).
-        focal_gamma: Focal-loss focusing parameter (eq. 3).
-        shift, intensity, flip: Classifier augmentation, as in ``CAMBoxPrompter.fit``.
-    """
-
-    # Paper 001's defaults where they differ from FinetuneConfig's (the other shared fields keep theirs).
-    mode: Literal["decoder", "lora"] = "lora"
-    epochs: int = Field(10, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    loss: LossName = "dice"
-    batch_size: int = Field(16, ge=1)
-    # SAM-Mix's own settings.
-    classifier_lr: float | None = Field(None, gt=0)
-    segmenter_lr: float | None = Field(None, gt=0)
-    seg_weight: float = Field(1.0, ge=0)
-    warmup_epochs: int = Field(1, ge=0)
-    box_fallback: Literal["skip", "oracle"] = "skip"
-    negatives: bool = False
-    cam: str = "gradcam"
-    omega: float = Field(0.5, ge=0, le=1)
-    presence_threshold: float = Field(0.5, ge=0, le=1)
-    max_boxes: int = Field(4, ge=1)
-    min_area_fraction: float = Field(0.002, ge=0, le=1)
-    input_size: int = Field(128, ge=4)
-    width: int = Field(16, ge=1)
-    depth: int = Field(4, ge=2, le=6)
-    focal_alpha: float | None = Field(None, ge=0, le=1)
-    focal_gamma: float = Field(2.0, ge=0)
-    shift: float = Field(0.1, ge=0, lt=0.5)
-    intensity: float = Field(0.2, ge=0, le=1)
-    flip: bool = False
-
-    def prompter_params(self) -> dict[str, Any]:
-        """Constructor arguments of the :class:`CAMBoxPrompter`."""
-        return {name: getattr(self, name) for name in _CLASSIFIER_FIELDS}
-
-    def finetune_config(self) -> FinetuneConfig:
-        """The segmenter's settings as a :class:`FinetuneConfig` (what SAM-PP's second stage runs)."""
-        return FinetuneConfig(
-            mode=self.mode,
-            epochs=self.epochs,
-            lr=self.segmenter_lr or self.lr,
-            weight_decay=self.weight_decay,
-            loss=self.loss,
-            batch_size=self.batch_size,
-            patience=self.patience,
-            seed=self.seed,
-            thresholds=list(self.thresholds),
-            **{name: getattr(self, name) for name in _LORA_FIELDS},
-        )
-
-    def record(self, *, extendable: bool = False) -> dict[str, Any]:
-        """The settings that matter (LoRA ones left out in decoder mode); ``extendable``: without
-        ``epochs`` and ``patience``, so that a finished run can be continued with more epochs."""
-        exclude = set(_LORA_FIELDS) if self.mode == "decoder" else set()
-        if extendable:
-            exclude |= {"epochs", "patience"}
-        return self.model_dump(exclude=exclude)
 
 
 @dataclass
@@ -232,142 +92,6 @@ class SAMMixResult:
     sweep: list[dict[str, float]]
     labelled: tuple[str, ...]
     adapters: Path | None = None
-
-
-# ---------------------------------------------------------------------------------------
-# input checks
-# ---------------------------------------------------------------------------------------
-
-
-def _config(config: Any, overrides: dict[str, Any]) -> SAMMixConfig:
-    if config is not None and not isinstance(config, SAMMixConfig):
-        raise TypeError(f"config: expected a SAMMixConfig or None, got {type(config).__name__}")
-    # Validated as a whole: an unknown override is an error (model_copy(update=...) would drop it).
-    return SAMMixConfig.model_validate({**(config or SAMMixConfig()).model_dump(), **overrides})
-
-
-def _check_samples(samples: Any, name: str, *, required: bool) -> list[Any]:
-    """A list of samples with ``stem`` and ``load()``, unique stems."""
-    if samples is None:
-        samples = []
-    if isinstance(samples, (str, bytes, Path)) or not hasattr(samples, "__len__"):
-        raise TypeError(f"{name}: expected a sequence of samples (e.g. a MaskFolder), got {type(samples).__name__}")
-    samples = list(samples)
-    if required and not samples:
-        raise ValueError(f"{name}: expected at least one training sample, got none")
-    for i, sample in enumerate(samples):
-        if not isinstance(getattr(sample, "stem", None), str) or not callable(getattr(sample, "load", None)):
-            raise TypeError(
-                f"{name}[{i}]: expected a sample with a stem and load() -> (image, mask) (MaskFolder items), "
-                f"got {type(sample).__name__}"
-            )
-    stems = [s.stem for s in samples]
-    if len(set(stems)) != len(stems):
-        repeated = sorted({s for s in stems if stems.count(s) > 1})
-        raise ValueError(f"{name}: expected unique stems, got repeated {repeated[:5]}")
-    return samples
-
-
-def _labelled_stems(train: list[Any], labelled: Any) -> tuple[str, ...]:
-    """The labelled stems, in the order of ``train``."""
-    stems = [s.stem for s in train]
-    if labelled is None:
-        return tuple(stems)
-    if isinstance(labelled, (str, bytes, int)) or not hasattr(labelled, "__iter__"):
-        raise TypeError(
-            "labelled: expected a collection of stems or samples (pick_labelled(train, n) picks n), "
-            f"got {type(labelled).__name__}"
-        )
-    chosen = set()
-    for i, item in enumerate(labelled):
-        stem = item if isinstance(item, str) else getattr(item, "stem", None)
-        if not isinstance(stem, str):
-            raise TypeError(f"labelled[{i}]: expected a stem (str) or a sample with .stem, got {type(item).__name__}")
-        chosen.add(stem)
-    unknown = sorted(chosen - set(stems))
-    if unknown:
-        raise ValueError(
-            f"labelled: expected stems of train samples, got {len(unknown)} not in train: {unknown[:5]}"
-            + (" ..." if len(unknown) > 5 else "")
-        )
-    return tuple(s for s in stems if s in chosen)
-
-
-def _check_labels(y: np.ndarray, train: list[Any], labelled: tuple[str, ...]) -> None:
-    if y.min() == y.max():
-        kind = "non-empty" if y[0] else "empty"
-        raise ValueError(
-            f"train: expected images with and without the target (the classifier's two classes), got "
-            f"{len(y)} images, all with {kind} masks"
-        )
-    positive = {s.stem for s, label in zip(train, y) if label}
-    if labelled and not positive.intersection(labelled):
-        raise ValueError(
-            f"labelled: expected at least one image with a non-empty mask (or none at all: no segmentation "
-            f"training), got {len(labelled)} images, all with empty masks"
-        )
-
-
-def _inputs(
-    segmenter: TrainableSegmenter, train: Any, val: Any, labelled: Any, config: Any, overrides: dict[str, Any]
-) -> tuple[Any, ...]:
-    """Everything checked before a file is written: ``(config, train, val, labelled, prompter, x, y)``."""
-    from ..prompters import CAMBoxPrompter
-    from ..prompters import presence_arrays as _samples_to_arrays
-
-    _check_trainable(segmenter)
-    config = _config(config, overrides)
-    train = _check_samples(train, "train", required=True)
-    val = _check_samples(val, "val", required=False)
-    labelled = _labelled_stems(train, labelled)
-    prompter = CAMBoxPrompter(**config.prompter_params())  # checks cam, input_size vs depth; needs grad-cam
-    _check_mode(segmenter, config.finetune_config())
-    x, y = _samples_to_arrays(train, config.input_size, name="train")
-    _check_labels(y, train, labelled)
-    return config, train, val, labelled, prompter, x, y
-
-
-def _record(
-    method: str, segmenter: Segmenter, config: SAMMixConfig, train: Sequence[Any], val: Sequence[Any], labelled: Sequence[str]
-) -> dict[str, Any]:
-    return {
-        "method": method,
-        "config": config.record(extendable=method == "sam-mix"),
-        "segmenter": getattr(segmenter, "model_id", type(segmenter).__name__),
-        "train": [s.stem for s in train],
-        "labelled": list(labelled),
-        "val": [s.stem for s in val],
-    }
-
-
-def pick_labelled(samples: Sequence[Any], n: int, *, seed: int = 0) -> tuple[str, ...]:
-    """``n`` stems drawn at random among the samples whose mask is non-empty (SAM-Mix-``n``).
-
-    The images that get a mask drawn are the ones that show the target: the empty
-    masks of the others are known anyway (their presence label is 0). The draw
-    depends only on the set of stems and ``seed``.
-
-    Args:
-        samples: Items with ``stem`` and ``load_mask()`` or ``load() -> (image, mask)``.
-        n: How many, ``0 <= n <=`` the number of samples with a non-empty mask.
-        seed: Seed of the draw.
-
-    Returns:
-        The chosen stems, sorted.
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n: expected a non-negative int, got {n!r}")
-    samples = _check_samples(samples, "samples", required=False)
-    positive = []
-    for sample in samples:
-        mask = sample.load_mask() if callable(getattr(sample, "load_mask", None)) else sample.load()[1]
-        if np.asarray(mask).any():
-            positive.append(sample.stem)
-    if n > len(positive):
-        raise ValueError(f"n: expected at most {len(positive)} (the samples with a non-empty mask), got {n}")
-    positive.sort()
-    order = np.random.default_rng(seed).permutation(len(positive))[:n]
-    return tuple(sorted(positive[i] for i in order))
 
 
 # ---------------------------------------------------------------------------------------
@@ -467,10 +191,10 @@ def fit_sammix(
 
 def _joint(
     segmenter: TrainableSegmenter,
-    train: Sequence[Any],
-    val: Sequence[Any],
-    labelled: Sequence[str],
-    prompter: CAMBoxPrompter,
+    train: list[Any],
+    val: list[Any],
+    labelled: tuple[str, ...],
+    prompter: Any,
     x_np: np.ndarray,
     y_np: np.ndarray,
     run_dir: Path,
@@ -512,17 +236,6 @@ def _joint(
         xv, yv = _samples_to_arrays([(it.image, it.mask) for it in val_items], config.input_size, name="val")
         x_val, y_val = torch.from_numpy(xv)[:, None], torch.from_numpy(yv)
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "dice": -math.inf, "classifier": _state(classifier), "segmenter": trainable.snapshot()}
-    start_epoch = 1
-    state_path = run_dir / STATE_FILE
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        classifier.load_state_dict(state["classifier"])
-        cls_optimizer.load_state_dict(state["classifier_optimizer"])
-        trainable.restore(state[trainable.state_key])
-        seg_optimizer.load_state_dict(state["optimizer"])
-        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
 
     def segmentation_jobs(index: np.ndarray) -> tuple[list[tuple[_Item, Any]], int]:
         """(item, prompts) of the batch's labelled images that train the segmenter; images without a box."""
@@ -545,11 +258,8 @@ def _joint(
         return jobs, no_box
 
     n = len(y_train)
-    stale = history[-1]["epoch"] - best["epoch"] if history else 0
-    for epoch in range(start_epoch, config.epochs + 1):
-        if config.patience and val_items and stale >= config.patience:
-            break
-        started = time.perf_counter()
+
+    def one_epoch(epoch: int) -> dict[str, Any]:
         rng = np.random.default_rng([config.seed, epoch])
         cls_losses, correct, seg_losses, n_no_box = [], 0, [], 0
         segment = epoch > config.warmup_epochs and bool(labelled_items)
@@ -567,11 +277,7 @@ def _joint(
             trainable.train()
             seg_optimizer.zero_grad(set_to_none=True)
             for item, prompts in jobs:
-                logits, _ = _logits(segmenter, item, prompts, trainable.features(item))
-                if item.target is None:
-                    item.target = _target_at_logits(item.mask, item.input_size_hw, segmenter.image_size, logits.shape[-1])
-                combined = logits.amax(dim=0, keepdim=True)  # (1, 1, L, L): union of the prompts
-                loss = seg_loss_fn(combined, item.target[None].to(combined.device))
+                loss = union_loss(segmenter, trainable, item, prompts, seg_loss_fn)
                 (config.seg_weight * loss / len(jobs)).backward()
                 seg_losses.append(float(loss.detach()))
             seg_optimizer.step()
@@ -584,8 +290,7 @@ def _joint(
         if val_items:
             val_dice = _validation_dice(segmenter, trainable, val_items, prompter)
             val_accuracy = _classifier_scores(classifier, x_val, y_val, cls_loss_fn, threshold=config.presence_threshold)[1]
-        row = {
-            "epoch": epoch,
+        return {
             "cls_loss": float(np.sum(cls_losses) / n),
             "cls_accuracy": correct / n,
             "seg_loss": float(np.mean(seg_losses)) if seg_losses else None,
@@ -593,43 +298,34 @@ def _joint(
             "n_no_box": n_no_box,
             "val_dice": val_dice,
             "val_accuracy": val_accuracy,
-            "seconds": round(time.perf_counter() - started, 3),
         }
-        history.append(row)
-        score = val_dice if val_dice is not None else float(epoch)  # without validation: the last epoch
-        if score > best["dice"]:
-            best = {"epoch": epoch, "dice": score, "classifier": _state(classifier), "segmenter": trainable.snapshot()}
-            stale = 0
-        else:
-            stale += 1
-        _save_state(
-            state_path,
-            {
-                "epoch": epoch,
-                "classifier": _state(classifier),
-                "classifier_optimizer": cls_optimizer.state_dict(),
-                trainable.state_key: trainable.snapshot(),
-                "optimizer": seg_optimizer.state_dict(),
-                "history": history,
-                "best": best,
-            },
-        )
-        _write_history(run_dir, history, HISTORY_COLUMNS)
-        _save_curve(
-            run_dir,
-            history,
-            losses=(("cls_loss", "classification loss (focal)"), ("seg_loss", f"segmentation loss ({config.loss})")),
-            title="SAM-Mix learning curve",
-        )
-        if progress:
-            seg = "-" if row["seg_loss"] is None else f"{row['seg_loss']:.4f}"
-            shown = "" if val_dice is None else f", val Dice {val_dice:.4f}, val accuracy {val_accuracy:.3f}"
-            tqdm.write(
-                f"epoch {epoch}: cls loss {row['cls_loss']:.4f}, seg loss {seg} ({row['n_seg']} images, "
-                f"{row['n_no_box']} without a box){shown}"
-            )
 
-    classifier.load_state_dict(best["classifier"])
+    def describe(row: dict[str, Any]) -> str:
+        seg = "-" if row["seg_loss"] is None else f"{row['seg_loss']:.4f}"
+        shown = "" if row["val_dice"] is None else f", val Dice {row['val_dice']:.4f}, val accuracy {row['val_accuracy']:.3f}"
+        return (
+            f"epoch {row['epoch']}: cls loss {row['cls_loss']:.4f}, seg loss {seg} ({row['n_seg']} images, "
+            f"{row['n_no_box']} without a box){shown}"
+        )
+
+    loop = run_epochs(
+        run_dir,
+        epochs=config.epochs,
+        patience=config.patience,
+        validating=bool(val_items),
+        parts={"classifier": ModulePart(classifier), "segmenter": trainable},
+        optimizers={"classifier": cls_optimizer, "segmenter": seg_optimizer},
+        epoch_fn=one_epoch,
+        score_fn=lambda row: row["val_dice"] if row["val_dice"] is not None else float(row["epoch"]),  # else: the last
+        columns=HISTORY_COLUMNS,
+        curve={
+            "losses": (("cls_loss", "classification loss (focal)"), ("seg_loss", f"segmentation loss ({config.loss})")),
+            "title": "SAM-Mix learning curve",
+        },
+        describe=describe,
+        progress=progress,
+    )
+    history = loop.history
     classifier.eval()
     prompter.model = classifier
     prompter.history = [
@@ -644,7 +340,7 @@ def _joint(
         "n_labelled": len(labelled),
         "n_val": len(val),
         "epochs": len(history),
-        "best_epoch": best["epoch"],
+        "best_epoch": loop.best_epoch,
         "batch_size": config.batch_size,
         "lr": config.classifier_lr or config.lr,
         "alpha": config.focal_alpha,
@@ -654,7 +350,6 @@ def _joint(
         "flip": config.flip,
         "seed": config.seed,
     }
-    trainable.restore(best["segmenter"])
     pipeline, threshold, sweep, adapters = _finish(segmenter, trainable, run_dir, prompter, val, val_items, ft_config, progress)
     return SAMMixResult(
         method="sam-mix",
@@ -662,17 +357,13 @@ def _joint(
         pipeline=pipeline,
         prompter=prompter,
         history=history,
-        best_epoch=best["epoch"],
-        best_val_dice=best["dice"] if val_items else None,
+        best_epoch=loop.best_epoch,
+        best_val_dice=loop.best_score if val_items else None,
         threshold=threshold,
         sweep=sweep,
         labelled=tuple(labelled),
         adapters=adapters,
     )
-
-
-def _state(module: Any) -> dict[str, Any]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------

@@ -110,7 +110,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from . import metrics, testing
     from ._cache import CachedSegmenter, EmbeddingCache
-    from .training import FinetuneConfig, FinetuneResult, SAMMixConfig, SAMMixResult, finetune, fit_sam_pp, fit_sammix
     from ._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
@@ -143,5 +142,15 @@ if TYPE_CHECKING:  # pragma: no cover
         evaluate,
         segment_images,
     )
-    from .prompters import BoxesWithPointsPrompter, CAMBoxPrompter, EmbeddingHeadPrompter, FixedPrompter, YOLOBoxPrompter, MeanMaskPointPrompter, OracleBoxPrompter, PerturbedBoxPrompter
+    from .prompters import (
+        BoxesWithPointsPrompter,
+        CAMBoxPrompter,
+        EmbeddingHeadPrompter,
+        FixedPrompter,
+        MeanMaskPointPrompter,
+        OracleBoxPrompter,
+        PerturbedBoxPrompter,
+        YOLOBoxPrompter,
+    )
     from .segmenters import HQSAM, SAM, LiteMedSAM, YOLOSegmenter
+    from .training import FinetuneConfig, FinetuneResult, SAMMixConfig, SAMMixResult, finetune, fit_sam_pp, fit_sammix

@@ -25,6 +25,8 @@ from medsamkit.segmenters import _sam
 from medsamkit.segmenters._sam import HQSAM, SAM
 from medsamkit.training import (
     FinetuneConfig,
+    _engine,
+    _loop,
     apply_lora,
     finetune,
     has_lora,
@@ -35,7 +37,6 @@ from medsamkit.training import (
     save_lora,
     unload_lora,
 )
-from medsamkit.training import _engine, _loop
 from medsamkit.training._trainable import union_loss
 
 N_TRAIN, N_VAL = 4, 2

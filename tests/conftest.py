@@ -127,3 +127,51 @@ def _isolated_embedding_cache(tmp_path_factory):
         os.environ.pop("MEDSAMKIT_CACHE_DIR", None)
     else:
         os.environ["MEDSAMKIT_CACHE_DIR"] = previous
+
+
+_OFFLINE_PRELUDE = '''
+import json, os, sys, threading
+_events = []
+def _hook(event, args):
+    if event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname", "socket.sendto", "socket.bind"):
+        _events.append([event, repr(args)[:200]])
+        raise OSError("network blocked by the test")
+sys.addaudithook(_hook)
+'''
+
+_OFFLINE_EPILOGUE = '''
+import time
+time.sleep(1.0)  # a telemetry thread would have posted by now
+home = os.path.expanduser("~")
+_files = sorted(os.path.relpath(os.path.join(r, f), home) for r, _, fs in os.walk(home) for f in fs)
+print("OFFLINE-REPORT " + json.dumps({"events": _events, "home_files": _files, "result": globals().get("RESULT")}))
+'''
+
+
+@pytest.fixture()
+def run_offline(tmp_path):
+    """Run Python code in a subprocess with a fresh ``HOME`` and every socket connection blocked.
+
+    Returns ``{"events": [...], "home_files": [...], "result": RESULT}``: the network
+    attempts (audit events ``socket.connect``/``getaddrinfo``/...), the files left
+    under ``HOME`` (relative paths), and the ``RESULT`` global the code set.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def run(code: str, *, env: dict[str, str] | None = None, timeout: float = 600) -> dict:
+        home = tmp_path / "home"
+        home.mkdir(exist_ok=True)
+        script = tmp_path / "offline_script.py"
+        script.write_text(_OFFLINE_PRELUDE + code + _OFFLINE_EPILOGUE)
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "XDG_", "MEDSAMKIT_"))}
+        environment.update(HOME=str(home), MEDSAMKIT_CACHE_DIR=str(tmp_path / "cache" / "embeddings"))
+        environment.update(env or {})
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=timeout, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("OFFLINE-REPORT ")]
+        assert done.returncode == 0 and lines, f"offline script failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return json.loads(lines[-1][len("OFFLINE-REPORT "):])
+
+    return run

@@ -229,8 +229,104 @@ def test_folder_is_scanned_only_when_the_bound_may_be_passed(tmp_path, monkeypat
         roomy.put_arrays(f"{i:02d}" * 32, entry)
     assert len(scans) == 1  # the first write only: the size is known from then on
     scans.clear()
-    tight = EmbeddingCache(tmp_path / "tight", max_bytes=3 * 4500)
+    size = roomy.entries()[0].stat().st_size  # every entry has the same size
+    tight = EmbeddingCache(tmp_path / "tight", max_bytes=3 * size + size // 2)
     for i in range(10):
         tight.put_arrays(f"{i:02d}" * 32, entry)
         assert tight.size_bytes() <= tight.max_bytes  # the bound holds after every write
     assert len(tight.entries()) == 3 and len(scans) >= 7
+
+
+# -- issue 10: an entry is checked against its key; an unwritable folder means no cache, not failures ----
+
+
+def _two_images():
+    a, _ = make_blob_image((40, 48), seed=11)
+    b, _ = make_blob_image((40, 48), seed=12)
+    return a, b
+
+
+def test_another_images_entry_under_this_key_is_recomputed(tmp_path):
+    a, b = _two_images()
+    inner = FakeSegmenter()
+    seg = CachedSegmenter(inner, tmp_path)
+    seg.encode(a)
+    seg.encode(b)
+    path_a = seg.cache._path(image_key(a, seg.model_id))
+    path_b = seg.cache._path(image_key(b, seg.model_id))
+    path_a.write_bytes(path_b.read_bytes())  # b's encoding where a's belongs
+    expected = FakeSegmenter().encode(a).features
+    encoding = seg.encode(a)
+    assert inner.encode_calls == 3  # recomputed, not trusted
+    np.testing.assert_array_equal(encoding.features, expected)
+    np.testing.assert_array_equal(seg.encode(a).features, expected)
+    assert inner.encode_calls == 3  # the repaired entry is a hit again
+
+
+@pytest.mark.parametrize("damage", ["nan", "shape", "directory", "foreign-npz"])
+def test_wrong_entries_are_recomputed_not_used(tmp_path, damage):
+    a, _ = _two_images()
+    inner = FakeSegmenter()
+    seg = CachedSegmenter(inner, tmp_path)
+    good = seg.encode(a)
+    path = seg.cache._path(image_key(a, seg.model_id))
+    if damage == "directory":
+        path.unlink()
+        path.mkdir()
+    else:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        if damage == "nan":
+            arrays["a0"] = np.full_like(arrays["a0"], np.nan)
+        elif damage == "shape":
+            arrays["a0"] = arrays["a0"][:10]
+        else:
+            arrays = {"a0": arrays["a0"]}
+        with open(path, "wb") as handle:
+            np.savez(handle, **arrays)
+    again = seg.encode(a)
+    assert inner.encode_calls == 2
+    np.testing.assert_array_equal(again.features, good.features)
+    assert np.isfinite(again.features).all()
+
+
+def test_wrong_decode_entry_is_recomputed(tmp_path, litemedsam, cxr):
+    image, mask = cxr
+    prompts = msk.OracleBoxPrompter()(image, target=mask)
+    seg = CachedSegmenter(litemedsam, tmp_path / "c")
+    first = seg.decode(seg.encode(image), prompts)
+    (entry,) = [p for p in seg.cache.entries() if "logits" in np.load(p).files]
+    with np.load(entry) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["logits"] = np.full_like(arrays["logits"], np.nan)
+    with open(entry, "wb") as handle:
+        np.savez(handle, **arrays)
+    fresh = CachedSegmenter(litemedsam, tmp_path / "c")
+    second = fresh.decode(fresh.encode(image), prompts)
+    assert fresh.decode_misses == 1 and fresh.decode_hits == 0
+    np.testing.assert_array_equal(second.probabilities, first.probabilities)
+
+
+def test_unwritable_cache_folder_warns_once_and_runs_without_it(tmp_path, caplog):
+    if os.geteuid() == 0:
+        # root ignores permissions: make the cache folder a file's child, which no one can create
+        blocked = tmp_path / "file"
+        blocked.write_text("x")
+        folder = blocked / "cache"
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+    inner = FakeSegmenter()
+    seg = CachedSegmenter(inner, folder)
+    a, b = _two_images()
+    with caplog.at_level("WARNING", logger="medsamkit"):
+        results = [seg.encode(x) for x in (a, b, a)]
+    assert inner.encode_calls == 3 and all(r.size_hw == (40, 48) for r in results)
+    assert caplog.text.count("without the embedding cache") == 1
+    report_dir = tmp_path / "data"
+    for i, image in enumerate((a, b)):
+        msk.data.write_image(report_dir / "images" / f"c{i}.png", image)
+        msk.write_mask(report_dir / "masks" / f"c{i}.png", make_blob_image((40, 48), seed=11 + i)[1])
+    report = msk.evaluate(msk.Pipeline(msk.OracleBoxPrompter(), seg), report_dir, out_dir=tmp_path / "out", progress=False)
+    assert report.n_errors == 0

@@ -518,3 +518,69 @@ class TestConfig:
     def test_load_missing(self, tmp_path):
         with pytest.raises(FileNotFoundError, match=r"^directory: expected pipeline.json"):
             Pipeline.load(tmp_path)
+
+
+# -- issue 10: a friendlier first hour ------------------------------------------------------------
+
+
+def test_image_and_target_paths_are_read(tmp_path):
+    from medsamkit.data import write_image, write_mask
+
+    image, mask = make_blob_image((40, 52), seed=4)
+    write_image(tmp_path / "i.png", image)
+    write_mask(tmp_path / "m.png", mask)
+    pipe = Pipeline(OracleBoxPrompter(), FakeSegmenter())
+    from_paths = pipe(str(tmp_path / "i.png"), target=tmp_path / "m.png")
+    from_arrays = pipe(image, target=mask)
+    np.testing.assert_array_equal(from_paths.mask, from_arrays.mask)
+    with pytest.raises(OSError, match="missing.png"):
+        pipe(tmp_path / "missing.png")
+
+
+def test_prompts_shorthands():
+    image, _ = make_blob_image((40, 52), seed=4)
+    pipe = Pipeline(FixedPrompter(Prompts(box_xyxy=[[0, 0, 3, 3]])), FakeSegmenter(mode="box"))
+    one = pipe(image, prompts=(5, 6, 20, 30))
+    assert one.prompts.box_xyxy.tolist() == [[5, 6, 20, 30]]
+    assert one.mask.sum() == (20 - 5 + 1) * (30 - 6 + 1)
+    two = pipe(image, prompts=[[5, 6, 20, 30], [30, 1, 40, 4]])
+    assert two.prompts.n == 2
+    points = pipe(image, prompts={"points": [[10, 12], [11, 13]], "labels": [1, 0]})
+    assert points.prompts.points_xy.shape == (1, 2, 2) and points.prompts.point_labels.tolist() == [[1, 0]]
+    both = pipe(image, prompts={"boxes": [5, 6, 20, 30], "points": [[10, 12]]})
+    assert both.prompts.n == 1 and both.prompts.box_xyxy.shape == (1, 4)
+    with pytest.raises(ValueError, match=r"prompts: expected Prompts, a box"):
+        pipe(image, prompts=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"unknown keys \['box_list'\]"):
+        pipe(image, prompts={"box_list": [1, 2, 3, 4]})
+
+
+def test_a_component_class_instead_of_an_instance_is_refused():
+    with pytest.raises(TypeError, match=r"prompter: expected an instance, got the class OracleBoxPrompter.*OracleBoxPrompter\(\)"):
+        Pipeline(OracleBoxPrompter, FakeSegmenter())
+    with pytest.raises(TypeError, match="segmenter: expected an instance, got the class FakeSegmenter"):
+        Pipeline(OracleBoxPrompter(), FakeSegmenter)
+
+
+@pytest.mark.real_model
+def test_thin_image_gets_a_note(litemedsam):
+    image = np.tile(np.linspace(0, 255, 2000, dtype=np.float32), (5, 1)).astype(np.uint8)
+    result = Pipeline(FixedPrompter(Prompts(box_xyxy=[[100, 0, 900, 4]])), litemedsam)(image)
+    assert result.note is not None and "thin image: 5x2000 px becomes 1x256 px" in result.note
+    square = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (64, 1)).astype(np.uint8)
+    assert Pipeline(FixedPrompter(Prompts(box_xyxy=[[10, 10, 40, 40]])), litemedsam)(square).note is None
+
+
+@pytest.mark.real_model
+def test_points_on_the_zero_shot_box_trained_model_warn_once(litemedsam, caplog):
+    from medsamkit import _pipeline
+
+    _pipeline._warned_points.discard(litemedsam.model_id)
+    image, _ = make_blob_image((64, 64), seed=2)
+    assert litemedsam.trained_on_boxes_only
+    points = FixedPrompter(Prompts(points_xy=[[[32, 32]]]))
+    with caplog.at_level("WARNING", logger="medsamkit"):
+        Pipeline(points, litemedsam)(image)
+        Pipeline(points, litemedsam)(image)
+        Pipeline(FixedPrompter(Prompts(box_xyxy=[[10, 10, 50, 50]])), litemedsam)(image)
+    assert caplog.text.count("trained with box prompts only") == 1

@@ -8,6 +8,7 @@ import pytest
 from medsamkit import FillHoles, KeepLargestComponents, Prompts, RemoveSmallComponents, _registry
 from medsamkit._registry import (
     POSTPROCESSORS,
+    PREPROCESSORS,
     PROMPTERS,
     SEGMENTERS,
     build_postprocessor,
@@ -37,6 +38,7 @@ def test_registered_names():
         "sam-vit-l",
     ]
     assert set(POSTPROCESSORS) == {"keep-largest", "remove-small", "fill-holes"}
+    assert set(PREPROCESSORS) == {"window", "percentile-clip", "clahe"}
 
 
 def test_unknown_prompter_lists_valid_names():
@@ -191,7 +193,7 @@ class TestRegistration:
         assert sam == {f"{p}-vit-{t}": c for p, c in (("sam", "SAM"), ("hq-sam", "HQSAM")) for t in "blh"}
 
     def test_unknown_kind(self):
-        with pytest.raises(ValueError, match=r"^kind: expected one of \['prompter', 'segmenter', 'postprocess'\], got 'metric'"):
+        with pytest.raises(ValueError, match=r"^kind: expected one of \['prompter', 'segmenter', 'postprocess', 'preprocess'\], got 'metric'"):
             components("metric")
         with pytest.raises(ValueError, match=r"^kind: expected one of"):
             register_component("metric", "dice")

@@ -247,3 +247,19 @@ class TestProtocols:
         assert isinstance(OracleBoxPrompter(), PromptProvider)
         assert isinstance(FixedPrompter(Prompts.empty()), PromptProvider)
         assert not isinstance(FakeSegmenter(), PromptProvider)
+
+
+def test_compact_reprs():
+    import torch
+
+    result = SegmentationResult(
+        mask=np.pad(np.ones((3, 4), bool), ((0, 7), (0, 6))),
+        probabilities=np.zeros((10, 10), np.float32),
+        prompt_masks=np.zeros((1, 10, 10), bool),
+        scores=np.array([0.91234], np.float32),
+        prompts=Prompts(box_xyxy=[[0, 0, 3, 2]]),
+    )
+    assert repr(result) == "SegmentationResult(shape=(10, 10), area=12 px (12.0%), prompts=1 boxes, scores=[0.912])"
+    encoding = ImageEncoding(features=torch.zeros(1, 256, 64, 64), size_hw=(10, 10), input_size_hw=(256, 256), model_id="m")
+    assert repr(encoding) == "ImageEncoding(model_id='m', size_hw=(10, 10), input_size_hw=(256, 256), features=[(1, 256, 64, 64)])"
+    assert "tensor" not in repr(encoding)

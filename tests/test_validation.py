@@ -156,3 +156,12 @@ class TestDescribe:
         assert describe(3) == "int 3"
         assert describe("abc") == "str 'abc'"
         assert len(describe("x" * 1000)) == 120
+
+
+def test_a_path_instead_of_an_image_says_to_read_it(tmp_path):
+    """Issue 10: ``segmenter.encode("img.png")`` said only "expected a numeric dtype ... got <U7"."""
+    from pathlib import Path
+
+    for value in ("img.png", Path("img.png")):
+        with pytest.raises(TypeError, match=r"image: .*got the path .*img\.png.*medsamkit\.read_image\(path\)"):
+            as_image(value)

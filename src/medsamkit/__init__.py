@@ -37,6 +37,9 @@ _EXPORTS = {
     "KeepLargestComponents": "._postprocess",
     "RemoveSmallComponents": "._postprocess",
     "FillHoles": "._postprocess",
+    "Window": "._intensity",
+    "PercentileClip": "._intensity",
+    "CLAHE": "._intensity",
     # prompt providers
     "OracleBoxPrompter": ".prompters",
     "PerturbedBoxPrompter": ".prompters",
@@ -77,6 +80,10 @@ _EXPORTS = {
     "read_image": ".data",
     "read_mask": ".data",
     "write_mask": ".data",
+    "Volume": ".data",
+    "VolumeFolder": ".data",
+    "segment_volume": ".volumes",
+    "read_volume": ".data",
     "ImageReadError": ".data",
     "train_val_test_split": ".data",
     "kfold_splits": ".data",
@@ -88,6 +95,9 @@ _EXPORTS = {
     "compare_prompters": ".evaluation",
     "box_margin_study": ".evaluation",
     "StudyReport": ".evaluation",
+    "overlay_image": ".evaluation",
+    "plot_overlay": ".evaluation",
+    "OutDirLockedError": "._outdir",
 }
 
 __all__ = sorted([*_EXPORTS, "metrics", "testing", "__version__"])
@@ -98,7 +108,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
         globals()[name] = value
         return value
-    if name in ("metrics", "testing", "data", "prompters", "segmenters", "evaluation", "training"):
+    if name in ("metrics", "testing", "data", "prompters", "segmenters", "evaluation", "training", "volumes"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'medsamkit' has no attribute {name!r}")
 
@@ -111,6 +121,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from . import metrics, testing
     from ._cache import CachedSegmenter, EmbeddingCache
     from ._geometry import component_boxes_xyxy, grow_boxes_xyxy, mask_to_xyxy
+    from ._intensity import CLAHE, PercentileClip, Window
+    from ._outdir import OutDirLockedError
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
     from ._protocols import (
@@ -127,9 +139,12 @@ if TYPE_CHECKING:  # pragma: no cover
         ImageReadError,
         MaskFolder,
         Sample,
+        Volume,
+        VolumeFolder,
         kfold_splits,
         read_image,
         read_mask,
+        read_volume,
         train_val_test_split,
         write_mask,
     )
@@ -140,6 +155,8 @@ if TYPE_CHECKING:  # pragma: no cover
         box_margin_study,
         compare_prompters,
         evaluate,
+        overlay_image,
+        plot_overlay,
         segment_images,
     )
     from .prompters import (
@@ -154,3 +171,4 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .segmenters import HQSAM, SAM, LiteMedSAM, YOLOSegmenter
     from .training import FinetuneConfig, FinetuneResult, SAMMixConfig, SAMMixResult, finetune, fit_sam_pp, fit_sammix
+    from .volumes import segment_volume

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import shutil
 import threading
 import weakref
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from ._oneshot import OneShotMixin
 from ._paths import default_cache_dir
 from ._protocols import LowResDecoder, Segmenter
 from ._types import ImageEncoding, PromptMasks, Prompts
@@ -31,6 +34,39 @@ _FORMAT = 1
 _SUFFIX = ".npz"
 _RESCAN_EVERY = 64
 """Writes between two scans of the folder while the size this instance knows of is below the bound."""
+_KEY_FIELD = "_key"
+"""Every entry stores its own key: an entry copied or renamed onto another key is not trusted."""
+
+logger = logging.getLogger("medsamkit")
+
+
+def _discard(path: Path) -> None:
+    """Remove a bad entry (a file, or a directory someone put in its place); never raise."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _check_encoding_arrays(data: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """The metadata and feature arrays of an encoding entry, checked; ValueError when they disagree."""
+    info = json.loads(str(data["meta"]))
+    n = int(data["n_arrays"])
+    arrays = [data[f"a{i}"] for i in range(n)]
+    shapes, dtypes = info.get("shapes"), info.get("dtypes")
+    if shapes is None or dtypes is None or len(shapes) != n or len(dtypes) != n:
+        raise ValueError("entry without array shapes")
+    for array, shape, dtype in zip(arrays, shapes, dtypes):
+        if list(array.shape) != list(shape) or array.dtype.str != dtype:
+            raise ValueError("array shape or dtype differs from the entry's record")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError("non-finite features")
+        if array.dtype.kind not in "fiub":
+            raise ValueError(f"unexpected dtype {array.dtype}")
+    return info, arrays
 
 
 def image_key(image: np.ndarray, model_id: str) -> str:
@@ -56,7 +92,8 @@ def _to_arrays(features: Any) -> tuple[str, list[np.ndarray]]:
             types.append("torch")
         else:
             raise TypeError(f"features: cannot cache {type(item).__name__}; expected tensors or numpy arrays")
-    return json.dumps({"kind": kind, "types": types}), arrays
+    meta = {"kind": kind, "types": types, "shapes": [list(a.shape) for a in arrays], "dtypes": [a.dtype.str for a in arrays]}
+    return json.dumps(meta), arrays
 
 
 def _from_arrays(meta: str, arrays: list[np.ndarray], device: Any) -> Any:
@@ -103,6 +140,8 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self._known_bytes: int | None = None  # size after the last scan plus what this instance wrote since
         self._puts = 0
+        self.writable = True
+        """False after a write failed (read-only folder or HOME, full disk): later writes are skipped."""
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.directory)!r}, max_bytes={self.max_bytes})"
@@ -111,15 +150,21 @@ class EmbeddingCache:
         return self.directory / key[:2] / f"{key}{_SUFFIX}"
 
     def get_arrays(self, key: str) -> dict[str, np.ndarray] | None:
-        """The arrays stored under ``key`` (loaded into memory), or None. Does not count hits or misses."""
+        """The arrays stored under ``key`` (loaded into memory), or None. Does not count hits or misses.
+
+        An entry that cannot be read, or that was stored under another key (copied or
+        renamed onto this one), is a miss and is deleted.
+        """
         path = self._path(key)
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
+            if str(arrays.pop(_KEY_FIELD)) != key:
+                raise ValueError("entry of another key")
         except FileNotFoundError:
             return None
-        except Exception:  # a damaged entry is a miss, and goes away
-            path.unlink(missing_ok=True)
+        except Exception:  # a damaged or foreign entry is a miss, and goes away
+            _discard(path)
             return None
         try:
             os.utime(path)  # recently used: evicted last
@@ -127,14 +172,35 @@ class EmbeddingCache:
             pass
         return arrays
 
+    def discard(self, key: str) -> None:
+        """Delete the entry of ``key`` (a wrong one found by a caller's check)."""
+        _discard(self._path(key))
+
     def put_arrays(self, key: str, arrays: dict[str, np.ndarray]) -> None:
-        """Store named arrays under ``key`` atomically, then evict beyond ``max_bytes``."""
+        """Store named arrays under ``key`` atomically, then evict beyond ``max_bytes``.
+
+        If the folder cannot be written (read-only, full), a warning says once that the
+        run goes on without the embedding cache, and later writes are skipped.
+        """
         from .data import atomic_write_bytes
 
+        if not self.writable:
+            return
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the names for its keywords
+        np.savez(buffer, **arrays, **{_KEY_FIELD: np.array(key)})  # type: ignore[arg-type]  # numpy's stubs take the names for its keywords
         data = buffer.getvalue()
-        atomic_write_bytes(self._path(key), data)
+        try:
+            atomic_write_bytes(self._path(key), data)
+        except OSError as exc:
+            with self._lock:
+                first, self.writable = self.writable, False
+            if first:
+                logger.warning(
+                    "medsamkit: cannot write the embedding cache in %s (%s); going on without the embedding cache",
+                    self.directory,
+                    exc,
+                )
+            return
         with self._lock:
             self._puts += 1
             if self._known_bytes is not None:
@@ -147,21 +213,33 @@ class EmbeddingCache:
         if due:
             self.evict()
 
-    def get(self, key: str, *, device: Any = None) -> ImageEncoding | None:
-        """The cached encoding for ``key``, or None."""
+    def get(
+        self, key: str, *, device: Any = None, size_hw: tuple[int, int] | None = None, model_id: str | None = None
+    ) -> ImageEncoding | None:
+        """The cached encoding for ``key``, or None.
+
+        The entry is checked before it is used: its stored key, its arrays' shapes and
+        dtypes against its own record, finite features, and (when given) the image size
+        ``size_hw`` and ``model_id``. Any mismatch is a miss and the entry is deleted.
+        """
         data = self.get_arrays(key)
         encoding = None
         if data is not None:
             try:
-                n = int(data["n_arrays"])
+                _, arrays = _check_encoding_arrays(data)
                 encoding = ImageEncoding(
-                    features=_from_arrays(str(data["meta"]), [data[f"a{i}"] for i in range(n)], device),
+                    features=_from_arrays(str(data["meta"]), arrays, device),
                     size_hw=cast("tuple[int, int]", tuple(int(v) for v in data["size_hw"])),
                     input_size_hw=cast("tuple[int, int]", tuple(int(v) for v in data["input_size_hw"])),
                     model_id=str(data["model_id"]),
                 )
-            except Exception:  # not an encoding entry (or a damaged one): a miss, and it goes away
-                self._path(key).unlink(missing_ok=True)
+                if size_hw is not None and tuple(encoding.size_hw) != tuple(size_hw):
+                    raise ValueError("encoding of an image of another size")
+                if model_id is not None and encoding.model_id != model_id:
+                    raise ValueError("encoding of another model")
+            except Exception:  # not an encoding entry, a damaged or a wrong one: a miss, and it goes away
+                encoding = None
+                self.discard(key)
         if encoding is None:
             self.misses += 1
         else:
@@ -226,7 +304,23 @@ class EmbeddingCache:
             path.unlink(missing_ok=True)
 
 
-class CachedSegmenter:
+def _valid_logits(entry: dict[str, np.ndarray], n: int) -> bool:
+    """True when a decode entry holds float32 ``(n, 1, H, W)`` finite logits and ``(n,)`` finite scores."""
+    logits, scores = entry.get("logits"), entry.get("scores")
+    if logits is None or scores is None:
+        return False
+    return bool(
+        logits.dtype == np.float32
+        and logits.ndim == 4
+        and logits.shape[:2] == (n, 1)
+        and scores.shape == (n,)
+        and scores.dtype.kind == "f"
+        and np.isfinite(logits).all()
+        and np.isfinite(scores).all()
+    )
+
+
+class CachedSegmenter(OneShotMixin):
     """Wraps a segmenter so ``encode`` reads and writes an :class:`EmbeddingCache`.
 
     The wrapper is a :class:`~medsamkit.Segmenter` with the same ``model_id`` and
@@ -273,7 +367,10 @@ class CachedSegmenter:
     def encode(self, image: np.ndarray) -> ImageEncoding:
         """The cached encoding of ``image``, computing and storing it on a miss."""
         key = image_key(image, self.model_id)
-        encoding = self.cache.get(key, device=getattr(self.segmenter, "device", None))
+        size_hw = (int(np.shape(image)[0]), int(np.shape(image)[1]))
+        encoding = self.cache.get(
+            key, device=getattr(self.segmenter, "device", None), size_hw=size_hw, model_id=self.model_id
+        )
         if encoding is None:
             encoding = self.segmenter.encode(image)
             self.cache.put(key, encoding)
@@ -298,7 +395,10 @@ class CachedSegmenter:
         if key is None or not isinstance(seg, LowResDecoder):
             return seg.decode(encoding, prompts)
         entry = self.cache.get_arrays(key)
-        if entry is not None and {"logits", "scores"} <= set(entry):
+        if entry is not None and not _valid_logits(entry, prompts.n):
+            self.cache.discard(key)
+            entry = None
+        if entry is not None:
             import torch
 
             from .segmenters import check_encoding

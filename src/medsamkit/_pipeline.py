@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -11,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._protocols import PromptProvider, Segmenter, prompts_for
-from ._registry import build_postprocessor, build_prompter, component_config, load_segmenter
+from ._registry import build_postprocessor, build_preprocessor, build_prompter, component_config, load_segmenter
 from ._types import ImageEncoding, Prompts, SegmentationResult
 from ._validation import as_image, as_mask, check_probability
 
@@ -19,6 +21,7 @@ __all__ = ["ComponentConfig", "Pipeline", "PipelineConfig"]
 
 Combine = Literal["union", "best"]
 CONFIG_FILE = "pipeline.json"
+_log = logging.getLogger("medsamkit")
 
 
 class ComponentConfig(BaseModel):
@@ -38,12 +41,14 @@ class PipelineConfig(BaseModel):
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     combine: Combine = "union"
     postprocess: list[ComponentConfig] = Field(default_factory=list)
+    preprocess: list[ComponentConfig] = Field(default_factory=list)
 
 
 def _check_rebuildable(config: PipelineConfig) -> None:
     """Raise ValueError naming the first component that a saved config could not rebuild."""
     parts = [("prompter", config.prompter), ("segmenter", config.segmenter)]
     parts += [(f"postprocess[{i}]", part) for i, part in enumerate(config.postprocess)]
+    parts += [(f"preprocess[{i}]", part) for i, part in enumerate(config.preprocess)]
     for role, part in parts:
         if part.name.startswith("python:"):
             raise ValueError(
@@ -67,6 +72,49 @@ def _resolve(params: dict[str, Any], key: str, base_dir: str | Path | None) -> d
     return params
 
 
+def _check_steps(steps: Any, *, name: str, what: str) -> tuple[Callable[[np.ndarray], np.ndarray], ...]:
+    """Validate a sequence of callables (pre- or post-processing steps)."""
+    if callable(steps) or isinstance(steps, str) or not hasattr(steps, "__iter__"):
+        raise TypeError(f"{name}: expected a sequence of callables {what}, got {type(steps).__name__}")
+    result = tuple(steps)
+    for i, step in enumerate(result):
+        if not callable(step):
+            raise TypeError(f"{name}[{i}]: expected a callable {what}, got {type(step).__name__}")
+    return result
+
+
+THIN_SIDE = 8
+"""A side shorter than this many pixels in the model input makes a result unreliable (noted)."""
+
+
+def _thin_note(size_hw: tuple[int, int], input_size_hw: tuple[int, int]) -> str | None:
+    """The note for an image squeezed to a few pixels across in the model input, else None."""
+    if min(input_size_hw) >= THIN_SIDE or min(input_size_hw) >= min(size_hw):
+        return None
+    (h, w), (ih, iw) = size_hw, input_size_hw
+    return (
+        f"thin image: {h}x{w} px becomes {ih}x{iw} px in the model input, too thin to segment reliably; "
+        "crop or tile it first"
+    )
+
+
+_warned_points: set[str] = set()
+
+
+def _warn_points_on_box_model(segmenter: Any) -> None:
+    """Say once per model that point-only prompts on box-trained zero-shot weights give poor masks."""
+    model_id = str(getattr(segmenter, "model_id", type(segmenter).__name__))
+    if model_id in _warned_points:
+        return
+    _warned_points.add(model_id)
+    logging.getLogger("medsamkit").warning(
+        "medsamkit: %s was trained with box prompts only; point prompts alone give poor (often near-empty) "
+        "masks until the decoder is fine-tuned with points (medsamkit finetune --prompter mean-mask-points), "
+        "or use a box prompter",
+        type(getattr(segmenter, "segmenter", segmenter)).__name__,
+    )
+
+
 class Pipeline:
     """Fully automatic segmentation of one image: prompts, masks, one final mask.
 
@@ -85,6 +133,12 @@ class Pipeline:
         combine: ``"union"`` or ``"best"``.
         postprocess: Callables ``mask -> mask`` applied in order (for example
             ``[KeepLargestComponents(2), FillHoles()]``).
+        preprocess: Intensity steps ``image -> image`` applied in order before the
+            prompter and the segmenter see the image (for example
+            ``[Window.preset("abdomen")]`` for CT in HU, ``[PercentileClip()]`` for MR,
+            ``[CLAHE()]``). Without one, a float or signed-integer (HU) image is
+            min-max scaled by the segmenter as before, and the pipeline logs once
+            (logger ``medsamkit``) that it was.
 
     Example:
         >>> pipe = Pipeline(OracleBoxPrompter(), LiteMedSAM())
@@ -100,7 +154,14 @@ class Pipeline:
         threshold: float = 0.5,
         combine: Combine = "union",
         postprocess: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
+        preprocess: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
     ) -> None:
+        for name, component in (("prompter", prompter), ("segmenter", segmenter)):
+            if isinstance(component, type):
+                raise TypeError(
+                    f"{name}: expected an instance, got the class {component.__name__}; "
+                    f"call it first: {component.__name__}()"
+                )
         if not callable(prompter) or not hasattr(prompter, "requires_target"):
             raise TypeError(
                 "prompter: expected a PromptProvider (callable with a requires_target attribute), "
@@ -128,11 +189,14 @@ class Pipeline:
         self.threshold = check_probability(threshold, name="threshold")
         self.combine = combine
         self.postprocess = tuple(steps)
+        self.preprocess = _check_steps(preprocess, name="preprocess", what="image -> image (e.g. [Window(40, 400)])")
+        self._told_normalisation = False
 
     def __repr__(self) -> str:
         return (
             f"Pipeline({self.prompter!r}, {self.segmenter!r}, threshold={self.threshold}, "
-            f"combine={self.combine!r}, postprocess={list(self.postprocess)!r})"
+            f"combine={self.combine!r}, postprocess={list(self.postprocess)!r}"
+            + (f", preprocess={list(self.preprocess)!r})" if self.preprocess else ")")
         )
 
     def replace(self, **changes: Any) -> Pipeline:
@@ -143,6 +207,7 @@ class Pipeline:
             "threshold": self.threshold,
             "combine": self.combine,
             "postprocess": self.postprocess,
+            "preprocess": self.preprocess,
         }
         unknown = set(changes) - set(kwargs)
         if unknown:
@@ -162,28 +227,45 @@ class Pipeline:
 
     def __call__(
         self,
-        image: np.ndarray,
+        image: np.ndarray | str | Path,
         *,
-        target: np.ndarray | None = None,
+        target: np.ndarray | str | Path | None = None,
         encoding: ImageEncoding | None = None,
-        prompts: Prompts | None = None,
+        prompts: Any = None,
     ) -> SegmentationResult:
         """Segment one image.
 
         Args:
-            image: ``(H, W)`` or ``(H, W, C)`` image (uint8, uint16, float, ...).
-            target: ``(H, W)`` reference mask; needed by oracle prompters only.
+            image: ``(H, W)`` or ``(H, W, C)`` image (uint8, uint16, float, ...), or
+                the path of an image file (read with :func:`medsamkit.read_image`).
+            target: ``(H, W)`` reference mask, or a mask file's path; needed by oracle
+                prompters only.
             encoding: A reusable encoding of ``image`` from ``segmenter.encode``
-                (skips the encoder, e.g. when sweeping thresholds).
-            prompts: Prompts to use instead of asking the prompt provider.
+                (skips the encoder, e.g. when sweeping thresholds); with
+                ``preprocess`` steps, an encoding of ``pipe.preprocess_image(image)``.
+            prompts: Prompts to use instead of asking the prompt provider:
+                :class:`Prompts`, one box ``(x0, y0, x1, y1)``, a list of boxes, or a
+                dict ``{"boxes": ..., "points": ..., "labels": ...}``
+                (:meth:`Prompts.coerce`).
 
         Returns:
-            A :class:`SegmentationResult` at the input resolution.
+            A :class:`SegmentationResult` at the input resolution. Its ``note`` says
+            when the image is so thin that the model sees almost nothing across it.
         """
-        image = as_image(image)
+        if isinstance(image, (str, Path)):
+            from .data import read_image
+
+            image = read_image(image)
+        image = self.preprocess_image(image)
         size_hw = image.shape[:2]
+        if isinstance(target, (str, Path)):
+            from .data import read_mask
+
+            target = read_mask(target)
         if target is not None:
             target = as_mask(target, name="target", size_hw=size_hw)
+        if prompts is not None:
+            prompts = Prompts.coerce(prompts, name="prompts")
         if prompts is None and getattr(self.prompter, "uses_encoding", False):
             # A provider reading the segmenter's embedding: encode first, once, and share it.
             if encoding is None:
@@ -206,8 +288,33 @@ class Pipeline:
             encoding = self.segmenter.encode(image)
         elif tuple(encoding.size_hw) != tuple(size_hw):
             raise ValueError(f"encoding: expected an encoding of a {size_hw} image, got one of {encoding.size_hw}")
+        if prompts.box_xyxy is None and getattr(self.segmenter, "trained_on_boxes_only", False):
+            _warn_points_on_box_model(self.segmenter)
         decoded = self.segmenter.decode(encoding, prompts)
-        return self.finish(decoded.probabilities, decoded.scores, prompts)
+        result = self.finish(decoded.probabilities, decoded.scores, prompts)
+        thin = _thin_note(size_hw, getattr(encoding, "input_size_hw", size_hw))
+        return result if thin is None else dataclasses.replace(result, note=thin)
+
+    def preprocess_image(self, image: np.ndarray) -> np.ndarray:
+        """``image`` after the ``preprocess`` steps: what the prompter and segmenter see."""
+        image = as_image(image)
+        for i, step in enumerate(self.preprocess):
+            out = as_image(step(image), name=f"preprocess[{i}] output")
+            if out.shape[:2] != image.shape[:2]:
+                raise ValueError(f"preprocess[{i}] output: expected size {image.shape[:2]}, got {out.shape[:2]}")
+            image = out
+        if not self.preprocess and not self._told_normalisation and image.dtype.kind in "fi":
+            self._told_normalisation = True
+            _log.warning(
+                "medsamkit: a %s image (values %.4g..%.4g) reaches the segmenter without an intensity step; "
+                "it is min-max scaled per image to [0, 1], as for any image. For CT in HU give "
+                "preprocess=[Window.preset('abdomen')] (CLI: --window abdomen), for MR [PercentileClip()]. "
+                "Said once per pipeline.",
+                image.dtype,
+                float(image.min()),
+                float(image.max()),
+            )
+        return image
 
     def finish(self, probabilities: np.ndarray, scores: np.ndarray, prompts: Prompts) -> SegmentationResult:
         """Threshold, combine and post-process decoded ``(N, H, W)`` probabilities."""
@@ -240,6 +347,7 @@ class Pipeline:
             threshold=self.threshold,
             combine=self.combine,
             postprocess=[ComponentConfig(**component_config(step)) for step in self.postprocess],
+            preprocess=[ComponentConfig(**component_config(step)) for step in self.preprocess],
         )
 
     @classmethod
@@ -251,7 +359,7 @@ class Pipeline:
         """
         if not isinstance(config, PipelineConfig):
             config = PipelineConfig.model_validate(config)
-        for part in (config.prompter, config.segmenter, *config.postprocess):
+        for part in (config.prompter, config.segmenter, *config.postprocess, *config.preprocess):
             if part.name.startswith("python:"):
                 raise ValueError(
                     f"config: component {part.name} is not registered in medsamkit, so the pipeline "
@@ -265,6 +373,7 @@ class Pipeline:
             threshold=config.threshold,
             combine=config.combine,
             postprocess=[build_postprocessor(p.name, **p.params) for p in config.postprocess],
+            preprocess=[build_preprocessor(p.name, **p.params) for p in config.preprocess],
         )
 
     def save(self, directory: str | Path) -> Path:

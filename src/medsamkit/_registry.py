@@ -22,11 +22,13 @@ from typing import Any, Literal, TypeVar
 
 __all__ = [
     "POSTPROCESSORS",
+    "PREPROCESSORS",
     "PROMPTERS",
     "SEGMENTERS",
     "Component",
     "Kind",
     "build_postprocessor",
+    "build_preprocessor",
     "build_prompter",
     "component_config",
     "components",
@@ -36,13 +38,14 @@ __all__ = [
     "registered_name",
 ]
 
-Kind = Literal["prompter", "segmenter", "postprocess"]
-KINDS: tuple[Kind, ...] = ("prompter", "segmenter", "postprocess")
+Kind = Literal["prompter", "segmenter", "postprocess", "preprocess"]
+KINDS: tuple[Kind, ...] = ("prompter", "segmenter", "postprocess", "preprocess")
 
 _BUILTIN_PACKAGES: dict[str, tuple[str, ...]] = {
     "prompter": ("medsamkit.prompters",),
     "segmenter": ("medsamkit.segmenters", "medsamkit.testing"),
     "postprocess": ("medsamkit._postprocess",),
+    "preprocess": ("medsamkit._intensity",),
 }
 """The packages whose import registers medsamkit's own components, per kind (all light to import)."""
 
@@ -177,6 +180,9 @@ SEGMENTERS: Mapping[str, Callable[..., Any]] = _Builders("segmenter")
 POSTPROCESSORS: Mapping[str, Callable[..., Any]] = _Builders("postprocess")
 """Post-processing step builders by name."""
 
+PREPROCESSORS: Mapping[str, Callable[..., Any]] = _Builders("preprocess")
+"""Intensity (pre-processing) step builders by name (``window``, ``percentile-clip``, ``clahe``)."""
+
 
 def _build(kind: Kind, name: str, params: dict[str, Any]) -> Any:
     table = _table(kind)
@@ -214,6 +220,11 @@ def load_segmenter(name: str, **params: Any) -> Any:
 def build_postprocessor(name: str, **params: Any) -> Any:
     """Build a post-processing step by name (``keep-largest``, ``remove-small``, ``fill-holes``)."""
     return _build("postprocess", name, params)
+
+
+def build_preprocessor(name: str, **params: Any) -> Any:
+    """Build an intensity step by name (``window``, ``percentile-clip``, ``clahe``)."""
+    return _build("preprocess", name, params)
 
 
 def registered_name(component: Any) -> str | None:

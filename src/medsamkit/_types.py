@@ -95,6 +95,52 @@ class Prompts:
         object.__setattr__(self, "point_labels", labels)
 
     @classmethod
+    def coerce(cls, value: Any, *, name: str = "prompts") -> Prompts:
+        """Prompts from the usual shorthands.
+
+        Accepts :class:`Prompts`; one box ``(x0, y0, x1, y1)``; a list or ``(N, 4)``
+        array of boxes; or a dict with ``"boxes"`` (or ``"box"``/``"box_xyxy"``),
+        ``"points"`` (``(P, 2)`` for one prompt or ``(N, P, 2)``) and ``"labels"``
+        (``(P,)`` or ``(N, P)``; default all foreground).
+
+        Raises:
+            TypeError, ValueError: Naming ``name``, the forms accepted and what came.
+        """
+        if isinstance(value, Prompts):
+            return value
+        forms = "Prompts, a box (x0, y0, x1, y1), a list/(N, 4) array of boxes, or a dict {'boxes': ..., 'points': ..., 'labels': ...}"
+        if isinstance(value, dict):
+            aliases = {"boxes": "box_xyxy", "box": "box_xyxy", "box_xyxy": "box_xyxy", "points": "points_xy",
+                       "points_xy": "points_xy", "labels": "point_labels", "point_labels": "point_labels"}
+            unknown = sorted(set(value) - set(aliases))
+            if unknown:
+                raise ValueError(f"{name}: unknown keys {unknown}; expected {forms}")
+            fields: dict[str, Any] = {}
+            for key, item in value.items():
+                if item is not None:
+                    fields[aliases[key]] = item
+            boxes = fields.get("box_xyxy")
+            if boxes is not None and np.ndim(boxes) == 1:
+                fields["box_xyxy"] = np.reshape(np.asarray(boxes, dtype=np.float32), (1, -1))
+            points = fields.get("points_xy")
+            if points is not None and np.ndim(points) == 2:  # the points of one prompt
+                fields["points_xy"] = np.asarray(points, dtype=np.float32)[None]
+                if fields.get("point_labels") is not None and np.ndim(fields["point_labels"]) == 1:
+                    fields["point_labels"] = np.asarray(fields["point_labels"])[None]
+            return cls(**fields)
+        if isinstance(value, (str, bytes)) or value is None:
+            raise TypeError(f"{name}: expected {forms}, got {describe(value)}")
+        try:
+            array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: expected {forms}, got {describe(value)}") from None
+        if array.shape == (4,):
+            array = array[None]
+        if array.ndim != 2 or array.shape[1] != 4:
+            raise ValueError(f"{name}: expected {forms}, got an array of shape {array.shape}")
+        return cls(box_xyxy=array)
+
+    @classmethod
     def empty(cls) -> Prompts:
         """No prompt at all (the provider found nothing in the image)."""
         return cls(box_xyxy=np.zeros((0, 4), dtype=np.float32))
@@ -196,6 +242,14 @@ class ImageEncoding:
     input_size_hw: tuple[int, int]
     model_id: str
 
+    def __repr__(self) -> str:
+        items = self.features if isinstance(self.features, (tuple, list)) else (self.features,)
+        shapes = ", ".join(str(tuple(getattr(f, "shape", ()))) for f in items)
+        return (
+            f"ImageEncoding(model_id={self.model_id!r}, size_hw={tuple(self.size_hw)}, "
+            f"input_size_hw={tuple(self.input_size_hw)}, features=[{shapes}])"
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class PromptMasks:
@@ -238,3 +292,15 @@ class SegmentationResult:
     def has_prompts(self) -> bool:
         """Whether the prompt provider gave at least one prompt."""
         return self.prompts.n > 0
+
+    def __repr__(self) -> str:
+        h, w = self.mask.shape[:2]
+        area = int(np.count_nonzero(self.mask))
+        scores = "[" + ", ".join(f"{float(v):.3f}" for v in np.asarray(self.scores).ravel()[:8])
+        scores += ", ...]" if np.size(self.scores) > 8 else "]"
+        kinds = [k for k, v in (("boxes", self.prompts.box_xyxy), ("points", self.prompts.points_xy)) if v is not None and len(v)]
+        note = f", note={self.note!r}" if self.note else ""
+        return (
+            f"SegmentationResult(shape=({h}, {w}), area={area} px ({area / max(h * w, 1):.1%}), "
+            f"prompts={self.prompts.n}{' ' + '+'.join(kinds) if kinds else ''}, scores={scores}{note})"
+        )

@@ -6,6 +6,7 @@ that bad input fails early with an exception naming the parameter.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,11 @@ def as_image(image: Any, *, name: str = "image") -> np.ndarray:
     """
     if image is None:
         raise TypeError(f"{name}: expected a numpy array of shape (H, W) or (H, W, C), got None")
+    if isinstance(image, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"{name}: expected a numpy array of shape (H, W) or (H, W, C), got the path {image!r}; "
+            "read the file first: medsamkit.read_image(path)"
+        )
     try:
         array = np.asarray(image)
     except Exception as exc:  # pragma: no cover - exotic objects
@@ -60,6 +66,7 @@ def as_image(image: Any, *, name: str = "image") -> np.ndarray:
         raise ValueError(
             f"{name}: expected shape (H, W) or (H, W, C) with C in {_CHANNELS} (channels last), "
             f"got shape {array.shape}"
+            + ("; a 3D volume (D, H, W) is segmented slice by slice with medsamkit.volumes.segment_volume" if array.shape[2] > 4 else "")
         )
     if array.ndim not in (2, 3):
         raise ValueError(f"{name}: expected shape (H, W) or (H, W, C), got shape {array.shape}")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._oneshot import OneShotMixin
 from ._registry import register_component
 from ._types import ImageEncoding, PromptMasks, Prompts
 from ._validation import as_image
@@ -24,7 +25,7 @@ __all__ = ["FakeSegmenter", "make_blob_image", "make_presence_folder"]
 
 
 @register_component("segmenter", "fake")
-class FakeSegmenter:
+class FakeSegmenter(OneShotMixin):
     """A deterministic segmenter without a model.
 
     ``encode`` stores the image scaled to ``[0, 1]``; ``decode`` returns, for each

@@ -222,8 +222,77 @@ def test_console_script_evaluate_real_litemedsam(tmp_path, shared_data):
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"] == {"images": 2, "evaluated": 2, "errors": 0, "no_prompt": 0}
+    assert summary["counts"] == {"images": 2, "evaluated": 2, "errors": 0, "no_prompt": 0, "missing_masks": 0}
     assert summary["metrics"]["dice"]["n"] == 2
     assert summary["metrics"]["dice"]["mean"] > 0.93
     assert json.loads((out / "pipeline.json").read_text())["segmenter"]["name"] == "litemedsam"
     assert len(csv_rows(out / "metrics.csv")) == 2
+
+
+# -- issue 10 ------------------------------------------------------------------------------------
+
+
+def _mask_bytes(data: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((data / "masks").iterdir())}
+
+
+def test_out_equal_to_the_data_folder_exits_2_and_keeps_the_masks(tmp_path, capsys):
+    """``medsamkit evaluate same --out same`` replaced the reference masks; ``--overwrite`` deleted them."""
+    data = tmp_path / "same"
+    make_folder(data)
+    before = _mask_bytes(data)
+    for out in (data, data / "masks", data / "images" / "pred"):
+        for extra in ([], ["--overwrite"]):
+            code = main(["evaluate", str(data), "--out", str(out), "--prompter", "oracle-box", *FAKE, *extra])
+            err = capsys.readouterr().err
+            assert code == 2 and "input folder" in err and "Traceback" not in err
+    assert _mask_bytes(data) == before
+    assert sorted(p.name for p in data.iterdir()) == ["images", "masks"]
+
+
+def test_images_without_masks_exit_2_unless_allowed_and_resume_says_reused(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_folder(data)
+    (data / "masks" / "case_02.png").unlink()
+    code = main(["evaluate", str(data), "--out", str(tmp_path / "out"), *FAKE])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 image(s)" in err and "case_02" in err and "--allow-missing-masks" in err
+    assert not (tmp_path / "out").exists()
+    args = ["evaluate", str(data), "--out", str(tmp_path / "out"), "--allow-missing-masks", *FAKE]
+    assert main(args) == 0
+    assert "case_02" in capsys.readouterr().err
+    assert main(args) == 0
+    assert "reused 3 finished result(s)" in capsys.readouterr().err
+
+
+def test_device_without_gpu_exits_2_without_traceback(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    make_folder(tmp_path / "data")
+    code = main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--device", "cuda", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no usable CUDA GPU" in err and "Traceback" not in err
+
+
+def test_a_locked_out_dir_exits_2(tmp_path, capsys):
+    from medsamkit._outdir import out_dir_lock
+
+    make_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys; from medsamkit._outdir import out_dir_lock\n"
+            f"with out_dir_lock({str(out)!r}):\n    print('locked', flush=True); sys.stdin.read()"
+        )],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code = main(["evaluate", str(tmp_path / "data"), "--out", str(out), *FAKE])
+        err = capsys.readouterr().err
+        assert code == 2 and f"in use by another medsamkit run (process {holder.pid})" in err
+    finally:
+        holder.communicate("")
+    assert main(["evaluate", str(tmp_path / "data"), "--out", str(out), *FAKE]) == 0
+    del out_dir_lock

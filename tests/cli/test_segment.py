@@ -140,3 +140,42 @@ def test_segment_corrupt_image_exits_1(tmp_path, capsys):
     assert code == 1
     assert "zz_bad" in capsys.readouterr().err
     assert (tmp_path / "out" / "masks" / "good.png").is_file()
+
+
+# -- issue 10: pairing by exact names; no output in the input ------------------------------------
+
+
+def test_flat_folder_with_two_files_of_one_stem_exits_2(tmp_path, capsys):
+    """``case.png`` + ``case.jpg`` reported 2 images and wrote 1 mask."""
+    make_folder(tmp_path / "data", stems=("case", "other"), masks=False)
+    flat = tmp_path / "data" / "images"
+    (flat / "case.jpg").write_bytes((flat / "case.png").read_bytes())
+    code = main(["segment", str(flat), "--out", str(tmp_path / "out"), "--prompter", "fixed", "--box", "1", "1", "9", "9", *FAKE])
+    err = capsys.readouterr().err
+    assert code == 2 and "duplicate stem 'case'" in err
+    assert not (tmp_path / "out" / "masks").exists()
+
+
+def test_reference_masks_match_names_exactly(tmp_path, capsys):
+    """``--reference-masks`` globbed ``case[1].*``, which matched ``case1.png``."""
+    refs = make_folder(tmp_path / "data", stems=("case[1]", "case1"), masks=False)
+    from medsamkit.data import write_mask
+
+    write_mask(tmp_path / "refs" / "case1.png", refs["case1"])
+    code = main(["segment", str(tmp_path / "data" / "images"), "--out", str(tmp_path / "out"), "--prompter", "oracle-box",
+                 "--reference-masks", str(tmp_path / "refs"), *FAKE])
+    err = capsys.readouterr().err
+    assert code == 2 and "case[1]" in err  # the oracle has no mask for case[1]: refused, not borrowed from case1
+    write_mask(tmp_path / "refs" / "case[1].png", np.zeros(SIZE, bool))
+    assert main(["segment", str(tmp_path / "data" / "images"), "--out", str(tmp_path / "out"), "--prompter", "oracle-box",
+                 "--reference-masks", str(tmp_path / "refs"), *FAKE]) == 0
+    assert not read_png_mask(tmp_path / "out" / "masks" / "case[1].png").any()  # its own (empty) mask was the target
+    assert read_png_mask(tmp_path / "out" / "masks" / "case1.png").any()
+
+
+def test_segment_out_inside_the_images_exits_2(tmp_path, capsys):
+    make_folder(tmp_path / "data", stems=("a", "b"), masks=False)
+    flat = tmp_path / "data" / "images"
+    code = main(["segment", str(flat), "--out", str(flat / "pred"), "--prompter", "fixed", "--box", "1", "1", "9", "9", *FAKE])
+    assert code == 2 and "input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in flat.iterdir()) == ["a.png", "b.png"]

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from medsamkit.data import MaskFolder, Sample, write_mask
+from medsamkit.data import MaskFolder, Sample, write_image, write_mask
 
 COUNTS = {"cxr-shenzhen": 59, "cxr-montgomery": 13, "us-busi": 780, "ct-chaos-liver": 20}
 
@@ -282,3 +282,31 @@ def test_limit(folder: MaskFolder) -> None:
     for bad in (2.0, "3", True, None):
         with pytest.raises(TypeError, match="n: expected a positive int"):
             folder.limit(bad)  # type: ignore[arg-type]
+
+
+# -- issue 10: flat folders and reference masks are paired by exact names ---------------------
+
+
+def test_image_samples_refuses_two_files_with_one_stem(tmp_path):
+    from medsamkit.data import image_samples
+
+    image = np.zeros((8, 8), np.uint8)
+    write_image(tmp_path / "case.png", image)
+    (tmp_path / "case.jpg").write_bytes((tmp_path / "case.png").read_bytes())
+    write_image(tmp_path / "other.png", image)
+    with pytest.raises(ValueError, match="duplicate stem 'case'"):
+        image_samples(tmp_path)
+    (tmp_path / "case.jpg").unlink()
+    assert [s.stem for s in image_samples(tmp_path)] == ["case", "other"]
+
+
+def test_match_masks_compares_names_exactly(tmp_path):
+    from medsamkit.data import image_samples, match_masks
+
+    image = np.zeros((8, 8), np.uint8)
+    for stem in ("case[1]", "case1", "a*b"):
+        write_image(tmp_path / "images" / f"{stem}.png", image)
+    write_mask(tmp_path / "masks" / "case1_m.png", np.ones((8, 8), bool))
+    write_mask(tmp_path / "masks" / "axxb_m.png", np.ones((8, 8), bool))
+    matched = {s.stem: s.mask_path for s in match_masks(image_samples(tmp_path / "images"), tmp_path / "masks", mask_suffix="_m")}
+    assert matched == {"a*b": None, "case1": tmp_path / "masks" / "case1_m.png", "case[1]": None}

@@ -137,7 +137,7 @@ def test_summary_json_is_consistent_with_csv(tmp_path):
         assert stats["mean"] == pytest.approx(values.mean(), **tol)
         assert stats["median"] == pytest.approx(np.median(values), **tol)
         assert stats["std"] == pytest.approx(values.std(ddof=0), **tol)
-    assert summary["counts"] == {"images": 4, "evaluated": 4, "errors": 0, "no_prompt": 0}
+    assert summary["counts"] == {"images": 4, "evaluated": 4, "errors": 0, "no_prompt": 0, "missing_masks": 0}
     assert "dice" in str(report)
 
 
@@ -231,6 +231,7 @@ def test_interrupted_run_keeps_finished_images_and_resumes(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         evaluate(wrapper, folder, out_dir=out, progress=False)
     assert wrapper.calls == 3
+    assert json.loads((out / "summary.json").read_text())["complete"] is False  # not taken for a finished run
     assert sorted(p.stem for p in (out / "records").glob("*.json")) == list(SORTED[:2])
     assert sorted(p.stem for p in (out / "masks").glob("*.png")) == list(SORTED[:2])
     header, rows = read_csv(out / "metrics.csv")
@@ -244,6 +245,7 @@ def test_interrupted_run_keeps_finished_images_and_resumes(tmp_path):
     assert seg.encode_calls == len(STEMS) - 2
     assert report.n_evaluated == len(STEMS) - 2
     assert {s: (out / "records" / f"{s}.json").stat().st_mtime_ns for s in SORTED[:2]} == mtimes
+    assert json.loads((out / "summary.json").read_text())["complete"] is True
     _, rows = read_csv(out / "metrics.csv")
     assert [r["stem"] for r in rows] == list(SORTED)
     for row in rows:
@@ -259,7 +261,7 @@ def test_different_config_in_same_out_dir_is_refused_unless_overwrite(tmp_path):
     evaluate(fake_pipeline(mode="intensity"), folder, out_dir=out, progress=False)
     before = (out / "metrics.csv").read_text()
 
-    with pytest.raises(ValueError, match=re.escape(str(out))):
+    with pytest.raises(ValueError, match=re.escape(str(out)) + r".*overwrite=True \(--overwrite\)"):
         evaluate(fake_pipeline(mode="box"), folder, out_dir=out, progress=False)
     with pytest.raises(ValueError, match=re.escape(str(out))):
         evaluate(fake_pipeline(mode="intensity"), folder, out_dir=out, spacing=(0.5, 0.5), progress=False)
@@ -284,7 +286,7 @@ def test_different_config_in_same_out_dir_is_refused_unless_overwrite(tmp_path):
 # -- bad files -----------------------------------------------------------------------------------
 
 
-def test_bad_files_are_reported_and_retried_on_resume(tmp_path, capsys):
+def test_bad_files_are_reported_and_retried_on_resume(tmp_path, caplog):
     data = tmp_path / "data"
     refs = make_folder(data)
     rng = np.random.default_rng(0)
@@ -296,8 +298,10 @@ def test_bad_files_are_reported_and_retried_on_resume(tmp_path, capsys):
     folder = MaskFolder(data)
     out = tmp_path / "out"
 
-    report = evaluate(fake_pipeline(), folder, out_dir=out, progress=False)
-    err = capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="medsamkit"):
+        report = evaluate(fake_pipeline(), folder, out_dir=out, progress=False)
+    err = caplog.text
+    caplog.clear()
     assert report.n_errors == 2
     assert set(report.errors) == {"corrupt", "wrongsize"}
     assert "corrupt" in err and "wrongsize" in err
@@ -311,7 +315,7 @@ def test_bad_files_are_reported_and_retried_on_resume(tmp_path, capsys):
     for stem in STEMS:
         assert by_stem[stem]["error"] == "" and by_stem[stem]["dice"] != ""
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"] == {"images": 6, "evaluated": 4, "errors": 2, "no_prompt": 0}
+    assert summary["counts"] == {"images": 6, "evaluated": 4, "errors": 2, "no_prompt": 0, "missing_masks": 0}
     assert set(summary["errors"]) == {"corrupt", "wrongsize"}
     assert summary["metrics"]["dice"]["n"] == 4
     assert "errors: 2" in str(report)
@@ -322,8 +326,9 @@ def test_bad_files_are_reported_and_retried_on_resume(tmp_path, capsys):
     write_mask(data / "masks" / "corrupt.png", mask)
     write_mask(data / "masks" / "wrongsize.png", make_blob_image(SIZE, seed=99)[1])
     seg = FakeSegmenter()
-    report2 = evaluate(Pipeline(OracleBoxPrompter(), seg), MaskFolder(data), out_dir=out, progress=False)
-    assert capsys.readouterr().err == ""
+    with caplog.at_level("WARNING", logger="medsamkit"):
+        report2 = evaluate(Pipeline(OracleBoxPrompter(), seg), MaskFolder(data), out_dir=out, progress=False)
+    assert caplog.text == ""
     assert report2.n_errors == 0 and report2.n_evaluated == 2 and seg.encode_calls == 2
     _, rows = read_csv(out / "metrics.csv")
     assert all(r["error"] == "" and r["dice"] != "" for r in rows)
@@ -333,14 +338,15 @@ def test_bad_files_are_reported_and_retried_on_resume(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["counts"]["errors"] == 0
 
 
-def test_all_images_failing_still_writes_tables(tmp_path, capsys):
+def test_all_images_failing_still_writes_tables(tmp_path, caplog):
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     (data / "images" / "x.png").write_bytes(b"not a png at all")
     write_mask(data / "masks" / "x.png", np.ones((8, 8), dtype=bool))
-    report = evaluate(fake_pipeline(), MaskFolder(data), out_dir=tmp_path / "out", progress=False)
+    with caplog.at_level("WARNING", logger="medsamkit"):
+        report = evaluate(fake_pipeline(), MaskFolder(data), out_dir=tmp_path / "out", progress=False)
     assert report.n_errors == 1 and report.mean("dice") is None
-    assert "x" in capsys.readouterr().err
+    assert "x: " in caplog.text
     _, rows = read_csv(tmp_path / "out" / "metrics.csv")
     assert len(rows) == 1 and rows[0]["error"] != ""
     assert not (tmp_path / "out" / "boxplot.png").exists()
@@ -380,3 +386,146 @@ def test_empty_target_with_oracle_prompter_gives_no_prompt(tmp_path):
     assert summary["counts"]["no_prompt"] == 1 and summary["counts"]["errors"] == 0
     assert report.n_errors == 0
     assert (out / "overlays" / "empty.png").is_file()
+
+
+# -- issue 10: the output folder never touches the data; resume is keyed by content; one run at a time ----
+
+
+@pytest.mark.parametrize("where", ["root", "masks", "inside-masks", "images"])
+def test_out_dir_overlapping_the_data_is_refused_and_masks_stay(tmp_path, where):
+    data = tmp_path / "data"
+    make_folder(data)
+    out = {"root": data, "masks": data / "masks", "inside-masks": data / "masks" / "pred", "images": data / "images"}[where]
+    before = {p.name: p.read_bytes() for p in (data / "masks").iterdir()}
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="input folder"):
+            evaluate(fake_pipeline(mode="box"), MaskFolder(data), out_dir=out, overwrite=overwrite, progress=False)
+    assert {p.name: p.read_bytes() for p in (data / "masks").iterdir()} == before
+    assert not (out / "records").exists() and not (data / "masks" / "pred").exists()
+
+
+def test_overwrite_deletes_only_what_medsamkit_wrote(tmp_path):
+    make_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    evaluate(fake_pipeline(), MaskFolder(tmp_path / "data"), out_dir=out, progress=False)
+    evaluate(fake_pipeline(mode="box"), MaskFolder(tmp_path / "data"), out_dir=out, overwrite=True, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "records").is_dir()
+
+    # A folder medsamkit did not write, with a masks/ of its own: refused, nothing deleted.
+    foreign = tmp_path / "foreign"
+    write_mask(foreign / "masks" / "alpha.png", np.ones(SIZE, dtype=bool))
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="did not write"):
+            evaluate(fake_pipeline(), MaskFolder(tmp_path / "data"), out_dir=foreign, overwrite=overwrite, progress=False)
+    assert read_png_mask(foreign / "masks" / "alpha.png").all()
+
+
+def test_resume_recomputes_images_whose_content_changed(tmp_path):
+    data = tmp_path / "data"
+    make_folder(data)
+    out = tmp_path / "out"
+    evaluate(fake_pipeline(), MaskFolder(data), out_dir=out, progress=False)
+    # Same stems, new content: an edited mask and a replaced image.
+    image, mask = make_blob_image(SIZE, seed=77, noise=0.12)
+    write_mask(data / "masks" / "alpha.png", np.zeros(SIZE, dtype=bool))
+    write_image(data / "images" / "bravo.png", image)
+    write_mask(data / "masks" / "bravo.png", mask)
+
+    seg = FakeSegmenter()
+    report = evaluate(Pipeline(OracleBoxPrompter(), seg), MaskFolder(data), out_dir=out, progress=False)
+    assert report.n_evaluated == 2  # alpha and bravo; the empty mask gives no prompt, so one encoding
+    assert seg.encode_calls == 1
+    by_stem = {r["stem"]: r for r in report.rows}
+    for stem in ("alpha", "bravo"):
+        pred = read_png_mask(out / "masks" / f"{stem}.png")
+        ref = read_png_mask(data / "masks" / f"{stem}.png")
+        assert by_stem[stem]["dice"] == pytest.approx(numpy_dice(pred, ref), rel=1e-5)
+    assert by_stem["alpha"]["note"] == "no prompt"  # the edited (empty) mask is what was scored
+
+
+def test_damaged_record_is_redone_and_damaged_run_json_is_named(tmp_path, caplog):
+    make_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    evaluate(fake_pipeline(), MaskFolder(tmp_path / "data"), out_dir=out, progress=False)
+    (out / "records" / "alpha.json").write_text('{"row": {"stem"')
+    seg = FakeSegmenter()
+    with caplog.at_level("WARNING", logger="medsamkit"):
+        report = evaluate(Pipeline(OracleBoxPrompter(), seg), MaskFolder(tmp_path / "data"), out_dir=out, progress=False)
+    assert seg.encode_calls == 1 and report.n_errors == 0
+    assert "alpha.json" in caplog.text
+    (out / "run.json").write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(str(out / "run.json"))):
+        evaluate(fake_pipeline(), MaskFolder(tmp_path / "data"), out_dir=out, progress=False)
+
+
+def test_unsafe_or_duplicate_stems_are_refused(tmp_path):
+    from medsamkit.data import Sample
+
+    make_folder(tmp_path / "data")
+    folder = MaskFolder(tmp_path / "data")
+    escaping = [Sample("../escaped", folder[0].image_path, folder[0].mask_path)]
+    with pytest.raises(ValueError, match="stem"):
+        evaluate(fake_pipeline(), escaping, out_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "escaped.json").exists() and not (tmp_path / "out" / "escaped.png").exists()
+    twice = [folder[0], Sample(folder[0].stem, folder[1].image_path, folder[1].mask_path)]
+    with pytest.raises(ValueError, match="duplicate"):
+        evaluate(fake_pipeline(), twice, out_dir=tmp_path / "out2", progress=False)
+
+
+def test_second_run_into_a_locked_out_dir_fails_fast_and_a_stale_lock_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    from medsamkit._outdir import LOCK_FILE, OutDirLockedError
+
+    make_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time; from medsamkit._outdir import out_dir_lock\n"
+            f"with out_dir_lock({str(out)!r}):\n    print('locked', flush=True); sys.stdin.read()"
+        )],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutDirLockedError, match=str(holder.pid)):
+            evaluate(fake_pipeline(), MaskFolder(tmp_path / "data"), out_dir=out, progress=False)
+        assert not (out / "records").exists()
+    finally:
+        holder.communicate("")
+    # A lock file left by a process that is gone (kill -9) does not block the next run.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    (out / LOCK_FILE).write_text(dead.stdout)
+    report = evaluate(fake_pipeline(), MaskFolder(tmp_path / "data"), out_dir=out, progress=False)
+    assert report.n_evaluated == len(STEMS)
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_images_without_a_mask_are_refused_unless_allowed(tmp_path):
+    data = tmp_path / "data"
+    make_folder(data)
+    image, _ = make_blob_image(SIZE, seed=50)
+    write_image(data / "images" / "lonely.png", image)
+    with pytest.raises(ValueError, match="lonely"):
+        evaluate(fake_pipeline(), MaskFolder(data), out_dir=tmp_path / "out", progress=False)
+    report = evaluate(fake_pipeline(), MaskFolder(data), out_dir=tmp_path / "out", allow_missing_masks=True, progress=False)
+    assert report.n_evaluated == len(STEMS)
+    assert report.summary["counts"]["missing_masks"] == 1
+
+
+def test_report_repr_dataframe_and_html(tmp_path):
+    make_folder(tmp_path / "data")
+    report = evaluate(fake_pipeline(), MaskFolder(tmp_path / "data"), out_dir=tmp_path / "out", progress=False)
+    text = repr(report)
+    assert text.startswith("EvaluationReport(out_dir=") and f"dice_mean={report.mean('dice'):.4f}" in text
+    assert "images=4" in text and len(text) < 300
+    frame = report.to_dataframe()
+    assert list(frame.index) == list(SORTED) and list(frame.columns) == list(CSV_COLUMNS[1:])
+    _, rows = read_csv(tmp_path / "out" / "metrics.csv")
+    np.testing.assert_allclose(frame["dice"].to_numpy(float), [float(r["dice"]) for r in rows], rtol=1e-5)
+    page = report._repr_html_()
+    assert page.count("<tr>") == 1 + len(report.summary["metrics"]) and "4 images" in page

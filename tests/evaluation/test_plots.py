@@ -358,3 +358,19 @@ def test_no_pyplot_and_no_gui_backend() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clean"
+
+
+def test_plot_overlay_shows_overlay_image_on_given_axes():
+    """Issue 10: a public overlay helper for notebooks (``medsamkit.plot_overlay``)."""
+    from matplotlib.figure import Figure
+
+    import medsamkit as msk
+
+    image = np.tile(np.arange(40, dtype=np.uint8), (30, 1))
+    pred = np.zeros((30, 40), bool)
+    pred[5:20, 10:30] = True
+    ax = Figure().add_subplot()
+    assert msk.plot_overlay(image, pred, prompts=msk.Prompts(box_xyxy=[[10, 5, 29, 19]]), ax=ax, title="t") is ax
+    shown = ax.get_images()[0].get_array()
+    np.testing.assert_array_equal(np.asarray(shown), msk.overlay_image(image, pred=pred, prompts=msk.Prompts(box_xyxy=[[10, 5, 29, 19]])))
+    assert ax.get_title() == "t"

@@ -102,13 +102,14 @@ def test_segment_resume_skips_done_images(tmp_path):
     assert not [p for p in out.rglob(".*.tmp")]
 
 
-def test_segment_bad_image_is_reported_and_retried(tmp_path, capsys):
+def test_segment_bad_image_is_reported_and_retried(tmp_path, caplog):
     make_image_folder(tmp_path / "data")
     (tmp_path / "data" / "images" / "broken.png").write_bytes(b"\x89PNG garbage")
     out = tmp_path / "out"
-    report = segment_images(box_pipeline(), MaskFolder(tmp_path / "data", require_masks=False), out_dir=out, progress=False)
+    with caplog.at_level("WARNING", logger="medsamkit"):
+        report = segment_images(box_pipeline(), MaskFolder(tmp_path / "data", require_masks=False), out_dir=out, progress=False)
     assert set(report.errors) == {"broken"}
-    assert "broken" in capsys.readouterr().err
+    assert "broken" in caplog.text
     _, rows = read_results(out / "results.csv")
     by_stem = {r["stem"]: r for r in rows}
     assert by_stem["broken"]["error"] != "" and by_stem["broken"]["area_px"] == ""
@@ -159,3 +160,47 @@ def test_resumed_segment_run_does_not_exceed_the_overlay_count(tmp_path):
     segment_images(box_pipeline(), folder[:2], out_dir=out, n_overlays=2, progress=False)
     segment_images(box_pipeline(), folder, out_dir=out, n_overlays=2, progress=False)
     assert len(list((out / "overlays").glob("*.png"))) == 2
+
+
+# -- issue 10 ---------------------------------------------------------------------------------
+
+
+def test_segment_out_dir_inside_the_input_is_refused(tmp_path):
+    make_image_folder(tmp_path / "data")
+    folder = MaskFolder(tmp_path / "data", require_masks=False)
+    for out in (tmp_path / "data", tmp_path / "data" / "images", tmp_path / "data" / "images" / "pred"):
+        with pytest.raises(ValueError, match="input folder"):
+            segment_images(box_pipeline(), folder, out_dir=out, progress=False)
+    assert sorted(p.name for p in (tmp_path / "data" / "images").iterdir()) == sorted(f"{s}.png" for s in STEMS)
+
+
+def test_segment_duplicate_or_unsafe_stems_are_refused(tmp_path):
+    from medsamkit.data import Sample
+
+    make_image_folder(tmp_path / "data")
+    images = tmp_path / "data" / "images"
+    twice = [Sample("case", images / "img_a.png"), Sample("case", images / "img_b.png")]
+    with pytest.raises(ValueError, match="duplicate stem 'case'"):
+        segment_images(box_pipeline(), twice, out_dir=tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="stem"):
+        segment_images(box_pipeline(), [Sample("../up", images / "img_a.png")], out_dir=tmp_path / "out2", progress=False)
+    assert not (tmp_path / "up.png").exists()
+
+
+def test_segment_redoes_an_image_whose_content_changed(tmp_path):
+    make_image_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    pipe = Pipeline(OracleBoxPrompter(), FakeSegmenter(mode="box"))
+    _, mask = make_blob_image(SIZE, seed=1)
+    write_mask(tmp_path / "data" / "masks" / "img_a.png", mask)
+    folder = MaskFolder(tmp_path / "data", require_masks=False)
+    segment_images(pipe, folder, out_dir=out, progress=False)
+    first = read_png_mask(out / "masks" / "img_a.png")
+    _, other = make_blob_image(SIZE, seed=9)
+    write_mask(tmp_path / "data" / "masks" / "img_a.png", other)
+    seg = FakeSegmenter(mode="box")
+    segment_images(Pipeline(OracleBoxPrompter(), seg), MaskFolder(tmp_path / "data", require_masks=False), out_dir=out, progress=False)
+    assert seg.encode_calls == 1
+    again = read_png_mask(out / "masks" / "img_a.png")
+    ys, xs = np.nonzero(other)
+    assert again[ys.min(), xs.min()] and not np.array_equal(again, first)

@@ -107,3 +107,12 @@ def test_cli_compare_and_box_margins(folder, tmp_path, capsys):
     assert code == 0 and "margin 3 px" in capsys.readouterr().out
     code = main(["compare", str(folder.root), "--out", str(tmp_path / "d"), "--segmenter", "fake", "--with", "oracle-box:margin", "--no-progress"])
     assert code == 2 and "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_study_out_dir_inside_the_data_is_refused(folder, tmp_path):
+    from medsamkit.evaluation import compare_prompters
+
+    for out in (folder.root, folder.masks_dir, folder.masks_dir / "study"):
+        with pytest.raises(ValueError, match="input folder"):
+            compare_prompters(FakeSegmenter(), folder, {"oracle": msk.OracleBoxPrompter()}, out_dir=out, progress=False)
+    assert not (folder.masks_dir / "study").exists() and not (folder.root / "comparison.csv").exists()

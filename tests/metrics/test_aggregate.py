@@ -32,7 +32,16 @@ def test_public_names() -> None:
     assert set(M.__all__) == {
         "DEFAULT_METRICS",
         "METRICS",
+        "NSD_TOLERANCE",
         "MetricAccumulator",
+        "average_surface_distance",
+        "normalized_surface_dice",
+        "nsd",
+        "surface_distances",
+        "volume_dice",
+        "volume_hd95",
+        "volume_iou",
+        "volume_metrics",
         "compute_metrics",
         "dice",
         "f1",
@@ -43,7 +52,7 @@ def test_public_names() -> None:
         "recall",
         "summarize",
     }
-    assert set(METRICS) == {"dice", "iou", "precision", "recall", "f1", "hausdorff", "hd95"}
+    assert set(METRICS) == {"dice", "iou", "precision", "recall", "f1", "hausdorff", "hd95", "nsd"}
 
 
 def test_compute_metrics_equals_individual_functions() -> None:
@@ -54,7 +63,7 @@ def test_compute_metrics_equals_individual_functions() -> None:
     assert list(result) == list(names)
     for name in names:
         fn = METRICS[name]
-        if name in ("hausdorff", "hd95"):
+        if name in ("hausdorff", "hd95", "nsd"):
             expected = fn(pred, target, spacing=spacing)
         else:
             expected = fn(pred, target)
@@ -77,11 +86,11 @@ def test_compute_metrics_empty_conventions() -> None:
     both = compute_metrics(empty, empty, metrics=names)
     assert both == {
         "dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0,
-        "hausdorff": 0.0, "hd95": 0.0,
+        "hausdorff": 0.0, "hd95": 0.0, "nsd": 1.0,
     }  # fmt: skip
     for pred, target in ((empty, mask), (mask, empty)):
         one = compute_metrics(pred, target, metrics=names)
-        for name in ("dice", "iou", "precision", "recall", "f1"):
+        for name in ("dice", "iou", "precision", "recall", "f1", "nsd"):
             assert one[name] == 0.0
         assert math.isnan(one["hausdorff"]) and math.isnan(one["hd95"])
 

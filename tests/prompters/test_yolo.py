@@ -37,6 +37,12 @@ socket.socket.connect = _blocked
 socket.socket.connect_ex = _blocked
 socket.getaddrinfo = _blocked
 socket.create_connection = _blocked
+import sys
+def _audit(event, args):  # also what bypasses the Python-level functions (C extensions, subprocess-free paths)
+    if event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname", "socket.sendto"):
+        ATTEMPTS.append(event + " " + repr(args)[:200])
+        raise OSError("network access blocked by the test")
+sys.addaudithook(_audit)
 """
 
 
@@ -286,6 +292,12 @@ class TestOfflineTraining:
         settings = json.loads((ours / "settings.json").read_text())
         assert settings["sync"] is False and settings["mlflow"] is False
         assert (ours / "Arial.ttf").is_file()
+
+    def test_nothing_written_in_home_outside_medsamkits_folder(self, trained):
+        """Issue 10: no telemetry files (``~/intel``, ``~/.config/Ultralytics``) from training or prediction."""
+        home = trained["home"]
+        files = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+        assert files and all(f.startswith(".cache/medsamkit/") for f in files), files
 
     def test_training_writes_weights_and_records_what_it_did(self, trained):
         assert Path(trained["weights"]).is_file()

@@ -205,3 +205,60 @@ def test_check_encoding_refuses_another_model() -> None:
 def test_check_encoding_refuses_non_encodings(bad) -> None:
     with pytest.raises(TypeError, match=r"^encoding: expected an ImageEncoding"):
         check_encoding(bad, "litemedsam:abc")
+
+
+def test_unavailable_device_is_a_clear_value_error(monkeypatch):
+    """Issue 10: ``--device cuda`` without a GPU ended in a traceback from deep inside torch."""
+    import torch
+
+    from medsamkit import LiteMedSAM
+    from medsamkit.segmenters._common import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device: 'cuda'.*no usable CUDA GPU.*device='cpu'"):
+        check_device("cuda")
+    with pytest.raises(ValueError, match="device: 'cuda:1'"):
+        LiteMedSAM(device="cuda:1")
+    with pytest.raises(ValueError, match="device: expected a torch device"):
+        check_device("gpu0")
+    assert check_device("cpu") == torch.device("cpu")
+
+
+def test_segmenters_are_callable_one_shot(tmp_path):
+    """Issue 10: ``seg(image, boxes=...)`` as in other SAM front-ends."""
+    from medsamkit import Pipeline
+    from medsamkit._cache import CachedSegmenter
+    from medsamkit.data import write_image
+    from medsamkit.prompters import FixedPrompter
+    from medsamkit.testing import FakeSegmenter, make_blob_image
+
+    image, _ = make_blob_image((40, 52), seed=3)
+    seg = FakeSegmenter(mode="box")
+    result = seg(image, boxes=(5, 6, 20, 30))
+    reference = Pipeline(FixedPrompter(Prompts(box_xyxy=[[5, 6, 20, 30]])), seg)(image)
+    np.testing.assert_array_equal(result.mask, reference.mask)
+    assert result.mask.sum() == 16 * 25
+    write_image(tmp_path / "i.png", image)
+    cached = CachedSegmenter(FakeSegmenter(mode="box"), tmp_path / "cache")
+    np.testing.assert_array_equal(cached(tmp_path / "i.png", prompts=[[5, 6, 20, 30]]).mask, result.mask)
+    points = seg(image, points=[[10, 12]], labels=[1])
+    assert points.prompts.points_xy.shape == (1, 1, 2)
+    with pytest.raises(ValueError, match="give boxes"):
+        seg(image)
+    with pytest.raises(ValueError, match="not both"):
+        seg(image, boxes=(1, 1, 5, 5), prompts=[[1, 1, 5, 5]])
+
+
+@pytest.mark.real_model
+def test_litemedsam_one_shot_equals_its_pipeline(litemedsam):
+    from medsamkit import Pipeline
+    from medsamkit.prompters import FixedPrompter
+    from medsamkit.testing import make_blob_image
+
+    image, mask = make_blob_image((64, 80), seed=5)
+    ys, xs = np.nonzero(mask)
+    box = (xs.min(), ys.min(), xs.max(), ys.max())
+    one = litemedsam(image, boxes=box)
+    via = Pipeline(FixedPrompter(Prompts(box_xyxy=[box])), litemedsam)(image)
+    np.testing.assert_array_equal(one.mask, via.mask)
+    assert one.mask.any()

@@ -373,3 +373,25 @@ def test_bf16_decoder_copy_follows_weight_changes(litemedsam) -> None:
     second = copies.of(decoder)
     assert second is not first
     assert torch.equal(second.iou_token.weight, decoder.iou_token.weight.to(torch.bfloat16))
+
+
+def test_openvino_fast_encoder_sends_nothing_and_writes_nothing_under_home(run_offline):
+    """Issue 10: importing OpenVINO (and converting on a cache miss) posted a usage event and
+    wrote ``~/intel/openvino_ga_cid``. Now nothing tries to connect and nothing lands in HOME
+    outside medsamkit's own cache folder."""
+    pytest.importorskip("openvino")
+    code = '''
+import torch
+from medsamkit.segmenters._fast import accelerate_encoder
+module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+fast = accelerate_encoder(module, precision="fp32", backend="openvino", image_size=16)
+x = torch.rand(1, 3, 16, 16)
+with torch.no_grad():
+    close = torch.allclose(fast(x), module(x), atol=1e-5)
+RESULT = {"backend": fast.backend, "close": bool(close)}
+'''
+    report = run_offline(code, env={"MEDSAMKIT_OPENVINO_CACHE": ""})
+    assert report["result"] == {"backend": "openvino", "close": True}  # the OpenVINO path really ran
+    assert report["events"] == []
+    assert not [f for f in report["home_files"] if f.startswith("intel")], report["home_files"]
+    assert all(f.startswith(".cache/medsamkit/") for f in report["home_files"]), report["home_files"]

@@ -237,3 +237,12 @@ def test_real_two_fold_crossval_of_litemedsam_decoder_finetuning(litemedsam, sha
     # Everything is on disk: a second call only reads it.
     assert crossval(lambda: CachedSegmenter(litemedsam, cache), msk.MaskFolder(root), k=2, out_dir=tmp_path / "cv",
                     val_fraction=0.5, progress=False, epochs=1, batch_size=1).summary == result.summary
+
+
+def test_out_dir_inside_the_data_is_refused(blobs, fake_finetune, tmp_path):
+    """Issue 10: an output folder in the data would mix predictions with the reference masks."""
+    before = sorted(p.name for p in blobs.masks_dir.iterdir())
+    for out in (blobs.root, blobs.masks_dir, blobs.masks_dir / "cv"):
+        with pytest.raises(ValueError, match="input folder"):
+            crossval(FakeSegmenter, blobs, k=2, out_dir=out, progress=False, epochs=1)
+    assert sorted(p.name for p in blobs.masks_dir.iterdir()) == before

@@ -171,3 +171,36 @@ def test_sweep_probabilities_equal_the_pipeline_union(seg, small_cxr):
     swept = _engine._full_probabilities(seg, item, prompts)
     at_inference = msk.Pipeline(msk.OracleBoxPrompter(), seg)(item.image, target=item.mask).probabilities
     np.testing.assert_allclose(swept, at_inference, atol=1e-6)
+
+
+@pytest.mark.real_model
+def test_run_dir_inside_the_data_is_refused(litemedsam, tmp_path):
+    """Issue 10: fine-tuning never writes into the folders it reads."""
+    from medsamkit.testing import make_blob_image
+
+    for i in range(2):
+        image, mask = make_blob_image((32, 32), seed=i)
+        msk.data.write_image(tmp_path / "data" / "images" / f"c{i}.png", image)
+        msk.write_mask(tmp_path / "data" / "masks" / f"c{i}.png", mask)
+    folder = msk.MaskFolder(tmp_path / "data")
+    for out in (folder.root, folder.images_dir, folder.masks_dir / "run"):
+        with pytest.raises(ValueError, match="input folder"):
+            finetune(litemedsam, folder[:1], folder[1:], out_dir=out, epochs=1, progress=False)
+    assert sorted(p.name for p in folder.masks_dir.iterdir()) == ["c0.png", "c1.png"]
+
+
+@pytest.mark.real_model
+def test_without_monai_the_error_names_the_extra(litemedsam, tmp_path, monkeypatch):
+    """Issue 10: fine-tuning without MONAI said only "No module named 'monai'"."""
+    import sys
+
+    from medsamkit.testing import make_blob_image
+
+    image, mask = make_blob_image((32, 32), seed=0)
+    msk.data.write_image(tmp_path / "data" / "images" / "c0.png", image)
+    msk.write_mask(tmp_path / "data" / "masks" / "c0.png", mask)
+    for name in ("monai", "monai.losses"):
+        monkeypatch.setitem(sys.modules, name, None)  # import monai -> ImportError
+    with pytest.raises(ImportError, match=r"pip install 'medsamkit\[finetune\]'"):
+        finetune(litemedsam, msk.MaskFolder(tmp_path / "data"), None, out_dir=tmp_path / "run", epochs=1, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -15,6 +15,7 @@ from .._protocols import PromptProvider, Segmenter
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._cache import EmbeddingCache
+    from .._pipeline import Pipeline
 from ._errors import UsageError
 
 __all__ = ["build_segmenter", "embedding_cache", "in_same_cache", "limited_folder", "pipeline_from_args", "segmenter_params"]
@@ -61,7 +62,7 @@ def build_segmenter(args: argparse.Namespace) -> Any:
     return _in_cache(load_segmenter(args.segmenter, **segmenter_params(args)), cache)
 
 
-def in_same_cache(pipeline: Any, segmenter: Any) -> Any:
+def in_same_cache(pipeline: Pipeline, segmenter: Segmenter) -> Pipeline:
     """``pipeline`` with its segmenter in the embedding cache of ``segmenter``, if that one has a cache.
 
     For the pipeline a training run returns: it holds the trained segmenter, uncached.
@@ -136,4 +137,22 @@ def pipeline_from_args(args: argparse.Namespace) -> Any:
         post.append(KeepLargestComponents(args.keep_largest))
     if args.fill_holes:
         post.append(FillHoles())
-    return Pipeline(prompter, segmenter, threshold=args.threshold, combine=args.combine, postprocess=post)
+    return Pipeline(prompter, segmenter, threshold=args.threshold, combine=args.combine, postprocess=post, preprocess=_preprocess(args))
+
+
+def _preprocess(args: argparse.Namespace) -> list[Any]:
+    """Intensity steps of ``--window``, ``--percentile-clip`` and ``--clahe``, in that order."""
+    from .._intensity import CLAHE, PercentileClip, parse_window
+
+    steps: list[Any] = []
+    try:
+        if getattr(args, "window", None):
+            steps.append(parse_window(args.window))
+        if getattr(args, "percentile_clip", None):
+            steps.append(PercentileClip(*args.percentile_clip))
+    except ValueError as exc:
+        flag = "--window" if "window" in str(exc) or "width" in str(exc) else "--percentile-clip"
+        raise UsageError(f"{flag}: {exc}") from None
+    if getattr(args, "clahe", False):
+        steps.append(CLAHE())
+    return steps

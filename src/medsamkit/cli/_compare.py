@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ._build import build_segmenter
+from ._checks import add_missing_masks_option
 from ._errors import UsageError
 from ._options import add_progress_option, add_segmenter_options
 
@@ -32,6 +33,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_segmenter_options(cp)
     cp.add_argument("--limit", type=int, help="only the first N images in sorted order")
     add_progress_option(cp)
+    add_missing_masks_option(cp)
     return cp
 
 
@@ -61,16 +63,21 @@ def provider_from_spec(spec: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     from ..data import MaskFolder
     from ..evaluation import compare_prompters
+    from ._checks import check_data_and_out, check_missing_masks
 
+    folder = MaskFolder(args.data_dir)
+    check_missing_masks(folder, args)
+    check_data_and_out(folder, args.out)
     providers = {spec: provider_from_spec(spec) for spec in args.providers}
     report = compare_prompters(
         build_segmenter(args),
-        MaskFolder(args.data_dir),
+        folder,
         providers,
         out_dir=args.out,
         limit=args.limit,
         threshold=args.threshold,
         progress=not args.no_progress,
+        allow_missing_masks=args.allow_missing_masks,
     )
     print(report)
     print(f"results: {report.out_dir}")

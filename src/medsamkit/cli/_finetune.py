@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = training_overrides(args)
     folder = limited_folder(args.data_dir, args.limit)
     split = train_val_test_split(folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
+    from .._outdir import claim_out_dir, input_folders
+
+    claim_out_dir(args.out, inputs=input_folders(folder), name="--out")  # never in the data folders
     atomic_write_text(args.out / "split.json", json.dumps(split.to_dict(), indent=2) + "\n")
     print(f"split (seed {args.seed}): {len(split.train)} train, {len(split.val)} val, {len(split.test)} test")
     segmenter = build_segmenter(args)

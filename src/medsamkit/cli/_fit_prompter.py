@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     """Fit the registered learned provider ``--prompter`` through its ``FittablePrompter`` signature."""
     import time
 
+    from .._outdir import check_out_file, input_folders
     from .._registry import fittable_prompters
 
     cls: Any = fittable_prompters()[args.prompter].cls
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None and "epochs" not in fit:
         raise UsageError(f"--epochs: {args.prompter} has no training epochs")
     folder = limited_folder(args.data_dir, args.limit)
+    check_out_file(args.out, inputs=input_folders(folder), name="--out")  # never among the images or masks
     settings: dict[str, Any] = {"progress": not args.no_progress}
     if "seed" in fit:
         settings["seed"] = args.seed

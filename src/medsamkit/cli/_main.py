@@ -24,6 +24,7 @@ from . import (
     _sammix,
     _segment,
 )
+from ._checks import configure_logging
 from ._errors import is_user_error, user_message
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``medsamkit`` command line; returns the exit status."""
     args = build_parser().parse_args(argv)
+    configure_logging()
     try:
         return args.run(args)
     except KeyboardInterrupt:

@@ -118,12 +118,39 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--keep-largest", type=int, metavar="N", help="post-process: keep the N largest components")
     group.add_argument("--fill-holes", action="store_true", help="post-process: fill holes")
+    # -- intensity steps (issue 11): saved in pipeline.json as "preprocess" --
+    group.add_argument(
+        "--window",
+        metavar="PRESET|L,W",
+        help="pre-process: CT window, a preset (abdomen, soft-tissue, liver, lung, bone, brain, mediastinum) or LEVEL,WIDTH in HU",
+    )
+    group.add_argument(
+        "--percentile-clip",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="pre-process: clip each image to these percentiles (MR, ultrasound)",
+    )
+    group.add_argument("--clahe", action="store_true", help="pre-process: CLAHE (after --window / --percentile-clip)")
     group.add_argument(
         "--pipeline",
         type=Path,
         metavar="DIR_OR_JSON",
         help="rebuild the pipeline from a saved pipeline.json (other pipeline options are ignored)",
     )
+
+
+def add_volume_options(parser: argparse.ArgumentParser, *, prompts: tuple[str, ...], default: str) -> None:
+    """Options for 3D volumes (NIfTI/NRRD/MHA files or DICOM series folders) of ``evaluate`` and ``segment``."""
+    group = parser.add_argument_group("volumes (.nii.gz/.nrrd/.mha or DICOM series folders)")
+    group.add_argument(
+        "--prompt",
+        choices=prompts,
+        help=f"volume prompt (default: {default}): oracle = per-slice boxes of the reference mask, box3d = one 3D box, "
+        "propagate = from the middle slice's box, auto = the --prompter on every slice + 3D consistency",
+    )
+    group.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="MM", help="NSD tolerance in mm (default: 2)")
+    group.add_argument("--label", type=int, help="label to segment in multi-label reference masks (default: any non-zero)")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:

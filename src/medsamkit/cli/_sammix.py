@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     )
     train = folder.subset(split.train)
     labelled = None if args.labelled is None else training.pick_labelled(train, args.labelled, seed=args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
+    from .._outdir import claim_out_dir, input_folders
+
+    claim_out_dir(args.out, inputs=input_folders(folder), name="--out")  # never in the data folders
     atomic_write_text(args.out / "split.json", json.dumps(split.to_dict(), indent=2) + "\n")
     n_labelled = len(split.train) if labelled is None else len(labelled)
     print(

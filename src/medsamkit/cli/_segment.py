@@ -9,7 +9,7 @@ from typing import Any
 
 from ._build import pipeline_from_args
 from ._errors import UsageError
-from ._options import add_data_options, add_pipeline_options
+from ._options import add_data_options, add_pipeline_options, add_volume_options
 
 __all__ = ["add_parser", "run"]
 
@@ -25,11 +25,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     add_data_options(sg)
     add_pipeline_options(sg)
+    add_volume_options(sg, prompts=("auto", "box3d"), default="auto")
+    sg.add_argument(
+        "--box3d",
+        type=float,
+        nargs=6,
+        metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
+        help="volumes, --prompt box3d: the 3D box in voxel indices (one input volume)",
+    )
     return sg
 
 
 def _samples(args: argparse.Namespace) -> list[Any]:
-    from ..data import IMAGE_SUFFIXES, MaskFolder, Sample
+    from ..data import MaskFolder, Sample, image_samples, match_masks
 
     path: Path = args.input
     if path.is_file():
@@ -37,27 +45,67 @@ def _samples(args: argparse.Namespace) -> list[Any]:
     elif (path / args.images).is_dir():
         samples = list(MaskFolder(path, images=args.images, masks=args.masks, mask_suffix=args.mask_suffix, require_masks=False))
     elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-        if not files:
-            raise UsageError(f"IMAGE_OR_DIR: expected image files in {path}, found none")
-        samples = [Sample(stem=p.stem, image_path=p) for p in files]
+        try:
+            samples = image_samples(path)  # refuses case.png + case.jpg: one result would overwrite the other
+        except ValueError as exc:
+            raise UsageError(f"IMAGE_OR_DIR: {exc}") from None
     else:
         raise UsageError(f"IMAGE_OR_DIR: {path} does not exist")
     if args.reference_masks is not None:
-        matched = []
-        for s in samples:
-            masks = [p for p in args.reference_masks.glob(f"{s.stem}{args.mask_suffix}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
-            matched.append(Sample(stem=s.stem, image_path=s.image_path, mask_path=masks[0] if masks else s.mask_path))
-        samples = matched
+        samples = match_masks(samples, args.reference_masks, mask_suffix=args.mask_suffix)  # exact names
     if args.limit is not None:
         samples = samples[: args.limit]
     return samples
 
 
+def _volume_samples(args: argparse.Namespace) -> list[Any] | None:
+    """The input as volumes (a volume file, a DICOM series folder, or a folder with images/ of volumes), else None."""
+    from ..data import VolumeFolder, VolumeSample, is_volume_path, looks_like_volume_folder, volume_stem
+
+    path: Path = args.input
+    if looks_like_volume_folder(path, images=args.images):
+        samples = list(VolumeFolder(path, images=args.images, masks=args.masks, require_masks=False))
+    elif path.exists() and is_volume_path(path) and not (path.is_file() and path.suffix.lower() in (".dcm", ".dicom")):
+        samples = [VolumeSample(path.name if path.is_dir() else volume_stem(path.name), path)]
+    else:
+        return None
+    return samples[: args.limit] if args.limit is not None else samples
+
+
+def _run_volumes(args: argparse.Namespace, samples: list[Any]) -> int:
+    from ..volumes import segment_volumes
+
+    prompt = args.prompt or "auto"
+    boxes = None
+    if prompt == "box3d":
+        if args.box3d is None or len(samples) != 1:
+            raise UsageError("--prompt box3d needs --box3d X0 Y0 Z0 X1 Y1 Z1 and one input volume")
+        boxes = {samples[0].stem: list(args.box3d)}
+    pipeline = pipeline_from_args(args)
+    if prompt == "auto" and getattr(pipeline.prompter, "requires_target", False):
+        raise UsageError("--prompt auto runs the --prompter on every slice; choose an automatic one (not oracle-box/perturbed-box)")
+    report = segment_volumes(pipeline, samples, out_dir=args.out, prompt=prompt, box3d=boxes, progress=not args.no_progress)
+    done = sum(1 for r in report.rows if not r.get("error"))
+    print(f"segmented {done} volume(s); masks in {report.out_dir / 'masks'}")
+    if report.errors:
+        print(f"medsamkit: {len(report.errors)} volume(s) failed: {', '.join(report.errors)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import segment_images
+    from .._outdir import check_out_dir, input_folders
+    from ..evaluation import SEGMENT_OWNED, segment_images
+
+    volumes = _volume_samples(args)
+    if volumes is not None:
+        return _run_volumes(args, volumes)
 
     samples = _samples(args)
+    inputs = input_folders(samples)
+    if args.reference_masks is not None:
+        inputs.append(args.reference_masks)
+    check_out_dir(args.out, inputs=inputs, owned=SEGMENT_OWNED, name="--out")  # before the model loads
     pipeline = pipeline_from_args(args)
     if getattr(pipeline.prompter, "requires_target", False) and any(s.mask_path is None for s in samples):
         missing = [s.stem for s in samples if s.mask_path is None][:5]

@@ -13,7 +13,7 @@ import numpy as np
 from .._validation import as_mask, describe
 from ._io import IMAGE_SUFFIXES, read_image, read_mask
 
-__all__ = ["MaskFolder", "Sample"]
+__all__ = ["MaskFolder", "Sample", "image_samples", "match_masks"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -99,6 +99,42 @@ def _list_images(directory: Path, *, exclude_suffix: str | None = None) -> dict[
                 )
             found[stem] = path
     return found
+
+
+def image_samples(directory: PathLike) -> list[Sample]:
+    """One :class:`Sample` (without mask) per image file directly in ``directory``, sorted by stem.
+
+    Hidden files, other files and subfolders are ignored, as in :class:`MaskFolder`.
+
+    Raises:
+        FileNotFoundError: If ``directory`` is not a folder.
+        ValueError: If two files share a stem (``case.png`` and ``case.jpg``: their
+            results would overwrite each other), or if there is no image.
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"directory: '{folder}' is not a folder")
+    files = _list_images(folder)
+    if not files:
+        raise ValueError(f"directory: expected image files in '{folder}' (suffixes {', '.join(IMAGE_SUFFIXES)}), found none")
+    return [Sample(stem, files[stem]) for stem in sorted(files)]
+
+
+def match_masks(samples: Iterable[Sample], masks_dir: PathLike, *, mask_suffix: str = "") -> list[Sample]:
+    """The samples with the mask of exactly ``<stem><mask_suffix>.<image suffix>`` from ``masks_dir``.
+
+    Names are compared exactly (no patterns: ``case[1].png`` only matches the mask
+    ``case[1].png``). A sample without a mask file there keeps its own ``mask_path``.
+
+    Raises:
+        FileNotFoundError: If ``masks_dir`` is not a folder.
+        ValueError: If two mask files share a stem.
+    """
+    folder = Path(masks_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"masks_dir: '{folder}' is not a folder")
+    masks = _list_images(folder)
+    return [Sample(s.stem, s.image_path, masks.get(s.stem + mask_suffix, s.mask_path)) for s in samples]
 
 
 class MaskFolder(Sequence):

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .._validation import as_image, as_mask, describe
+from ._errors import ImageReadError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -34,23 +35,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: File suffixes recognised as images (compared case-insensitively).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-class ImageReadError(OSError):
-    """An image or mask file could not be read (missing, empty, corrupt or unsupported).
-
-    Attributes:
-        path: The file that could not be read.
-        reason: Why it could not be read.
-    """
-
-    def __init__(self, path: PathLike, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"cannot read image file '{self.path}': {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # keep picklable (e.g. for multiprocessing)
-        return (type(self), (self.path, self.reason))
 
 
 def _as_path(path: Any, *, name: str = "path") -> Path:
@@ -72,7 +56,11 @@ def read_image(path: PathLike) -> np.ndarray:
 
     Args:
         path: Image file (PNG, JPEG, TIFF, BMP, ... anything OpenCV decodes). The
-            format is detected from the content, not the suffix.
+            format is detected from the content, not the suffix. A 2D DICOM file
+            (``.dcm`` or the ``DICM`` marker) is read with pydicom (``medical``
+            extra): modality LUT, VOI LUT for projection images, ``MONOCHROME1``
+            inverted; see :func:`~medsamkit.data.read_dicom_image`, which also keeps
+            the pixel spacing.
 
     Returns:
         ``(H, W)`` for grayscale, ``(H, W, 3)`` RGB for colour and ``(H, W, 4)`` RGBA
@@ -98,6 +86,9 @@ def read_image(path: PathLike) -> np.ndarray:
         raise ImageReadError(path, f"{type(exc).__name__}: {exc.strerror or exc}") from exc
     if data.size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
+    medical = _read_medical_2d(path, data)
+    if medical is not None:
+        return medical
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
@@ -123,6 +114,25 @@ def read_image(path: PathLike) -> np.ndarray:
     elif image.ndim != 2:
         raise ImageReadError(path, f"unsupported image shape {image.shape}")
     return image
+
+
+def _read_medical_2d(path: Path, data: np.ndarray) -> np.ndarray | None:
+    """A 2D DICOM image as an array; a volume file gets an error pointing to ``read_volume``."""
+    from ._medical import VOLUME_SUFFIXES, read_dicom_image
+
+    name = path.name.lower()
+    if any(name.endswith(suffix) for suffix in VOLUME_SUFFIXES):
+        raise ImageReadError(
+            path, "a 3D volume file, not a 2D image: read it with medsamkit.data.read_volume (pip install medsamkit[medical])"
+        )
+    if not (name.endswith((".dcm", ".dicom")) or bytes(data[128:132]) == b"DICM"):
+        return None
+    volume = read_dicom_image(path)
+    if volume.shape[0] != 1:
+        raise ImageReadError(
+            path, f"expected a single-frame 2D DICOM image, got {volume.shape[0]} frames; read it with read_volume"
+        )
+    return volume.array[0]
 
 
 def read_mask(path: PathLike) -> np.ndarray:

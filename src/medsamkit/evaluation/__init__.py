@@ -1,21 +1,27 @@
 """Evaluation over a folder: tables (CSV/JSON), predicted masks, overlays and box plots."""
 
-from ._evaluate import CSV_COLUMNS, METRIC_COLUMNS, EvaluationReport, evaluate
-from ._plots import save_grouped_boxplot
-from ._segment import SegmentReport, segment_images
+from ._evaluate import CSV_COLUMNS, EVALUATE_OWNED, METRIC_COLUMNS, EvaluationReport, evaluate
+from ._plots import overlay_image, overlay_panel, plot_overlay, save_grouped_boxplot, save_overlay
+from ._segment import SEGMENT_OWNED, SegmentReport, segment_images
 from ._studies import DETECTION_CLASSES, StudyReport, box_margin_study, compare_prompters, detection_class
 
 __all__ = [
     "CSV_COLUMNS",
     "DETECTION_CLASSES",
+    "EVALUATE_OWNED",
     "EvaluationReport",
     "METRIC_COLUMNS",
+    "SEGMENT_OWNED",
     "SegmentReport",
     "StudyReport",
     "box_margin_study",
     "compare_prompters",
     "detection_class",
     "evaluate",
+    "overlay_image",
+    "overlay_panel",
+    "plot_overlay",
     "save_grouped_boxplot",
+    "save_overlay",
     "segment_images",
 ]

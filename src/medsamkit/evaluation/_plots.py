@@ -50,6 +50,7 @@ __all__ = [
     "TARGET_COLOR",
     "overlay_image",
     "overlay_panel",
+    "plot_overlay",
     "save_grouped_boxplot",
     "save_metric_boxplot",
     "save_overlay",
@@ -201,6 +202,38 @@ def overlay_image(
             ``alpha`` is outside ``[0, 1]``.
     """
     return _draw_overlay(_to_rgb_uint8(image), pred=pred, target=target, prompts=prompts, alpha=alpha)
+
+
+def plot_overlay(
+    image: Any,
+    pred: Any = None,
+    *,
+    target: Any = None,
+    prompts: Prompts | None = None,
+    ax: Any = None,
+    title: str | None = None,
+    alpha: float = 0.35,
+) -> Any:
+    """Show :func:`overlay_image` on a matplotlib ``Axes`` (for notebooks and scripts).
+
+    Args:
+        image, pred, target, prompts, alpha: As for :func:`overlay_image`.
+        ax: The ``Axes`` to draw on; default: a new figure from ``matplotlib.pyplot``.
+        title: Axes title.
+
+    Returns:
+        The ``Axes``.
+    """
+    picture = overlay_image(image, pred=pred, target=target, prompts=prompts, alpha=alpha)
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 6 * picture.shape[0] / max(picture.shape[1], 1)))
+    ax.imshow(picture)
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title)
+    return ax
 
 
 def _draw_overlay(canvas: np.ndarray, *, pred: Any, target: Any, prompts: Any, alpha: float) -> np.ndarray:

@@ -102,6 +102,7 @@ def compare_prompters(
     threshold: float = 0.5,
     n_overlays: int = 4,
     progress: bool = True,
+    allow_missing_masks: bool = False,
 ) -> StudyReport:
     """Evaluate the same images with several prompt providers (or whole pipelines).
 
@@ -128,6 +129,7 @@ def compare_prompters(
         threshold: Probability threshold of every pipeline.
         n_overlays: Overlays per provider.
         progress: Progress bars.
+        allow_missing_masks: Go on when some images have no mask (see :func:`~medsamkit.evaluate`).
     """
     from .._pipeline import Pipeline
     from .._types import Prompts
@@ -142,6 +144,14 @@ def compare_prompters(
     if limit is not None:
         samples = samples[:limit]
     out_dir = Path(out_dir)
+    from .._outdir import claim_out_dir, input_folders
+
+    # Per-provider folders are claimed and locked by evaluate; here: the study's own files.
+    claim_out_dir(
+        out_dir,
+        inputs=input_folders(samples),
+        owned=("comparison.csv", "comparison.json", "dice_boxplot.png", *(_safe_name(label) for label in prompters)),
+    )
     by_stem = {s.stem: s for s in samples}
     targets: dict[str, np.ndarray] = {}
     table, reports, dice_groups = [], {}, {}
@@ -151,7 +161,10 @@ def compare_prompters(
             pipeline = prompter
         else:
             pipeline = Pipeline(prompter, segmenter, threshold=threshold)
-        report = evaluate(pipeline, samples, out_dir=out_dir / folder, n_overlays=n_overlays, progress=progress)
+        report = evaluate(
+            pipeline, samples, out_dir=out_dir / folder, n_overlays=n_overlays, progress=progress,
+            allow_missing_masks=allow_missing_masks,
+        )
         reports[label] = report
         counts = dict.fromkeys(DETECTION_CLASSES, 0)
         dice_detected = []
@@ -200,6 +213,7 @@ def box_margin_study(
     margins: Sequence[float] = (0, 5, 10, 20, 30),
     limit: int | None = None,
     progress: bool = True,
+    allow_missing_masks: bool = False,
 ) -> StudyReport:
     """Dice of oracle boxes grown by each margin in pixels (paper 000, Figure 1).
 
@@ -210,13 +224,17 @@ def box_margin_study(
         margins: Pixels added to each side of each oracle box.
         limit: Only the first ``limit`` images in sorted order.
         progress: Progress bars.
+        allow_missing_masks: Go on when some images have no mask.
     """
     from ..prompters import PerturbedBoxPrompter
 
     if not margins:
         raise ValueError("margins: expected at least one margin in pixels, got none")
     prompters = {f"margin {float(m):g} px": PerturbedBoxPrompter(margin=float(m)) for m in margins}
-    return compare_prompters(segmenter, data, prompters, out_dir=out_dir, limit=limit, n_overlays=2, progress=progress)
+    return compare_prompters(
+        segmenter, data, prompters, out_dir=out_dir, limit=limit, n_overlays=2, progress=progress,
+        allow_missing_masks=allow_missing_masks,
+    )
 
 
 def _safe_name(label: str) -> str:

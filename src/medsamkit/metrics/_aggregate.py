@@ -37,8 +37,20 @@ from ._overlap import (
     precision,
     recall,
 )
+from ._surface import _nsd
 
-__all__ = ["DEFAULT_METRICS", "METRICS", "MetricAccumulator", "compute_metrics", "summarize"]
+__all__ = ["DEFAULT_METRICS", "METRICS", "NSD_TOLERANCE", "MetricAccumulator", "compute_metrics", "nsd", "summarize"]
+
+NSD_TOLERANCE = 2.0
+"""Tolerance of the ``nsd`` metric in the units of ``spacing`` (2 mm in the MedSAM-on-laptop challenge)."""
+
+
+def nsd(pred: Any, target: Any, *, spacing: Any = (1.0, 1.0)) -> float:
+    """Normalized surface Dice of two 2D masks at :data:`NSD_TOLERANCE` (see
+    :func:`~medsamkit.metrics.normalized_surface_dice` for any tolerance and 3D)."""
+    pred_mask, target_mask = _validate_pair(pred, target)
+    return _nsd(_surface_distances(pred_mask, target_mask, _check_spacing(spacing)), NSD_TOLERANCE)
+
 
 METRICS: dict[str, Callable[..., float]] = {
     "dice": dice,
@@ -48,8 +60,13 @@ METRICS: dict[str, Callable[..., float]] = {
     "f1": f1,
     "hausdorff": hausdorff,
     "hd95": hd95,
+    "nsd": nsd,
 }
-"""Metric name -> function. The distance metrics take a keyword-only ``spacing``."""
+"""Metric name -> function. The distance metrics take a keyword-only ``spacing``.
+
+``nsd`` (normalized surface Dice at :data:`NSD_TOLERANCE` in the units of ``spacing``) is
+available by name but not in :data:`DEFAULT_METRICS`, so default tables keep their columns.
+"""
 
 DEFAULT_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "f1", "hd95")
 """Metrics computed by :func:`compute_metrics` and :class:`MetricAccumulator` by default."""
@@ -61,7 +78,7 @@ _FROM_COUNTS: dict[str, Callable[[int, int, int], float]] = {
     "recall": _recall_from_counts,
     "f1": _f1_from_counts,
 }
-_DISTANCE_METRICS = ("hausdorff", "hd95")
+_DISTANCE_METRICS = ("hausdorff", "hd95", "nsd")
 _UNSET = object()
 
 
@@ -136,6 +153,8 @@ def compute_metrics(
                 distances = _surface_distances(pred_mask, target_mask, sampling)
             if name == "hausdorff":
                 results[name] = _hausdorff_from_distances(distances)
+            elif name == "nsd":
+                results[name] = _nsd(distances, NSD_TOLERANCE)
             else:
                 results[name] = _percentile_from_distances(distances, 95.0)
         else:  # a metric registered in METRICS by the user

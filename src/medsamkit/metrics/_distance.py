@@ -114,8 +114,16 @@ def _surface_distances(
     if cropped is None:
         return None
     pred_crop, target_crop = cropped
-    pred_edges = _edges(pred_crop)
-    target_edges = _edges(target_crop)
+    return edge_distances(_edges(pred_crop), _edges(target_crop), spacing)
+
+
+def edge_distances(
+    pred_edges: np.ndarray, target_edges: np.ndarray, spacing: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Directed distances between two boolean edge masks of any dimension (2D or 3D).
+
+    Returns ``(pred_to_target, target_to_pred)``, both empty when either has no edge.
+    """
     if not pred_edges.any() or not target_edges.any():
         empty = np.empty(0, dtype=np.float64)
         return empty, empty

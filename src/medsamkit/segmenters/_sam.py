@@ -15,21 +15,22 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._oneshot import OneShotMixin
 from .._paths import file_digest
 from .._registry import register_component
 from .._types import ImageEncoding, PromptMasks, Prompts
 from .._validation import as_image
-from ._common import LowResDecoding, decode_prompts, longest_side_size_hw
+from ._common import LowResDecoding, check_device, decode_prompts, longest_side_size_hw
 from ._fast import FastEncoderMixin
 
 __all__ = [
     "HQSAM",
-    "HQSAMFeatures",
     "HQSAM_CHECKPOINT_NAMES",
     "SAM",
     "SAM_CHECKPOINT_DIR_ENV",
     "SAM_CHECKPOINT_NAMES",
     "SAM_MODEL_TYPES",
+    "HQSAMFeatures",
     "build_hqsam_model",
     "build_sam_model",
     "sam_checkpoint_path",
@@ -313,7 +314,7 @@ class _FirstIntermediate:
         return FirstIntermediate(encoder)
 
 
-class _SAMFamily(LowResDecoding, FastEncoderMixin):
+class _SAMFamily(OneShotMixin, LowResDecoding, FastEncoderMixin):
     """Shared code of :class:`SAM` and :class:`HQSAM` (see :class:`SAM`)."""
 
     _family: _Family
@@ -340,9 +341,7 @@ class _SAMFamily(LowResDecoding, FastEncoderMixin):
         ):
             raise ValueError(f"max_prompts_per_batch: expected a positive int, got {max_prompts_per_batch!r}")
         _import(family)  # ImportError with the install hint, also when a module is given
-        import torch
-
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self._check_precision(precision)
         if model is None:
             model, path = _build(family, self.model_type, checkpoint)

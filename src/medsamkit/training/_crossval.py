@@ -93,10 +93,11 @@ def _as_folder(folder: Any) -> Any:
 
 
 def _factory(segmenter_factory: Any) -> Callable[[], Any]:
+    # A segmenter instance first: segmenters are callable too (one-shot ``seg(image, boxes=...)``).
+    if not isinstance(segmenter_factory, type) and hasattr(segmenter_factory, "encode"):
+        return lambda: segmenter_factory  # finetune leaves it unchanged, reuse it
     if callable(segmenter_factory):
         return segmenter_factory
-    if hasattr(segmenter_factory, "encode"):  # a segmenter: finetune leaves it unchanged, reuse it
-        return lambda: segmenter_factory
     raise TypeError(
         "segmenter_factory: expected a callable returning a segmenter (e.g. medsamkit.LiteMedSAM) "
         f"or a segmenter, got {type(segmenter_factory).__name__}"
@@ -288,6 +289,9 @@ def crossval(
         "finetune": config.record(),
         "stems": list(folder.stems),
     }
+    from .._outdir import claim_out_dir, input_folders
+
+    claim_out_dir(out_dir, inputs=input_folders(folder))
     run_path = out_dir / RUN_FILE
     if run_path.is_file() and json.loads(run_path.read_text()) != run:
         raise ValueError(

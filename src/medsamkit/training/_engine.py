@@ -63,8 +63,20 @@ class FinetuneResult:
     adapters: Path | None = None
 
 
+def _monai_losses() -> Any:
+    """``monai.losses``, or ImportError naming the extra that installs it."""
+    try:
+        from monai import losses
+    except ImportError:
+        raise ImportError(
+            "fine-tuning needs MONAI (its Dice/focal losses): pip install 'medsamkit[finetune]'"
+        ) from None
+    return losses
+
+
 def _loss_fn(name: str) -> Any:
-    from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+    losses = _monai_losses()
+    DiceCELoss, DiceFocalLoss, DiceLoss = losses.DiceCELoss, losses.DiceFocalLoss, losses.DiceLoss
 
     if name == "dicefocal":
         return DiceFocalLoss(sigmoid=True)
@@ -138,7 +150,8 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "val_dice", "seconds")
 
 
 def _check_mode(segmenter: TrainableSegmenter, config: FinetuneConfig) -> None:
-    """LoRA mode: peft importable (ImportError with the install hint) and no adapters on the model yet."""
+    """MONAI importable; LoRA mode: peft importable (ImportError with the install hint) and no adapters on the model yet."""
+    _monai_losses()  # before anything is written
     if config.mode == "lora":
         from ._lora import _peft, has_lora
 
@@ -147,11 +160,13 @@ def _check_mode(segmenter: TrainableSegmenter, config: FinetuneConfig) -> None:
             raise ValueError("segmenter: its model already has LoRA adapters; fine-tune the base segmenter")
 
 
-def _claim_run_dir(run_dir: Path, record: dict[str, Any], record_file: str, what: str) -> None:
-    """Create ``run_dir`` and write ``record`` there, unless it holds a run with another record."""
+def _claim_run_dir(run_dir: Path, record: dict[str, Any], record_file: str, what: str, *, inputs: Any = ()) -> None:
+    """Create ``run_dir`` and write ``record`` there, unless it holds a run with another record
+    or overlaps the folders of ``inputs`` (the samples read)."""
+    from .._outdir import claim_out_dir, input_folders
     from ..data import atomic_write_text
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(run_dir, inputs=input_folders(inputs))
     record_path = run_dir / record_file
     if record_path.is_file() and json.loads(record_path.read_text()) != record:
         raise ValueError(
@@ -261,7 +276,7 @@ def finetune(
         "train": [s.stem for s in train],
         "val": [s.stem for s in val or []],
     }
-    _claim_run_dir(run_dir, record, "finetune.json", "fine-tuning")
+    _claim_run_dir(run_dir, record, "finetune.json", "fine-tuning", inputs=[*train, *(val or [])])
 
     torch.manual_seed(config.seed)
     # The caller's segmenter is left as it was; the result holds a fine-tuned copy.

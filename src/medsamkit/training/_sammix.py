@@ -183,7 +183,7 @@ def fit_sammix(
             f"got {config.warmup_epochs}"
         )
     run_dir = Path(out_dir)
-    _claim_run_dir(run_dir, _record("sam-mix", segmenter, config, train, val, labelled), SAMMIX_RECORD, "SAM-Mix")
+    _claim_run_dir(run_dir, _record("sam-mix", segmenter, config, train, val, labelled), SAMMIX_RECORD, "SAM-Mix", inputs=[*train, *val])
     torch.manual_seed(config.seed)
     with _caller_model_restored(segmenter):
         return _joint(segmenter, train, val, labelled, prompter, x, y, run_dir, config, progress)
@@ -194,7 +194,7 @@ def _joint(
     train: list[Any],
     val: list[Any],
     labelled: tuple[str, ...],
-    prompter: Any,
+    prompter: CAMBoxPrompter,
     x_np: np.ndarray,
     y_np: np.ndarray,
     run_dir: Path,
@@ -416,7 +416,7 @@ def fit_sam_pp(
 
     config, train, val, labelled, prompter, _, _ = _inputs(segmenter, train, val, labelled, config, overrides)
     run_dir = Path(out_dir)
-    _claim_run_dir(run_dir, _record("sam-pp", segmenter, config, train, val, labelled), SAM_PP_RECORD, "SAM-PP")
+    _claim_run_dir(run_dir, _record("sam-pp", segmenter, config, train, val, labelled), SAM_PP_RECORD, "SAM-PP", inputs=[*train, *val])
     classifier_path = run_dir / CLASSIFIER_FILE
     if classifier_path.is_file():
         prompter = CAMBoxPrompter.load(classifier_path)

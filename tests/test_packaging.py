@@ -85,7 +85,6 @@ def test_the_cli_names_extras_that_exist():
 
     for module, extra in OPTIONAL_PACKAGES.items():
         assert extra in EXTRAS, module
-        distribution = {"pytorch_grad_cam": "grad-cam", "ultralytics": "ultralytics-opencv-headless"}.get(
-            module, module.replace("_", "-")
-        )
+        renamed = {"pytorch_grad_cam": "grad-cam", "ultralytics": "ultralytics-opencv-headless"}
+        distribution = renamed.get(module, module.replace("_", "-").lower())
         assert distribution in _names(EXTRAS[extra]), module

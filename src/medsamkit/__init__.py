@@ -78,6 +78,7 @@ _EXPORTS = {
     # data
     "MaskFolder": ".data",
     "Sample": ".data",
+    "CsvSamples": ".data",
     "read_image": ".data",
     "read_mask": ".data",
     "write_mask": ".data",
@@ -93,6 +94,7 @@ _EXPORTS = {
     "EvaluationReport": ".evaluation",
     "segment_images": ".evaluation",
     "SegmentReport": ".evaluation",
+    "RayEngine": ".evaluation",
     "compare_prompters": ".evaluation",
     "box_margin_study": ".evaluation",
     "StudyReport": ".evaluation",
@@ -140,6 +142,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._registry import PROMPTERS, SEGMENTERS, build_prompter, load_segmenter, register_component
     from ._types import ImageEncoding, PromptMasks, Prompts, SegmentationResult
     from .data import (
+        CsvSamples,
         ImageReadError,
         MaskFolder,
         Sample,
@@ -154,6 +157,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .evaluation import (
         EvaluationReport,
+        RayEngine,
         SegmentReport,
         StudyReport,
         box_margin_study,

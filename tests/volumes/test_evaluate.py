@@ -50,6 +50,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.shared_data
 def test_volume_folder_pairs_files_and_dicom_folders(tmp_path):
     root = _folder(tmp_path / "data")
     (root / "images" / "series1").mkdir()

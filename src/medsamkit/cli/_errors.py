@@ -32,6 +32,10 @@ OPTIONAL_PACKAGES = {
     "pytorch_grad_cam": "cam",
     "peft": "lora",
     "openvino": "openvino",
+    "SimpleITK": "medical",
+    "pydicom": "medical",
+    "highdicom": "medical",
+    "nibabel": "medical",
 }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ._build import pipeline_from_args
 from ._checks import add_missing_masks_option, check_data_and_out, check_missing_masks
+from ._engine import add_engine_options, engine_from_args
 from ._errors import UsageError
 from ._options import add_data_options, add_pipeline_options, add_volume_options
 
@@ -21,7 +22,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "data_dir",
         type=Path,
         metavar="DATA_DIR",
-        help="folder with images/ and masks/ sharing file stems (2D images, or volumes: .nii.gz/.nrrd/.mha/DICOM series)",
+        help="folder with images/ and masks/ sharing file stems (2D images, or volumes: .nii.gz/.nrrd/.mha/DICOM series), or a CSV (.csv, .csv.gz) listing 2D image paths",
     )
     ev.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder (resumes if it holds a run)")
     ev.add_argument(
@@ -33,6 +34,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="pixel size for HD95 (default: 1 1, pixels)",
     )
     ev.add_argument("--overwrite", action="store_true", help="discard previous results in OUT_DIR")
+    table = ev.add_argument_group("CSV listing", "when DATA_DIR is a CSV file (CXLSeg: --image-column path --mask-suffix -mask --stem-column dicom_id)")
+    table.add_argument("--image-column", default="image", help="column with the image paths (default: image)")
+    table.add_argument("--mask-column", help="column with the mask paths (default: image path + --mask-suffix)")
+    table.add_argument("--stem-column", help="column with a unique id per image (default: the image file stem)")
+    table.add_argument("--csv-root", type=Path, metavar="DIR", help="folder relative paths start from (default: the CSV's folder)")
     add_missing_masks_option(ev)
     ev.add_argument(
         "--quality",
@@ -49,23 +55,51 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_data_options(ev)
     add_pipeline_options(ev)
     add_volume_options(ev, prompts=("oracle", "box3d", "propagate", "auto"), default="box3d")
+    add_engine_options(ev)
     return ev
 
 
+def _is_csv(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and (name.endswith(".csv") or name.endswith(".csv.gz"))
+
+
+def _data(args: argparse.Namespace) -> Any:
+    from ..data import CsvSamples, MaskFolder
+
+    if _is_csv(args.data_dir):
+        if args.mask_column is None and not args.mask_suffix:
+            raise UsageError("--mask-column: a CSV DATA_DIR needs --mask-column or --mask-suffix to find the masks")
+        return CsvSamples(
+            args.data_dir,
+            image_column=args.image_column,
+            mask_column=args.mask_column,
+            mask_suffix=None if args.mask_column is not None else args.mask_suffix,
+            stem_column=args.stem_column,
+            root=args.csv_root,
+        )
+    return MaskFolder(args.data_dir, images=args.images, masks=args.masks, mask_suffix=args.mask_suffix)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..data import MaskFolder, looks_like_volume_folder
+    from ..data import looks_like_volume_folder
     from ..evaluation import EVALUATE_OWNED, evaluate
 
-    if looks_like_volume_folder(args.data_dir, images=args.images):
+    engine = engine_from_args(args)
+    csv_listing = _is_csv(args.data_dir)
+    if not csv_listing and looks_like_volume_folder(args.data_dir, images=args.images):
+        if engine != "local":
+            raise UsageError("--engine ray: volume folders run on the local engine only (for now)")
         return _run_volumes(args)
     if args.prompt is not None or args.label is not None:
         raise UsageError(f"--prompt/--label apply to volume folders; {args.data_dir / args.images} holds 2D images")
 
-    folder = MaskFolder(args.data_dir, images=args.images, masks=args.masks, mask_suffix=args.mask_suffix)
+    folder = _data(args)
     if args.cases_to_check is not None and (not args.quality or args.cases_to_check < 1):
         raise UsageError(f"--cases-to-check: expected a positive N together with --quality, got {args.cases_to_check}")
-    check_missing_masks(folder, args)  # before the model loads
-    check_data_and_out(folder, args.out, owned=EVALUATE_OWNED)
+    if not csv_listing:
+        check_missing_masks(folder, args)  # before the model loads
+        check_data_and_out(folder, args.out, owned=EVALUATE_OWNED)
     pipeline = pipeline_from_args(args)
     report = evaluate(
         pipeline,
@@ -77,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         allow_missing_masks=args.allow_missing_masks,
+        engine=engine,
         quality=args.quality,
     )
     print(report)

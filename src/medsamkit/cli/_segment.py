@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ._build import pipeline_from_args
+from ._engine import add_engine_options, engine_from_args
 from ._errors import UsageError
 from ._options import add_data_options, add_pipeline_options, add_volume_options
 
@@ -33,6 +34,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
         help="volumes, --prompt box3d: the 3D box in voxel indices (one input volume)",
     )
+    add_engine_options(sg)
     return sg
 
 
@@ -97,8 +99,11 @@ def run(args: argparse.Namespace) -> int:
     from .._outdir import check_out_dir, input_folders
     from ..evaluation import SEGMENT_OWNED, segment_images
 
+    engine = engine_from_args(args)
     volumes = _volume_samples(args)
     if volumes is not None:
+        if engine != "local":
+            raise UsageError("--engine ray: volumes run on the local engine only (for now)")
         return _run_volumes(args, volumes)
 
     samples = _samples(args)
@@ -113,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
             f"--prompter {args.prompter} reads reference masks, but none were found for {missing}; "
             "pass --reference-masks DIR, or use --prompter fixed/mean-mask-points"
         )
-    report = segment_images(pipeline, samples, out_dir=args.out, n_overlays=args.overlays, progress=not args.no_progress)
+    report = segment_images(
+        pipeline, samples, out_dir=args.out, n_overlays=args.overlays, progress=not args.no_progress, engine=engine
+    )
     done = sum(1 for r in report.rows if not r.get("error"))
     print(f"segmented {done} image(s); masks in {report.out_dir / 'masks'}")
     if report.errors:

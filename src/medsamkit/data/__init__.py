@@ -9,6 +9,7 @@
 - :func:`atomic_write_bytes`, :func:`atomic_write_text`: crash-safe file writes;
   :func:`csv_text`: the CSV text of every table medsamkit writes.
 - :class:`MaskFolder` / :class:`Sample`: ``root/images`` + ``root/masks`` paired by stem.
+- :class:`CsvSamples`: image/mask paths listed in a CSV file (CXLSeg layout).
 - :class:`VolumeFolder` / :class:`VolumeSample`: ``root/images`` + ``root/masks`` of volume
   files or DICOM series folders (masks as volumes or DICOM-SEG).
 - :func:`train_val_test_split` / :func:`kfold_splits`: deterministic, optionally
@@ -30,10 +31,12 @@ from ._io import (
 from ._medical import VOLUME_SUFFIXES, Volume, is_volume_path, read_dicom_image, read_volume, volume_stem
 from ._medical_write import read_dicom_seg, write_dicom_seg, write_volume
 from ._splits import Fold, Split, kfold_splits, train_val_test_split
+from ._table import CsvSamples
 from ._volume_folder import VolumeFolder, VolumeSample, looks_like_volume_folder
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "CsvSamples",
     "Fold",
     "ImageReadError",
     "MaskFolder",

@@ -8,14 +8,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CSV_COLUMNS", "EVALUATE_OWNED", "EvaluationReport", "METRIC_COLUMNS", "check_stems", "evaluate", "read_record", "sample_key", "write_record"]
+__all__ = ["CSV_COLUMNS", "EVALUATE_OWNED", "EvaluationReport", "METRIC_COLUMNS", "check_stems", "evaluate", "evaluate_samples", "read_record", "sample_key", "write_record"]
 
 METRIC_COLUMNS = ("dice", "iou", "precision", "recall", "f1", "hd95")
 CSV_COLUMNS = ("stem", *METRIC_COLUMNS, "seconds", "n_prompts", "note", "error")
@@ -130,20 +130,47 @@ def _row_for(stem: str, metrics: dict[str, float] | None, **extra: Any) -> dict[
     return row
 
 
-def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from ..metrics import summarize
+class _Summary:
+    """``summary.json`` built one row at a time (keeps 8 bytes per image and metric, not the rows)."""
 
-    ok = [r for r in rows if not r.get("error")]
-    return {
-        "metrics": {name: summarize([r.get(name) for r in ok]) for name in (*METRIC_COLUMNS, "seconds")},
-        "counts": {
-            "images": len(rows),
-            "evaluated": len(ok),
-            "errors": len(rows) - len(ok),
-            "no_prompt": sum(1 for r in ok if r.get("note") == "no prompt"),
-        },
-        "errors": {r["stem"]: r["error"] for r in rows if r.get("error")},
-    }
+    def __init__(self) -> None:
+        from array import array
+
+        self.values = {name: array("d") for name in (*METRIC_COLUMNS, "seconds")}
+        self.images = 0
+        self.no_prompt = 0
+        self.errors: dict[str, str] = {}
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.images += 1
+        if row.get("error"):
+            self.errors[row["stem"]] = row["error"]
+            return
+        for name, column in self.values.items():
+            value = row.get(name)
+            column.append(math.nan if value is None else float(value))
+        self.no_prompt += row.get("note") == "no prompt"
+
+    def result(self) -> dict[str, Any]:
+        from ..metrics import summarize
+
+        return {
+            "metrics": {name: summarize(np.frombuffer(column, dtype=np.float64)) for name, column in self.values.items()},
+            "counts": {
+                "images": self.images,
+                "evaluated": self.images - len(self.errors),
+                "errors": len(self.errors),
+                "no_prompt": self.no_prompt,
+            },
+            "errors": dict(self.errors),
+        }
+
+
+def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = _Summary()
+    for row in rows:
+        summary.add(row)
+    return summary.result()
 
 
 def _check_same_run(
@@ -279,6 +306,80 @@ def _missing_masks(data: Any, samples: Sequence[Any]) -> list[str]:
     return sorted(set(missing))
 
 
+def _key(sample: Any, digest: str) -> str:
+    """:func:`sample_key`, or ``""`` when a file cannot be read (loading it fails later, with the reason)."""
+    try:
+        return sample_key(sample, digest)
+    except OSError:
+        return ""
+
+
+def _finished_row(out_dir: Path, sample: Any, digest: str) -> dict[str, Any] | None:
+    """The row of ``sample`` from a previous run into ``out_dir`` still valid for its content, or None."""
+    key = _key(sample, digest)
+    record = read_record(out_dir, sample.stem, key) if key else None
+    return None if record is None else record["row"]
+
+
+def _evaluate_one(
+    pipeline: Any, sample: Any, loaded: Any, read_error: BaseException | None, *, out_dir: Path, spacing: Any,
+    save_masks: bool, key: str, quality: bool = False,
+) -> dict[str, Any]:
+    """Segment and score one sample; write its mask and record; return its ``metrics.csv`` row
+    (with ``quality``: plus the quality estimate of the result, see :mod:`._quality`).
+
+    A failure gives an error row (logged) and writes nothing: a failed image is
+    retried when the run resumes.
+    """
+    from ..metrics import compute_metrics
+
+    try:
+        if read_error is not None:
+            raise read_error
+        image, mask = loaded
+        start = time.perf_counter()
+        if quality:
+            from ._quality import estimate_quality
+
+            encoding = pipeline.segmenter.encode(image)
+            result = pipeline(image, target=mask, encoding=encoding)
+            estimate = estimate_quality(pipeline, result, encoding)
+        else:
+            result, estimate = pipeline(image, target=mask), {}
+        seconds = time.perf_counter() - start
+        values = compute_metrics(result.mask, mask, spacing=spacing, metrics=METRIC_COLUMNS)
+    except Exception as exc:  # one bad file must not stop a long run
+        message = f"{type(exc).__name__}: {exc}"
+        logger.error("medsamkit: error: %s: %s", sample.stem, message)
+        return _row_for(sample.stem, None, error=message)
+    row = _row_for(
+        sample.stem, values, seconds=round(seconds, 4), n_prompts=result.prompts.n, note=result.note, **estimate
+    )
+    write_record(out_dir, sample.stem, row, result, key=key, save_mask=save_masks)
+    return row
+
+
+def evaluate_samples(
+    pipeline: Any, samples: Iterable[Any], *, out_dir: Path, spacing: Any, save_masks: bool, digest: str,
+    keys: dict[str, str] | None = None, quality: bool = False,
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The per-image loop of both engines: yields ``(sample, row)`` in order.
+
+    Reads the next images in a background thread while the current one is
+    segmented; each image's mask and record (with its content key, from ``keys`` or
+    computed with ``digest``) are written before its row is yielded. The local engine
+    runs it over all pending samples, each Ray worker over its batches.
+    """
+    from ._prefetch import prefetch
+
+    for sample, loaded, read_error in prefetch(samples, lambda s: s.load()):
+        key = keys[sample.stem] if keys is not None and sample.stem in keys else _key(sample, digest)
+        yield sample, _evaluate_one(
+            pipeline, sample, loaded, read_error, out_dir=out_dir, spacing=spacing, save_masks=save_masks, key=key,
+            quality=quality,
+        )
+
+
 def evaluate(
     pipeline: Any,
     data: Any,
@@ -291,6 +392,7 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
     allow_missing_masks: bool = False,
+    engine: Any = "local",
     quality: bool = False,
 ) -> EvaluationReport:
     """Segment every image of ``data`` with ``pipeline`` and score it against its mask.
@@ -315,7 +417,7 @@ def evaluate(
     :func:`~medsamkit.evaluation.estimate_quality`) and ``summary.json`` a
     ``failure_detection`` entry: how well ``quality`` finds the images with Dice
     below 0.8 / 0.7 (AUROC) and the mean Dice after setting aside the 10% least
-    confident images.
+    confident images (local engine only).
 
     Each image's mask and record are written atomically as soon as it is done, and
     ``metrics.csv`` is rewritten atomically after every image, so an interrupted run
@@ -346,8 +448,12 @@ def evaluate(
         allow_missing_masks: Evaluate the images that have a mask even though some
             images of ``data`` have none (they are counted in ``summary.json``).
             Default: refuse, naming them.
+        engine: ``"local"`` (this process) or ``"ray"`` / a :class:`RayEngine` (Ray Data:
+            local Ray, or the cluster ``RAY_ADDRESS`` or ``RayEngine(address=...)``
+            names; ``pip install medsamkit[ray]``). Both write the same files; see
+            ``docs/ray.md``.
         quality: Estimate each result's quality (a few extra decodes per image, no
-            extra encoding).
+            extra encoding; local engine only).
 
     Returns:
         An :class:`EvaluationReport`.
@@ -359,7 +465,9 @@ def evaluate(
         medsamkit.OutDirLockedError: If another run is writing into ``out_dir``.
     """
     from .._outdir import claim_out_dir, input_folders, out_dir_lock
+    from ._ray import engine_options as parse_engine
 
+    engine_options = parse_engine(engine)
     samples = _as_samples(data)
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -375,11 +483,14 @@ def evaluate(
             f"data: {len(missing)} image(s) have no mask: {shown}. Add their masks, or pass "
             "allow_missing_masks=True (--allow-missing-masks) to evaluate the others."
         )
-    samples = [s for s in samples if getattr(s, "mask_path", True) is not None]
+    if missing:  # else keep the samples as they are (a CSV listing stays streamed)
+        samples = [s for s in samples if getattr(s, "mask_path", True) is not None]
     out_dir = Path(out_dir)
     config = pipeline.config.model_dump(mode="json")
     from ._quality import QUALITY_COLUMNS
 
+    if quality and engine_options is not None:
+        raise ValueError("quality: quality estimates run with the local engine only; use engine='local'")
     measured = [*METRIC_COLUMNS, *QUALITY_COLUMNS] if quality else list(METRIC_COLUMNS)
     run = {"pipeline": config, "metrics": measured, "spacing": [float(s) for s in spacing]}
     inputs = input_folders(data if hasattr(data, "images_dir") else samples)
@@ -388,7 +499,7 @@ def evaluate(
         claim_out_dir(out_dir, inputs=inputs, owned=EVALUATE_OWNED, overwrite=overwrite)
         return _evaluate_locked(
             pipeline, samples, out_dir, run, spacing=spacing, n_overlays=n_overlays, save_masks=save_masks,
-            progress=progress, n_missing=len(missing), quality=quality,
+            progress=progress, n_missing=len(missing), engine_options=engine_options, quality=quality,
         )
 
 
@@ -403,35 +514,43 @@ def _evaluate_locked(
     save_masks: bool,
     progress: bool,
     n_missing: int,
+    engine_options: Any = None,
     quality: bool = False,
 ) -> EvaluationReport:
     from tqdm.auto import tqdm
 
-    from ._quality import QUALITY_COLUMNS, estimate_quality, failure_detection
+    from ._quality import QUALITY_COLUMNS, failure_detection
 
     from ..data import atomic_write_text, csv_text
-    from ..metrics import compute_metrics
-    from ._prefetch import prefetch
 
     _check_same_run(out_dir, run)
     config = run["pipeline"]
     try:
         pipeline.save(out_dir)
     except Exception as exc:  # a custom component: keep the documentary config
+        if engine_options is not None:
+            raise ValueError(
+                f"engine: the Ray engine rebuilds the pipeline on its workers from pipeline.json, "
+                f"and this pipeline cannot be saved ({exc})"
+            ) from exc
         atomic_write_text(out_dir / "pipeline.json", json.dumps(config, indent=2) + "\n")
         logger.warning("medsamkit: note: pipeline cannot be saved for re-running (%s)", exc)
     atomic_write_text(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
 
     digest = run_digest(run)
+    if engine_options is not None:
+        return _evaluate_on_ray(
+            engine_options, samples, pipeline=pipeline, out_dir=out_dir, spacing=spacing, n_overlays=n_overlays,
+            save_masks=save_masks, progress=progress, digest=digest, n_missing=n_missing,
+        )
+    if not isinstance(samples, (list, tuple)) and callable(getattr(samples, "sample_from_row", None)):
+        samples = samples[:]  # a CSV listing: read it once, not at every flush
     keys: dict[str, str] = {}
     rows: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     pending = []
     for sample in samples:
-        try:
-            keys[sample.stem] = sample_key(sample, digest)
-        except OSError:  # unreadable file: loading it fails below with the reason, retried next time
-            keys[sample.stem] = ""
+        keys[sample.stem] = _key(sample, digest)
         record = read_record(out_dir, sample.stem, keys[sample.stem]) if keys[sample.stem] else None
         if record is not None:
             rows[sample.stem] = record["row"]
@@ -460,33 +579,14 @@ def _evaluate_locked(
     if pending:
         write_summary(complete=False)  # a summary on disk never passes for a finished run
     bar = tqdm(pending, desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True)
-    for sample, loaded, read_error in prefetch(bar, lambda s: s.load()):
-        try:
-            if read_error is not None:
-                raise read_error
-            image, mask = loaded
-            start = time.perf_counter()
-            if quality:
-                encoding = pipeline.segmenter.encode(image)
-                result = pipeline(image, target=mask, encoding=encoding)
-                estimate = estimate_quality(pipeline, result, encoding)
-            else:
-                result, estimate = pipeline(image, target=mask), {}
-            seconds = time.perf_counter() - start
-            values = compute_metrics(result.mask, mask, spacing=spacing, metrics=METRIC_COLUMNS)
-        except Exception as exc:  # one bad file must not stop a long run
-            message = f"{type(exc).__name__}: {exc}"
-            errors[sample.stem] = message
-            logger.error("medsamkit: error: %s: %s", sample.stem, message)
-            # Not recorded on disk: a failed image is retried when the run resumes.
-            rows[sample.stem] = _row_for(sample.stem, None, error=message)
-            flush()
-            continue
-        row = _row_for(
-            sample.stem, values, seconds=round(seconds, 4), n_prompts=result.prompts.n, note=result.note, **estimate
-        )
-        write_record(out_dir, sample.stem, row, result, key=keys[sample.stem], save_mask=save_masks)
+    loop = evaluate_samples(
+        pipeline, bar, out_dir=out_dir, spacing=spacing, save_masks=save_masks, digest=digest, keys=keys,
+        quality=quality,
+    )
+    for sample, row in loop:
         rows[sample.stem] = row
+        if row.get("error"):
+            errors[sample.stem] = row["error"]
         flush()
         dice_values = [r["dice"] for r in rows.values() if r.get("dice") is not None]
         if dice_values:
@@ -502,9 +602,7 @@ def _evaluate_locked(
 
 def _pictures(out_dir: Path, samples: Sequence[Any], rows: list[dict[str, Any]], *, n_overlays: int, save_masks: bool) -> None:
     """Box plot of the metrics and overlays of the worst and best images."""
-    from .._types import Prompts
-    from ..data import read_mask
-    from ._plots import save_metric_boxplot, save_overlay
+    from ._plots import save_metric_boxplot
 
     ok = [r for r in rows if not r.get("error")]
     if not ok:
@@ -513,10 +611,23 @@ def _pictures(out_dir: Path, samples: Sequence[Any], rows: list[dict[str, Any]],
     if not (n_overlays and save_masks):
         return
     scored = sorted((r for r in ok if r.get("dice") is not None), key=lambda r: r["dice"])
-    worst = scored[: (n_overlays + 1) // 2]
-    best = scored[len(worst) :][-(n_overlays // 2) :] if n_overlays // 2 else []
-    by_stem = {s.stem: s for s in samples}
+    _draw_overlays(out_dir, _overlay_rows(scored, n_overlays), {s.stem: s for s in samples})
+
+
+def _overlay_rows(scored: Sequence[dict[str, Any]], n_overlays: int) -> list[dict[str, Any]]:
+    """The worst and best rows of ``scored`` (rows sorted by Dice, ties in sample order)."""
+    worst = list(scored[: (n_overlays + 1) // 2])
+    best = list(scored[len(worst) :][-(n_overlays // 2) :]) if n_overlays // 2 else []
+    return [*worst, *best]
+
+
+def _draw_overlays(out_dir: Path, rows: list[dict[str, Any]], by_stem: dict[str, Any]) -> None:
+    """Overlay pictures of ``rows`` (their masks and records are read back from ``out_dir``)."""
     import shutil
+
+    from .._types import Prompts
+    from ..data import read_mask
+    from ._plots import save_overlay
 
     shutil.rmtree(out_dir / "overlays", ignore_errors=True)  # the worst/best set changes on resume
 
@@ -536,6 +647,94 @@ def _pictures(out_dir: Path, samples: Sequence[Any], rows: list[dict[str, Any]],
     # Reading, drawing and PNG encoding mostly release the GIL: one thread per core.
     from concurrent.futures import ThreadPoolExecutor
 
-    rows = [*worst, *best]
     with ThreadPoolExecutor(max_workers=max(1, min(len(rows), os.cpu_count() or 1))) as pool:
         list(pool.map(draw, rows))
+
+
+def _evaluate_on_ray(
+    options: Any, samples: Any, *, pipeline: Any, out_dir: Path, spacing: Any, n_overlays: int,
+    save_masks: bool, progress: bool, digest: str, n_missing: int,
+) -> EvaluationReport:
+    """:func:`evaluate` on Ray Data: the workers run :func:`evaluate_samples`, this process streams the rows.
+
+    Called after the run is set up (``run.json``, ``pipeline.json``). The driver keeps
+    the summary's columns and one stem per image, never the rows (``report.rows`` reads
+    them back from the records).
+    """
+    import functools
+
+    from ..data import Sample, atomic_write_text
+    from ._plots import save_metric_boxplot
+    from ._ray import (
+        ColumnRow,
+        CsvStream,
+        Extremes,
+        RecordRows,
+        cache_of,
+        check_rebuildable,
+        progress_bar,
+        ray_session,
+        stream_rows,
+    )
+
+    out_dir = out_dir.absolute()  # the workers' working directory is not ours
+    check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
+    total = len(samples)
+    summary = _Summary()
+    extremes = Extremes(n_overlays if save_masks else 0)
+    stems: list[str] = []
+    error_rows: dict[str, dict[str, Any]] = {}
+    n_evaluated = 0
+    dice_sum, dice_n = 0.0, 0
+    table = CsvStream(out_dir / "metrics.csv", CSV_COLUMNS)
+    committed = False
+    bar = progress_bar(total, "evaluate (ray)", progress)
+    work = functools.partial(
+        evaluate_samples, spacing=tuple(float(s) for s in spacing), save_masks=save_masks, digest=digest
+    )
+    finished = functools.partial(_finished_row, digest=digest)
+    if (out_dir / "summary.json").is_file():  # a summary on disk never passes for a finished run
+        previous = json.loads((out_dir / "summary.json").read_text())
+        atomic_write_text(out_dir / "summary.json", json.dumps({**previous, "complete": False}, indent=2) + "\n")
+    try:
+        with ray_session(options.address) as ray:
+            rows = stream_rows(
+                ray, options, samples, out_dir=out_dir, work=work, finished=finished, cache=cache_of(pipeline)
+            )
+            for index, item in enumerate(rows):
+                row = json.loads(item["row"])
+                n_evaluated += not item["reused"]
+                stems.append(row["stem"])
+                table.write(row)
+                summary.add(row)
+                if row.get("error"):
+                    error_rows[row["stem"]] = row
+                    logger.error("medsamkit: error: %s: %s", row["stem"], row["error"])
+                elif row.get("dice") is not None:
+                    sample = Sample(row["stem"], Path(item["image_path"]), Path(item["mask_path"]))
+                    extremes.add(float(row["dice"]), index, row["stem"], sample)
+                    dice_sum, dice_n = dice_sum + row["dice"], dice_n + 1
+                    bar.set_postfix(dice=f"{dice_sum / dice_n:.3f}", refresh=False)
+                bar.update(1)
+        committed = True
+    finally:
+        bar.close()
+        table.close(commit=committed)
+    result = summary.result()
+    result["counts"]["missing_masks"] = n_missing
+    result["complete"] = True
+    atomic_write_text(out_dir / "summary.json", json.dumps(result, indent=2) + "\n")
+    n_ok = summary.images - len(summary.errors)
+    if n_ok:
+        columns = {name: summary.values[name] for name in METRIC_COLUMNS}
+        save_metric_boxplot(out_dir / "boxplot.png", [ColumnRow(columns, i) for i in range(n_ok)], title=f"{n_ok} images")
+        if n_overlays and save_masks:
+            scored, by_stem = extremes.sorted_rows()
+            _draw_overlays(out_dir, _overlay_rows(scored, n_overlays), by_stem)
+    return EvaluationReport(
+        out_dir=out_dir,
+        rows=RecordRows(out_dir, stems, error_rows),  # type: ignore[arg-type]
+        summary=result,
+        n_evaluated=n_evaluated,
+        errors=dict(summary.errors),
+    )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SEGMENT_OWNED", "SegmentReport", "segment_images"]
+__all__ = ["SEGMENT_OWNED", "SegmentReport", "segment_images", "segment_samples"]
 
 SEGMENT_COLUMNS = ("stem", "area_px", "n_prompts", "mean_score", "seconds", "note", "error")
 SEGMENT_OWNED = ("records", "masks", "overlays", "run.json", "results.csv", "pipeline.json", "prompter.*")
@@ -41,6 +41,7 @@ def segment_images(
     out_dir: str | Path,
     n_overlays: int = 6,
     progress: bool = True,
+    engine: Any = "local",
 ) -> SegmentReport:
     """Segment images (no reference needed unless the prompter is an oracle) and save the masks.
 
@@ -59,25 +60,31 @@ def segment_images(
         out_dir: Output folder.
         n_overlays: Overlay pictures to write.
         progress: Show a progress bar.
+        engine: ``"local"`` or ``"ray"`` / a :class:`RayEngine` (see :func:`evaluate`).
     """
     from .._outdir import claim_out_dir, input_folders, out_dir_lock
     from ._evaluate import check_stems
+    from ._ray import engine_options as parse_engine
 
+    engine_options = parse_engine(engine)
     check_stems(images, name="images")
     out_dir = Path(out_dir)
     inputs = input_folders(images)
     claim_out_dir(out_dir, inputs=inputs, owned=SEGMENT_OWNED)
     with out_dir_lock(out_dir):
-        return _segment_locked(pipeline, images, out_dir, n_overlays=n_overlays, progress=progress)
+        return _segment_locked(
+            pipeline, images, out_dir, n_overlays=n_overlays, progress=progress, engine_options=engine_options
+        )
 
 
-def _segment_locked(pipeline: Any, images: Sequence[Any], out_dir: Path, *, n_overlays: int, progress: bool) -> SegmentReport:
+def _segment_locked(
+    pipeline: Any, images: Sequence[Any], out_dir: Path, *, n_overlays: int, progress: bool, engine_options: Any = None
+) -> SegmentReport:
     from tqdm.auto import tqdm
 
     from ..data import atomic_write_text, csv_text
-    from ._evaluate import RUN_FILE, _check_same_run, read_record, run_digest, sample_key, write_record
+    from ._evaluate import RUN_FILE, _check_same_run, _key, read_record, run_digest
     from ._plots import save_overlay
-    from ._prefetch import prefetch
 
     run = {"pipeline": pipeline.config.model_dump(mode="json"), "command": "segment"}
     _check_same_run(out_dir, run, keys=("pipeline", "command"))
@@ -85,18 +92,25 @@ def _segment_locked(pipeline: Any, images: Sequence[Any], out_dir: Path, *, n_ov
     try:
         pipeline.save(out_dir)
     except Exception as exc:
+        if engine_options is not None:
+            raise ValueError(
+                f"engine: the Ray engine rebuilds the pipeline on its workers from pipeline.json, "
+                f"and this pipeline cannot be saved ({exc})"
+            ) from exc
         logger.warning("medsamkit: note: pipeline cannot be saved for re-running (%s)", exc)
     digest = run_digest(run)
+    if engine_options is not None:
+        return _segment_on_ray(
+            engine_options, images, pipeline=pipeline, out_dir=out_dir, n_overlays=n_overlays, progress=progress,
+            digest=digest,
+        )
     rows: dict[str, dict[str, Any]] = {}
     keys: dict[str, str] = {}
     errors: dict[str, str] = {}
     overlays = len(list((out_dir / "overlays").glob("*.png")))  # a resumed run keeps counting
     pending = []
     for sample in images:
-        try:
-            keys[sample.stem] = sample_key(sample, digest)
-        except OSError:  # loading fails below with the reason
-            keys[sample.stem] = ""
+        keys[sample.stem] = _key(sample, digest)
         record = read_record(out_dir, sample.stem, keys[sample.stem]) if keys[sample.stem] else None
         if record is not None:
             rows[sample.stem] = record["row"]
@@ -105,33 +119,8 @@ def _segment_locked(pipeline: Any, images: Sequence[Any], out_dir: Path, *, n_ov
     if rows:
         logger.info("medsamkit: reused %d finished result(s) in %s; %d to do", len(rows), out_dir, len(pending))
 
-    def load(sample: Any) -> tuple[Any, Any]:
-        return sample.load_image(), (sample.load_mask() if sample.mask_path is not None else None)
-
-    bar = tqdm(pending, desc="segment", unit="img", disable=not progress, dynamic_ncols=True)
-    for sample, loaded, read_error in prefetch(bar, load):
-        try:
-            if read_error is not None:
-                raise read_error
-            image, target = loaded
-            start = time.perf_counter()
-            result = pipeline(image, target=target)
-            seconds = time.perf_counter() - start
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            errors[sample.stem] = message
-            logger.error("medsamkit: error: %s: %s", sample.stem, message)
-            rows[sample.stem] = {"stem": sample.stem, "error": message}
-            continue
-        row = {
-            "stem": sample.stem,
-            "area_px": int(result.mask.sum()),
-            "n_prompts": result.prompts.n,
-            "mean_score": float(result.scores.mean()) if result.scores.size else None,
-            "seconds": round(seconds, 4),
-            "note": result.note,
-            "error": None,
-        }
+    def draw(sample: Any, image: Any, target: Any, result: Any) -> None:
+        nonlocal overlays
         if overlays < n_overlays:
             save_overlay(
                 out_dir / "overlays" / f"{sample.stem}.png",
@@ -142,9 +131,132 @@ def _segment_locked(pipeline: Any, images: Sequence[Any], out_dir: Path, *, n_ov
                 title=sample.stem,
             )
             overlays += 1
-        write_record(out_dir, sample.stem, row, result, key=keys[sample.stem])
+
+    bar = tqdm(pending, desc="segment", unit="img", disable=not progress, dynamic_ncols=True)
+    for sample, row in segment_samples(pipeline, bar, out_dir=out_dir, digest=digest, keys=keys, on_result=draw):
         rows[sample.stem] = row
+        if row.get("error"):
+            errors[sample.stem] = row["error"]
+            continue
         atomic_write_text(out_dir / "results.csv", csv_text(list(rows.values()), SEGMENT_COLUMNS))
     ordered = [rows[s.stem] for s in images if s.stem in rows]
     atomic_write_text(out_dir / "results.csv", csv_text(ordered, SEGMENT_COLUMNS))
     return SegmentReport(out_dir=out_dir, rows=ordered, errors=errors)
+
+
+def _finished_segment_row(out_dir: Path, sample: Any, digest: str) -> dict[str, Any] | None:
+    """The row of ``sample`` from a previous ``segment`` run into ``out_dir`` still valid for its content, or None."""
+    from ._evaluate import _key, read_record
+
+    key = _key(sample, digest)
+    record = read_record(out_dir, sample.stem, key) if key else None
+    return None if record is None else record["row"]
+
+
+def _load_for_segment(sample: Any) -> tuple[Any, Any]:
+    return sample.load_image(), (sample.load_mask() if sample.mask_path is not None else None)
+
+
+def segment_samples(
+    pipeline: Any,
+    samples: Iterable[Any],
+    *,
+    out_dir: Path,
+    digest: str,
+    keys: dict[str, str] | None = None,
+    on_result: Callable[[Any, Any, Any, Any], None] | None = None,
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The per-image loop of both engines for ``segment``: yields ``(sample, row)`` in order.
+
+    Each image's mask and record (with its content key, from ``keys`` or computed with
+    ``digest``) are written before its row is yielded; a failure gives an error row and
+    writes nothing (retried on resume). ``on_result(sample, image, target, result)`` is
+    called for each success before its record is written.
+    """
+    from ._evaluate import _key, write_record
+    from ._prefetch import prefetch
+
+    for sample, loaded, read_error in prefetch(samples, _load_for_segment):
+        try:
+            if read_error is not None:
+                raise read_error
+            image, target = loaded
+            start = time.perf_counter()
+            result = pipeline(image, target=target)
+            seconds = time.perf_counter() - start
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            logger.error("medsamkit: error: %s: %s", sample.stem, message)
+            yield sample, {"stem": sample.stem, "error": message}
+            continue
+        row = {
+            "stem": sample.stem,
+            "area_px": int(result.mask.sum()),
+            "n_prompts": result.prompts.n,
+            "mean_score": float(result.scores.mean()) if result.scores.size else None,
+            "seconds": round(seconds, 4),
+            "note": result.note,
+            "error": None,
+        }
+        if on_result is not None:
+            on_result(sample, image, target, result)
+        key = keys[sample.stem] if keys is not None and sample.stem in keys else _key(sample, digest)
+        write_record(out_dir, sample.stem, row, result, key=key)
+        yield sample, row
+
+
+def _segment_on_ray(
+    options: Any, images: Any, *, pipeline: Any, out_dir: Path, n_overlays: int, progress: bool, digest: str
+) -> SegmentReport:
+    """:func:`segment_images` on Ray Data: the workers run :func:`segment_samples`, this process streams the rows."""
+    import functools
+
+    from .._types import Prompts
+    from ..data import Sample, read_image, read_mask
+    from ._plots import save_overlay
+    from ._ray import CsvStream, RecordRows, cache_of, check_rebuildable, progress_bar, ray_session, stream_rows
+
+    out_dir = out_dir.absolute()  # the workers' working directory is not ours
+    check_rebuildable(json.loads((out_dir / "pipeline.json").read_text()))
+    stems: list[str] = []
+    error_rows: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    overlays = len(list((out_dir / "overlays").glob("*.png")))  # a resumed run keeps counting
+    to_draw: list[Any] = []
+    table = CsvStream(out_dir / "results.csv", SEGMENT_COLUMNS)
+    committed = False
+    bar = progress_bar(len(images), "segment (ray)", progress)
+    try:
+        with ray_session(options.address) as ray:
+            rows = stream_rows(
+                ray, options, images, out_dir=out_dir, work=functools.partial(segment_samples, digest=digest),
+                finished=functools.partial(_finished_segment_row, digest=digest),
+                cache=cache_of(pipeline),
+            )
+            for item in rows:
+                row = json.loads(item["row"])
+                stems.append(row["stem"])
+                table.write(row)
+                if row.get("error"):
+                    error_rows[row["stem"]] = row
+                    errors[row["stem"]] = row["error"]
+                    logger.error("medsamkit: error: %s: %s", row["stem"], row["error"])
+                elif not item["reused"] and overlays + len(to_draw) < n_overlays:
+                    mask = Path(item["mask_path"]) if item["mask_path"] else None
+                    to_draw.append(Sample(row["stem"], Path(item["image_path"]), mask))
+                bar.update(1)
+        committed = True
+    finally:
+        bar.close()
+        table.close(commit=committed)
+    for sample in to_draw:  # the first successes, as the local engine draws them
+        record = json.loads((out_dir / "records" / f"{sample.stem}.json").read_text())
+        save_overlay(
+            out_dir / "overlays" / f"{sample.stem}.png",
+            read_image(sample.image_path),
+            pred=read_mask(out_dir / "masks" / f"{sample.stem}.png"),
+            target=read_mask(sample.mask_path) if sample.mask_path is not None else None,
+            prompts=Prompts.from_dict(record["prompts"]),
+            title=sample.stem,
+        )
+    return SegmentReport(out_dir=out_dir, rows=RecordRows(out_dir, stems, error_rows), errors=errors)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from medsamkit.testing import FakeSegmenter
 
 def test_registered_names():
     assert sorted(PROMPTERS) == [
-        "cam-box", "embedding-head", "fixed", "mean-mask-points", "oracle-box", "perturbed-box", "yolo-box"
+        "cam-box", "embedding-head", "fixed", "mean-mask-points", "oracle-box", "perturbed-box", "refined", "yolo-box"
     ]
     assert sorted(SEGMENTERS) == [
         "fake",
@@ -42,7 +42,7 @@ def test_registered_names():
 
 
 def test_unknown_prompter_lists_valid_names():
-    with pytest.raises(ValueError, match=r"^prompter: expected one of \['cam-box', 'embedding-head', 'fixed', 'mean-mask-points', 'oracle-box', 'perturbed-box', 'yolo-box'\], got 'oracel-box'"):
+    with pytest.raises(ValueError, match=r"^prompter: expected one of \['cam-box', 'embedding-head', 'fixed', 'mean-mask-points', 'oracle-box', 'perturbed-box', 'refined', 'yolo-box'\], got 'oracel-box'"):
         build_prompter("oracel-box")
 
 

@@ -184,6 +184,9 @@ class Pipeline:
         for i, step in enumerate(steps):
             if not callable(step):
                 raise TypeError(f"postprocess[{i}]: expected a callable mask -> mask, got {type(step).__name__}")
+        bind = getattr(prompter, "bind_segmenter", None)
+        if callable(bind):  # e.g. a head fitted on an embedding checks it once, here, not per image
+            bind(segmenter)
         self.prompter = prompter
         self.segmenter = segmenter
         self.threshold = check_probability(threshold, name="threshold")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_fit_prompter_then_evaluate_with_its_state(tmp_path, capsys):
     import medsamkit as msk
@@ -51,3 +53,61 @@ def test_fit_prompter_then_evaluate_with_its_state(tmp_path, capsys):
         == 2
     )
     assert "fit-prompter" in capsys.readouterr().err
+
+
+def test_fit_prompter_options_for_other_prompters_are_usage_errors(tmp_path, capsys):
+    import medsamkit as msk
+    from medsamkit.cli import main as cli_main
+    from medsamkit.testing import make_blob_image
+
+    image, mask = make_blob_image((40, 56), seed=0)
+    msk.data.write_image(tmp_path / "d" / "images" / "s0.png", image)
+    msk.write_mask(tmp_path / "d" / "masks" / "s0.png", mask)
+    args = ["fit-prompter", str(tmp_path / "d"), "--prompter", "mean-mask-points", "--out", str(tmp_path / "p.npz")]
+    assert cli_main([*args, "--flip"]) == 2
+    assert "--flip" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_head_fit_logs_its_stages_and_composes_with_a_decoder_tuned_checkpoint(tmp_path, capsys, litemedsam):
+    """Issue 13: fit-prompter --no-progress says its stage; evaluate --prompter embedding-head --checkpoint
+    <decoder-only fine-tuned> works (the head keys on the encoder), with --refine, --quality and --cases-to-check."""
+    import csv
+    import json
+
+    import torch
+
+    from medsamkit.cli import main as cli_main
+    from medsamkit.testing import make_presence_folder
+
+    make_presence_folder(tmp_path / "d", 4, size_hw=(64, 64))
+    state = {k: v.clone() for k, v in litemedsam.model.state_dict().items()}
+    key = next(k for k in state if k.startswith("mask_decoder.") and state[k].dtype.is_floating_point)
+    state[key] += 0.001
+    torch.save(state, tmp_path / "tuned.pth")
+    head = tmp_path / "head.pt"
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    code = cli_main(
+        ["fit-prompter", str(tmp_path / "d"), "--prompter", "embedding-head", "--out", str(head), "--epochs", "2",
+         "--val-data", str(tmp_path / "d"), "--no-progress", *cache]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "encoding 4 training images" in captured.err and "epoch 2/2" in captured.err
+    assert "presence threshold" in captured.out
+    out = tmp_path / "o"
+    code = cli_main(
+        ["evaluate", str(tmp_path / "d"), "--out", str(out), "--prompter", "embedding-head", "--prompter-state", str(head),
+         "--checkpoint", str(tmp_path / "tuned.pth"), "--refine", "2", "--quality", "--cases-to-check", "2",
+         "--no-progress", *cache]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "error" not in captured.err
+    with (out / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and all(r["quality"] != "" for r in rows) and not any(r["error"] for r in rows)
+    assert "failure_detection" in json.loads((out / "summary.json").read_text())
+    assert (out / "cases_to_check" / "cases_to_check.csv").is_file()
+    config = json.loads((out / "pipeline.json").read_text())
+    assert config["prompter"]["name"] == "refined"

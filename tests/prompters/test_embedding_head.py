@@ -8,7 +8,7 @@ import pytest
 
 import medsamkit as msk
 from medsamkit._cache import CachedSegmenter, EmbeddingCache
-from medsamkit.testing import FakeSegmenter
+from medsamkit.testing import FakeSegmenter, make_blob_image
 
 N_TRAIN = 8
 
@@ -123,3 +123,162 @@ def test_errors(head, seg, cxr, tmp_path):
         msk.EmbeddingHeadPrompter(max_boxes=0)
     with pytest.raises(FileNotFoundError, match="path"):
         msk.EmbeddingHeadPrompter.load(tmp_path / "missing.pt")
+
+
+class _EmbeddingFake(FakeSegmenter):
+    """A weight-free segmenter with a torch embedding: ``model_id`` names encoder and decoder, ``encoder_id`` the encoder."""
+
+    image_size = 32
+
+    def __init__(self, encoder: str = "a", decoder: str = "x") -> None:
+        super().__init__(mode="intensity")
+        self.model_id = f"fake-emb:{encoder}:{decoder}"
+        self.encoder_id = f"fake-emb-encoder:{encoder}"
+
+    def encode(self, image):
+        import torch
+
+        enc = super().encode(image)
+        gray = torch.from_numpy(cv2.resize(enc.features, (8, 8), interpolation=cv2.INTER_AREA))
+        emb = torch.stack([gray, gray**2, 1 - gray, torch.ones_like(gray)])[None]
+        return msk.ImageEncoding(features=(emb, enc.features), size_hw=enc.size_hw, input_size_hw=(32, 32), model_id=self.model_id)
+
+    def decode(self, encoding, prompts):
+        plain = msk.ImageEncoding(
+            features=encoding.features[1], size_hw=encoding.size_hw, input_size_hw=encoding.size_hw, model_id=encoding.model_id
+        )
+        return super().decode(plain, prompts)
+
+
+def _blob_samples(n):
+
+    class _S:
+        def __init__(self, i):
+            self.stem = f"s{i}"
+            self.image, self.mask = make_blob_image((32, 32), seed=i)
+
+        def load(self):
+            return self.image, self.mask
+
+    return [_S(i) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def fake_head():
+    return msk.EmbeddingHeadPrompter(hidden=8).fit(_blob_samples(4), segmenter=_EmbeddingFake("a", "x"), epochs=2)
+
+
+def test_head_works_with_a_segmenter_sharing_the_encoder(fake_head):
+    """Issue 13: a head fitted with the original checkpoint works with a decoder-fine-tuned one."""
+    assert fake_head.encoder_id == "fake-emb-encoder:a"
+    tuned = _EmbeddingFake("a", "tuned")  # same encoder, new decoder: new model_id
+    image, _ = _blob_samples(5)[4].load()
+    result = msk.Pipeline(fake_head, tuned)(image)
+    assert result.mask.shape == image.shape
+
+
+def test_head_refuses_another_encoder_once_when_the_pipeline_is_built(fake_head):
+    with pytest.raises(ValueError, match="fake-emb-encoder:a.*fake-emb-encoder:b"):
+        msk.Pipeline(fake_head, _EmbeddingFake("b", "x"))
+    # without binding, an encoding of an unknown model is still refused per call
+    other = _EmbeddingFake("b", "y")
+    image, _ = _blob_samples(1)[0].load()
+    with pytest.raises(ValueError, match="encoding"):
+        fake_head(image, encoding=other.encode(image))
+
+
+def test_saved_head_keeps_the_encoder_id(fake_head, tmp_path):
+    loaded = msk.EmbeddingHeadPrompter.load(fake_head.save(tmp_path / "h.pt"))
+    assert loaded.encoder_id == fake_head.encoder_id
+    msk.Pipeline(loaded, _EmbeddingFake("a", "other"))  # binds
+
+
+@pytest.mark.real_model
+def test_litemedsam_encoder_id_ignores_the_decoder(litemedsam, tmp_path):
+    import torch
+
+    state = {k: v.clone() for k, v in litemedsam.model.state_dict().items()}
+    key = next(k for k in state if k.startswith("mask_decoder.") and state[k].dtype.is_floating_point)
+    state[key] += 0.01
+    torch.save(state, tmp_path / "decoder-tuned.pth")
+    tuned = msk.LiteMedSAM(checkpoint=tmp_path / "decoder-tuned.pth", precision=litemedsam.precision)
+    assert tuned.model_id != litemedsam.model_id
+    assert tuned.encoder_id == litemedsam.encoder_id
+    assert tuned.encoder_id.startswith("litemedsam-encoder:")
+    key = next(k for k in state if k.startswith("image_encoder.") and state[k].dtype.is_floating_point)
+    state[key] += 0.01
+    torch.save(state, tmp_path / "encoder-changed.pth")
+    changed = msk.LiteMedSAM(checkpoint=tmp_path / "encoder-changed.pth", precision=litemedsam.precision)
+    assert changed.encoder_id != litemedsam.encoder_id
+
+
+def test_presence_is_calibrated_on_validation_and_normals_come_back_empty(tmp_path, caplog):
+    """Issue 13: an image-level presence decision on the same embedding, calibrated on validation."""
+    import logging
+
+    from medsamkit.testing import make_presence_folder
+
+    train = make_presence_folder(tmp_path / "train", 16, size_hw=(32, 32), seed=0)
+    val = make_presence_folder(tmp_path / "val", 10, size_hw=(32, 32), seed=100)
+    test = make_presence_folder(tmp_path / "test", 10, size_hw=(32, 32), seed=200)
+    seg = _EmbeddingFake()
+    with caplog.at_level(logging.INFO, logger="medsamkit"):
+        head = msk.EmbeddingHeadPrompter(hidden=8).fit(train, segmenter=seg, val=val, epochs=30, batch_size=4, lr=3e-3)
+    stages = " ".join(r.getMessage() for r in caplog.records)
+    assert "encoding 16 training images" in stages and "epoch 30/30" in stages and "presence threshold" in stages
+    cal = head.presence_calibration
+    assert cal["n_target"] == 5 and cal["n_empty"] == 5
+    assert 0 < head.presence_threshold < 1
+    assert cal["sensitivity"] + cal["specificity"] >= 1.8
+    right = 0
+    for sample in test:
+        image, mask = sample.load()
+        prompts = head(image, encoding=seg.encode(image))
+        right += (prompts.n > 0) == bool(mask.any())
+    assert right >= 8, right
+    # saved and loaded with the calibration; overrides change the gate only
+    loaded = msk.EmbeddingHeadPrompter.load(head.save(tmp_path / "h.pt"))
+    assert loaded.presence_threshold == head.presence_threshold and loaded.presence_calibration == cal
+    assert msk.EmbeddingHeadPrompter.load(tmp_path / "h.pt", presence_threshold=0.0).presence_threshold == 0.0
+    with pytest.raises(ValueError, match="hidden"):  # shapes the saved weights
+        msk.EmbeddingHeadPrompter.load(tmp_path / "h.pt", hidden=16)
+    with pytest.raises(TypeError, match="unexpected"):
+        msk.EmbeddingHeadPrompter.load(tmp_path / "h.pt", colour="red")
+
+
+def test_flip_doubles_the_training_views(tmp_path):
+    seg = _EmbeddingFake()
+    calls = []
+    real = seg.encode
+    seg.encode = lambda image: calls.append(1) or real(image)
+    msk.EmbeddingHeadPrompter(hidden=8).fit(_blob_samples(3), segmenter=seg, epochs=1, flip=True)
+    assert len(calls) == 6
+    with pytest.raises(ValueError, match="batch_size"):
+        msk.EmbeddingHeadPrompter().fit(_blob_samples(1), segmenter=seg, batch_size=0)
+
+
+@pytest.mark.parametrize(("rule", "expected"), [("accuracy", 0.35), ("youden", 0.55)])
+def test_presence_threshold_by_hand(rule, expected):
+    scores = {1: 0.9, 2: 0.8, 3: 0.6, 4: 0.4, 5: 0.5, 6: 0.3}  # 1-4 hold the target, 5-6 do not
+
+    class _S:
+        def __init__(self, k):
+            self.k = k
+
+        def load(self):
+            return np.full((4, 4), self.k, dtype=np.uint8), np.full((4, 4), self.k <= 4)
+
+    class _Seg:
+        def encode(self, image):
+            return int(image[0, 0])
+
+    head = msk.EmbeddingHeadPrompter(presence_rule=rule)
+    head.head = object()  # "fitted"
+    head.presence = lambda encoding: scores[encoding]
+    cal = head.calibrate_presence(_Seg(), [_S(k) for k in scores])
+    # accuracy: 0.4 and 0.6 both get 5 of 6 right, the first (0.4) is kept; youden: 0.6 (1 - 0.25 + 1).
+    # The threshold then moves midway to the next lower score.
+    assert head.presence_threshold == pytest.approx(expected)
+    assert cal["n_target"] == 4 and cal["n_empty"] == 2
+    with pytest.raises(ValueError, match="presence_rule"):
+        msk.EmbeddingHeadPrompter(presence_rule="f1")

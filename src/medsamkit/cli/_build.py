@@ -131,6 +131,12 @@ def pipeline_from_args(args: argparse.Namespace) -> Any:
         pipeline = Pipeline.load(args.pipeline)
         return pipeline if cache is None else pipeline.replace(segmenter=_in_cache(pipeline.segmenter, cache))
     prompter = _prompter_from_args(args)
+    if args.refine:
+        if args.refine < 0:
+            raise UsageError(f"--refine: expected a non-negative number of rounds, got {args.refine}")
+        from ..prompters import RefinedPrompter
+
+        prompter = RefinedPrompter(prompter, iterations=args.refine)
     segmenter = build_segmenter(args)
     post: list[Any] = []
     if args.keep_largest is not None:

@@ -40,6 +40,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     table.add_argument("--stem-column", help="column with a unique id per image (default: the image file stem)")
     table.add_argument("--csv-root", type=Path, metavar="DIR", help="folder relative paths start from (default: the CSV's folder)")
     add_missing_masks_option(ev)
+    ev.add_argument(
+        "--quality",
+        action="store_true",
+        help="estimate each result's quality (predicted IoU, agreement under box perturbation, presence) into "
+        "metrics.csv, and how well it finds failures into summary.json",
+    )
+    ev.add_argument(
+        "--cases-to-check",
+        type=int,
+        metavar="N",
+        help="with --quality: list the N least confident images in OUT_DIR/cases_to_check/ (CSV and overlays)",
+    )
     add_data_options(ev)
     add_pipeline_options(ev)
     add_volume_options(ev, prompts=("oracle", "box3d", "propagate", "auto"), default="box3d")
@@ -83,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--prompt/--label apply to volume folders; {args.data_dir / args.images} holds 2D images")
 
     folder = _data(args)
+    if args.cases_to_check is not None and (not args.quality or args.cases_to_check < 1):
+        raise UsageError(f"--cases-to-check: expected a positive N together with --quality, got {args.cases_to_check}")
     if not csv_listing:
         check_missing_masks(folder, args)  # before the model loads
         check_data_and_out(folder, args.out, owned=EVALUATE_OWNED)
@@ -98,8 +112,22 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         allow_missing_masks=args.allow_missing_masks,
         engine=engine,
+        quality=args.quality,
     )
     print(report)
+    if args.quality:
+        detection = report.summary.get("failure_detection", {})
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        print(
+            f"failure detection (quality): AUROC Dice<0.8 {fmt(detection.get('auroc_dice_below_0.8'))}, "
+            f"Dice<0.7 {fmt(detection.get('auroc_dice_below_0.7'))}; mean Dice {fmt(detection.get('mean_dice'))}, "
+            f"after setting aside the {detection.get('n_review', 0)} least confident {fmt(detection.get('mean_dice_after_review'))}"
+        )
+        if args.cases_to_check:
+            from ..evaluation import cases_to_check
+
+            path = cases_to_check(report.out_dir, n=args.cases_to_check, data=folder)
+            print(f"cases to check: {path}")
     print(f"results: {report.out_dir}")
     if report.n_errors:
         print(f"medsamkit: {report.n_errors} image(s) failed: {', '.join(report.errors)}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,40 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     fp.add_argument("--epochs", type=int, help="training epochs (default: the provider's: embedding-head 40, yolo-box 100, cam-box 40)")
     fp.add_argument("--imgsz", type=int, default=640, help="yolo-box: training and prediction image size (default: 640)")
     fp.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    fp.add_argument(
+        "--val-data",
+        type=Path,
+        metavar="VAL_DIR",
+        help="validation folder (embedding-head: with and without the target, to calibrate the presence threshold on)",
+    )
+    fp.add_argument("--flip", action="store_true", help="embedding-head: also train on mirrored images (encodes twice)")
     add_segmenter_options(fp, segmenter_help="embedding-head: whose embedding to read (default: litemedsam)")
     fp.add_argument("--limit", type=int, help="only the first N images in sorted order")
     add_progress_option(fp)
     return fp
+
+
+def _log_stages() -> None:
+    """Without progress bars, say what stage a long fit is in (the ``medsamkit`` logger, INFO, on stderr)."""
+    import logging
+
+    class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+        """Writes to the ``sys.stderr`` of the moment (it may be replaced after the handler is made)."""
+
+        @property  # type: ignore[override]
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value: Any) -> None:
+            pass
+
+    logger = logging.getLogger("medsamkit")
+    if not logger.handlers:
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("medsamkit: %(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _named_parameters(function: Any) -> set[str]:
@@ -55,11 +86,25 @@ def run(args: argparse.Namespace) -> int:
         settings["seed"] = args.seed
     if args.epochs is not None:
         settings["epochs"] = args.epochs
+    if args.flip:
+        if "flip" not in fit:
+            raise UsageError(f"--flip: {args.prompter} has no mirrored-image training")
+        settings["flip"] = True
+    if args.val_data is not None:
+        settings["val"] = limited_folder(args.val_data, None)
+    if args.no_progress:
+        _log_stages()
     if getattr(cls, "uses_encoding", False):  # it learns on the segmenter's embedding
         settings["segmenter"] = build_segmenter(args)
     start = time.perf_counter()
     prompter = cls(**({"imgsz": args.imgsz} if "imgsz" in init else {})).fit(folder, **settings)
     prompter.save(args.out)
+    calibration = getattr(prompter, "presence_calibration", None)
+    if calibration and "sensitivity" in calibration:
+        print(
+            f"presence threshold {calibration['threshold']:.3f} (validation: sensitivity {calibration['sensitivity']:.3f}, "
+            f"specificity {calibration['specificity']:.3f})"
+        )
     print(f"fitted {args.prompter} on {len(folder)} images in {time.perf_counter() - start:.0f} s; saved {args.out}")
     print(f"use it with: medsamkit evaluate DATA --prompter {args.prompter} --prompter-state {args.out}")
     return 0

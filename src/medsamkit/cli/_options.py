@@ -116,6 +116,14 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         metavar=("X0", "Y0", "X1", "Y1"),
         help="fixed: a box in pixels (repeatable)",
     )
+    group.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="re-box the prompter's boxes from the segmenter's own masks, at most ROUNDS rounds until stable "
+        "(RefinedPrompter; default: 0, off)",
+    )
     group.add_argument("--keep-largest", type=int, metavar="N", help="post-process: keep the N largest components")
     group.add_argument("--fill-holes", action="store_true", help="post-process: fill holes")
     # -- intensity steps (issue 11): saved in pipeline.json as "preprocess" --

@@ -24,6 +24,7 @@ CSV_COLUMNS = ("stem", *METRIC_COLUMNS, "seconds", "n_prompts", "note", "error")
 RUN_FILE = "run.json"
 EVALUATE_OWNED = (
     "records", "masks", "overlays", RUN_FILE, "metrics.csv", "summary.json", "boxplot.png", "pipeline.json", "prompter.*",
+    "cases_to_check",
 )
 """What :func:`evaluate` writes directly in its output folder (what ``overwrite`` may delete)."""
 
@@ -322,9 +323,10 @@ def _finished_row(out_dir: Path, sample: Any, digest: str) -> dict[str, Any] | N
 
 def _evaluate_one(
     pipeline: Any, sample: Any, loaded: Any, read_error: BaseException | None, *, out_dir: Path, spacing: Any,
-    save_masks: bool, key: str,
+    save_masks: bool, key: str, quality: bool = False,
 ) -> dict[str, Any]:
-    """Segment and score one sample; write its mask and record; return its ``metrics.csv`` row.
+    """Segment and score one sample; write its mask and record; return its ``metrics.csv`` row
+    (with ``quality``: plus the quality estimate of the result, see :mod:`._quality`).
 
     A failure gives an error row (logged) and writes nothing: a failed image is
     retried when the run resumes.
@@ -336,21 +338,30 @@ def _evaluate_one(
             raise read_error
         image, mask = loaded
         start = time.perf_counter()
-        result = pipeline(image, target=mask)
+        if quality:
+            from ._quality import estimate_quality
+
+            encoding = pipeline.segmenter.encode(image)
+            result = pipeline(image, target=mask, encoding=encoding)
+            estimate = estimate_quality(pipeline, result, encoding)
+        else:
+            result, estimate = pipeline(image, target=mask), {}
         seconds = time.perf_counter() - start
         values = compute_metrics(result.mask, mask, spacing=spacing, metrics=METRIC_COLUMNS)
     except Exception as exc:  # one bad file must not stop a long run
         message = f"{type(exc).__name__}: {exc}"
         logger.error("medsamkit: error: %s: %s", sample.stem, message)
         return _row_for(sample.stem, None, error=message)
-    row = _row_for(sample.stem, values, seconds=round(seconds, 4), n_prompts=result.prompts.n, note=result.note)
+    row = _row_for(
+        sample.stem, values, seconds=round(seconds, 4), n_prompts=result.prompts.n, note=result.note, **estimate
+    )
     write_record(out_dir, sample.stem, row, result, key=key, save_mask=save_masks)
     return row
 
 
 def evaluate_samples(
     pipeline: Any, samples: Iterable[Any], *, out_dir: Path, spacing: Any, save_masks: bool, digest: str,
-    keys: dict[str, str] | None = None,
+    keys: dict[str, str] | None = None, quality: bool = False,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
     """The per-image loop of both engines: yields ``(sample, row)`` in order.
 
@@ -364,7 +375,8 @@ def evaluate_samples(
     for sample, loaded, read_error in prefetch(samples, lambda s: s.load()):
         key = keys[sample.stem] if keys is not None and sample.stem in keys else _key(sample, digest)
         yield sample, _evaluate_one(
-            pipeline, sample, loaded, read_error, out_dir=out_dir, spacing=spacing, save_masks=save_masks, key=key
+            pipeline, sample, loaded, read_error, out_dir=out_dir, spacing=spacing, save_masks=save_masks, key=key,
+            quality=quality,
         )
 
 
@@ -381,6 +393,7 @@ def evaluate(
     progress: bool = True,
     allow_missing_masks: bool = False,
     engine: Any = "local",
+    quality: bool = False,
 ) -> EvaluationReport:
     """Segment every image of ``data`` with ``pipeline`` and score it against its mask.
 
@@ -398,6 +411,13 @@ def evaluate(
       key of the image, the mask and the settings.
     * ``boxplot.png`` and ``overlays/<stem>.png`` (the worst and best images by Dice).
     * ``pipeline.json`` and ``run.json`` — the configuration, to repeat the run.
+
+    With ``quality=True`` every row also gets a quality estimate of the result
+    (``quality, q_iou, q_agree, q_presence``, see
+    :func:`~medsamkit.evaluation.estimate_quality`) and ``summary.json`` a
+    ``failure_detection`` entry: how well ``quality`` finds the images with Dice
+    below 0.8 / 0.7 (AUROC) and the mean Dice after setting aside the 10% least
+    confident images (local engine only).
 
     Each image's mask and record are written atomically as soon as it is done, and
     ``metrics.csv`` is rewritten atomically after every image, so an interrupted run
@@ -432,6 +452,8 @@ def evaluate(
             local Ray, or the cluster ``RAY_ADDRESS`` or ``RayEngine(address=...)``
             names; ``pip install medsamkit[ray]``). Both write the same files; see
             ``docs/ray.md``.
+        quality: Estimate each result's quality (a few extra decodes per image, no
+            extra encoding; local engine only).
 
     Returns:
         An :class:`EvaluationReport`.
@@ -465,14 +487,19 @@ def evaluate(
         samples = [s for s in samples if getattr(s, "mask_path", True) is not None]
     out_dir = Path(out_dir)
     config = pipeline.config.model_dump(mode="json")
-    run = {"pipeline": config, "metrics": list(METRIC_COLUMNS), "spacing": [float(s) for s in spacing]}
+    from ._quality import QUALITY_COLUMNS
+
+    if quality and engine_options is not None:
+        raise ValueError("quality: quality estimates run with the local engine only; use engine='local'")
+    measured = [*METRIC_COLUMNS, *QUALITY_COLUMNS] if quality else list(METRIC_COLUMNS)
+    run = {"pipeline": config, "metrics": measured, "spacing": [float(s) for s in spacing]}
     inputs = input_folders(data if hasattr(data, "images_dir") else samples)
     claim_out_dir(out_dir, inputs=inputs, owned=EVALUATE_OWNED)  # checks before taking the lock
     with out_dir_lock(out_dir):
         claim_out_dir(out_dir, inputs=inputs, owned=EVALUATE_OWNED, overwrite=overwrite)
         return _evaluate_locked(
             pipeline, samples, out_dir, run, spacing=spacing, n_overlays=n_overlays, save_masks=save_masks,
-            progress=progress, n_missing=len(missing), engine_options=engine_options,
+            progress=progress, n_missing=len(missing), engine_options=engine_options, quality=quality,
         )
 
 
@@ -488,8 +515,11 @@ def _evaluate_locked(
     progress: bool,
     n_missing: int,
     engine_options: Any = None,
+    quality: bool = False,
 ) -> EvaluationReport:
     from tqdm.auto import tqdm
+
+    from ._quality import QUALITY_COLUMNS, failure_detection
 
     from ..data import atomic_write_text, csv_text
 
@@ -532,13 +562,17 @@ def _evaluate_locked(
     def ordered() -> list[dict[str, Any]]:
         return [rows[s.stem] for s in samples if s.stem in rows]
 
+    columns = (*CSV_COLUMNS, *QUALITY_COLUMNS) if quality else CSV_COLUMNS
+
     def flush() -> None:
-        atomic_write_text(out_dir / "metrics.csv", csv_text(ordered(), CSV_COLUMNS))
+        atomic_write_text(out_dir / "metrics.csv", csv_text(ordered(), columns))
 
     def write_summary(*, complete: bool) -> dict[str, Any]:
         summary = _summarize(ordered())
         summary["counts"]["missing_masks"] = n_missing
         summary["complete"] = complete
+        if quality:
+            summary["failure_detection"] = failure_detection([r for r in ordered() if not r.get("error")])
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -546,7 +580,8 @@ def _evaluate_locked(
         write_summary(complete=False)  # a summary on disk never passes for a finished run
     bar = tqdm(pending, desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True)
     loop = evaluate_samples(
-        pipeline, bar, out_dir=out_dir, spacing=spacing, save_masks=save_masks, digest=digest, keys=keys
+        pipeline, bar, out_dir=out_dir, spacing=spacing, save_masks=save_masks, digest=digest, keys=keys,
+        quality=quality,
     )
     for sample, row in loop:
         rows[sample.stem] = row

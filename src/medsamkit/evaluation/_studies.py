@@ -88,6 +88,12 @@ class StudyReport:
                 f"{fmt(r['dice_std'], '>7.4f')} {fmt(r['precision_mean'], '>6.3f')} {fmt(r['recall_mean'], '>6.3f')} "
                 f"{fmt(r['f1_mean'], '>6.3f')} {r['detected']:>8} {r['missed']:>6} {r['false_positive']:>4} "
                 f"{fmt(r['dice_detected_mean'], '>8.4f')}"
+                + (
+                    f" AUROC<0.8 {fmt(r['auroc_dice_below_0.8'], '.3f')} <0.7 {fmt(r['auroc_dice_below_0.7'], '.3f')}"
+                    f" Dice after review {fmt(r['mean_dice_after_review'], '.4f')}"
+                    if "auroc_dice_below_0.8" in r
+                    else ""
+                )
             )
         return "\n".join(lines)
 
@@ -103,6 +109,7 @@ def compare_prompters(
     n_overlays: int = 4,
     progress: bool = True,
     allow_missing_masks: bool = False,
+    quality: bool = False,
 ) -> StudyReport:
     """Evaluate the same images with several prompt providers (or whole pipelines).
 
@@ -130,6 +137,8 @@ def compare_prompters(
         n_overlays: Overlays per provider.
         progress: Progress bars.
         allow_missing_masks: Go on when some images have no mask (see :func:`~medsamkit.evaluate`).
+        quality: Write each result's quality estimate and the failure-detection
+            summary (``evaluate(..., quality=True)``; the AUROC columns of the table).
     """
     from .._pipeline import Pipeline
     from .._types import Prompts
@@ -163,7 +172,7 @@ def compare_prompters(
             pipeline = Pipeline(prompter, segmenter, threshold=threshold)
         report = evaluate(
             pipeline, samples, out_dir=out_dir / folder, n_overlays=n_overlays, progress=progress,
-            allow_missing_masks=allow_missing_masks,
+            allow_missing_masks=allow_missing_masks, quality=quality,
         )
         reports[label] = report
         counts = dict.fromkeys(DETECTION_CLASSES, 0)
@@ -196,6 +205,10 @@ def compare_prompters(
                 "errors": report.n_errors,
             }
         )
+        if quality:
+            detection = report.summary.get("failure_detection", {})
+            for key in ("auroc_dice_below_0.8", "auroc_dice_below_0.7", "mean_dice_after_review"):
+                entry[key] = detection.get(key)
         table.append(entry)
         dice_groups[label] = [r.get("dice") for r in report.rows if not r.get("error")]
     columns = list(table[0])

@@ -22,6 +22,7 @@ from ._embedding_head import EmbeddingHeadPrompter
 from ._fixed import FixedPrompter
 from ._mean_mask import MeanMaskPointPrompter
 from ._oracle import OracleBoxPrompter, PerturbedBoxPrompter
+from ._refine import RefinedPrompter
 from ._yolo import YOLOBoxPrompter
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "MeanMaskPointPrompter",
     "OracleBoxPrompter",
     "PerturbedBoxPrompter",
+    "RefinedPrompter",
     "YOLOBoxPrompter",
     "classifier_scores",
     "classifier_step",

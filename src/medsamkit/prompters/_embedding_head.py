@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,18 @@ from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
 
 __all__ = ["EmbeddingHeadPrompter"]
+
+_log = logging.getLogger("medsamkit")
+
+
+def _loss(logits: Any, target: Any) -> Any:
+    """Binary cross-entropy plus soft Dice per image (an empty target pushes the map to zero)."""
+    import torch.nn.functional as F
+
+    prob = logits.sigmoid()
+    dims = tuple(range(1, logits.ndim))
+    dice = 1 - (2 * (prob * target).sum(dims) + 1) / (prob.sum(dims) + target.sum(dims) + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
 
 
 def _embedding(features: Any) -> Any:
@@ -40,12 +53,34 @@ def _embedding(features: Any) -> Any:
     return features
 
 
-def _build_head(channels: int, hidden: int) -> Any:
+_SHAPE_PARAMS = {"hidden", "arch", "pool"}
+"""Parameters that shape the saved weights: ``load`` refuses to change them."""
+
+ARCHITECTURES = ("light", "conv3")
+"""Head architectures: ``light`` (default) and ``conv3`` (the first version's, kept to load old heads)."""
+
+
+def _build_head(channels: int, hidden: int, arch: str = "conv3") -> Any:
     from torch import nn
 
+    groups = 8 if hidden % 8 == 0 else 1
+    if arch == "light":
+        # A 1x1 projection first, then two 3x3 convolutions (the second dilated): about 7x fewer
+        # operations than ``conv3`` at hidden=32, and a 7x7-cell receptive field.
+        return nn.Sequential(
+            nn.Conv2d(channels, hidden, kernel_size=1),
+            nn.GroupNorm(groups, hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, kernel_size=3, padding=1),
+            nn.GroupNorm(groups, hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, kernel_size=3, padding=2, dilation=2),
+            nn.GELU(),
+            nn.Conv2d(hidden, 1, kernel_size=1),
+        )
     return nn.Sequential(
         nn.Conv2d(channels, hidden, kernel_size=3, padding=1),
-        nn.GroupNorm(8 if hidden % 8 == 0 else 1, hidden),
+        nn.GroupNorm(groups, hidden),
         nn.GELU(),
         nn.Conv2d(hidden, hidden, kernel_size=3, padding=1),
         nn.GELU(),
@@ -58,8 +93,8 @@ class EmbeddingHeadPrompter:
     """Boxes from a small head trained on the segmenter's image embedding.
 
     ``fit`` encodes each training image once with the segmenter and trains a
-    three-layer convolutional head (about 0.2 M parameters for a 256-channel
-    embedding) to predict the reference mask at the embedding's resolution
+    small convolutional head (``arch="light"``: about 18 k parameters for a
+    256-channel embedding) to predict the reference mask at the embedding's resolution
     (Dice + binary cross-entropy). At inference the predicted map is cropped to the
     image area, resized to the input size and thresholded; each 8-connected region
     larger than ``min_area_fraction`` of the image becomes a box (the largest
@@ -75,6 +110,17 @@ class EmbeddingHeadPrompter:
         max_boxes: At most this many boxes, largest regions first.
         margin_fraction: Boxes grow by this fraction of their width/height per side.
         hidden: Channels of the head's hidden layers.
+        arch: ``"light"`` (a 1x1 projection, then a 3x3 and a dilated 3x3
+            convolution) or ``"conv3"`` (two 3x3 convolutions on the full embedding,
+            about 7x the compute; the architecture of heads saved before ``arch``).
+        pool: The embedding is average-pooled by this factor before the head (2:
+            LiteMedSAM's 64 x 64 embedding becomes a 32 x 32 map, 4x less compute;
+            :class:`RefinedPrompter` tightens the coarser boxes).
+        presence_rule: How :meth:`calibrate_presence` picks the threshold:
+            ``"accuracy"`` or ``"youden"``.
+        presence_threshold: An image whose presence score (:meth:`presence`, the
+            largest value of the coarse map) is below this gets no prompt at all: "no
+            target here". 0 never decides so; ``fit(..., val=...)`` calibrates it.
     """
 
     requires_target = False
@@ -88,7 +134,11 @@ class EmbeddingHeadPrompter:
         min_area_fraction: float = 0.002,
         max_boxes: int = 4,
         margin_fraction: float = 0.02,
-        hidden: int = 64,
+        hidden: int = 32,
+        presence_threshold: float = 0.0,
+        arch: str = "light",
+        pool: int = 2,
+        presence_rule: str = "accuracy",
     ) -> None:
         self.threshold = check_probability(threshold, name="threshold")
         self.min_area_fraction = check_probability(min_area_fraction, name="min_area_fraction")
@@ -101,8 +151,21 @@ class EmbeddingHeadPrompter:
         self.max_boxes = max_boxes
         self.margin_fraction = float(margin_fraction)
         self.hidden = hidden
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"arch: expected one of {ARCHITECTURES}, got {arch!r}")
+        self.arch = arch
+        if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+            raise ValueError(f"pool: expected a positive int, got {pool!r}")
+        self.pool = pool
+        if presence_rule not in ("accuracy", "youden"):
+            raise ValueError(f"presence_rule: expected 'accuracy' or 'youden', got {presence_rule!r}")
+        self.presence_rule = presence_rule
+        self.presence_threshold = check_probability(presence_threshold, name="presence_threshold")
+        self.presence_calibration: dict[str, float] = {}
         self.head: Any = None
         self.model_id: str | None = None
+        self.encoder_id: str | None = None
+        self._bound_model_ids: set[str] = set()
         self.image_size: int | None = None
         self.history: list[dict[str, float]] = []
 
@@ -118,6 +181,10 @@ class EmbeddingHeadPrompter:
             "max_boxes": self.max_boxes,
             "margin_fraction": self.margin_fraction,
             "hidden": self.hidden,
+            "presence_threshold": self.presence_threshold,
+            "arch": self.arch,
+            "pool": self.pool,
+            "presence_rule": self.presence_rule,
         }
 
     def fit(
@@ -128,23 +195,32 @@ class EmbeddingHeadPrompter:
         val: Sequence[Any] | None = None,
         epochs: int = 40,
         lr: float = 1e-3,
+        batch_size: int = 8,
+        flip: bool = False,
         seed: int = 0,
         progress: bool = False,
     ) -> EmbeddingHeadPrompter:
         """Train the head on ``samples`` (items with ``load() -> (image, mask)``).
 
+        Each image is encoded once (wrap the segmenter in a ``CachedSegmenter`` to
+        reuse encodings across fits); the head then trains on the stored embeddings in
+        mini-batches (AdamW, one-cycle learning rate, Dice + binary cross-entropy).
+        Stages are logged on the ``medsamkit`` logger (``INFO``), so a run without a
+        progress bar still says what it is doing.
+
         Args:
             samples: Training images with masks; empty masks teach "no target here".
             segmenter: Required: the SAM-family segmenter whose embedding the head reads
-                (wrap it in a ``CachedSegmenter`` to reuse encodings across studies).
-            val: Not read: the head trains for ``epochs`` without validation
-                (accepted so that every learned provider is fitted the same way, see
-                :class:`~medsamkit.FittablePrompter`).
-            epochs: Passes over the training images (each pass costs milliseconds per
-                image: the encodings are computed once).
-            lr: AdamW learning rate.
+                (wrap it in a ``CachedSegmenter`` to reuse encodings across fits).
+            val: Optional validation images with masks (none of the training images):
+                the presence threshold is calibrated on them (see
+                :meth:`calibrate_presence`).
+            epochs: Passes over the training images.
+            lr: Peak AdamW learning rate.
+            batch_size: Embeddings per optimiser step.
+            flip: Also train on the left-right mirrored images (encodes each image twice).
             seed: Seed of the initialisation and the order.
-            progress: Show a progress bar.
+            progress: Show progress bars.
 
         Returns:
             self.
@@ -161,81 +237,222 @@ class EmbeddingHeadPrompter:
             raise TypeError("segmenter: EmbeddingHeadPrompter.fit needs segmenter=<the segmenter whose embedding it reads>")
         if len(samples) == 0:
             raise ValueError("samples: expected at least one training sample, got none")
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
+        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
         image_size = getattr(segmenter, "image_size", None)
         if not isinstance(image_size, int):
             raise TypeError(f"segmenter: expected a SAM-family segmenter with image_size, got {type(segmenter).__name__}")
-        data = []
+        n_views = 2 if flip else 1
+        _log.info("embedding head: encoding %d training images%s", len(samples), " and their mirror images" if flip else "")
+        embeddings, targets = [], []
         for sample in tqdm(samples, desc="encode", unit="img", disable=not progress):
             image, mask = sample.load()
-            enc = segmenter.encode(image)
-            emb = _embedding(enc.features).detach().float().cpu().clone()  # a normal tensor, even from inference mode
-            target = target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1])
-            data.append((emb, target[None]))
+            for view in range(n_views):
+                if view:
+                    image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+                enc = segmenter.encode(image)
+                emb = self._pooled(_embedding(enc.features).detach().float().cpu())
+                embeddings.append(emb[0].to(torch.float16))  # half the memory; trained in float32
+                targets.append(target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1]))
+        x_all, y_all = torch.stack(embeddings), torch.stack(targets)
+        del embeddings, targets
         torch.manual_seed(seed)
-        head = _build_head(data[0][0].shape[1], self.hidden)
+        head = _build_head(x_all.shape[1], self.hidden, self.arch)
+        _log.info("embedding head: training on %d embeddings, %d epochs", len(x_all), epochs)
+        # A head this small gains nothing from intra-op threads, and on a busy machine several
+        # threads waiting for each other make each step about 10x slower: train on one.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._train(head, x_all, y_all, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+        finally:
+            torch.set_num_threads(threads)
+        head.eval()
+        self.head = head
+        self.model_id = segmenter.model_id
+        self.encoder_id = getattr(segmenter, "encoder_id", None)
+        self._bound_model_ids = set()
+        self.image_size = image_size
+        if val is not None and len(val):
+            self.calibrate_presence(segmenter, val, progress=progress)
+        return self
+
+    def _train(self, head: Any, x_all: Any, y_all: Any, *, epochs: int, lr: float, batch_size: int, seed: int, progress: bool) -> None:
+        import torch
+        from tqdm.auto import tqdm
+
         optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-        bce = torch.nn.BCEWithLogitsLoss()
+        steps = max(1, len(x_all) // batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps, pct_start=0.1)
         rng = np.random.default_rng(seed)
         self.history = []
         for epoch in tqdm(range(1, epochs + 1), desc="fit head", unit="epoch", disable=not progress):
             head.train()
             losses = []
-            for index in rng.permutation(len(data)):
-                emb, target = data[index]
-                logits = head(emb)
-                prob = torch.sigmoid(logits)
-                dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
-                loss = bce(logits, target) + dice
+            for index in np.array_split(rng.permutation(len(x_all)), steps):
+                x, y = x_all[index].float(), y_all[index]
+                logits = head(x)
+                loss = _loss(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 losses.append(float(loss.detach()))
             self.history.append({"epoch": epoch, "loss": float(np.mean(losses))})
-        head.eval()
-        self.head = head
-        self.model_id = segmenter.model_id
-        self.image_size = image_size
-        return self
+            if epoch == 1 or epoch % 10 == 0 or epoch == epochs:
+                _log.info("embedding head: epoch %d/%d, loss %.4f", epoch, epochs, self.history[-1]["loss"])
+
+    def calibrate_presence(self, segmenter: Any, samples: Sequence[Any], *, progress: bool = False) -> dict[str, float]:
+        """Set ``presence_threshold`` from validation images (with and without the target).
+
+        The presence score of an image is the largest value of the head's coarse
+        map (:meth:`presence`). The threshold chosen maximises the share of right
+        decisions on ``samples`` (``presence_rule="accuracy"``, the default: every
+        image counts once, as in a mean Dice, so the prevalence of the validation
+        images matters) or sensitivity + specificity (``"youden"``: prevalence
+        ignored); without images of both kinds the threshold is left as it is.
+
+        Returns:
+            ``{"threshold", "sensitivity", "specificity", "n_target", "n_empty"}``
+            on the validation images (also kept in ``self.presence_calibration``).
+        """
+        from tqdm.auto import tqdm
+
+        self._check_fitted()
+        _log.info("embedding head: calibrating the presence threshold on %d validation images", len(samples))
+        values, labels = [], []
+        for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
+            image, mask = sample.load()
+            values.append(self.presence(segmenter.encode(image)))
+            labels.append(bool(np.asarray(mask).any()))
+        s, y = np.asarray(values, dtype=np.float64), np.asarray(labels)
+        result: dict[str, float] = {"n_target": int(y.sum()), "n_empty": int((~y).sum())}
+        if y.all() or not y.any():
+            result["threshold"] = self.presence_threshold
+            self.presence_calibration = result
+            return result
+        candidates = np.unique(np.concatenate([[0.0], s]))
+        best, best_score = 0.0, -np.inf
+        for t in candidates:
+            if self.presence_rule == "youden":
+                score = (s[y] >= t).mean() + (s[~y] < t).mean()
+            else:  # accuracy: every image counts once, as in a mean Dice over the images
+                score = ((s >= t) == y).mean()
+            if score > best_score + 1e-12:
+                best, best_score = float(t), score
+        # midway to the next lower score: less brittle than the exact value of one image
+        lower = s[s < best]
+        self.presence_threshold = float((best + lower.max()) / 2) if len(lower) else best
+        result.update(
+            threshold=self.presence_threshold,
+            sensitivity=float((s[y] >= self.presence_threshold).mean()),
+            specificity=float((s[~y] < self.presence_threshold).mean()),
+        )
+        self.presence_calibration = result
+        _log.info(
+            "embedding head: presence threshold %.3f (validation sensitivity %.3f, specificity %.3f)",
+            self.presence_threshold, result["sensitivity"], result["specificity"],
+        )
+        return result
+
+    def _pooled(self, emb: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.avg_pool2d(emb, self.pool) if self.pool > 1 else emb
 
     def _check_fitted(self) -> None:
         if self.head is None:
             raise RuntimeError("EmbeddingHeadPrompter is not fitted: call fit(samples, segmenter=...) or load(path) first")
 
+    def bind_segmenter(self, segmenter: Any) -> None:
+        """Check once that ``segmenter`` computes the embedding the head was fitted on.
+
+        A :class:`~medsamkit.Pipeline` calls this when it is built, so a mismatch is
+        one clear error up front, not one per image. The check keys on the
+        segmenter's ``encoder_id`` (the image encoder's weights and numerics), not
+        on ``model_id``: a checkpoint whose mask decoder was fine-tuned keeps the
+        encoder, so the head fitted on the original checkpoint works with it.
+
+        Raises:
+            ValueError: If the segmenter's image encoder differs from the fitted one.
+        """
+        self._check_fitted()
+        theirs = getattr(segmenter, "encoder_id", None)
+        model_id = getattr(segmenter, "model_id", None)
+        fitted: str | None
+        got: str | None
+        if self.encoder_id is not None and theirs is not None:
+            same, fitted, got = theirs == self.encoder_id, self.encoder_id, theirs
+        else:  # a head saved before encoder ids, or a segmenter without one
+            same, fitted, got = model_id == self.model_id, self.model_id, model_id
+        if not same:
+            raise ValueError(
+                f"segmenter: the embedding head was fitted on the image encoder {fitted!r}, but this segmenter's "
+                f"encoder is {got!r}. A decoder-only fine-tuned checkpoint keeps the encoder and works; a different "
+                "encoder (other weights, LoRA on the encoder, another model) needs a new fit "
+                "(medsamkit fit-prompter ... --prompter embedding-head)"
+            )
+        if isinstance(model_id, str):
+            self._bound_model_ids.add(model_id)
+
+    def _check_encoding(self, encoding: ImageEncoding) -> None:
+        if not isinstance(encoding, ImageEncoding):
+            raise TypeError(f"encoding: expected an ImageEncoding, got {type(encoding).__name__}")
+        if encoding.model_id != self.model_id and encoding.model_id not in self._bound_model_ids:
+            raise ValueError(
+                f"encoding: the head was fitted on embeddings of {self.model_id!r}, got an encoding of "
+                f"{encoding.model_id!r}; use the same segmenter, or one with the same image encoder "
+                "(bind_segmenter(segmenter) checks it; a Pipeline does so when it is built)"
+            )
+
+    def _low_res_logits(self, encoding: ImageEncoding) -> Any:
+        """The head's ``(1, 1, h, w)`` logits over the image area (padding cropped away)."""
+        import torch
+
+        self._check_fitted()
+        self._check_encoding(encoding)
+        emb = self._pooled(_embedding(encoding.features).detach().float().cpu())
+        with torch.inference_mode():
+            logits = self.head(emb)
+        scale = logits.shape[-1] / self.image_size
+        h = max(1, round(encoding.input_size_hw[0] * scale))
+        w = max(1, round(encoding.input_size_hw[1] * scale))
+        return logits[..., :h, :w]
+
+    def presence(self, encoding: ImageEncoding) -> float:
+        """Presence score in ``[0, 1]``: the largest value of the coarse foreground map."""
+        return float(self._low_res_logits(encoding).max().sigmoid())
+
     def probability_map(self, encoding: ImageEncoding) -> np.ndarray:
         """``(H, W)`` float32 coarse foreground probability at the input resolution."""
+        return self._probability_map(self._low_res_logits(encoding), encoding)
+
+    @staticmethod
+    def _probability_map(logits: Any, encoding: ImageEncoding) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
-        self._check_fitted()
-        if not isinstance(encoding, ImageEncoding):
-            raise TypeError(f"encoding: expected an ImageEncoding, got {type(encoding).__name__}")
-        if encoding.model_id != self.model_id:
-            raise ValueError(
-                f"encoding: the head was fitted on embeddings of {self.model_id!r}, got an encoding of "
-                f"{encoding.model_id!r}; use the same segmenter"
-            )
-        emb = _embedding(encoding.features).detach().float().cpu()
         with torch.inference_mode():
-            logits = self.head(emb)
-        side = logits.shape[-1]
-        scale = side / self.image_size
-        h = max(1, round(encoding.input_size_hw[0] * scale))
-        w = max(1, round(encoding.input_size_hw[1] * scale))
-        up = F.interpolate(logits[..., :h, :w], size=tuple(encoding.size_hw), mode="bilinear", align_corners=False)
-        return torch.sigmoid(up[0, 0]).numpy()
+            up = F.interpolate(logits, size=tuple(encoding.size_hw), mode="bilinear", align_corners=False)
+            return torch.sigmoid(up[0, 0]).numpy()
 
     def __call__(
         self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
     ) -> Prompts:
-        """Boxes around the regions of the coarse map (``encoding`` from the pipeline is required)."""
+        """Boxes around the regions of the coarse map (``encoding`` from the pipeline is required).
+
+        No prompt when the presence score is below ``presence_threshold``.
+        """
         if encoding is None:
             raise ValueError(
                 "encoding: EmbeddingHeadPrompter reads the segmenter's embedding; use it inside a Pipeline "
                 "or pass encoding=segmenter.encode(image)"
             )
-        prob = self.probability_map(encoding)
+        logits = self._low_res_logits(encoding)
+        if float(logits.max().sigmoid()) < self.presence_threshold:
+            return Prompts.empty()
+        prob = self._probability_map(logits, encoding)
         region = prob > self.threshold
         h, w = region.shape
         min_area = max(1, int(self.min_area_fraction * h * w))
@@ -260,7 +477,8 @@ class EmbeddingHeadPrompter:
             {
                 "head": self.head.state_dict(),
                 "meta": json.dumps(
-                    {"params": self.params(), "model_id": self.model_id, "image_size": self.image_size, "history": self.history}
+                    {"params": self.params(), "model_id": self.model_id, "encoder_id": self.encoder_id, "image_size": self.image_size, "history": self.history,
+                     "presence_calibration": self.presence_calibration}
                 ),
             },
             buffer,
@@ -275,12 +493,14 @@ class EmbeddingHeadPrompter:
 
         Args:
             path: The ``.pt`` file.
-            **overrides: Parameters (:meth:`params`) as a config states them: each must
-                equal the saved value.
+            **overrides: Parameters (:meth:`params`) to change after fitting
+                (``threshold``, ``presence_threshold``, ``max_boxes``, ...);
+                ``hidden``, ``arch`` and ``pool`` shape the saved weights and must equal
+                the saved values.
 
         Raises:
             TypeError: For a name that is not a parameter.
-            ValueError: For a value that contradicts the saved one.
+            ValueError: For ``hidden`` / ``arch`` / ``pool`` values that contradict the saved ones.
         """
         import torch
 
@@ -293,19 +513,22 @@ class EmbeddingHeadPrompter:
             state = data["head"]
         except Exception as exc:
             raise ValueError(f"path: {path} is not a saved EmbeddingHeadPrompter ({exc})") from exc
-        params = meta["params"]
-        unknown = sorted(set(overrides) - set(params))
+        params = {"arch": "conv3", "pool": 1, "presence_rule": "youden", **meta["params"]}  # heads saved before these
+        allowed = set(cls().params())
+        unknown = sorted(set(overrides) - allowed)
         if unknown:  # TypeError, like an unexpected keyword argument
-            raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(params)}")
-        for key, value in overrides.items():
-            if params[key] != value:
-                raise ValueError(f"{key}: the saved prompter {path} has {params[key]!r}, the config {value!r}")
-        prompter = cls(**params)
-        head = _build_head(state["0.weight"].shape[1], prompter.hidden)
+            raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(allowed)}")
+        for key in _SHAPE_PARAMS & set(overrides):
+            if params[key] != overrides[key]:
+                raise ValueError(f"{key}: the saved prompter {path} has {params[key]!r}, the config {overrides[key]!r}")
+        prompter = cls(**{**params, **overrides})
+        head = _build_head(state["0.weight"].shape[1], prompter.hidden, prompter.arch)
         head.load_state_dict(state)
         head.eval()
         prompter.head = head
         prompter.model_id = meta["model_id"]
+        prompter.encoder_id = meta.get("encoder_id")
         prompter.image_size = meta["image_size"]
         prompter.history = meta.get("history", [])
+        prompter.presence_calibration = meta.get("presence_calibration", {})
         return prompter

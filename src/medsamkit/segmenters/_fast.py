@@ -587,6 +587,36 @@ class FastEncoderMixin:
         )
 
     @property
+    def encoder_id(self) -> str:
+        """Identifies what ``encode`` computes: the image encoder's weights and numerics only.
+
+        ``model_id`` names the whole checkpoint file, so a decoder-only fine-tuned
+        checkpoint gets a new one although its image embeddings are bit-identical;
+        ``encoder_id`` is ``<family>-encoder:<digest of the image encoder's weights>``
+        plus the numerics tag of ``model_id`` (and whatever a LoRA adapter appended),
+        so providers fitted on the embedding (``EmbeddingHeadPrompter``) can be
+        paired with any segmenter that shares the encoder. The digest is recomputed
+        only when an encoder tensor is replaced or changed in place.
+        """
+        import hashlib
+
+        import torch
+
+        module = self.model.image_encoder
+        key = (id(module), state_fingerprint(module))
+        if key != getattr(self, "_encoder_digest_key", None):
+            digest = hashlib.sha256()
+            for name, t in (*module.named_parameters(), *module.named_buffers()):
+                if name.rsplit(".", 1)[-1] == "ab":  # derived from the parameters (see state_fingerprint)
+                    continue
+                digest.update(name.encode())
+                digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._encoder_digest_key, self._encoder_digest = key, digest.hexdigest()[:16]
+        family = self._base_id.split(":", 1)[0]
+        rest = self.model_id[len(self._base_id) :] if self.model_id.startswith(self._base_id) else ""
+        return f"{family}-encoder:{self._encoder_digest}{rest}"
+
+    @property
     def encoder_backend(self) -> str:
         """What ``encode`` runs: ``"openvino"``, ``"torch"`` (bfloat16) or ``"float32"``
         (the module itself). Builds the fast encoder if it was not built yet."""

@@ -133,7 +133,7 @@ def scale(args: argparse.Namespace) -> None:
             mark = (done // step + 1) * step
     running = [(d, t, r) for d, t, r in samples_rss if args.rows // 10 <= d < args.rows]
     if len(running) > 1:
-        (d0, t0, r0), (d1, t1, r1) = running[0], running[-1]
+        (d0, t0, _), (d1, t1, _) = running[0], running[-1]
         print(f"steady rate: {1000 * (t1 - t0) / (d1 - d0):.2f} s per 1,000 rows (records {d0}..{d1})")
         print(f"driver RSS between those points: {min(r for _, _, r in running):.0f}..{max(r for _, _, r in running):.0f} MiB")
     print(f"driver RSS after evaluate returned (box plot, overlays drawn): {_rss_mib():.0f} MiB")

@@ -36,6 +36,7 @@ OPTIONAL_PACKAGES = {
     "pydicom": "medical",
     "highdicom": "medical",
     "nibabel": "medical",
+    "ray": "ray",
 }
 
 

@@ -519,9 +519,8 @@ def _evaluate_locked(
 ) -> EvaluationReport:
     from tqdm.auto import tqdm
 
-    from ._quality import QUALITY_COLUMNS, failure_detection
-
     from ..data import atomic_write_text, csv_text
+    from ._quality import QUALITY_COLUMNS, failure_detection
 
     _check_same_run(out_dir, run)
     config = run["pipeline"]

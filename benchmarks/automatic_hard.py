@@ -54,7 +54,9 @@ def subset(stems: list[str], n: int, labels: dict[str, str], seed: int = 0) -> l
     if n >= len(stems):
         return stems
     keep = 1 - n / len(stems)
-    return list(train_val_test_split(stems, val_fraction=0.0, test_fraction=keep, seed=seed, stratify={k: labels[k] for k in stems}).train)
+    return list(
+        train_val_test_split(stems, val_fraction=0.0, test_fraction=keep, seed=seed, stratify={k: labels[k] for k in stems}).train
+    )
 
 
 def fit_head(seg, folder, train, val, path: Path, *, epochs: int, seed: int) -> msk.EmbeddingHeadPrompter:
@@ -92,7 +94,10 @@ def cxr(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
         "embedding head + refine": msk.RefinedPrompter(head),
         "embedding head + refine 5%": msk.RefinedPrompter(head, margin_fraction=0.05),
     }
-    for name, data in (("shenzhen-test", folder.subset(split.test)), ("montgomery", msk.MaskFolder(args.data / "cxr-montgomery"))):
+    for name, data in (
+        ("shenzhen-test", folder.subset(split.test)),
+        ("montgomery", msk.MaskFolder(args.data / "cxr-montgomery")),
+    ):
         report = msk.compare_prompters(seg, data, providers, out_dir=out / name, quality=True, progress=False)
         print(name)
         print(report)
@@ -180,7 +185,9 @@ def main() -> None:
     folder = msk.MaskFolder(args.data / "us-busi")
     train, val, test_stems, pool, labels = busi_split(folder, args.seed)
     test = folder.subset(test_stems)
-    print(f"us-busi: train {len(train)}, validation {len(val)}, test {len(test)} ({sum(labels[s] == 'empty' for s in test_stems)} normal)")
+    print(
+        f"us-busi: train {len(train)}, validation {len(val)}, test {len(test)} ({sum(labels[s] == 'empty' for s in test_stems)} normal)"
+    )
     heads_dir = args.out / "heads"
     heads_dir.mkdir(parents=True, exist_ok=True)
     # The 100 training images of benchmarks/automatic_prompting.py (its seeded subset of the 630).
@@ -228,7 +235,9 @@ def main() -> None:
         from medsamkit.data import atomic_write_text
 
         columns = list(rows[0])
-        atomic_write_text(args.out / "curve.csv", ",".join(columns) + "\n" + "".join(",".join(str(r[c]) for c in columns) + "\n" for r in rows))
+        atomic_write_text(
+            args.out / "curve.csv", ",".join(columns) + "\n" + "".join(",".join(str(r[c]) for c in columns) + "\n" for r in rows)
+        )
         import matplotlib
 
         matplotlib.use("Agg")

@@ -61,21 +61,24 @@ def run(data: Path, name: str, out: Path, *, n_train: int, n_test: int | None, s
     providers = {"oracle boxes": msk.OracleBoxPrompter(), "oracle boxes +10 px": msk.PerturbedBoxPrompter(margin=10)}
     with_target = [s for s in train if labels is None or labels[s.stem] == "target"]
     providers["mean-mask points"] = _fit(
-        "mean-mask points", providers_dir / "points.npz",
-        lambda: msk.MeanMaskPointPrompter().fit(with_target), msk.MeanMaskPointPrompter.load,
+        "mean-mask points",
+        providers_dir / "points.npz",
+        lambda: msk.MeanMaskPointPrompter().fit(with_target),
+        msk.MeanMaskPointPrompter.load,
     )
     providers["embedding head"] = _fit(
-        "embedding head", providers_dir / "head.pt",
-        lambda: msk.EmbeddingHeadPrompter().fit(train, segmenter=seg, progress=True), msk.EmbeddingHeadPrompter.load,
+        "embedding head",
+        providers_dir / "head.pt",
+        lambda: msk.EmbeddingHeadPrompter().fit(train, segmenter=seg, progress=True),
+        msk.EmbeddingHeadPrompter.load,
     )
     if "yolo" not in skip:
         from medsamkit.prompters import YOLOBoxPrompter
 
         providers["YOLO boxes"] = _fit(
-            "YOLO boxes", providers_dir / "yolo.npz",
-            lambda: YOLOBoxPrompter(imgsz=256).fit(
-                train, epochs=60, imgsz=256, seed=seed, work_dir=providers_dir / "yolo-work"
-            ),
+            "YOLO boxes",
+            providers_dir / "yolo.npz",
+            lambda: YOLOBoxPrompter(imgsz=256).fit(train, epochs=60, imgsz=256, seed=seed, work_dir=providers_dir / "yolo-work"),
             YOLOBoxPrompter.load,
         )
     if "cam" not in skip:

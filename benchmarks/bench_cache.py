@@ -49,8 +49,10 @@ def main() -> None:
     if args.limit:
         folder = folder.limit(args.limit)
     load = os.getloadavg()
-    print(f"{args.set}: {len(folder)} images; torch threads {torch.get_num_threads()}, "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"{args.set}: {len(folder)} images; torch threads {torch.get_num_threads()}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     for precision in args.precisions:
         seg = msk.LiteMedSAM(precision=precision)
         image, mask = folder[0].load()
@@ -76,8 +78,10 @@ def main() -> None:
                     raise SystemExit(f"{report.n_errors} images failed: {report.errors}")
                 after = (cached.cache.hits, cached.cache.misses, cached.decode_hits, cached.decode_misses)
                 d = [a - b for a, b in zip(after, before)]
-                print(f"  {label:<32} {walls[-1]:8.1f} {len(folder) / walls[-1]:9.2f} {walls[0] / walls[-1]:8.1f}x"
-                      f"   {d[0]:7d} / {d[1]:<7d}  {d[2]:6d} / {d[3]:<6d}")
+                print(
+                    f"  {label:<32} {walls[-1]:8.1f} {len(folder) / walls[-1]:9.2f} {walls[0] / walls[-1]:8.1f}x"
+                    f"   {d[0]:7d} / {d[1]:<7d}  {d[2]:6d} / {d[3]:<6d}"
+                )
             same = _rows(Path(tmp) / "run0") == _rows(Path(tmp) / "run1")
             print(f"  runs 1 and 2 give identical metrics: {same}")
     load = os.getloadavg()

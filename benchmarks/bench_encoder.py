@@ -89,8 +89,10 @@ def main() -> None:
     args = parser.parse_args()
 
     load = os.getloadavg()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     from medsamkit.segmenters._fast import bf16_supported, openvino_available
 
     print(f"native bfloat16: {bf16_supported()}, openvino installed: {openvino_available()}")
@@ -119,8 +121,10 @@ def main() -> None:
     del again
     print(f"build: reference {t1 - t0:.2f} s, medsamkit default {t2 - t1:.2f} s, float32 {t3 - t2:.2f} s")
     print(f"medsamkit default: encoder backend {fast.encoder_backend!r}, model_id {fast.model_id}")
-    print(f"  fast encoder built on first use in {t4 - start:.2f} s (OpenVINO: trace + convert unless the "
-          f"converted model is cached in {openvino_cache_dir()}, then compile)")
+    print(
+        f"  fast encoder built on first use in {t4 - start:.2f} s (OpenVINO: trace + convert unless the "
+        f"converted model is cached in {openvino_cache_dir()}, then compile)"
+    )
     print(f"  a second LiteMedSAM(): {t5 - t4:.2f} s, its first use {t6 - t5:.2f} s (converted model cached)")
     print(f"peak RSS after building the models: {_mib_rss():.0f} MiB")
 
@@ -154,8 +158,12 @@ def main() -> None:
             def enc_exact():
                 encodings["float32"] = exact.encode(image)
 
-            order = [("reference", lambda: ref_forward(x)), ("fast", lambda: fast_forward(x)),
-                     ("encode fast", enc_fast), ("encode float32", enc_exact)]
+            order = [
+                ("reference", lambda: ref_forward(x)),
+                ("fast", lambda: fast_forward(x)),
+                ("encode fast", enc_fast),
+                ("encode float32", enc_exact),
+            ]
             if i % 2:
                 order.reverse()
             for name, f in order:
@@ -183,14 +191,18 @@ def main() -> None:
         print(f"{labels[name]:<44} {median * 1000:10.1f} {gflop / median:8.1f} {ref_median / median:8.2f}x")
     print("(encode(image) includes preprocessing: resize, scaling, padding; medsamkit float32 encode runs the")
     print(" reference module itself, so its ratio to the reference shows the preprocessing cost and the noise)")
-    print(f"median decode of the oracle boxes (the default segmenter: bfloat16 decoder, upsampling, union, Dice): "
-          f"{statistics.median(decode_s) * 1000:.1f} ms / image")
+    print(
+        f"median decode of the oracle boxes (the default segmenter: bfloat16 decoder, upsampling, union, Dice): "
+        f"{statistics.median(decode_s) * 1000:.1f} ms / image"
+    )
 
     print("\nmean Dice with oracle boxes (fast default vs float32):")
     for set_name, scores in dice.items():
         f, e = np.array(scores["fast"]), np.array(scores["float32"])
-        print(f"  {set_name:<13} n={len(f):3d}  fast {f.mean():.5f}  float32 {e.mean():.5f}  "
-              f"difference {f.mean() - e.mean():+.5f}  max per-image |difference| {np.abs(f - e).max():.4f}")
+        print(
+            f"  {set_name:<13} n={len(f):3d}  fast {f.mean():.5f}  float32 {e.mean():.5f}  "
+            f"difference {f.mean() - e.mean():+.5f}  max per-image |difference| {np.abs(f - e).max():.4f}"
+        )
 
     # 4. evaluate throughput ----------------------------------------------------------------
     folder = msk.MaskFolder(args.data / "cxr-shenzhen").limit(args.eval_images)
@@ -231,8 +243,10 @@ def main() -> None:
         tracemalloc.stop()
         from medsamkit.metrics import dice as dice_fn
 
-        print(f"  {name:<8} {seconds:5.2f} s, tracemalloc peak {peak / 2**20:6.0f} MiB, "
-              f"peak RSS {_mib_rss():.0f} MiB (before: {rss_before:.0f}), Dice {dice_fn(result.mask, big_mask):.4f}")
+        print(
+            f"  {name:<8} {seconds:5.2f} s, tracemalloc peak {peak / 2**20:6.0f} MiB, "
+            f"peak RSS {_mib_rss():.0f} MiB (before: {rss_before:.0f}), Dice {dice_fn(result.mask, big_mask):.4f}"
+        )
 
     load = os.getloadavg()
     print(f"\npeak RSS of the whole run: {_mib_rss():.0f} MiB; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

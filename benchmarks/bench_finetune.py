@@ -23,7 +23,9 @@ import medsamkit as msk
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr-shenzhen")
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr-shenzhen"
+    )
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=20)
     args = parser.parse_args()
@@ -40,14 +42,22 @@ def main() -> None:
         encode_s = time.perf_counter() - start
         start = time.perf_counter()
         result = msk.finetune(
-            cached, folder, None, out_dir=Path(tmp) / "run", prompter=points,
-            epochs=args.epochs, patience=0, progress=False,
+            cached,
+            folder,
+            None,
+            out_dir=Path(tmp) / "run",
+            prompter=points,
+            epochs=args.epochs,
+            patience=0,
+            progress=False,
         )
         train_s = time.perf_counter() - start
     per_epoch = [h["seconds"] for h in result.history]
     print(f"encoding {len(folder)} images once : {encode_s:7.1f} s")
-    print(f"fine-tuning {args.epochs} epochs       : {train_s:7.1f} s  ({train_s / 60:.1f} min; "
-          f"median epoch {sorted(per_epoch)[len(per_epoch) // 2]:.1f} s)")
+    print(
+        f"fine-tuning {args.epochs} epochs       : {train_s:7.1f} s  ({train_s / 60:.1f} min; "
+        f"median epoch {sorted(per_epoch)[len(per_epoch) // 2]:.1f} s)"
+    )
     print(f"final training loss            : {result.history[-1]['train_loss']:.4f}")
 
 

@@ -59,7 +59,9 @@ def speed(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - start
         assert not report.errors, report.errors
         results.append((label, threads, seconds, len(folder) / seconds, report.mean("dice")))
-        print(f"  {label:<24} threads {threads:<9} {seconds:7.1f} s  {len(folder) / seconds:5.2f} img/s  Dice {report.mean('dice'):.4f}")
+        print(
+            f"  {label:<24} threads {threads:<9} {seconds:7.1f} s  {len(folder) / seconds:5.2f} img/s  Dice {report.mean('dice'):.4f}"
+        )
 
     torch.set_num_threads(cores)
     run("local", "local", f"{cores}")
@@ -121,7 +123,9 @@ def scale(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     stop.set()
     watcher.join()
-    print(f"\nrows: {args.rows}; workers {args.workers}; batch {args.batch_size}; errors {report.n_errors}; Dice {report.mean('dice'):.4f}")
+    print(
+        f"\nrows: {args.rows}; workers {args.workers}; batch {args.batch_size}; errors {report.n_errors}; Dice {report.mean('dice'):.4f}"
+    )
     print(f"wall time {seconds:.0f} s = {1000 * seconds / args.rows:.2f} s per 1,000 rows (including Ray start-up)")
     print(f"driver RSS at start {rss_at_start:.0f} MiB; peak {_peak_rss_mib():.0f} MiB (ru_maxrss)")
     step = max(1, args.rows // 10)

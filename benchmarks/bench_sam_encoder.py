@@ -52,8 +52,10 @@ def main() -> None:
         exact, fast = cls(args.model_type, model=model), cls(args.model_type, model=model, precision="fast")
         weights = "random (seed 0)"
     load = os.getloadavg()
-    print(f"{cls.__name__} {args.model_type}, weights {weights}; torch threads {torch.get_num_threads()}, "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"{cls.__name__} {args.model_type}, weights {weights}; torch threads {torch.get_num_threads()}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     start = time.perf_counter()
     backend = fast.encoder_backend  # builds (converts or reads the converted model, compiles)
     print(f"fast encoder: backend {backend!r}, built in {time.perf_counter() - start:.1f} s; model_id {fast.model_id}")

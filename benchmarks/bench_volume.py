@@ -49,7 +49,9 @@ def main() -> None:
 
     image = read_volume(args.image)
     target = read_volume(args.mask).array > 0
-    print(f"volume {args.image.name}: {image.shape} (D, H, W), spacing {image.spacing} mm; prompt {args.prompt}, window {args.window}")
+    print(
+        f"volume {args.image.name}: {image.shape} (D, H, W), spacing {image.spacing} mm; prompt {args.prompt}, window {args.window}"
+    )
     segmenter = msk.LiteMedSAM(precision=args.precision)
     pipe = msk.Pipeline(msk.OracleBoxPrompter(), segmenter, preprocess=[parse_window(args.window)])
     segmenter.encode(np.zeros((image.shape[1], image.shape[2]), np.uint8))  # build/compile once, not counted

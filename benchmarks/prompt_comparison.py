@@ -57,14 +57,22 @@ def main() -> None:
         entries[f"{name}, zero-shot"] = eval_prompter
         run_dir = args.out / "finetune" / name.replace(" + ", "-and-")
         result = finetune(
-            seg, train, val, out_dir=run_dir, prompter=train_prompter, eval_prompter=eval_prompter,
-            epochs=args.epochs, seed=args.seed,
+            seg,
+            train,
+            val,
+            out_dir=run_dir,
+            prompter=train_prompter,
+            eval_prompter=eval_prompter,
+            epochs=args.epochs,
+            seed=args.seed,
         )
-        print(f"{name}: best epoch {result.best_epoch}, val Dice {result.best_val_dice:.4f}, "
-              f"threshold {result.threshold}")
+        print(f"{name}: best epoch {result.best_epoch}, val Dice {result.best_val_dice:.4f}, threshold {result.threshold}")
         tuned = result.pipeline
         entries[f"{name}, fine-tuned"] = tuned.replace(segmenter=msk.CachedSegmenter(tuned.segmenter, seg.cache))
-    for set_name, data in (("cxr-shenzhen test", test), ("cxr-montgomery (cross-dataset)", msk.MaskFolder(args.data / "cxr-montgomery"))):
+    for set_name, data in (
+        ("cxr-shenzhen test", test),
+        ("cxr-montgomery (cross-dataset)", msk.MaskFolder(args.data / "cxr-montgomery")),
+    ):
         study = args.out / ("shenzhen-test" if "shenzhen" in set_name else "montgomery")
         report = msk.compare_prompters(seg, data, entries, out_dir=study, progress=False)
         print(f"\n{set_name}: {len(data)} images")

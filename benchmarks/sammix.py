@@ -78,9 +78,11 @@ def main() -> None:
     folder = msk.MaskFolder(args.data)
     train, val, test, present = _split(folder, n_train=args.train, n_val=args.val, n_test=args.test, seed=args.seed)
     count = lambda samples: sum(present[s.stem] for s in samples)  # noqa: E731
-    print(f"{args.data.name}: train {len(train)} ({count(train)} with the target), val {len(val)} ({count(val)}), "
-          f"test {len(test)} ({count(test)}); mode {args.mode}, {args.epochs} epochs, seed {args.seed}, "
-          f"{torch.get_num_threads()} torch thread(s)")
+    print(
+        f"{args.data.name}: train {len(train)} ({count(train)} with the target), val {len(val)} ({count(val)}), "
+        f"test {len(test)} ({count(test)}); mode {args.mode}, {args.epochs} epochs, seed {args.seed}, "
+        f"{torch.get_num_threads()} torch thread(s)"
+    )
     seg = msk.CachedSegmenter(msk.LiteMedSAM(), args.out / "embedding-cache")
     settings = {"mode": args.mode, "epochs": args.epochs, "seed": args.seed}
 
@@ -105,8 +107,11 @@ def main() -> None:
             result = fit(seg, train, val, out_dir=args.out / f"{method}-{n}", labelled=labelled, progress=False, **settings)
             seconds = time.perf_counter() - start
             label = f"{'SAM-Mix' if method == 'sam-mix' else 'SAM-PP'}-{n}"
-            print(f"{label}: best epoch {result.best_epoch}, val Dice {result.best_val_dice}, threshold {result.threshold}, "
-                  f"{seconds:.0f} s", flush=True)
+            print(
+                f"{label}: best epoch {result.best_epoch}, val Dice {result.best_val_dice}, threshold {result.threshold}, "
+                f"{seconds:.0f} s",
+                flush=True,
+            )
             evaluate(label, result.pipeline, result.run_dir, seconds, n)
 
     print(f"\n{'pipeline':<28} {'masks':>5} {'Dice all':>9} {'target':>7} {'no target':>9} {'train s':>8}")

@@ -63,16 +63,24 @@ def main() -> None:
     out = {
         "finetune": _summary(finetune(seg, positive, val, out_dir=root / "ft", epochs=3, batch_size=2, progress=False)),
         "sammix": _summary(
-            fit_sammix(seg, train, val, out_dir=root / "sm", epochs=3, warmup_epochs=1, mode="decoder",
-                       progress=False, **SMALL_CLASSIFIER)
+            fit_sammix(
+                seg,
+                train,
+                val,
+                out_dir=root / "sm",
+                epochs=3,
+                warmup_epochs=1,
+                mode="decoder",
+                progress=False,
+                **SMALL_CLASSIFIER,
+            )
         ),
         "sam_pp": _summary(
             fit_sam_pp(seg, train, val, out_dir=root / "pp", epochs=2, mode="decoder", progress=False, **SMALL_CLASSIFIER)
         ),
     }
     if args.lora:
-        lora = finetune(seg, positive[:3], val[:2], out_dir=root / "lora", epochs=2, batch_size=2, mode="lora",
-                        progress=False)
+        lora = finetune(seg, positive[:3], val[:2], out_dir=root / "lora", epochs=2, batch_size=2, mode="lora", progress=False)
         out["lora"] = _summary(lora, sweep=False)
     print(json.dumps(out, indent=1, sort_keys=True))
 

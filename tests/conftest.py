@@ -129,7 +129,7 @@ def _isolated_embedding_cache(tmp_path_factory):
         os.environ["MEDSAMKIT_CACHE_DIR"] = previous
 
 
-_OFFLINE_PRELUDE = '''
+_OFFLINE_PRELUDE = """
 import json, os, sys, threading
 _events = []
 def _hook(event, args):
@@ -137,15 +137,15 @@ def _hook(event, args):
         _events.append([event, repr(args)[:200]])
         raise OSError("network blocked by the test")
 sys.addaudithook(_hook)
-'''
+"""
 
-_OFFLINE_EPILOGUE = '''
+_OFFLINE_EPILOGUE = """
 import time
 time.sleep(1.0)  # a telemetry thread would have posted by now
 home = os.path.expanduser("~")
 _files = sorted(os.path.relpath(os.path.join(r, f), home) for r, _, fs in os.walk(home) for f in fs)
 print("OFFLINE-REPORT " + json.dumps({"events": _events, "home_files": _files, "result": globals().get("RESULT")}))
-'''
+"""
 
 
 @pytest.fixture()
@@ -169,9 +169,11 @@ def run_offline(tmp_path):
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "XDG_", "MEDSAMKIT_"))}
         environment.update(HOME=str(home), MEDSAMKIT_CACHE_DIR=str(tmp_path / "cache" / "embeddings"))
         environment.update(env or {})
-        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=timeout, check=False)
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=timeout, check=False
+        )
         lines = [line for line in done.stdout.splitlines() if line.startswith("OFFLINE-REPORT ")]
         assert done.returncode == 0 and lines, f"offline script failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        return json.loads(lines[-1][len("OFFLINE-REPORT "):])
+        return json.loads(lines[-1][len("OFFLINE-REPORT ") :])
 
     return run

@@ -110,11 +110,19 @@ def test_evaluate_with_a_warm_cache_does_not_encode(tmp_path):
         msk.write_mask(tmp_path / "data" / "masks" / f"s{i}.png", mask)
     folder = msk.MaskFolder(tmp_path / "data")
     first = FakeSegmenter()
-    msk.evaluate(msk.Pipeline(msk.OracleBoxPrompter(), CachedSegmenter(first, tmp_path / "c")), folder,
-                 out_dir=tmp_path / "o1", progress=False)
+    msk.evaluate(
+        msk.Pipeline(msk.OracleBoxPrompter(), CachedSegmenter(first, tmp_path / "c")),
+        folder,
+        out_dir=tmp_path / "o1",
+        progress=False,
+    )
     second = FakeSegmenter()
-    report = msk.evaluate(msk.Pipeline(msk.OracleBoxPrompter(), CachedSegmenter(second, tmp_path / "c")), folder,
-                          out_dir=tmp_path / "o2", progress=False)
+    report = msk.evaluate(
+        msk.Pipeline(msk.OracleBoxPrompter(), CachedSegmenter(second, tmp_path / "c")),
+        folder,
+        out_dir=tmp_path / "o2",
+        progress=False,
+    )
     assert first.encode_calls == 3 and second.encode_calls == 0
     assert report.summary["counts"]["evaluated"] == 3
 

@@ -24,7 +24,12 @@ def test_overlap_in_every_direction_and_through_a_symlink(tmp_path):
     data = tmp_path / "data" / "masks"
     data.mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "data")
-    for out, relation in ((data, "is"), (data / "x", "lies inside"), (tmp_path / "data", "contains"), (tmp_path / "link" / "masks", "is")):
+    for out, relation in (
+        (data, "is"),
+        (data / "x", "lies inside"),
+        (tmp_path / "data", "contains"),
+        (tmp_path / "link" / "masks", "is"),
+    ):
         with pytest.raises(ValueError, match=f"'{out}' {relation} the input folder"):
             check_out_dir(out, inputs=[data])
     assert check_out_dir(tmp_path / "elsewhere", inputs=[data]) is None

@@ -32,9 +32,7 @@ def _heavy_modules_after(code: str) -> list[str]:
     script = f"import json, sys\n{code}\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")])
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -98,9 +96,22 @@ def test_submodules_in_all(name):
 
 
 def test_exports_include_the_core_api():
-    for name in ("Prompts", "Pipeline", "PipelineConfig", "OracleBoxPrompter", "PerturbedBoxPrompter",
-                 "MeanMaskPointPrompter", "FixedPrompter", "KeepLargestComponents", "RemoveSmallComponents",
-                 "FillHoles", "load_segmenter", "build_prompter", "evaluate", "EvaluationReport"):
+    for name in (
+        "Prompts",
+        "Pipeline",
+        "PipelineConfig",
+        "OracleBoxPrompter",
+        "PerturbedBoxPrompter",
+        "MeanMaskPointPrompter",
+        "FixedPrompter",
+        "KeepLargestComponents",
+        "RemoveSmallComponents",
+        "FillHoles",
+        "load_segmenter",
+        "build_prompter",
+        "evaluate",
+        "EvaluationReport",
+    ):
         assert name in medsamkit.__all__
 
 
@@ -124,9 +135,7 @@ def test_unknown_attribute():
 def test_type_checking_imports_match_exports():
     """The TYPE_CHECKING imports (for IDEs and type checkers) list exactly the lazy exports."""
     tree = ast.parse((PACKAGE_DIR / "__init__.py").read_text())
-    block = next(
-        node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
-    )
+    block = next(node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING")
     imported: dict[str, str] = {}
     for node in ast.walk(block):
         if isinstance(node, ast.ImportFrom):
@@ -140,4 +149,6 @@ def test_core_modules_exist():
     """The filter above must not hide a missing core module."""
     for module in ("._types", "._protocols", "._pipeline", "._postprocess", "._registry", "._geometry", ".prompters"):
         assert _module_exists(module), module
-    assert set(_NOT_EVALUATION) >= {name for name, mod in medsamkit._EXPORTS.items() if mod in ("._types", "._pipeline", ".prompters")}
+    assert set(_NOT_EVALUATION) >= {
+        name for name, mod in medsamkit._EXPORTS.items() if mod in ("._types", "._pipeline", ".prompters")
+    }

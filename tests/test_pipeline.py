@@ -416,7 +416,9 @@ class TestConfig:
     def test_save_refuses_a_lambda_postprocessor_at_save_time(self, tmp_path):
         # Before: save() wrote "python:builtins.function" and only load() failed.
         pipe = Pipeline(OracleBoxPrompter(), FakeSegmenter(), postprocess=[FillHoles(), lambda m: m])
-        with pytest.raises(ValueError, match=r"^postprocess\[1\]: python:builtins\.function is not a registered .*cannot be rebuilt"):
+        with pytest.raises(
+            ValueError, match=r"^postprocess\[1\]: python:builtins\.function is not a registered .*cannot be rebuilt"
+        ):
             pipe.save(tmp_path / "run")
         assert not (tmp_path / "run" / "pipeline.json").exists()
 
@@ -556,7 +558,9 @@ def test_prompts_shorthands():
 
 
 def test_a_component_class_instead_of_an_instance_is_refused():
-    with pytest.raises(TypeError, match=r"prompter: expected an instance, got the class OracleBoxPrompter.*OracleBoxPrompter\(\)"):
+    with pytest.raises(
+        TypeError, match=r"prompter: expected an instance, got the class OracleBoxPrompter.*OracleBoxPrompter\(\)"
+    ):
         Pipeline(OracleBoxPrompter, FakeSegmenter())
     with pytest.raises(TypeError, match="segmenter: expected an instance, got the class FakeSegmenter"):
         Pipeline(OracleBoxPrompter(), FakeSegmenter)

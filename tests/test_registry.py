@@ -25,7 +25,14 @@ from medsamkit.testing import FakeSegmenter
 
 def test_registered_names():
     assert sorted(PROMPTERS) == [
-        "cam-box", "embedding-head", "fixed", "mean-mask-points", "oracle-box", "perturbed-box", "refined", "yolo-box"
+        "cam-box",
+        "embedding-head",
+        "fixed",
+        "mean-mask-points",
+        "oracle-box",
+        "perturbed-box",
+        "refined",
+        "yolo-box",
     ]
     assert sorted(SEGMENTERS) == [
         "fake",
@@ -42,17 +49,25 @@ def test_registered_names():
 
 
 def test_unknown_prompter_lists_valid_names():
-    with pytest.raises(ValueError, match=r"^prompter: expected one of \['cam-box', 'embedding-head', 'fixed', 'mean-mask-points', 'oracle-box', 'perturbed-box', 'refined', 'yolo-box'\], got 'oracel-box'"):
+    with pytest.raises(
+        ValueError,
+        match=r"^prompter: expected one of \['cam-box', 'embedding-head', 'fixed', 'mean-mask-points', 'oracle-box', 'perturbed-box', 'refined', 'yolo-box'\], got 'oracel-box'",
+    ):
         build_prompter("oracel-box")
 
 
 def test_unknown_segmenter_lists_valid_names():
-    with pytest.raises(ValueError, match=r"^segmenter: expected one of \['fake', 'hq-sam-vit-b', .*'litemedsam', 'sam-vit-b', 'sam-vit-h', 'sam-vit-l'\], got 'sam2'"):
+    with pytest.raises(
+        ValueError,
+        match=r"^segmenter: expected one of \['fake', 'hq-sam-vit-b', .*'litemedsam', 'sam-vit-b', 'sam-vit-h', 'sam-vit-l'\], got 'sam2'",
+    ):
         load_segmenter("sam2")
 
 
 def test_unknown_postprocessor_lists_valid_names():
-    with pytest.raises(ValueError, match=r"^postprocess: expected one of \['fill-holes', 'keep-largest', 'remove-small'\], got 'erode'"):
+    with pytest.raises(
+        ValueError, match=r"^postprocess: expected one of \['fill-holes', 'keep-largest', 'remove-small'\], got 'erode'"
+    ):
         build_postprocessor("erode")
 
 
@@ -193,7 +208,9 @@ class TestRegistration:
         assert sam == {f"{p}-vit-{t}": c for p, c in (("sam", "SAM"), ("hq-sam", "HQSAM")) for t in "blh"}
 
     def test_unknown_kind(self):
-        with pytest.raises(ValueError, match=r"^kind: expected one of \['prompter', 'segmenter', 'postprocess', 'preprocess'\], got 'metric'"):
+        with pytest.raises(
+            ValueError, match=r"^kind: expected one of \['prompter', 'segmenter', 'postprocess', 'preprocess'\], got 'metric'"
+        ):
             components("metric")
         with pytest.raises(ValueError, match=r"^kind: expected one of"):
             register_component("metric", "dice")
@@ -225,7 +242,9 @@ class TestRegistration:
 
         (tmp_path / "s.txt").write_text("7")
         assert build_prompter("test-saved", state=tmp_path / "s.txt").value == 7
-        with pytest.raises(ValueError, match=r"^state: the 'test-saved' prompter must be fitted; give the .txt saved by Saved.save\(\)"):
+        with pytest.raises(
+            ValueError, match=r"^state: the 'test-saved' prompter must be fitted; give the .txt saved by Saved.save\(\)"
+        ):
             build_prompter("test-saved")
         assert "test-saved" in fittable_prompters()
 

@@ -110,9 +110,7 @@ class TestClippedTo:
         # 20 wide (x in 0..19), 10 high (y in 0..9)
         p = Prompts(box_xyxy=[[-5, -3, 25, 4], [2, 3, 8, 30], [1.5, 2.5, 3.5, 4.5]])
         clipped = p.clipped_to((10, 20))
-        np.testing.assert_array_equal(
-            clipped.box_xyxy, [[0, 0, 19, 4], [2, 3, 8, 9], [1.5, 2.5, 3.5, 4.5]]
-        )
+        np.testing.assert_array_equal(clipped.box_xyxy, [[0, 0, 19, 4], [2, 3, 8, 9], [1.5, 2.5, 3.5, 4.5]])
         # the original is untouched
         np.testing.assert_array_equal(p.box_xyxy[0], [-5, -3, 25, 4])
 
@@ -261,5 +259,7 @@ def test_compact_reprs():
     )
     assert repr(result) == "SegmentationResult(shape=(10, 10), area=12 px (12.0%), prompts=1 boxes, scores=[0.912])"
     encoding = ImageEncoding(features=torch.zeros(1, 256, 64, 64), size_hw=(10, 10), input_size_hw=(256, 256), model_id="m")
-    assert repr(encoding) == "ImageEncoding(model_id='m', size_hw=(10, 10), input_size_hw=(256, 256), features=[(1, 256, 64, 64)])"
+    assert (
+        repr(encoding) == "ImageEncoding(model_id='m', size_hw=(10, 10), input_size_hw=(256, 256), features=[(1, 256, 64, 64)])"
+    )
     assert "tensor" not in repr(encoding)

@@ -333,9 +333,7 @@ class CachedSegmenter(OneShotMixin):
         cache: An :class:`EmbeddingCache`, or a folder path for one.
     """
 
-    def __init__(
-        self, segmenter: Segmenter, cache: EmbeddingCache | str | Path | None = None, *, decodes: bool = True
-    ) -> None:
+    def __init__(self, segmenter: Segmenter, cache: EmbeddingCache | str | Path | None = None, *, decodes: bool = True) -> None:
         if not hasattr(segmenter, "encode") or not hasattr(segmenter, "model_id"):
             raise TypeError(f"segmenter: expected a Segmenter, got {type(segmenter).__name__}")
         if not isinstance(decodes, bool):
@@ -368,9 +366,7 @@ class CachedSegmenter(OneShotMixin):
         """The cached encoding of ``image``, computing and storing it on a miss."""
         key = image_key(image, self.model_id)
         size_hw = (int(np.shape(image)[0]), int(np.shape(image)[1]))
-        encoding = self.cache.get(
-            key, device=getattr(self.segmenter, "device", None), size_hw=size_hw, model_id=self.model_id
-        )
+        encoding = self.cache.get(key, device=getattr(self.segmenter, "device", None), size_hw=size_hw, model_id=self.model_id)
         if encoding is None:
             encoding = self.segmenter.encode(image)
             self.cache.put(key, encoding)

@@ -70,8 +70,8 @@ class Window:
         width: Window width (> 0).
 
     Example:
-        >>> Window(40, 400)          # abdomen / soft tissue
-        >>> Window.preset("lung")    # L-600 / W1500, see WINDOW_PRESETS for the sources
+        >>> Window(40, 400)  # abdomen / soft tissue
+        >>> Window.preset("lung")  # L-600 / W1500, see WINDOW_PRESETS for the sources
     """
 
     name = "window"
@@ -114,7 +114,9 @@ def parse_window(text: str) -> Window:
             pass
         else:
             return Window(level, width)
-    raise ValueError(f"window: expected a preset ({', '.join(sorted(WINDOW_PRESETS))}) or 'LEVEL,WIDTH' such as '40,400', got {text!r}")
+    raise ValueError(
+        f"window: expected a preset ({', '.join(sorted(WINDOW_PRESETS))}) or 'LEVEL,WIDTH' such as '40,400', got {text!r}"
+    )
 
 
 @register_component("preprocess", "percentile-clip")

@@ -158,9 +158,7 @@ def check_out_file(path: str | os.PathLike[str], *, inputs: Iterable[Path] = (),
     for folder in inputs:
         inp = _real(Path(folder))
         if out == inp or inp in out.parents:
-            raise ValueError(
-                f"{name}: '{file}' lies inside the input folder '{folder}'; save it outside the data folders"
-            )
+            raise ValueError(f"{name}: '{file}' lies inside the input folder '{folder}'; save it outside the data folders")
     return file
 
 

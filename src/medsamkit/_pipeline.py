@@ -92,10 +92,7 @@ def _thin_note(size_hw: tuple[int, int], input_size_hw: tuple[int, int]) -> str 
     if min(input_size_hw) >= THIN_SIDE or min(input_size_hw) >= min(size_hw):
         return None
     (h, w), (ih, iw) = size_hw, input_size_hw
-    return (
-        f"thin image: {h}x{w} px becomes {ih}x{iw} px in the model input, too thin to segment reliably; "
-        "crop or tile it first"
-    )
+    return f"thin image: {h}x{w} px becomes {ih}x{iw} px in the model input, too thin to segment reliably; crop or tile it first"
 
 
 _warned_points: set[str] = set()
@@ -159,18 +156,15 @@ class Pipeline:
         for name, component in (("prompter", prompter), ("segmenter", segmenter)):
             if isinstance(component, type):
                 raise TypeError(
-                    f"{name}: expected an instance, got the class {component.__name__}; "
-                    f"call it first: {component.__name__}()"
+                    f"{name}: expected an instance, got the class {component.__name__}; call it first: {component.__name__}()"
                 )
         if not callable(prompter) or not hasattr(prompter, "requires_target"):
             raise TypeError(
-                "prompter: expected a PromptProvider (callable with a requires_target attribute), "
-                f"got {type(prompter).__name__}"
+                f"prompter: expected a PromptProvider (callable with a requires_target attribute), got {type(prompter).__name__}"
             )
         if not isinstance(segmenter, Segmenter):
             raise TypeError(
-                "segmenter: expected a Segmenter (with model_id, encode() and decode()), "
-                f"got {type(segmenter).__name__}"
+                f"segmenter: expected a Segmenter (with model_id, encode() and decode()), got {type(segmenter).__name__}"
             )
         if combine not in ("union", "best"):
             raise ValueError(f"combine: expected 'union' or 'best', got {combine!r}")

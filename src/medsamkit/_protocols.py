@@ -53,9 +53,7 @@ class PromptProvider(Protocol):
     @property
     def uses_encoding(self) -> bool: ...
 
-    def __call__(
-        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
-    ) -> Prompts:
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
         """Return the prompts for ``image`` (``(H, W)`` or ``(H, W, C)``)."""
         ...
 

@@ -61,10 +61,7 @@ class Prompts:
         if boxes is not None:
             boxes = _as_float_array(boxes, name="box_xyxy", ndim=2, last=4)
             if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
-                raise ValueError(
-                    "box_xyxy: expected x_min <= x_max and y_min <= y_max for every box, "
-                    f"got {boxes.tolist()}"
-                )
+                raise ValueError(f"box_xyxy: expected x_min <= x_max and y_min <= y_max for every box, got {boxes.tolist()}")
         points, labels = self.points_xy, self.point_labels
         if points is not None:
             points = _as_float_array(points, name="points_xy", ndim=3, last=2)
@@ -74,22 +71,16 @@ class Prompts:
             if labels.size == 0 and points.size == 0:
                 labels = labels.reshape(points.shape[:2])
             if labels.shape != points.shape[:2]:
-                raise ValueError(
-                    f"point_labels: expected shape {points.shape[:2]} to match points_xy, "
-                    f"got shape {labels.shape}"
-                )
+                raise ValueError(f"point_labels: expected shape {points.shape[:2]} to match points_xy, got shape {labels.shape}")
             if not np.isin(labels, (-1, 0, 1)).all():
                 raise ValueError(
-                    "point_labels: expected 1 (foreground), 0 (background) or -1 (padding), "
-                    f"got {np.unique(labels)}"
+                    f"point_labels: expected 1 (foreground), 0 (background) or -1 (padding), got {np.unique(labels)}"
                 )
             labels = labels.astype(np.int64)
         elif labels is not None:
             raise ValueError("point_labels: given without points_xy")
         if boxes is not None and points is not None and len(boxes) != len(points):
-            raise ValueError(
-                f"points_xy: expected {len(boxes)} prompts to match box_xyxy, got {len(points)}"
-            )
+            raise ValueError(f"points_xy: expected {len(boxes)} prompts to match box_xyxy, got {len(points)}")
         object.__setattr__(self, "box_xyxy", boxes)
         object.__setattr__(self, "points_xy", points)
         object.__setattr__(self, "point_labels", labels)
@@ -110,8 +101,15 @@ class Prompts:
             return value
         forms = "Prompts, a box (x0, y0, x1, y1), a list/(N, 4) array of boxes, or a dict {'boxes': ..., 'points': ..., 'labels': ...}"
         if isinstance(value, dict):
-            aliases = {"boxes": "box_xyxy", "box": "box_xyxy", "box_xyxy": "box_xyxy", "points": "points_xy",
-                       "points_xy": "points_xy", "labels": "point_labels", "point_labels": "point_labels"}
+            aliases = {
+                "boxes": "box_xyxy",
+                "box": "box_xyxy",
+                "box_xyxy": "box_xyxy",
+                "points": "points_xy",
+                "points_xy": "points_xy",
+                "labels": "point_labels",
+                "point_labels": "point_labels",
+            }
             unknown = sorted(set(value) - set(aliases))
             if unknown:
                 raise ValueError(f"{name}: unknown keys {unknown}; expected {forms}")
@@ -186,15 +184,10 @@ class Prompts:
             boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
         points = self.points_xy
         if points is not None and points.size:
-            bad = (points[..., 0] < -0.5) | (points[..., 0] > w - 0.5) | (points[..., 1] < -0.5) | (
-                points[..., 1] > h - 0.5
-            )
+            bad = (points[..., 0] < -0.5) | (points[..., 0] > w - 0.5) | (points[..., 1] < -0.5) | (points[..., 1] > h - 0.5)
             bad &= self.point_labels != -1  # padding is not a point
             if bad.any():
-                raise ValueError(
-                    f"{name}.points_xy: expected points inside the {w}x{h} (WxH) image, "
-                    f"got {points[bad].tolist()}"
-                )
+                raise ValueError(f"{name}.points_xy: expected points inside the {w}x{h} (WxH) image, got {points[bad].tolist()}")
         return Prompts(box_xyxy=boxes, points_xy=points, point_labels=self.point_labels)
 
     def to_dict(self) -> dict[str, Any]:

@@ -54,19 +54,19 @@ def as_image(image: Any, *, name: str = "image") -> np.ndarray:
         array = np.asarray(image)
     except Exception as exc:  # pragma: no cover - exotic objects
         raise TypeError(f"{name}: expected an array-like image, got {describe(image)}") from exc
-    if array.dtype == object or not (
-        np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
-    ):
-        raise TypeError(
-            f"{name}: expected a numeric dtype (uint8, uint16, int, float or bool), got {array.dtype}"
-        )
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise TypeError(f"{name}: expected a numeric dtype (uint8, uint16, int, float or bool), got {array.dtype}")
     if np.iscomplexobj(array):
         raise TypeError(f"{name}: expected a real-valued image, got complex dtype {array.dtype}")
     if array.ndim == 3 and array.shape[2] not in _CHANNELS:
         raise ValueError(
             f"{name}: expected shape (H, W) or (H, W, C) with C in {_CHANNELS} (channels last), "
             f"got shape {array.shape}"
-            + ("; a 3D volume (D, H, W) is segmented slice by slice with medsamkit.volumes.segment_volume" if array.shape[2] > 4 else "")
+            + (
+                "; a 3D volume (D, H, W) is segmented slice by slice with medsamkit.volumes.segment_volume"
+                if array.shape[2] > 4
+                else ""
+            )
         )
     if array.ndim not in (2, 3):
         raise ValueError(f"{name}: expected shape (H, W) or (H, W, C), got shape {array.shape}")
@@ -77,9 +77,7 @@ def as_image(image: Any, *, name: str = "image") -> np.ndarray:
     return array
 
 
-def as_mask(
-    mask: Any, *, name: str = "target", size_hw: tuple[int, int] | None = None
-) -> np.ndarray:
+def as_mask(mask: Any, *, name: str = "target", size_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Validate a binary mask and return it as a boolean ``(H, W)`` array.
 
     Any non-zero value is foreground. ``(H, W, 1)`` is accepted and squeezed.
@@ -99,19 +97,14 @@ def as_mask(
     if mask is None:
         raise TypeError(f"{name}: expected a mask array of shape (H, W), got None")
     array = np.asarray(mask)
-    if array.dtype == object or not (
-        np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
-    ):
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise TypeError(f"{name}: expected a numeric or bool mask, got dtype {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim != 2:
         raise ValueError(f"{name}: expected shape (H, W), got shape {array.shape}")
     if size_hw is not None and tuple(array.shape) != tuple(size_hw):
-        raise ValueError(
-            f"{name}: expected shape {tuple(size_hw)} (the image's height and width), "
-            f"got shape {array.shape}"
-        )
+        raise ValueError(f"{name}: expected shape {tuple(size_hw)} (the image's height and width), got shape {array.shape}")
     if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
         raise ValueError(f"{name}: expected a binary mask, got NaN values")
     return array.astype(bool, copy=False)

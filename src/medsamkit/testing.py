@@ -152,9 +152,7 @@ def make_blob_image(
     return image, mask
 
 
-def make_presence_folder(
-    root: Any, n: int, *, size_hw: tuple[int, int] = (64, 80), seed: int = 0
-) -> Any:
+def make_presence_folder(root: Any, n: int, *, size_hw: tuple[int, int] = (64, 80), seed: int = 0) -> Any:
     """Write a small image/mask folder with and without the target, for presence classifiers.
 
     Image ``i`` (``img_000.png``, ...) holds a blob (:func:`make_blob_image`) when ``i``

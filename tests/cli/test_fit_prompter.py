@@ -88,8 +88,20 @@ def test_head_fit_logs_its_stages_and_composes_with_a_decoder_tuned_checkpoint(t
     head = tmp_path / "head.pt"
     cache = ["--cache-dir", str(tmp_path / "cache")]
     code = cli_main(
-        ["fit-prompter", str(tmp_path / "d"), "--prompter", "embedding-head", "--out", str(head), "--epochs", "2",
-         "--val-data", str(tmp_path / "d"), "--no-progress", *cache]
+        [
+            "fit-prompter",
+            str(tmp_path / "d"),
+            "--prompter",
+            "embedding-head",
+            "--out",
+            str(head),
+            "--epochs",
+            "2",
+            "--val-data",
+            str(tmp_path / "d"),
+            "--no-progress",
+            *cache,
+        ]
     )
     assert code == 0
     captured = capsys.readouterr()
@@ -97,9 +109,25 @@ def test_head_fit_logs_its_stages_and_composes_with_a_decoder_tuned_checkpoint(t
     assert "presence threshold" in captured.out
     out = tmp_path / "o"
     code = cli_main(
-        ["evaluate", str(tmp_path / "d"), "--out", str(out), "--prompter", "embedding-head", "--prompter-state", str(head),
-         "--checkpoint", str(tmp_path / "tuned.pth"), "--refine", "2", "--quality", "--cases-to-check", "2",
-         "--no-progress", *cache]
+        [
+            "evaluate",
+            str(tmp_path / "d"),
+            "--out",
+            str(out),
+            "--prompter",
+            "embedding-head",
+            "--prompter-state",
+            str(head),
+            "--checkpoint",
+            str(tmp_path / "tuned.pth"),
+            "--refine",
+            "2",
+            "--quality",
+            "--cases-to-check",
+            "2",
+            "--no-progress",
+            *cache,
+        ]
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err

@@ -162,13 +162,38 @@ def test_reference_masks_match_names_exactly(tmp_path, capsys):
     from medsamkit.data import write_mask
 
     write_mask(tmp_path / "refs" / "case1.png", refs["case1"])
-    code = main(["segment", str(tmp_path / "data" / "images"), "--out", str(tmp_path / "out"), "--prompter", "oracle-box",
-                 "--reference-masks", str(tmp_path / "refs"), *FAKE])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "data" / "images"),
+            "--out",
+            str(tmp_path / "out"),
+            "--prompter",
+            "oracle-box",
+            "--reference-masks",
+            str(tmp_path / "refs"),
+            *FAKE,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "case[1]" in err  # the oracle has no mask for case[1]: refused, not borrowed from case1
     write_mask(tmp_path / "refs" / "case[1].png", np.zeros(SIZE, bool))
-    assert main(["segment", str(tmp_path / "data" / "images"), "--out", str(tmp_path / "out"), "--prompter", "oracle-box",
-                 "--reference-masks", str(tmp_path / "refs"), *FAKE]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "data" / "images"),
+                "--out",
+                str(tmp_path / "out"),
+                "--prompter",
+                "oracle-box",
+                "--reference-masks",
+                str(tmp_path / "refs"),
+                *FAKE,
+            ]
+        )
+        == 0
+    )
     assert not read_png_mask(tmp_path / "out" / "masks" / "case[1].png").any()  # its own (empty) mask was the target
     assert read_png_mask(tmp_path / "out" / "masks" / "case1.png").any()
 

@@ -68,7 +68,27 @@ def test_segment_single_volume_with_box3d(tmp_path, capsys):
     _make(tmp_path / "data", n=1)
     image = tmp_path / "data" / "images" / "vol0.nii.gz"
     out = tmp_path / "out"
-    code = main(["segment", str(image), "--out", str(out), "--prompt", "box3d", "--box3d", "10", "8", "1", "30", "24", "5", "--window", "abdomen", *FAKE, *CACHE])
+    code = main(
+        [
+            "segment",
+            str(image),
+            "--out",
+            str(out),
+            "--prompt",
+            "box3d",
+            "--box3d",
+            "10",
+            "8",
+            "1",
+            "30",
+            "24",
+            "5",
+            "--window",
+            "abdomen",
+            *FAKE,
+            *CACHE,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     pred = read_volume(out / "masks" / "vol0.nii.gz")
     assert pred.array[1:6].any() and not pred.array[0].any()

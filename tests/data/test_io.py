@@ -346,9 +346,7 @@ def test_atomic_write_rejects_wrong_types(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_atomic_write_failure_at_replace_keeps_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_atomic_write_failure_at_replace_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "metrics.csv"
     path.write_text("old content")
     seen: list[Path] = []
@@ -366,9 +364,7 @@ def test_atomic_write_failure_at_replace_keeps_old_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
 
 
-def test_atomic_write_failure_midway_keeps_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_atomic_write_failure_midway_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "mask.png"
     write_mask(path, np.ones((4, 4), bool))
     before = path.read_bytes()

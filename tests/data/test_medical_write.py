@@ -24,8 +24,13 @@ def _oblique_volume() -> Volume:
     angle = np.deg2rad(20)
     direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1.0]])
     rng = np.random.default_rng(0)
-    return Volume(rng.integers(-1000, 1000, (4, 6, 5)).astype(np.int16), spacing=(2.5, 0.7, 0.9),
-                  origin=(-12.0, 30.5, 7.25), direction=direction, modality="CT")
+    return Volume(
+        rng.integers(-1000, 1000, (4, 6, 5)).astype(np.int16),
+        spacing=(2.5, 0.7, 0.9),
+        origin=(-12.0, 30.5, 7.25),
+        direction=direction,
+        modality="CT",
+    )
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
@@ -106,6 +111,9 @@ def test_dicom_seg_bad_input(tmp_path):
         write_dicom_seg(tmp_path / "x.dcm", np.zeros((4, 6, 5)), _oblique_volume())
     cxr = read_volume(VOLUMES / "cxr_dicom" / "RG1_UNCI.dcm")
     with pytest.raises(ImageReadError, match="refers to none of its 3 images"):
-        read_dicom_seg(CT3 / "dicom" / "liver_seg_SEG.dcm", source.with_array(source.array, meta={**source.meta, "sop_instance_uids": ["1.2.3"] * 3}))
+        read_dicom_seg(
+            CT3 / "dicom" / "liver_seg_SEG.dcm",
+            source.with_array(source.array, meta={**source.meta, "sop_instance_uids": ["1.2.3"] * 3}),
+        )
     with pytest.raises(ImageReadError, match="not a readable DICOM Segmentation"):
         read_dicom_seg(VOLUMES / "cxr_dicom" / "RG1_UNCI.dcm", cxr)

@@ -55,9 +55,7 @@ def test_split_deterministic_and_seed_dependent() -> None:
 def test_split_independent_of_input_order() -> None:
     shuffled = list(np.random.default_rng(99).permutation(STEMS))
     assert train_val_test_split(shuffled, seed=7) == train_val_test_split(STEMS, seed=7)
-    assert train_val_test_split(tuple(reversed(STEMS)), seed=7) == train_val_test_split(
-        set(STEMS), seed=7
-    )
+    assert train_val_test_split(tuple(reversed(STEMS)), seed=7) == train_val_test_split(set(STEMS), seed=7)
 
 
 def test_split_is_random_not_sorted_slices() -> None:

@@ -484,11 +484,17 @@ def test_second_run_into_a_locked_out_dir_fails_fast_and_a_stale_lock_is_taken_o
     make_folder(tmp_path / "data")
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sys, time; from medsamkit._outdir import out_dir_lock\n"
-            f"with out_dir_lock({str(out)!r}):\n    print('locked', flush=True); sys.stdin.read()"
-        )],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from medsamkit._outdir import out_dir_lock\n"
+                f"with out_dir_lock({str(out)!r}):\n    print('locked', flush=True); sys.stdin.read()"
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -235,8 +235,9 @@ def test_panel_title_edge_cases() -> None:
 
 def test_save_overlay_writes_a_png(tmp_path: Path, masks) -> None:
     pred, target = masks
-    out = save_overlay(tmp_path / "sub" / "case.png", gradient(dtype=np.uint16, lo=0, hi=4095), pred=pred,
-                       target=target, title="case  Dice 0.9")
+    out = save_overlay(
+        tmp_path / "sub" / "case.png", gradient(dtype=np.uint16, lo=0, hi=4095), pred=pred, target=target, title="case  Dice 0.9"
+    )
     assert out == tmp_path / "sub" / "case.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
@@ -267,8 +268,14 @@ def metric_rows(n: int = 30, *, hd95: bool = True) -> list[dict]:
     rng = np.random.default_rng(3)
     rows = []
     for i, d in enumerate(rng.beta(20, 2, n)):
-        row = {"stem": f"case_{i}", "dice": float(d), "iou": float(d / (2 - d)), "precision": d,
-               "recall": np.float32(d), "f1": float(d)}
+        row = {
+            "stem": f"case_{i}",
+            "dice": float(d),
+            "iou": float(d / (2 - d)),
+            "precision": d,
+            "recall": np.float32(d),
+            "f1": float(d),
+        }
         if hd95:
             row["hd95"] = float(rng.gamma(2, 5))
         rows.append(row)
@@ -330,8 +337,11 @@ def test_grouped_boxplot(tmp_path: Path) -> None:
     out = save_grouped_boxplot(tmp_path / "margins.png", groups, xlabel="box margin (px)", title="Dice per margin")
     assert out == tmp_path / "margins.png"
     read_png(out)
-    read_png(save_grouped_boxplot(tmp_path / "hd.png", {"oracle": [3.0, 7.5, 12.0], "mean mask": np.array([20.0, 41.0])},
-                                  ylabel="HD95 (px)"))
+    read_png(
+        save_grouped_boxplot(
+            tmp_path / "hd.png", {"oracle": [3.0, 7.5, 12.0], "mean mask": np.array([20.0, 41.0])}, ylabel="HD95 (px)"
+        )
+    )
     read_png(save_grouped_boxplot(tmp_path / "none.png", {}))
     read_png(save_grouped_boxplot(tmp_path / "lim.png", {"a": [0.2, 0.4]}, ylim=(0.0, 0.5)))
     with pytest.raises(TypeError, match="groups"):
@@ -372,5 +382,7 @@ def test_plot_overlay_shows_overlay_image_on_given_axes():
     ax = Figure().add_subplot()
     assert msk.plot_overlay(image, pred, prompts=msk.Prompts(box_xyxy=[[10, 5, 29, 19]]), ax=ax, title="t") is ax
     shown = ax.get_images()[0].get_array()
-    np.testing.assert_array_equal(np.asarray(shown), msk.overlay_image(image, pred=pred, prompts=msk.Prompts(box_xyxy=[[10, 5, 29, 19]])))
+    np.testing.assert_array_equal(
+        np.asarray(shown), msk.overlay_image(image, pred=pred, prompts=msk.Prompts(box_xyxy=[[10, 5, 29, 19]]))
+    )
     assert ax.get_title() == "t"

@@ -171,8 +171,14 @@ def test_plan_refuses_oversubscription():
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"workers": 0}, "workers"), ({"threads_per_worker": 1.5}, "threads_per_worker"), ({"batch_size": 0}, "batch_size"),
-     ({"gpus_per_worker": -1}, "gpus_per_worker"), ({"address": " "}, "address"), ({"workers": True}, "workers")],
+    [
+        ({"workers": 0}, "workers"),
+        ({"threads_per_worker": 1.5}, "threads_per_worker"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"gpus_per_worker": -1}, "gpus_per_worker"),
+        ({"address": " "}, "address"),
+        ({"workers": True}, "workers"),
+    ],
 )
 def test_bad_engine_options_name_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name}:"):
@@ -238,7 +244,11 @@ def test_ray_engine_writes_what_the_local_engine_writes(ray_cluster, tmp_path, c
     local = evaluate(fake_pipeline(), folder, out_dir=tmp_path / "local", progress=False, n_overlays=4)
     caplog.clear()
     report = evaluate(
-        fake_pipeline(), folder, out_dir=tmp_path / "ray", progress=False, n_overlays=4,
+        fake_pipeline(),
+        folder,
+        out_dir=tmp_path / "ray",
+        progress=False,
+        n_overlays=4,
         engine=RayEngine(workers=2, batch_size=3),
     )
     assert "medsamkit: error: case_bad:" in caplog.text  # named by the driver, as the local engine does
@@ -289,7 +299,12 @@ def test_segment_on_ray_matches_local(ray_cluster, tmp_path):
     samples = list(MaskFolder(tmp_path / "data"))
     local = segment_images(fake_pipeline(), samples, out_dir=tmp_path / "local", n_overlays=3, progress=False)
     report = segment_images(
-        fake_pipeline(), samples, out_dir=tmp_path / "ray", n_overlays=3, progress=False, engine=RayEngine(workers=2, batch_size=2)
+        fake_pipeline(),
+        samples,
+        out_dir=tmp_path / "ray",
+        n_overlays=3,
+        progress=False,
+        engine=RayEngine(workers=2, batch_size=2),
     )
     assert report.errors.keys() == local.errors.keys() == {"case_bad"}
     assert without_timing(report.rows) == without_timing(local.rows)
@@ -382,7 +397,9 @@ def test_real_litemedsam_on_ray_matches_local_even_when_a_worker_is_killed(ray_c
     # The rerun has nothing left to do.
     assert evaluate(pipe, folder, out_dir=out, progress=False, engine="ray").n_evaluated == 0
     for row in report.rows:
-        np.testing.assert_array_equal(read_mask(out / "masks" / f"{row['stem']}.png"), read_mask(tmp_path / "local" / "masks" / f"{row['stem']}.png"))
+        np.testing.assert_array_equal(
+            read_mask(out / "masks" / f"{row['stem']}.png"), read_mask(tmp_path / "local" / "masks" / f"{row['stem']}.png")
+        )
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -405,7 +422,9 @@ def test_cli_evaluate_and_segment_with_engine_ray(ray_cluster, tmp_path, capsys,
     table.write_text("image,mask\n" + "".join(f"images/case_{i:02d}.png,masks/case_{i:02d}.png\n" for i in range(5)))
     args = ["evaluate", str(table), "--mask-column", "mask", "--out", str(tmp_path / "csv"), *common, *ray_args]
     assert main(args) == 0
-    assert without_timing(read_rows(tmp_path / "csv" / "metrics.csv")) == without_timing(read_rows(tmp_path / "ray" / "metrics.csv"))
+    assert without_timing(read_rows(tmp_path / "csv" / "metrics.csv")) == without_timing(
+        read_rows(tmp_path / "ray" / "metrics.csv")
+    )
 
     images = str(tmp_path / "data" / "images")
     refs = ["--reference-masks", str(tmp_path / "data" / "masks")]
@@ -417,5 +436,22 @@ def test_cli_evaluate_and_segment_with_engine_ray(ray_cluster, tmp_path, capsys,
     # Ray-only options without --engine ray are a usage error (exit 2), naming the option.
     assert main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "x"), *common, "--workers", "2"]) == 2
     assert "--workers: only used with --engine ray" in capsys.readouterr().err
-    assert main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "y"), *common, "--engine", "ray", "--workers", "3", "--threads-per-worker", "1"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "y"),
+                *common,
+                "--engine",
+                "ray",
+                "--workers",
+                "3",
+                "--threads-per-worker",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "workers: 3 workers x 1 threads per worker = 3 CPUs, but Ray sees 2" in capsys.readouterr().err

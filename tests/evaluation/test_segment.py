@@ -199,7 +199,9 @@ def test_segment_redoes_an_image_whose_content_changed(tmp_path):
     _, other = make_blob_image(SIZE, seed=9)
     write_mask(tmp_path / "data" / "masks" / "img_a.png", other)
     seg = FakeSegmenter(mode="box")
-    segment_images(Pipeline(OracleBoxPrompter(), seg), MaskFolder(tmp_path / "data", require_masks=False), out_dir=out, progress=False)
+    segment_images(
+        Pipeline(OracleBoxPrompter(), seg), MaskFolder(tmp_path / "data", require_masks=False), out_dir=out, progress=False
+    )
     assert seg.encode_calls == 1
     again = read_png_mask(out / "masks" / "img_a.png")
     ys, xs = np.nonzero(other)

@@ -71,8 +71,11 @@ def test_compare_prompters_runs_whole_pipelines_with_their_own_segmenter_and_thr
     shared, own = FakeSegmenter(), FakeSegmenter()
     own_pipeline = msk.Pipeline(msk.OracleBoxPrompter(), own, threshold=0.99)  # e.g. a fine-tuned pipeline
     report = compare_prompters(
-        shared, folder, {"zero-shot": msk.OracleBoxPrompter(), "tuned": own_pipeline},
-        out_dir=tmp_path / "study", progress=False,
+        shared,
+        folder,
+        {"zero-shot": msk.OracleBoxPrompter(), "tuned": own_pipeline},
+        out_dir=tmp_path / "study",
+        progress=False,
     )
     assert shared.encode_calls == 4 and own.encode_calls == 4  # the empty image gets no prompt, no encoding
     saved = json.loads((tmp_path / "study" / "tuned" / "pipeline.json").read_text())
@@ -96,16 +99,52 @@ def test_bad_arguments(folder, tmp_path):
 
 
 def test_cli_compare_and_box_margins(folder, tmp_path, capsys):
-    code = main([
-        "compare", str(folder.root), "--out", str(tmp_path / "c"), "--segmenter", "fake",
-        "--with", "oracle-box", "--with", "perturbed-box:margin=5", "--no-progress",
-    ])
+    code = main(
+        [
+            "compare",
+            str(folder.root),
+            "--out",
+            str(tmp_path / "c"),
+            "--segmenter",
+            "fake",
+            "--with",
+            "oracle-box",
+            "--with",
+            "perturbed-box:margin=5",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "perturbed-box:margin=5" in out
     assert (tmp_path / "c" / "perturbed-box-margin-5" / "metrics.csv").is_file()
-    code = main(["box-margins", str(folder.root), "--out", str(tmp_path / "b"), "--segmenter", "fake", "--margins", "0", "3", "--no-progress"])
+    code = main(
+        [
+            "box-margins",
+            str(folder.root),
+            "--out",
+            str(tmp_path / "b"),
+            "--segmenter",
+            "fake",
+            "--margins",
+            "0",
+            "3",
+            "--no-progress",
+        ]
+    )
     assert code == 0 and "margin 3 px" in capsys.readouterr().out
-    code = main(["compare", str(folder.root), "--out", str(tmp_path / "d"), "--segmenter", "fake", "--with", "oracle-box:margin", "--no-progress"])
+    code = main(
+        [
+            "compare",
+            str(folder.root),
+            "--out",
+            str(tmp_path / "d"),
+            "--segmenter",
+            "fake",
+            "--with",
+            "oracle-box:margin",
+            "--no-progress",
+        ]
+    )
     assert code == 2 and "KEY=VALUE" in capsys.readouterr().err
 
 

@@ -55,12 +55,8 @@ def _monai_hd(pred: np.ndarray, target: np.ndarray, spacing, percentile) -> floa
 @pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.7, 2.3), (3.0, 0.5)])
 def test_hausdorff_and_hd95_match_monai(spacing) -> None:
     for pred, target in _blob_pairs(seed=7, count=6):
-        assert hausdorff(pred, target, spacing=spacing) == pytest.approx(
-            _monai_hd(pred, target, spacing, None), rel=1e-6
-        )
-        assert hd95(pred, target, spacing=spacing) == pytest.approx(
-            _monai_hd(pred, target, spacing, 95), rel=1e-6
-        )
+        assert hausdorff(pred, target, spacing=spacing) == pytest.approx(_monai_hd(pred, target, spacing, None), rel=1e-6)
+        assert hd95(pred, target, spacing=spacing) == pytest.approx(_monai_hd(pred, target, spacing, 95), rel=1e-6)
 
 
 def test_other_percentiles_match_monai() -> None:

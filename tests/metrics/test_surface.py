@@ -54,9 +54,7 @@ def test_3d_metrics_match_monai(seed, spacing):
     assert ours["dice"] == pytest.approx(float(compute_dice(p, t)), rel=1e-6)
     assert ours["iou"] == pytest.approx(float(compute_iou(p, t)), rel=1e-6)
     assert ours["hd95"] == pytest.approx(float(compute_hausdorff_distance(p, t, percentile=95, spacing=spacing)), rel=1e-5)
-    assert ours["asd"] == pytest.approx(
-        float(compute_average_surface_distance(p, t, symmetric=True, spacing=spacing)), rel=1e-5
-    )
+    assert ours["asd"] == pytest.approx(float(compute_average_surface_distance(p, t, symmetric=True, spacing=spacing)), rel=1e-5)
     # compute_surface_dice takes one-hot (B, C, ...) with class 0 = background skipped
     one_hot = lambda m: torch.as_tensor(np.stack([~m, m])[None].astype(np.float32))
     monai_nsd = float(compute_surface_dice(one_hot(pred), one_hot(target), class_thresholds=[2.0], spacing=spacing))

@@ -12,7 +12,9 @@ from medsamkit.testing import FakeSegmenter, make_blob_image
 def test_points_are_attached_to_the_box_that_contains_them():
     boxes = msk.FixedPrompter(msk.Prompts(box_xyxy=[[0, 0, 9, 9], [20, 0, 29, 9], [40, 0, 49, 9]]))
     points = msk.FixedPrompter(
-        msk.Prompts(points_xy=[[[22, 5], [24, 5]], [[3, 3], [3, 3]], [[70, 5], [71, 5]]], point_labels=[[1, 1], [1, 0]] + [[1, 1]])
+        msk.Prompts(
+            points_xy=[[[22, 5], [24, 5]], [[3, 3], [3, 3]], [[70, 5], [71, 5]]], point_labels=[[1, 1], [1, 0]] + [[1, 1]]
+        )
     )
     out = msk.BoxesWithPointsPrompter(boxes, points)(np.zeros((10, 80)))
     assert out.n == 3

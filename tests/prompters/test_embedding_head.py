@@ -20,7 +20,9 @@ def cxr(tmp_path_factory, shared_data):
     for sample in msk.MaskFolder(shared_data / "cxr-shenzhen")[:12]:
         image, mask = sample.load()
         msk.data.write_image(root / "images" / f"{sample.stem}.png", cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA))
-        msk.write_mask(root / "masks" / f"{sample.stem}.png", cv2.resize(mask.astype(np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST))
+        msk.write_mask(
+            root / "masks" / f"{sample.stem}.png", cv2.resize(mask.astype(np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST)
+        )
     folder = msk.MaskFolder(root)
     return folder[:N_TRAIN], folder[N_TRAIN:]
 
@@ -81,7 +83,11 @@ def test_no_region_gives_no_prompt_and_an_empty_mask(head, seg, cxr):
     _, test = cxr
     image, _ = test[0].load()
     head_all_background = msk.EmbeddingHeadPrompter(threshold=1.0)
-    head_all_background.head, head_all_background.model_id, head_all_background.image_size = head.head, head.model_id, head.image_size
+    head_all_background.head, head_all_background.model_id, head_all_background.image_size = (
+        head.head,
+        head.model_id,
+        head.image_size,
+    )
     prompts = head_all_background(image, encoding=seg.encode(image))
     assert prompts.n == 0
     result = msk.Pipeline(head_all_background, seg)(image)
@@ -141,7 +147,9 @@ class _EmbeddingFake(FakeSegmenter):
         enc = super().encode(image)
         gray = torch.from_numpy(cv2.resize(enc.features, (8, 8), interpolation=cv2.INTER_AREA))
         emb = torch.stack([gray, gray**2, 1 - gray, torch.ones_like(gray)])[None]
-        return msk.ImageEncoding(features=(emb, enc.features), size_hw=enc.size_hw, input_size_hw=(32, 32), model_id=self.model_id)
+        return msk.ImageEncoding(
+            features=(emb, enc.features), size_hw=enc.size_hw, input_size_hw=(32, 32), model_id=self.model_id
+        )
 
     def decode(self, encoding, prompts):
         plain = msk.ImageEncoding(

@@ -150,7 +150,12 @@ class TestFitAndCall:
         assert (prompts.points_xy[1, :, 0] >= 40).all()
 
     def test_low_mean_falls_back_to_half_maximum(self):
-        corners = [(slice(5, 20), slice(5, 20)), (slice(5, 20), slice(40, 55)), (slice(40, 55), slice(5, 20)), (slice(40, 55), slice(40, 55))]
+        corners = [
+            (slice(5, 20), slice(5, 20)),
+            (slice(5, 20), slice(40, 55)),
+            (slice(40, 55), slice(5, 20)),
+            (slice(40, 55), slice(40, 55)),
+        ]
         masks = []
         for rows, cols in corners:
             mask = np.zeros((64, 64), bool)

@@ -75,7 +75,9 @@ class TestOracleBoxPrompter:
         prompts = OracleBoxPrompter()(np.zeros((40, 50, 3), np.uint8), target=target)
         assert prompts.n == 2
 
-    @pytest.mark.parametrize("kwargs, param", [({"mode": "box"}, "mode"), ({"min_area": -1}, "min_area"), ({"min_area": 2.5}, "min_area")])
+    @pytest.mark.parametrize(
+        "kwargs, param", [({"mode": "box"}, "mode"), ({"min_area": -1}, "min_area"), ({"min_area": 2.5}, "min_area")]
+    )
     def test_bad_arguments(self, kwargs, param):
         with pytest.raises(ValueError, match=rf"^{param}: "):
             OracleBoxPrompter(**kwargs)

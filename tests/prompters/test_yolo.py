@@ -160,9 +160,7 @@ def stub_result(xyxy, conf):
 
 class TestBoxConversion:
     def test_sorted_filtered_clipped_inclusive(self):
-        result = stub_result(
-            [[10, 5, 30, 25], [-3, -2, 90, 70], [40, 40, 41, 41], [1, 1, 2, 2]], [0.3, 0.9, 0.5, 0.1]
-        )
+        result = stub_result([[10, 5, 30, 25], [-3, -2, 90, 70], [40, 40, 41, 41], [1, 1, 2, 2]], [0.3, 0.9, 0.5, 0.1])
         boxes, scores, order = result_boxes(result, (64, 80), conf=0.25, max_boxes=4)
         np.testing.assert_array_equal(order, [1, 2, 0])
         np.testing.assert_allclose(scores, [0.9, 0.5, 0.3])
@@ -377,19 +375,28 @@ def _planted_checkpoint(marker) -> bytes:
     return buffer.getvalue()
 
 
-PLANTED_PARAMS = {"model": "yolov8n.yaml", "weights": None, "conf": 0.25, "iou": 0.7, "max_boxes": 4, "imgsz": 64,
-                  "device": "cpu"}
+PLANTED_PARAMS = {
+    "model": "yolov8n.yaml",
+    "weights": None,
+    "conf": 0.25,
+    "iou": 0.7,
+    "max_boxes": 4,
+    "imgsz": 64,
+    "device": "cpu",
+}
 
 
 @pytest.mark.usefixtures("ultralytics_home")
 class TestPlantedFiles:
-
     def test_a_planted_saved_state_does_not_run_code(self, tmp_path):
         marker = tmp_path / "code-ran"
         path = tmp_path / "prompter.npz"
         meta = {"format": "medsamkit.YOLOBoxPrompter", "params": PLANTED_PARAMS, "train_info": {}}
-        np.savez(path, checkpoint=np.frombuffer(_planted_checkpoint(marker), np.uint8),
-                 meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        np.savez(
+            path,
+            checkpoint=np.frombuffer(_planted_checkpoint(marker), np.uint8),
+            meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+        )
         with pytest.raises(ValueError, match="prompter.npz"):
             YOLOBoxPrompter.load(path)(np.zeros((32, 32), np.uint8))
         assert not marker.exists()
@@ -407,8 +414,16 @@ class TestPlantedFiles:
 
     def _v2_state(self, path, yaml) -> None:
         """A state in the current layout (YAML + arrays) with the given model YAML."""
-        meta = {"format": "medsamkit.YOLOBoxPrompter", "version": 2, "params": PLANTED_PARAMS, "train_info": {},
-                "task": "detect", "yaml": yaml, "names": {"0": "foreground"}, "keys": []}
+        meta = {
+            "format": "medsamkit.YOLOBoxPrompter",
+            "version": 2,
+            "params": PLANTED_PARAMS,
+            "train_info": {},
+            "task": "detect",
+            "yaml": yaml,
+            "names": {"0": "foreground"},
+            "keys": [],
+        }
         np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
 
     def test_a_planted_model_yaml_does_not_run_code(self, tmp_path):

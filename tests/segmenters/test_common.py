@@ -61,14 +61,10 @@ def test_prompts_to_model_scales_each_axis_by_its_own_ratio() -> None:
     boxes, (coords, labels) = prompts_to_model(prompts, (1024, 841), (256, 210))
     assert boxes.dtype == torch.float32 and boxes.shape == (2, 4)
     # 100 * 210 / 841 = 24.97027, 300 * 210 / 841 = 74.91082 (hand-computed).
-    np.testing.assert_allclose(
-        boxes.numpy(), [[24.97027, 50.0, 74.91082, 100.0], [0.0, 0.0, 210.0, 256.0]], rtol=0, atol=1e-4
-    )
+    np.testing.assert_allclose(boxes.numpy(), [[24.97027, 50.0, 74.91082, 100.0], [0.0, 0.0, 210.0, 256.0]], rtol=0, atol=1e-4)
     assert coords.dtype == torch.float32 and coords.shape == (2, 2, 2)
     # 420.5 = 841 / 2 -> 105; 84.1 = 841 / 10 -> 21.
-    np.testing.assert_allclose(
-        coords.numpy(), [[[105.0, 128.0], [0.0, 1.0]], [[210.0, 256.0], [21.0, 2.5]]], rtol=0, atol=1e-4
-    )
+    np.testing.assert_allclose(coords.numpy(), [[[105.0, 128.0], [0.0, 1.0]], [[210.0, 256.0], [21.0, 2.5]]], rtol=0, atol=1e-4)
     assert labels.dtype == torch.int64
     assert labels.tolist() == [[1, 0], [1, 1]]
 
@@ -142,9 +138,7 @@ def test_to_rgb_float_rgba_ignores_alpha() -> None:
 
 def test_to_rgb_float_bool_is_the_0_255_image() -> None:
     mask = _gray() > 128
-    np.testing.assert_array_equal(
-        to_rgb_float(mask, (40, 30)), to_rgb_float(mask.astype(np.uint8) * 255, (40, 30))
-    )
+    np.testing.assert_array_equal(to_rgb_float(mask, (40, 30)), to_rgb_float(mask.astype(np.uint8) * 255, (40, 30)))
     # The resized edges keep intermediate values (0/1 would have been rounded away).
     levels = np.unique(to_rgb_float(mask, (40, 30)))
     assert len(levels) > 2 and levels.min() >= 0 and levels.max() <= 255
@@ -169,7 +163,7 @@ def test_to_rgb_float_never_returns_the_callers_memory(shape) -> None:
 
 
 def test_to_rgb_float_uint16_has_no_full_size_float_copy() -> None:
-    image = (_gray(3000, 2400).astype(np.uint16) * 257)  # 14.4 MB as uint16, 28.8 MB as one float32 channel
+    image = _gray(3000, 2400).astype(np.uint16) * 257  # 14.4 MB as uint16, 28.8 MB as one float32 channel
     tracemalloc.start()
     try:
         out = to_rgb_float(image, (256, 205))

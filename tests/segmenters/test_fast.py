@@ -380,7 +380,7 @@ def test_openvino_fast_encoder_sends_nothing_and_writes_nothing_under_home(run_o
     wrote ``~/intel/openvino_ga_cid``. Now nothing tries to connect and nothing lands in HOME
     outside medsamkit's own cache folder."""
     pytest.importorskip("openvino")
-    code = '''
+    code = """
 import torch
 from medsamkit.segmenters._fast import accelerate_encoder
 module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
@@ -389,7 +389,7 @@ x = torch.rand(1, 3, 16, 16)
 with torch.no_grad():
     close = torch.allclose(fast(x), module(x), atol=1e-5)
 RESULT = {"backend": fast.backend, "close": bool(close)}
-'''
+"""
     report = run_offline(code, env={"MEDSAMKIT_OPENVINO_CACHE": ""})
     assert report["result"] == {"backend": "openvino", "close": True}  # the OpenVINO path really ran
     assert report["events"] == []

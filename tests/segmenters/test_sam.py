@@ -65,8 +65,7 @@ def _tiny(pkg, *, img_size: int = 64, seed: int = 0) -> torch.nn.Module:
         embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=4
     )
     transformer = m.TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=32, num_heads=2)
-    common = dict(num_multimask_outputs=3, transformer=transformer, transformer_dim=dim, iou_head_depth=3,
-                  iou_head_hidden_dim=32)
+    common = dict(num_multimask_outputs=3, transformer=transformer, transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=32)
     if pkg is hq:
         decoder = m.MaskDecoderHQ(vit_dim=vit_dim, **common)
     else:
@@ -222,13 +221,13 @@ def test_hq_encoding_keeps_first_interm_embedding(hq_model, image):
     torch.testing.assert_close(encoding.features.image_embeddings, predictor.features, rtol=0, atol=0)
     torch.testing.assert_close(encoding.features.interm_embedding, predictor.interm_features[0], rtol=0, atol=0)
     # A plain tuple of the two tensors (as an embedding cache gives back) decodes the same.
-    plain = ImageEncoding(tuple(t.clone() for t in encoding.features), encoding.size_hw, encoding.input_size_hw,
-                          encoding.model_id)
+    plain = ImageEncoding(
+        tuple(t.clone() for t in encoding.features), encoding.size_hw, encoding.input_size_hw, encoding.model_id
+    )
     prompts = Prompts(box_xyxy=[[20, 10, 100, 80]])
     np.testing.assert_array_equal(seg.decode(plain, prompts).probabilities, seg.decode(encoding, prompts).probabilities)
     with pytest.raises(TypeError, match="HQSAMFeatures"):
-        seg.decode(ImageEncoding(encoding.features[0], encoding.size_hw, encoding.input_size_hw, seg.model_id),
-                   prompts)
+        seg.decode(ImageEncoding(encoding.features[0], encoding.size_hw, encoding.input_size_hw, seg.model_id), prompts)
 
 
 def test_prompt_scaling_matches_resize_longest_side():
@@ -261,9 +260,7 @@ def _gray_and_friends(image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarr
     }
 
 
-@pytest.mark.parametrize(
-    "kind", ["gray-uint8", "gray-1-channel", "gray-uint16", "gray-float32", "rgb-uint16", "rgba", "bool"]
-)
+@pytest.mark.parametrize("kind", ["gray-uint8", "gray-1-channel", "gray-uint16", "gray-float32", "rgb-uint16", "rgba", "bool"])
 def test_input_types_match_predictor_on_uint8_rgb(kind, image, sam_model):
     given, as_predictor_input = _gray_and_friends(image)[kind]
     seg = SAM(model=sam_model)
@@ -322,8 +319,9 @@ def test_single_point_uses_multimask_best_of_three(case):
     pkg, model, seg, encoding, predictor = case
     point = np.array([[40.0, 30.0]])
     out = seg.decode(encoding, Prompts(points_xy=[point]))
-    masks, scores, _ = predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True,
-                                         return_logits=True)
+    masks, scores, _ = predictor.predict(
+        point_coords=point, point_labels=np.array([1]), multimask_output=True, return_logits=True
+    )
     best = int(np.argmax(scores))  # HQ-SAM's decoder already returns only the best one
     np.testing.assert_allclose(out.probabilities[0], _sig(masks[best]), atol=1e-5)
     np.testing.assert_allclose(out.scores[0], scores.max(), atol=1e-6)
@@ -334,14 +332,14 @@ def test_box_and_points_match_predictor(case):
     box = np.array([15, 12, 110, 85.0])
     points, labels = np.array([[60.0, 40.0], [20.0, 80.0]]), np.array([1, 0])
     out = seg.decode(encoding, Prompts(box_xyxy=[box], points_xy=[points], point_labels=[labels]))
-    masks, scores, _ = predictor.predict(point_coords=points, point_labels=labels, box=box,
-                                         multimask_output=False, return_logits=True)
+    masks, scores, _ = predictor.predict(
+        point_coords=points, point_labels=labels, box=box, multimask_output=False, return_logits=True
+    )
     np.testing.assert_allclose(out.probabilities[0], _sig(masks[0]), atol=1e-5)
     np.testing.assert_allclose(out.scores, scores, atol=1e-6)
     # Several points and no box: not ambiguous, one mask.
     out = seg.decode(encoding, Prompts(points_xy=[points], point_labels=[labels]))
-    masks, scores, _ = predictor.predict(point_coords=points, point_labels=labels, multimask_output=False,
-                                         return_logits=True)
+    masks, scores, _ = predictor.predict(point_coords=points, point_labels=labels, multimask_output=False, return_logits=True)
     np.testing.assert_allclose(out.probabilities[0], _sig(masks[0]), atol=1e-5)
 
 
@@ -351,8 +349,7 @@ def test_several_boxes_match_predict_torch_in_chunks(case):
     chunked = type(seg)(model=model, max_prompts_per_batch=2)
     out = chunked.decode(chunked.encode(_rgb_image()), Prompts(box_xyxy=boxes))
     transformed = torch.as_tensor(predictor.transform.apply_boxes(boxes, SIZE_HW), dtype=torch.float)
-    masks, scores, _ = predictor.predict_torch(None, None, boxes=transformed, multimask_output=False,
-                                               return_logits=True)
+    masks, scores, _ = predictor.predict_torch(None, None, boxes=transformed, multimask_output=False, return_logits=True)
     np.testing.assert_allclose(out.probabilities, torch.sigmoid(masks[:, 0]).numpy(), atol=1e-5)
     np.testing.assert_allclose(out.scores, scores[:, 0].numpy(), atol=1e-6)
     assert len({round(float(s), 4) for s in out.scores}) > 1  # the prompts are really distinct
@@ -368,20 +365,23 @@ def test_multimask_selection_sam(sam_model, image):
     b, p = prompts_to_model(prompts, encoding.size_hw, encoding.input_size_hw)
     sparse, dense = sam_model.prompt_encoder(points=p, boxes=b, masks=None)
     with torch.no_grad():
-        _, all_iou = sam_model.mask_decoder(encoding.features, sam_model.prompt_encoder.get_dense_pe(), sparse,
-                                            dense, multimask_output=True)
+        _, all_iou = sam_model.mask_decoder(
+            encoding.features, sam_model.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=True
+        )
     out = seg.decode(encoding, prompts)
     np.testing.assert_allclose(out.scores, all_iou.max(dim=1).values.numpy(), atol=1e-6)
     assert len(set(all_iou.argmax(dim=1).tolist())) > 1  # the selection is not always the same index
     for i in range(len(boxes)):
-        masks, scores, _ = predictor.predict(point_coords=points[i], point_labels=np.array([1]), box=boxes[i],
-                                             multimask_output=True, return_logits=True)
+        masks, scores, _ = predictor.predict(
+            point_coords=points[i], point_labels=np.array([1]), box=boxes[i], multimask_output=True, return_logits=True
+        )
         np.testing.assert_allclose(out.probabilities[i], _sig(masks[np.argmax(scores)]), atol=1e-5)
     # multimask=False: one mask even for a single point
     single = SAM(model=sam_model, multimask=False)
     out = single.decode(single.encode(image), Prompts(points_xy=points[:1]))
-    masks, scores, _ = predictor.predict(point_coords=points[0], point_labels=np.array([1]), multimask_output=False,
-                                         return_logits=True)
+    masks, scores, _ = predictor.predict(
+        point_coords=points[0], point_labels=np.array([1]), multimask_output=False, return_logits=True
+    )
     np.testing.assert_allclose(out.probabilities[0], _sig(masks[0]), atol=1e-5)
 
 
@@ -440,8 +440,11 @@ def test_decode_logits_is_differentiable(case):
 
 def test_missing_checkpoint_messages(monkeypatch, tmp_path):
     monkeypatch.delenv(SAM_CHECKPOINT_DIR_ENV, raising=False)
-    with pytest.raises(FileNotFoundError, match=r"SAM vit_l needs the weights file sam_vit_l_0b3195\.pth.*"
-                                                r"MEDSAMKIT_SAM_CHECKPOINT_DIR is not set.*checkpoint=PATH"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"SAM vit_l needs the weights file sam_vit_l_0b3195\.pth.*"
+        r"MEDSAMKIT_SAM_CHECKPOINT_DIR is not set.*checkpoint=PATH",
+    ):
         SAM("vit_l")
     with pytest.raises(FileNotFoundError, match=r"HQ-SAM vit_h needs the weights file sam_hq_vit_h\.pth"):
         HQSAM("vit_h")
@@ -462,8 +465,10 @@ def test_checkpoint_of_wrong_size_or_family(tmp_path, sam_model):
     with pytest.raises(ValueError, match=r"vit_b weights in .*vit_l_like\.pth.*use model_type='vit_l'"):
         SAM("vit_b", checkpoint=vit_l)
     hq_like = tmp_path / "hq_like.pth"
-    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 1, 1),
-                "mask_decoder.hf_token.weight": torch.zeros(1, 256)}, hq_like)
+    torch.save(
+        {"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 1, 1), "mask_decoder.hf_token.weight": torch.zeros(1, 256)},
+        hq_like,
+    )
     with pytest.raises(ValueError, match="HQ-SAM"):
         SAM("vit_b", checkpoint=hq_like)
     plain = tmp_path / "plain.pth"
@@ -495,8 +500,14 @@ def test_checkpoint_loading_env_dir_model_id_params(family, monkeypatch, tmp_pat
     seg = cls()  # from the environment variable
     prefix = "hq-sam" if family == "hq" else "sam"
     assert seg.model_id.startswith(f"{prefix}-vit_b:") and len(seg.model_id.split(":")[1]) == 16
-    expected = {"model_type": "vit_b", "checkpoint": str(path), "device": "cpu", "multimask": True,
-                "max_prompts_per_batch": 32, "precision": "float32"}
+    expected = {
+        "model_type": "vit_b",
+        "checkpoint": str(path),
+        "device": "cpu",
+        "multimask": True,
+        "max_prompts_per_batch": 32,
+        "precision": "float32",
+    }
     if family == "hq":
         expected["hq_token_only"] = False
     assert seg.params() == expected

@@ -41,14 +41,23 @@ class FakeFinetune:
         self.fail_on_call = fail_on_call
 
     def __call__(self, segmenter, train, val=None, *, out_dir, prompter, eval_prompter, config, progress):
-        self.calls.append({"train": [s.stem for s in train], "val": [s.stem for s in val or []], "config": config,
-                           "segmenter": segmenter, "prompter": prompter, "eval_prompter": eval_prompter})
+        self.calls.append(
+            {
+                "train": [s.stem for s in train],
+                "val": [s.stem for s in val or []],
+                "config": config,
+                "segmenter": segmenter,
+                "prompter": prompter,
+                "eval_prompter": eval_prompter,
+            }
+        )
         if self.fail_on_call == len(self.calls):
             raise KeyboardInterrupt
         out_dir.mkdir(parents=True, exist_ok=True)
         tuned = msk.Pipeline(eval_prompter, FakeSegmenter(mode="box"))
-        return FinetuneResult(run_dir=out_dir, pipeline=tuned, history=[], best_epoch=1, best_val_dice=0.5,
-                              threshold=0.55, sweep=[])
+        return FinetuneResult(
+            run_dir=out_dir, pipeline=tuned, history=[], best_epoch=1, best_val_dice=0.5, threshold=0.55, sweep=[]
+        )
 
 
 @pytest.fixture()
@@ -85,7 +94,9 @@ def test_every_image_is_held_out_once_and_validation_comes_from_the_training_par
         assert call["prompter"] is call["eval_prompter"]
         assert call["config"].epochs == 2 and call["config"].lr == 1e-3 and call["config"].seed == 0
         assert json.loads((tmp_path / "cv" / f"fold_{fold['fold']}" / "split.json").read_text()) == {
-            "train": fold["train"], "val": fold["val"], "test": fold["test"]
+            "train": fold["train"],
+            "val": fold["val"],
+            "test": fold["test"],
         }
 
 
@@ -98,8 +109,19 @@ def test_tables_hold_fold_means_and_mean_std_over_folds(blobs, fake_finetune, tm
         assert (out / f"fold_{i}" / "fold.json").is_file()
     rows = _rows(out / "crossval.csv")
     assert [(r["fold"], r["setting"]) for r in rows] == [(str(i), s) for i in range(3) for s in ("zero-shot", "finetuned")]
-    assert list(rows[0]) == ["fold", "setting", "n_images", "dice", "iou", "precision", "recall", "f1", "hd95",
-                             "best_epoch", "threshold"]
+    assert list(rows[0]) == [
+        "fold",
+        "setting",
+        "n_images",
+        "dice",
+        "iou",
+        "precision",
+        "recall",
+        "f1",
+        "hd95",
+        "best_epoch",
+        "threshold",
+    ]
     assert rows[1]["threshold"] == "0.55" and rows[0]["threshold"] == ""
     # Fold means are the means of the evaluate tables of the held-out images.
     for i in range(3):
@@ -180,8 +202,23 @@ def test_bad_input(blobs, fake_finetune, tmp_path):
 
 
 def test_cli_crossval(blobs, fake_finetune, tmp_path, capsys):
-    code = main(["crossval", str(blobs.root), "--k", "2", "--segmenter", "fake", "--epochs", "3", "--mode", "decoder",
-                 "--out", str(tmp_path / "cv"), "--no-progress"])
+    code = main(
+        [
+            "crossval",
+            str(blobs.root),
+            "--k",
+            "2",
+            "--segmenter",
+            "fake",
+            "--epochs",
+            "3",
+            "--mode",
+            "decoder",
+            "--out",
+            str(tmp_path / "cv"),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "2-fold cross-validation" in out and "zero-shot" in out and "± " in out
@@ -191,8 +228,24 @@ def test_cli_crossval(blobs, fake_finetune, tmp_path, capsys):
 
 
 def test_cli_lora_options(blobs, fake_finetune, tmp_path, capsys):
-    code = main(["crossval", str(blobs.root), "--k", "2", "--segmenter", "fake", "--mode", "lora", "--lora-rank", "4",
-                 "--train-decoder", "--out", str(tmp_path / "cv"), "--no-progress"])
+    code = main(
+        [
+            "crossval",
+            str(blobs.root),
+            "--k",
+            "2",
+            "--segmenter",
+            "fake",
+            "--mode",
+            "lora",
+            "--lora-rank",
+            "4",
+            "--train-decoder",
+            "--out",
+            str(tmp_path / "cv"),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     config = fake_finetune.calls[0]["config"]
     assert (config.mode, config.lora_rank, config.train_decoder, config.lr) == ("lora", 4, True, 1e-3)
@@ -222,10 +275,20 @@ def test_real_two_fold_crossval_of_litemedsam_decoder_finetuning(litemedsam, sha
     for sample in msk.MaskFolder(shared_data / "cxr-shenzhen")[:4]:
         image, mask = sample.load()
         msk.data.write_image(root / "images" / f"{sample.stem}.png", cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA))
-        msk.write_mask(root / "masks" / f"{sample.stem}.png", cv2.resize(mask.astype(np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST))
+        msk.write_mask(
+            root / "masks" / f"{sample.stem}.png", cv2.resize(mask.astype(np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST)
+        )
     cache = EmbeddingCache(tmp_path / "emb")
-    result = crossval(lambda: CachedSegmenter(litemedsam, cache), msk.MaskFolder(root), k=2, out_dir=tmp_path / "cv",
-                      val_fraction=0.5, progress=False, epochs=1, batch_size=1)
+    result = crossval(
+        lambda: CachedSegmenter(litemedsam, cache),
+        msk.MaskFolder(root),
+        k=2,
+        out_dir=tmp_path / "cv",
+        val_fraction=0.5,
+        progress=False,
+        epochs=1,
+        batch_size=1,
+    )
     assert [len(f["test"]) for f in result.folds] == [2, 2]
     assert [(len(f["train"]), len(f["val"])) for f in result.folds] == [(1, 1), (1, 1)]
     for setting in ("zero-shot", "finetuned"):
@@ -235,8 +298,19 @@ def test_real_two_fold_crossval_of_litemedsam_decoder_finetuning(litemedsam, sha
     assert (fold / "finetune" / "model.pth").is_file() and (fold / "finetuned" / "summary.json").is_file()
     assert msk.Pipeline.load(fold / "finetune").segmenter.model_id.startswith("litemedsam:")
     # Everything is on disk: a second call only reads it.
-    assert crossval(lambda: CachedSegmenter(litemedsam, cache), msk.MaskFolder(root), k=2, out_dir=tmp_path / "cv",
-                    val_fraction=0.5, progress=False, epochs=1, batch_size=1).summary == result.summary
+    assert (
+        crossval(
+            lambda: CachedSegmenter(litemedsam, cache),
+            msk.MaskFolder(root),
+            k=2,
+            out_dir=tmp_path / "cv",
+            val_fraction=0.5,
+            progress=False,
+            epochs=1,
+            batch_size=1,
+        ).summary
+        == result.summary
+    )
 
 
 def test_out_dir_inside_the_data_is_refused(blobs, fake_finetune, tmp_path):

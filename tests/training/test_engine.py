@@ -72,8 +72,9 @@ def test_decoder_finetuning_with_mean_mask_points_beats_zero_shot(seg, small_cxr
 
 def test_run_folder_outputs_rebuild_the_pipeline(seg, small_cxr, points, tmp_path):
     train, val = small_cxr
-    result = finetune(seg, train, val, out_dir=tmp_path / "run", prompter=points, epochs=1, progress=False,
-                      thresholds=[0.4, 0.5, 0.6])
+    result = finetune(
+        seg, train, val, out_dir=tmp_path / "run", prompter=points, epochs=1, progress=False, thresholds=[0.4, 0.5, 0.6]
+    )
     run = result.run_dir
     for name in ("model.pth", "pipeline.json", "prompter.npz", "history.csv", "loss_curve.png", "threshold_sweep.csv", "last.pt"):
         assert (run / name).is_file(), name

@@ -80,9 +80,16 @@ def _tiny_run(run_dir, epochs, scores, patience=0):
         return {"train_loss": float(loss.detach()), "val_dice": scores[epoch - 1]}
 
     loop = run_epochs(
-        run_dir, epochs=epochs, patience=patience, validating=True, parts={"layer": ModulePart(layer)},
-        optimizers={"optimizer": optimizer}, epoch_fn=one_epoch, score_fn=lambda row: row["val_dice"],
-        columns=("epoch", "train_loss", "val_dice", "seconds"), progress=False,
+        run_dir,
+        epochs=epochs,
+        patience=patience,
+        validating=True,
+        parts={"layer": ModulePart(layer)},
+        optimizers={"optimizer": optimizer},
+        epoch_fn=one_epoch,
+        score_fn=lambda row: row["val_dice"],
+        columns=("epoch", "train_loss", "val_dice", "seconds"),
+        progress=False,
     )
     return loop, layer, calls
 

@@ -91,8 +91,17 @@ def lora_run(litemedsam, small_cxr, points, tmp_path_factory):
     before = {k: v.clone() for k, v in litemedsam.model.state_dict().items()}
     zero_shot = _val_dice(litemedsam, points, val)
     result = finetune(
-        litemedsam, train, val, out_dir=tmp_path_factory.mktemp("lora") / "run", prompter=points,
-        mode="lora", epochs=2, lr=1e-2, batch_size=1, patience=0, progress=False,
+        litemedsam,
+        train,
+        val,
+        out_dir=tmp_path_factory.mktemp("lora") / "run",
+        prompter=points,
+        mode="lora",
+        epochs=2,
+        lr=1e-2,
+        batch_size=1,
+        patience=0,
+        progress=False,
     )
     return result, before, zero_shot
 
@@ -122,8 +131,16 @@ def test_lora_finetuning_with_mean_mask_points_beats_zero_shot(litemedsam, lora_
 def test_only_the_adapters_change_and_the_merged_model_needs_no_peft(litemedsam, lora_run):
     result, before, _ = lora_run
     run = result.run_dir
-    for name in ("model.pth", "adapters.safetensors", "pipeline.json", "history.csv", "loss_curve.png",
-                 "threshold_sweep.csv", "finetune.json", "last.pt"):
+    for name in (
+        "model.pth",
+        "adapters.safetensors",
+        "pipeline.json",
+        "history.csv",
+        "loss_curve.png",
+        "threshold_sweep.csv",
+        "finetune.json",
+        "last.pt",
+    ):
         assert (run / name).is_file(), name
     assert result.adapters == run / "adapters.safetensors"
     record = json.loads((run / "finetune.json").read_text())["config"]
@@ -219,8 +236,18 @@ def test_frozen_tinyvit_prefix_is_computed_once_and_gives_the_full_encoder_outpu
 @pytest.mark.real_model
 def test_lora_with_the_decoder_resumes_after_an_interruption(litemedsam, exact, small_cxr, points, tmp_path, monkeypatch):
     train, _ = small_cxr
-    kwargs = dict(out_dir=tmp_path / "run", prompter=points, mode="lora", train_decoder=True, lora_rank=4,
-                  epochs=2, lr=1e-3, batch_size=1, patience=0, progress=False)
+    kwargs = dict(
+        out_dir=tmp_path / "run",
+        prompter=points,
+        mode="lora",
+        train_decoder=True,
+        lora_rank=4,
+        epochs=2,
+        lr=1e-3,
+        batch_size=1,
+        patience=0,
+        progress=False,
+    )
     before = {k: v.clone() for k, v in litemedsam.model.state_dict().items()}
     real_curve = _loop.save_curve
 
@@ -269,8 +296,17 @@ def _tiny(pkg, *, img_size=64, seed=0):
     m = pkg.modeling
     torch.manual_seed(seed)
     encoder = m.ImageEncoderViT(
-        img_size=img_size, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2, out_chans=32,
-        qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=2,
+        img_size=img_size,
+        patch_size=16,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2,
+        out_chans=32,
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=2,
         global_attn_indexes=(1,),
     )
     grid = img_size // 16
@@ -278,8 +314,7 @@ def _tiny(pkg, *, img_size=64, seed=0):
         embed_dim=32, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=4
     )
     transformer = m.TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=32, num_heads=2)
-    common = dict(num_multimask_outputs=3, transformer=transformer, transformer_dim=32, iou_head_depth=3,
-                  iou_head_hidden_dim=32)
+    common = dict(num_multimask_outputs=3, transformer=transformer, transformer_dim=32, iou_head_depth=3, iou_head_hidden_dim=32)
     decoder = m.MaskDecoderHQ(vit_dim=32, **common) if pkg.__name__.endswith("_hq") else m.MaskDecoder(**common)
     return m.Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=decoder).eval()
 

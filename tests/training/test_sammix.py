@@ -74,8 +74,9 @@ def run(seg, data, tmp_path_factory):
     """SAM-Mix in decoder mode: 4 epochs (the first classifier-only), all masks used."""
     train, val = data
     before = {k: v.clone() for k, v in seg.model.mask_decoder.state_dict().items()}
-    result = fit_sammix(seg, train, val, out_dir=tmp_path_factory.mktemp("sammix") / "run", epochs=4,
-                        warmup_epochs=1, progress=False, **DECODER)
+    result = fit_sammix(
+        seg, train, val, out_dir=tmp_path_factory.mktemp("sammix") / "run", epochs=4, warmup_epochs=1, progress=False, **DECODER
+    )
     return result, before
 
 
@@ -97,8 +98,16 @@ def test_history_and_run_folder(run, data):
     assert all(h["n_seg"] + h["n_no_box"] == 6 and h["n_seg"] >= 3 for h in rest), rest
     assert all(0 <= h["val_dice"] <= 1 and 0 <= h["val_accuracy"] <= 1 for h in result.history)
     run_dir = result.run_dir
-    for name in ("model.pth", "pipeline.json", "prompter.pt", "history.csv", "loss_curve.png",
-                 "threshold_sweep.csv", "sammix.json", "last.pt"):
+    for name in (
+        "model.pth",
+        "pipeline.json",
+        "prompter.pt",
+        "history.csv",
+        "loss_curve.png",
+        "threshold_sweep.csv",
+        "sammix.json",
+        "last.pt",
+    ):
         assert (run_dir / name).is_file(), name
     with open(run_dir / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -179,14 +188,14 @@ def test_only_labelled_masks_train_the_segmenter(seg, data, tmp_path, monkeypatc
     assert [(h["n_seg"], h["n_no_box"]) for h in one.history] == [(0, 0), (1, 0)]
     assert one.labelled == (positive, negative) and one.best_val_dice is None and one.best_epoch == 2
     # negatives=True: the boxed image without the target trains towards an empty mask too
-    both = fit_sammix(seg, train, out_dir=tmp_path / "both", labelled=[train[1], train[0]], negatives=True,
-                      loss="dicece", **kwargs)
+    both = fit_sammix(
+        seg, train, out_dir=tmp_path / "both", labelled=[train[1], train[0]], negatives=True, loss="dicece", **kwargs
+    )
     assert [h["n_seg"] for h in both.history] == [0, 2]
     monkeypatch.setattr(CAMBoxPrompter, "__call__", lambda self, image, target=None: msk.Prompts.empty())
     skipped = fit_sammix(seg, train, out_dir=tmp_path / "skip", labelled=[positive, negative], **kwargs)
     assert [(h["n_seg"], h["n_no_box"], h["seg_loss"]) for h in skipped.history] == [(0, 0, None), (0, 1, None)]
-    oracle = fit_sammix(seg, train, out_dir=tmp_path / "oracle", labelled=[positive, negative], box_fallback="oracle",
-                        **kwargs)
+    oracle = fit_sammix(seg, train, out_dir=tmp_path / "oracle", labelled=[positive, negative], box_fallback="oracle", **kwargs)
     assert [(h["n_seg"], h["n_no_box"]) for h in oracle.history] == [(0, 0), (1, 1)]
     monkeypatch.undo()
     # No labelled image: the classifier trains, the segmenter does not (SAM-Mix-0).
@@ -203,9 +212,20 @@ def test_lora_mode_trains_adapters_on_cam_boxes(litemedsam, data, tmp_path):
     train = data[0][:4]  # two with a blob
     segmenter = litemedsam
     before = {k: v.clone() for k, v in segmenter.model.state_dict().items()}
-    result = fit_sammix(segmenter, train, out_dir=tmp_path / "lora", labelled=[train[0].stem], mode="lora",
-                        epochs=1, warmup_epochs=0, box_fallback="oracle", segmenter_lr=1e-2, batch_size=4,
-                        progress=False, **SMALL)
+    result = fit_sammix(
+        segmenter,
+        train,
+        out_dir=tmp_path / "lora",
+        labelled=[train[0].stem],
+        mode="lora",
+        epochs=1,
+        warmup_epochs=0,
+        box_fallback="oracle",
+        segmenter_lr=1e-2,
+        batch_size=4,
+        progress=False,
+        **SMALL,
+    )
     assert [h["n_seg"] for h in result.history] == [1]
     assert result.adapters == tmp_path / "lora" / "adapters.safetensors" and result.adapters.is_file()
     saved = torch.load(result.run_dir / "model.pth", weights_only=True)
@@ -323,9 +343,28 @@ def test_bad_input_names_the_parameter_and_writes_nothing(litemedsam, data, tmp_
 def test_cli_sammix_then_evaluate_the_saved_pipeline(tmp_path, capsys):
     data = _folder(tmp_path / "data", 10, 2000)
     out = tmp_path / "run"
-    code = main(["sammix", "--data", str(data.root), "--out", str(out), "--mode", "decoder", "--epochs", "2",
-                 "--labelled", "2", "--batch-size", "4", "--val-fraction", "0.2", "--test-fraction", "0.2",
-                 "--no-progress"])
+    code = main(
+        [
+            "sammix",
+            "--data",
+            str(data.root),
+            "--out",
+            str(out),
+            "--mode",
+            "decoder",
+            "--epochs",
+            "2",
+            "--labelled",
+            "2",
+            "--batch-size",
+            "4",
+            "--val-fraction",
+            "0.2",
+            "--test-fraction",
+            "0.2",
+            "--no-progress",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0, text
     assert "(2 with masks used)" in text and "SAM-Mix: best epoch" in text and "SAM-Mix, trained" in text
@@ -345,17 +384,49 @@ def test_cli_two_stage_and_usage_errors(tmp_path, capsys, monkeypatch):
 
     def fake_fit(segmenter, train, val=None, *, out_dir, labelled, progress, **overrides):
         calls.append({"train": [s.stem for s in train], "labelled": labelled, "overrides": overrides})
-        return SAMMixResult(method="sam-pp", run_dir=out_dir, pipeline=None, prompter=None, history=[], best_epoch=0,
-                            best_val_dice=None, threshold=0.5, sweep=[], labelled=labelled or ())
+        return SAMMixResult(
+            method="sam-pp",
+            run_dir=out_dir,
+            pipeline=None,
+            prompter=None,
+            history=[],
+            best_epoch=0,
+            best_val_dice=None,
+            threshold=0.5,
+            sweep=[],
+            labelled=labelled or (),
+        )
 
     monkeypatch.setattr(msk.training, "fit_sam_pp", fake_fit)  # what the command calls
-    code = main(["sammix", str(data.root), "--out", str(tmp_path / "pp"), "--two-stage", "--labelled", "3",
-                 "--mode", "decoder", "--test-fraction", "0", "--no-cache", "--no-progress"])
+    code = main(
+        [
+            "sammix",
+            str(data.root),
+            "--out",
+            str(tmp_path / "pp"),
+            "--two-stage",
+            "--labelled",
+            "3",
+            "--mode",
+            "decoder",
+            "--test-fraction",
+            "0",
+            "--no-cache",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     (call,) = calls
     assert len(call["labelled"]) == 3 and set(call["labelled"]) <= set(call["train"])
-    assert call["overrides"] == {"mode": "decoder", "epochs": 10, "weight_decay": 0.0, "loss": "dice",
-                                 "batch_size": 16, "patience": 5, "seed": 0}
+    assert call["overrides"] == {
+        "mode": "decoder",
+        "epochs": 10,
+        "weight_decay": 0.0,
+        "loss": "dice",
+        "batch_size": 16,
+        "patience": 5,
+        "seed": 0,
+    }
     capsys.readouterr()
     assert main(["sammix", "--out", str(tmp_path / "a"), "--no-progress"]) == 2
     assert "DATA_DIR or with --data" in capsys.readouterr().err

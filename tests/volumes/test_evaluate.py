@@ -103,7 +103,9 @@ def _add_bad(root: Path, kind: str) -> None:
         moved = Volume(mask.astype(np.uint8), spacing=vol.spacing, origin=(50.0, 2.0, 3.0))
         write_volume(root / "masks" / "bad.nii.gz", moved)
     elif kind == "four_d":
-        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 8, 40, 48), np.int16), isVector=False), str(root / "images" / "bad.nii.gz"))
+        sitk.WriteImage(
+            sitk.GetImageFromArray(np.zeros((2, 8, 40, 48), np.int16), isVector=False), str(root / "images" / "bad.nii.gz")
+        )
         write_volume(root / "masks" / "bad.nii.gz", vol, mask)
     elif kind == "nan":
         values = vol.array.astype(np.float32)

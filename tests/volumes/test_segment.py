@@ -40,7 +40,9 @@ class ThresholdSegmenter(FakeSegmenter):
         enc = super().encode(image)
         from medsamkit import ImageEncoding
 
-        return ImageEncoding(features=np.asarray(image, np.float32) / 255.0, size_hw=enc.size_hw, input_size_hw=enc.size_hw, model_id=self.model_id)
+        return ImageEncoding(
+            features=np.asarray(image, np.float32) / 255.0, size_hw=enc.size_hw, input_size_hw=enc.size_hw, model_id=self.model_id
+        )
 
     def decode(self, encoding, prompts):
         out = super().decode(encoding, prompts)
@@ -199,8 +201,12 @@ def test_real_lung_nodule_oracle_slices_with_fake_segmenter():
 @pytest.mark.real_model
 def test_real_tumour_segmented_with_a_3d_box(litemedsam):
     # lung2 tumour (SOURCE.md: z15-25 y333-398 x318-404): a 5-slice slab through its middle keeps CI fast.
-    image = read_volume(VOLUMES / "pyradiomics_lung_ct" / "images" / "lung2.nii.gz").crop(z=slice(18, 23), y=slice(280, 450), x=slice(270, 460))
-    mask = read_volume(VOLUMES / "pyradiomics_lung_ct" / "masks" / "lung2.nii.gz").crop(z=slice(18, 23), y=slice(280, 450), x=slice(270, 460))
+    image = read_volume(VOLUMES / "pyradiomics_lung_ct" / "images" / "lung2.nii.gz").crop(
+        z=slice(18, 23), y=slice(280, 450), x=slice(270, 460)
+    )
+    mask = read_volume(VOLUMES / "pyradiomics_lung_ct" / "masks" / "lung2.nii.gz").crop(
+        z=slice(18, 23), y=slice(280, 450), x=slice(270, 460)
+    )
     pipe = Pipeline(OracleBoxPrompter(), litemedsam, preprocess=[Window.preset("lung")])
     result = segment_volume(pipe, image, "box3d", target=mask)
     assert result.encoded_slices == list(range(5))  # the tumour spans the whole 5-slice slab
@@ -210,5 +216,7 @@ def test_real_tumour_segmented_with_a_3d_box(litemedsam):
 
 def test_pipeline_on_a_3d_array_points_to_segment_volume():
     vol, mask = _ellipsoid_volume()
-    with pytest.raises(ValueError, match=r"image: expected shape \(H, W\).*got shape \(12, 48, 56\); a 3D volume.*segment_volume"):
+    with pytest.raises(
+        ValueError, match=r"image: expected shape \(H, W\).*got shape \(12, 48, 56\); a 3D volume.*segment_volume"
+    ):
         _pipe()(vol.array, target=mask[0])

@@ -37,8 +37,28 @@ __all__ = ["STATE_VERSION", "YOLOModel", "check_positive_int", "result_boxes", "
 STATE_VERSION = 2
 # Arguments medsamkit sets itself for training (offline guarantees and bookkeeping).
 _RESERVED_TRAIN_ARGS = frozenset(
-    {"data", "model", "pretrained", "amp", "plots", "project", "name", "exist_ok", "epochs", "imgsz", "batch",
-     "seed", "deterministic", "device", "verbose", "resume", "save", "val", "task", "mode"}
+    {
+        "data",
+        "model",
+        "pretrained",
+        "amp",
+        "plots",
+        "project",
+        "name",
+        "exist_ok",
+        "epochs",
+        "imgsz",
+        "batch",
+        "seed",
+        "deterministic",
+        "device",
+        "verbose",
+        "resume",
+        "save",
+        "val",
+        "task",
+        "mode",
+    }
 )
 
 
@@ -83,7 +103,6 @@ def check_positive_int(value: Any, *, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
     return int(value)
-
 
 
 def _weights_path(path: str | os.PathLike[str], *, name: str = "weights") -> Path:
@@ -206,9 +225,7 @@ class YOLOModel:
 
     def _check_fitted(self) -> YOLOWeights:
         if self._state is None:
-            raise RuntimeError(
-                f"{type(self).__name__} has no weights: call fit(samples), load(path) or pass weights=PATH"
-            )
+            raise RuntimeError(f"{type(self).__name__} has no weights: call fit(samples), load(path) or pass weights=PATH")
         return self._state
 
     def _yolo_for(self, yolo_cls: Any, state: YOLOWeights, source: str) -> Any:
@@ -285,8 +302,12 @@ class YOLOModel:
         root = Path(tempfile.mkdtemp(prefix="medsamkit-yolo-")) if work_dir is None else Path(work_dir).expanduser().absolute()
         try:
             data_yaml = masks_to_yolo_dataset(
-                samples, root / "dataset", min_area=min_area, val_samples=val,
-                polygons=self._task == "segment", progress=progress,
+                samples,
+                root / "dataset",
+                min_area=min_area,
+                val_samples=val,
+                polygons=self._task == "segment",
+                progress=progress,
             )
             n_train = len(list((root / "dataset" / "labels" / "train").glob("*.txt")))
             n_val = len(list((root / "dataset" / "labels" / "val").glob("*.txt")))

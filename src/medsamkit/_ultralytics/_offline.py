@@ -136,8 +136,7 @@ def import_ultralytics() -> Any:
             from ultralytics.utils import SETTINGS
         except ImportError as exc:
             raise ImportError(
-                "YOLOBoxPrompter needs Ultralytics: pip install 'medsamkit[yolo]' "
-                "(or pip install ultralytics-opencv-headless)"
+                "YOLOBoxPrompter needs Ultralytics: pip install 'medsamkit[yolo]' (or pip install ultralytics-opencv-headless)"
             ) from exc
         finally:
             # Importing ultralytics changes numpy's print format and OpenCV's thread count globally.
@@ -239,4 +238,3 @@ def preserve_global_state() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-

@@ -36,8 +36,21 @@ _LAYER_PREFIXES = ("torch.nn.modules.", "ultralytics.nn.modules.")
 # Ultralytics layers that load other models (TorchVision may download weights).
 _NOT_LAYERS = frozenset({"TorchVision"})
 _YAML_KEYS = frozenset(
-    {"nc", "scales", "scale", "backbone", "head", "yaml_file", "channels", "depth_multiple", "width_multiple",
-     "max_channels", "kpt_shape", "end2end", "reg_max"}
+    {
+        "nc",
+        "scales",
+        "scale",
+        "backbone",
+        "head",
+        "yaml_file",
+        "channels",
+        "depth_multiple",
+        "width_multiple",
+        "max_channels",
+        "kpt_shape",
+        "end2end",
+        "reg_max",
+    }
 )
 
 
@@ -157,9 +170,7 @@ def _allowed_class(name: str) -> Any:
     import torch
 
     module, _, attr = name.rpartition(".")
-    allowed = name.startswith(_LAYER_PREFIXES) or (
-        module == "ultralytics.nn.tasks" and attr in TASK_MODELS.values()
-    )
+    allowed = name.startswith(_LAYER_PREFIXES) or (module == "ultralytics.nn.tasks" and attr in TASK_MODELS.values())
     if not allowed:
         return None
     try:

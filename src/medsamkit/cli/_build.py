@@ -143,7 +143,9 @@ def pipeline_from_args(args: argparse.Namespace) -> Any:
         post.append(KeepLargestComponents(args.keep_largest))
     if args.fill_holes:
         post.append(FillHoles())
-    return Pipeline(prompter, segmenter, threshold=args.threshold, combine=args.combine, postprocess=post, preprocess=_preprocess(args))
+    return Pipeline(
+        prompter, segmenter, threshold=args.threshold, combine=args.combine, postprocess=post, preprocess=_preprocess(args)
+    )
 
 
 def _preprocess(args: argparse.Namespace) -> list[Any]:

@@ -27,7 +27,11 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--gpus-per-worker", type=float, metavar="G", help="GPUs per Ray worker (default: 1 when Ray sees GPUs, else 0)"
     )
     group.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per Ray worker call (default: 8)")
-    group.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address, e.g. ray://head:10001 (default: $RAY_ADDRESS, else a local Ray)")
+    group.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster address, e.g. ray://head:10001 (default: $RAY_ADDRESS, else a local Ray)",
+    )
 
 
 def engine_from_args(args: argparse.Namespace) -> Any:

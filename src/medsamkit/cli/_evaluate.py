@@ -34,11 +34,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="pixel size for HD95 (default: 1 1, pixels)",
     )
     ev.add_argument("--overwrite", action="store_true", help="discard previous results in OUT_DIR")
-    table = ev.add_argument_group("CSV listing", "when DATA_DIR is a CSV file (CXLSeg: --image-column path --mask-suffix -mask --stem-column dicom_id)")
+    table = ev.add_argument_group(
+        "CSV listing", "when DATA_DIR is a CSV file (CXLSeg: --image-column path --mask-suffix -mask --stem-column dicom_id)"
+    )
     table.add_argument("--image-column", default="image", help="column with the image paths (default: image)")
     table.add_argument("--mask-column", help="column with the mask paths (default: image path + --mask-suffix)")
     table.add_argument("--stem-column", help="column with a unique id per image (default: the image file stem)")
-    table.add_argument("--csv-root", type=Path, metavar="DIR", help="folder relative paths start from (default: the CSV's folder)")
+    table.add_argument(
+        "--csv-root", type=Path, metavar="DIR", help="folder relative paths start from (default: the CSV's folder)"
+    )
     add_missing_masks_option(ev)
     ev.add_argument(
         "--quality",
@@ -144,7 +148,9 @@ def _run_volumes(args: argparse.Namespace) -> int:
     pipeline = pipeline_from_args(args)
     prompt = args.prompt or "box3d"
     if prompt == "auto" and getattr(pipeline.prompter, "requires_target", False):
-        raise UsageError("--prompt auto runs the --prompter on every slice; choose an automatic one (not oracle-box/perturbed-box)")
+        raise UsageError(
+            "--prompt auto runs the --prompter on every slice; choose an automatic one (not oracle-box/perturbed-box)"
+        )
     report = evaluate_volumes(
         pipeline,
         folder,

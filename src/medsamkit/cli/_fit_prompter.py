@@ -21,7 +21,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     fp.add_argument("--prompter", choices=fittable_prompter_choices(), required=True, help="provider to fit")
     fp.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to save it (use with --prompter-state FILE)")
-    fp.add_argument("--epochs", type=int, help="training epochs (default: the provider's: embedding-head 40, yolo-box 100, cam-box 40)")
+    fp.add_argument(
+        "--epochs", type=int, help="training epochs (default: the provider's: embedding-head 40, yolo-box 100, cam-box 40)"
+    )
     fp.add_argument("--imgsz", type=int, default=640, help="yolo-box: training and prediction image size (default: 640)")
     fp.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     fp.add_argument(

@@ -81,7 +81,9 @@ def add_progress_option(parser: _Target) -> None:
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     """The pipeline of ``evaluate`` and ``segment``: prompter, segmenter, threshold, post-processing."""
     group = parser.add_argument_group("pipeline")
-    group.add_argument("--prompter", choices=prompter_choices(), default="oracle-box", help="prompt provider (default: oracle-box)")
+    group.add_argument(
+        "--prompter", choices=prompter_choices(), default="oracle-box", help="prompt provider (default: oracle-box)"
+    )
     add_segmenter_options(group, device=True)
     group.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
     group.add_argument("--combine", choices=("union", "best"), default="union", help="how prompt masks combine (default: union)")

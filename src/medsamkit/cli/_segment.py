@@ -85,7 +85,9 @@ def _run_volumes(args: argparse.Namespace, samples: list[Any]) -> int:
         boxes = {samples[0].stem: list(args.box3d)}
     pipeline = pipeline_from_args(args)
     if prompt == "auto" and getattr(pipeline.prompter, "requires_target", False):
-        raise UsageError("--prompt auto runs the --prompter on every slice; choose an automatic one (not oracle-box/perturbed-box)")
+        raise UsageError(
+            "--prompt auto runs the --prompter on every slice; choose an automatic one (not oracle-box/perturbed-box)"
+        )
     report = segment_volumes(pipeline, samples, out_dir=args.out, prompt=prompt, box3d=boxes, progress=not args.no_progress)
     done = sum(1 for r in report.rows if not r.get("error"))
     print(f"segmented {done} volume(s); masks in {report.out_dir / 'masks'}")

@@ -53,10 +53,7 @@ class Sample:
             ImageReadError: If the mask file cannot be read.
         """
         if self.mask_path is None:
-            raise ValueError(
-                f"sample '{self.stem}' has no mask: no mask file was found for image "
-                f"'{self.image_path}'"
-            )
+            raise ValueError(f"sample '{self.stem}' has no mask: no mask file was found for image '{self.image_path}'")
         return read_mask(self.mask_path)
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
@@ -94,8 +91,7 @@ def _list_images(directory: Path, *, exclude_suffix: str | None = None) -> dict[
             if stem in found:
                 first, second = sorted([found[stem].name, name])
                 raise ValueError(
-                    f"duplicate stem '{stem}' in '{directory}': both '{first}' and '{second}' "
-                    "exist; keep only one file per stem"
+                    f"duplicate stem '{stem}' in '{directory}': both '{first}' and '{second}' exist; keep only one file per stem"
                 )
             found[stem] = path
     return found
@@ -211,17 +207,12 @@ class MaskFolder(Sequence):
         if not isinstance(mask_suffix, str):
             raise TypeError(f"mask_suffix: expected str, got {describe(mask_suffix)}")
         if "/" in mask_suffix or "\\" in mask_suffix:
-            raise ValueError(
-                f"mask_suffix: expected text without path separators, got {mask_suffix!r}"
-            )
+            raise ValueError(f"mask_suffix: expected text without path separators, got {mask_suffix!r}")
         if not isinstance(require_masks, bool):
             raise TypeError(f"require_masks: expected bool, got {describe(require_masks)}")
 
         root_path = Path(os.path.abspath(Path(root).expanduser()))  # normalise '..', keep symlinks
-        layout = (
-            f"expected layout: '{root_path}/{images}/<stem>.png' and "
-            f"'{root_path}/{masks}/<stem>{mask_suffix}.png'"
-        )
+        layout = f"expected layout: '{root_path}/{images}/<stem>.png' and '{root_path}/{masks}/<stem>{mask_suffix}.png'"
         if not root_path.is_dir():
             what = "is not a folder" if root_path.exists() else "does not exist"
             raise FileNotFoundError(f"root: dataset folder '{root_path}' {what}; {layout}")
@@ -232,8 +223,7 @@ class MaskFolder(Sequence):
         if not (root_path / masks).is_dir():
             if require_masks:
                 raise FileNotFoundError(
-                    f"masks folder '{masks_dir}' does not exist; {layout} "
-                    "(pass require_masks=False to list images without masks)"
+                    f"masks folder '{masks_dir}' does not exist; {layout} (pass require_masks=False to list images without masks)"
                 )
             masks_dir = None
 
@@ -245,10 +235,7 @@ class MaskFolder(Sequence):
             )
         image_files = _list_images(images_dir, exclude_suffix=mask_suffix if same_dir else None)
         if not image_files:
-            raise ValueError(
-                f"no image files found in '{images_dir}' (suffixes {', '.join(IMAGE_SUFFIXES)}); "
-                f"{layout}"
-            )
+            raise ValueError(f"no image files found in '{images_dir}' (suffixes {', '.join(IMAGE_SUFFIXES)}); {layout}")
         mask_files = _list_images(masks_dir) if masks_dir is not None else {}
         if same_dir:
             mask_files = {s: p for s, p in mask_files.items() if s.endswith(mask_suffix)}
@@ -366,9 +353,7 @@ class MaskFolder(Sequence):
             KeyError: If a stem is not in the folder (the message names it).
         """
         if isinstance(stems, (str, bytes)) or not isinstance(stems, Iterable):
-            raise TypeError(
-                f"stems: expected a collection of stems (list, tuple, set), got {describe(stems)}"
-            )
+            raise TypeError(f"stems: expected a collection of stems (list, tuple, set), got {describe(stems)}")
         wanted = list(stems)
         bad_type = [s for s in wanted if not isinstance(s, str)]
         if bad_type:

@@ -96,8 +96,7 @@ def read_image(path: PathLike) -> np.ndarray:
     if image is None:
         raise ImageReadError(
             path,
-            f"not a decodable image ({data.size} bytes; corrupt, truncated or "
-            "unsupported format)",
+            f"not a decodable image ({data.size} bytes; corrupt, truncated or unsupported format)",
         )
     if image.ndim == 3:
         channels = image.shape[2]
@@ -108,9 +107,7 @@ def read_image(path: PathLike) -> np.ndarray:
         elif channels == 4:
             image = np.ascontiguousarray(image[..., [2, 1, 0, 3]])  # BGRA -> RGBA
         else:
-            raise ImageReadError(
-                path, f"unsupported number of channels: expected 1, 3 or 4, got {channels}"
-            )
+            raise ImageReadError(path, f"unsupported number of channels: expected 1, 3 or 4, got {channels}")
     elif image.ndim != 2:
         raise ImageReadError(path, f"unsupported image shape {image.shape}")
     return image
@@ -251,10 +248,7 @@ def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def _require_png(path: Path, *, name: str) -> None:
     if path.suffix.lower() != ".png":
-        raise ValueError(
-            f"{name}: expected a path ending in '.png' (the file is written as PNG), "
-            f"got '{path}'"
-        )
+        raise ValueError(f"{name}: expected a path ending in '.png' (the file is written as PNG), got '{path}'")
 
 
 def _encode_png(array: np.ndarray, path: Path) -> bytes:

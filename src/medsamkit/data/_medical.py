@@ -74,9 +74,7 @@ def require_medical(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(
-            f"reading and writing medical formats needs {module}; install it with: {_EXTRA_HINT}"
-        ) from None
+        raise ImportError(f"reading and writing medical formats needs {module}; install it with: {_EXTRA_HINT}") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,7 +197,9 @@ class Volume:
         return image
 
     @classmethod
-    def from_sitk(cls, image: Any, *, modality: str | None = None, path: PathLike | None = None, meta: dict[str, Any] | None = None) -> Volume:
+    def from_sitk(
+        cls, image: Any, *, modality: str | None = None, path: PathLike | None = None, meta: dict[str, Any] | None = None
+    ) -> Volume:
         """A :class:`Volume` from a 3D ``SimpleITK.Image``."""
         sitk = require_medical("SimpleITK")
         if image.GetDimension() != 3:
@@ -312,9 +312,7 @@ def read_volume(path: PathLike) -> Volume:
     fmt = volume_format(path)
     if fmt is None:
         expected = ", ".join(VOLUME_SUFFIXES)
-        raise ImageReadError(
-            path, f"not a volume: expected a {expected} file, a DICOM file or a folder of DICOM files"
-        )
+        raise ImageReadError(path, f"not a volume: expected a {expected} file, a DICOM file or a folder of DICOM files")
     if fmt == "dicom":
         volume = _read_dicom_series(path) if path.is_dir() else read_dicom_image(path)
     else:
@@ -402,11 +400,13 @@ def _read_dicom_series(folder: Path) -> Volume:
             for uid, items in series.items()
         )
         raise ImageReadError(folder, f"expected one DICOM series, found {len(series)}: {detail}")
-    (uid, items), = series.items()
+    ((uid, items),) = series.items()
     images = [(p, ds) for p, ds in items if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds]
     if len(images) != len(items):
         odd = [p.name for p, ds in items if (p, ds) not in images][:3]
-        raise ImageReadError(folder, f"expected image slices with ImagePositionPatient/ImageOrientationPatient, got files without them: {odd}")
+        raise ImageReadError(
+            folder, f"expected image slices with ImagePositionPatient/ImageOrientationPatient, got files without them: {odd}"
+        )
     modality = str(items[0][1].get("Modality", "")) or None
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in images}
     if len(sizes) > 1:
@@ -436,9 +436,7 @@ def _read_dicom_series(folder: Path) -> Volume:
                 f"{', '.join(f'{g:.3g}' for g in gaps[missing][:3])} mm (between {at})",
             )
         if np.ptp(gaps) > 0.01 * step + 1e-3:
-            raise ImageReadError(
-                folder, f"expected evenly spaced slices, got gaps from {gaps.min():.3g} to {gaps.max():.3g} mm"
-            )
+            raise ImageReadError(folder, f"expected evenly spaced slices, got gaps from {gaps.min():.3g} to {gaps.max():.3g} mm")
     _check_decoder(Path(sorted_files[0]), images[0][1])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sorted_files)
@@ -506,7 +504,9 @@ def read_dicom_image(path: PathLike) -> Volume:
         raise ImageReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         sop = ds.get("SOPClassUID")
-        raise ImageReadError(path, f"expected a DICOM image, got a file without pixel data (SOP class {getattr(sop, 'name', sop)})")
+        raise ImageReadError(
+            path, f"expected a DICOM image, got a file without pixel data (SOP class {getattr(sop, 'name', sop)})"
+        )
     _check_decoder(path, ds)
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ImageReadError(path, f"expected a grayscale DICOM (SamplesPerPixel 1), got {ds.SamplesPerPixel} samples per pixel")

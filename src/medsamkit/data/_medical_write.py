@@ -193,10 +193,15 @@ def read_dicom_seg(path: PathLike, reference: Volume, *, segment: int = 1) -> Vo
         raise ValueError("reference: expected a Volume read from DICOM files (with their SOP Instance UIDs)")
     referenced = {uid for _, _, uid in seg.get_source_image_uids()}
     if not referenced & set(uids):
-        raise ImageReadError(path, f"expected a segmentation of {reference.path}, but it refers to none of its {len(uids)} images")
+        raise ImageReadError(
+            path, f"expected a segmentation of {reference.path}, but it refers to none of its {len(uids)} images"
+        )
     present = [u for u in uids if u in referenced]
     pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=present, segment_numbers=[segment], combine_segments=True, skip_overlap_checks=True,
+        source_sop_instance_uids=present,
+        segment_numbers=[segment],
+        combine_segments=True,
+        skip_overlap_checks=True,
         ignore_spatial_locations=True,  # frames are matched by the SOP Instance UID they were derived from
     )
     out = np.zeros(reference.shape, dtype=bool)

@@ -42,8 +42,7 @@ def _check_disjoint(**parts: tuple[str, ...]) -> None:
         overlap = sorted(s for s in stems if s in seen)
         if overlap:
             raise ValueError(
-                f"{part}: stems also in {seen[overlap[0]]}: {_preview(overlap)}; "
-                "the parts of a split must be disjoint"
+                f"{part}: stems also in {seen[overlap[0]]}: {_preview(overlap)}; the parts of a split must be disjoint"
             )
         seen.update((s, part) for s in stems)
 
@@ -61,10 +60,7 @@ class Split:
     test: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        parts = {
-            name: _as_stem_tuple(getattr(self, name), name=name)
-            for name in ("train", "val", "test")
-        }
+        parts = {name: _as_stem_tuple(getattr(self, name), name=name) for name in ("train", "val", "test")}
         _check_disjoint(**parts)
         for name, stems in parts.items():
             object.__setattr__(self, name, stems)
@@ -87,10 +83,7 @@ class Split:
         missing = sorted(expected - set(data))
         unknown = sorted(set(map(str, data)) - expected)
         if missing or unknown:
-            raise ValueError(
-                "data: expected keys ['test', 'train', 'val'], "
-                f"missing {missing}, unknown {unknown}"
-            )
+            raise ValueError(f"data: expected keys ['test', 'train', 'val'], missing {missing}, unknown {unknown}")
         return cls(train=data["train"], val=data["val"], test=data["test"])
 
 
@@ -120,9 +113,7 @@ class Fold:
     def from_dict(cls, data: Mapping[str, Any]) -> Fold:
         """Rebuild a fold from :meth:`to_dict` output."""
         if not isinstance(data, Mapping):
-            raise TypeError(
-                f"data: expected a dict with keys index/train/val, got {describe(data)}"
-            )
+            raise TypeError(f"data: expected a dict with keys index/train/val, got {describe(data)}")
         missing = sorted({"index", "train", "val"} - set(data))
         if missing:
             raise ValueError(f"data: expected keys ['index', 'train', 'val'], missing {missing}")
@@ -140,9 +131,7 @@ def _stems(items: Any) -> list[str]:
     if stems_attr is not None and not isinstance(items, (str, bytes)):
         items = stems_attr
     if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
-        raise TypeError(
-            f"items: expected a list of stems or a MaskFolder, got {describe(items)}"
-        )
+        raise TypeError(f"items: expected a list of stems or a MaskFolder, got {describe(items)}")
     stems = list(items)
     for stem in stems:
         if not isinstance(stem, str):
@@ -181,9 +170,7 @@ def _groups(stems: list[str], stratify: Mapping[str, Hashable] | None) -> list[l
     if stratify is None:
         return [stems]
     if not isinstance(stratify, Mapping):
-        raise TypeError(
-            f"stratify: expected a mapping stem -> label (e.g. a dict), got {describe(stratify)}"
-        )
+        raise TypeError(f"stratify: expected a mapping stem -> label (e.g. a dict), got {describe(stratify)}")
     missing = [s for s in stems if s not in stratify]
     if missing:
         raise ValueError(f"stratify: no label for {len(missing)} stems: {_preview(missing)}")
@@ -193,9 +180,7 @@ def _groups(stems: list[str], stratify: Mapping[str, Hashable] | None) -> list[l
         try:
             by_label.setdefault(label, []).append(stem)
         except TypeError:
-            raise TypeError(
-                f"stratify: labels must be hashable, got {describe(label)} for stem '{stem}'"
-            ) from None
+            raise TypeError(f"stratify: labels must be hashable, got {describe(label)} for stem '{stem}'") from None
     try:
         labels = sorted(by_label)  # type: ignore[type-var]  # unorderable labels: the except below
     except TypeError:  # labels of mixed, unorderable types
@@ -304,9 +289,7 @@ def kfold_splits(
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k: expected an int >= 2, got {describe(k)}")
     if not 2 <= k <= len(stems):
-        raise ValueError(
-            f"k: expected an int with 2 <= k <= {len(stems)} (the number of items), got {k}"
-        )
+        raise ValueError(f"k: expected an int with 2 <= k <= {len(stems)} (the number of items), got {k}")
     k = int(k)
     rng = np.random.default_rng(_check_seed(seed))
     dealt: list[str] = []

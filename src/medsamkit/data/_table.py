@@ -28,8 +28,7 @@ class CsvSamples(Sequence):
     folders: CXLSeg (243,324 chest radiographs) lists ``files/p10/p10000032/s5.../<dicom_id>.jpg``
     with the mask beside it as ``<dicom_id>-mask.jpg``. This reads such a table::
 
-        CsvSamples("CXLseg-mask.csv.gz", image_column="path", mask_suffix="-mask",
-                   stem_column="dicom_id", root="/data/cxlseg")
+        CsvSamples("CXLseg-mask.csv.gz", image_column="path", mask_suffix="-mask", stem_column="dicom_id", root="/data/cxlseg")
 
     The file is read as text (a ``.gz`` file is decompressed), so an identifier such as
     ``00123`` keeps its leading zeros. Rows are streamed: iterating or taking the

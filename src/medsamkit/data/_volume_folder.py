@@ -111,7 +111,9 @@ class VolumeSample:
             if reference is not None:
                 problem = reference.describe_geometry_mismatch(mask)
                 if problem is not None:
-                    raise ImageReadError(path, f"mask does not lie on the image's voxel grid: got {problem} (image '{self.image_path}')")
+                    raise ImageReadError(
+                        path, f"mask does not lie on the image's voxel grid: got {problem} (image '{self.image_path}')"
+                    )
         values = mask.array
         chosen = values != 0 if label is None else values == label
         return mask.with_array(chosen)

@@ -15,7 +15,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CSV_COLUMNS", "EVALUATE_OWNED", "EvaluationReport", "METRIC_COLUMNS", "check_stems", "evaluate", "evaluate_samples", "read_record", "sample_key", "write_record"]
+__all__ = [
+    "CSV_COLUMNS",
+    "EVALUATE_OWNED",
+    "EvaluationReport",
+    "METRIC_COLUMNS",
+    "check_stems",
+    "evaluate",
+    "evaluate_samples",
+    "read_record",
+    "sample_key",
+    "write_record",
+]
 
 METRIC_COLUMNS = ("dice", "iou", "precision", "recall", "f1", "hd95")
 CSV_COLUMNS = ("stem", *METRIC_COLUMNS, "seconds", "n_prompts", "note", "error")
@@ -23,7 +34,15 @@ CSV_COLUMNS = ("stem", *METRIC_COLUMNS, "seconds", "n_prompts", "note", "error")
 
 RUN_FILE = "run.json"
 EVALUATE_OWNED = (
-    "records", "masks", "overlays", RUN_FILE, "metrics.csv", "summary.json", "boxplot.png", "pipeline.json", "prompter.*",
+    "records",
+    "masks",
+    "overlays",
+    RUN_FILE,
+    "metrics.csv",
+    "summary.json",
+    "boxplot.png",
+    "pipeline.json",
+    "prompter.*",
     "cases_to_check",
 )
 """What :func:`evaluate` writes directly in its output folder (what ``overwrite`` may delete)."""
@@ -86,7 +105,9 @@ class EvaluationReport:
         head = "".join(f"<th>{h}</th>" for h in ("metric", "mean", "median", "std", "n"))
         body = []
         for name, stats in self.summary["metrics"].items():
-            cells = [name] + [("-" if stats[k] is None else f"{stats[k]:.4f}") for k in ("mean", "median", "std")] + [str(stats["n"])]
+            cells = (
+                [name] + [("-" if stats[k] is None else f"{stats[k]:.4f}") for k in ("mean", "median", "std")] + [str(stats["n"])]
+            )
             body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
         counts = self.summary["counts"]
         caption = html.escape(
@@ -98,15 +119,11 @@ class EvaluationReport:
         lines = [f"{'metric':<10} {'mean':>8} {'median':>8} {'std':>8} {'n':>5}"]
         for name, stats in self.summary["metrics"].items():
             if stats["n"]:
-                lines.append(
-                    f"{name:<10} {stats['mean']:>8.4f} {stats['median']:>8.4f} {stats['std']:>8.4f} {stats['n']:>5}"
-                )
+                lines.append(f"{name:<10} {stats['mean']:>8.4f} {stats['median']:>8.4f} {stats['std']:>8.4f} {stats['n']:>5}")
             else:
                 lines.append(f"{name:<10} {'-':>8} {'-':>8} {'-':>8} {0:>5}")
         counts = self.summary["counts"]
-        lines.append(
-            f"images: {counts['images']}  errors: {counts['errors']}  no prompt: {counts['no_prompt']}"
-        )
+        lines.append(f"images: {counts['images']}  errors: {counts['errors']}  no prompt: {counts['no_prompt']}")
         return "\n".join(lines)
 
 
@@ -173,9 +190,7 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary.result()
 
 
-def _check_same_run(
-    out_dir: Path, run: dict[str, Any], *, keys: Sequence[str] = ("pipeline", "metrics", "spacing")
-) -> None:
+def _check_same_run(out_dir: Path, run: dict[str, Any], *, keys: Sequence[str] = ("pipeline", "metrics", "spacing")) -> None:
     """Refuse to resume into ``out_dir`` when its ``run.json`` describes another run."""
     path = out_dir / RUN_FILE
     if not path.is_file():
@@ -282,9 +297,7 @@ def read_record(out_dir: Path, stem: str, key: str | None) -> dict[str, Any] | N
     return record
 
 
-def write_record(
-    out_dir: Path, stem: str, row: dict[str, Any], result: Any, *, key: str, save_mask: bool = True
-) -> None:
+def write_record(out_dir: Path, stem: str, row: dict[str, Any], result: Any, *, key: str, save_mask: bool = True) -> None:
     """Write one finished image: its mask (``masks/<stem>.png``) and then its record (``records/<stem>.json``).
 
     Both writes are atomic and the record comes last, so a record on disk always has
@@ -322,8 +335,16 @@ def _finished_row(out_dir: Path, sample: Any, digest: str) -> dict[str, Any] | N
 
 
 def _evaluate_one(
-    pipeline: Any, sample: Any, loaded: Any, read_error: BaseException | None, *, out_dir: Path, spacing: Any,
-    save_masks: bool, key: str, quality: bool = False,
+    pipeline: Any,
+    sample: Any,
+    loaded: Any,
+    read_error: BaseException | None,
+    *,
+    out_dir: Path,
+    spacing: Any,
+    save_masks: bool,
+    key: str,
+    quality: bool = False,
 ) -> dict[str, Any]:
     """Segment and score one sample; write its mask and record; return its ``metrics.csv`` row
     (with ``quality``: plus the quality estimate of the result, see :mod:`._quality`).
@@ -352,16 +373,21 @@ def _evaluate_one(
         message = f"{type(exc).__name__}: {exc}"
         logger.error("medsamkit: error: %s: %s", sample.stem, message)
         return _row_for(sample.stem, None, error=message)
-    row = _row_for(
-        sample.stem, values, seconds=round(seconds, 4), n_prompts=result.prompts.n, note=result.note, **estimate
-    )
+    row = _row_for(sample.stem, values, seconds=round(seconds, 4), n_prompts=result.prompts.n, note=result.note, **estimate)
     write_record(out_dir, sample.stem, row, result, key=key, save_mask=save_masks)
     return row
 
 
 def evaluate_samples(
-    pipeline: Any, samples: Iterable[Any], *, out_dir: Path, spacing: Any, save_masks: bool, digest: str,
-    keys: dict[str, str] | None = None, quality: bool = False,
+    pipeline: Any,
+    samples: Iterable[Any],
+    *,
+    out_dir: Path,
+    spacing: Any,
+    save_masks: bool,
+    digest: str,
+    keys: dict[str, str] | None = None,
+    quality: bool = False,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
     """The per-image loop of both engines: yields ``(sample, row)`` in order.
 
@@ -374,9 +400,19 @@ def evaluate_samples(
 
     for sample, loaded, read_error in prefetch(samples, lambda s: s.load()):
         key = keys[sample.stem] if keys is not None and sample.stem in keys else _key(sample, digest)
-        yield sample, _evaluate_one(
-            pipeline, sample, loaded, read_error, out_dir=out_dir, spacing=spacing, save_masks=save_masks, key=key,
-            quality=quality,
+        yield (
+            sample,
+            _evaluate_one(
+                pipeline,
+                sample,
+                loaded,
+                read_error,
+                out_dir=out_dir,
+                spacing=spacing,
+                save_masks=save_masks,
+                key=key,
+                quality=quality,
+            ),
         )
 
 
@@ -498,8 +534,17 @@ def evaluate(
     with out_dir_lock(out_dir):
         claim_out_dir(out_dir, inputs=inputs, owned=EVALUATE_OWNED, overwrite=overwrite)
         return _evaluate_locked(
-            pipeline, samples, out_dir, run, spacing=spacing, n_overlays=n_overlays, save_masks=save_masks,
-            progress=progress, n_missing=len(missing), engine_options=engine_options, quality=quality,
+            pipeline,
+            samples,
+            out_dir,
+            run,
+            spacing=spacing,
+            n_overlays=n_overlays,
+            save_masks=save_masks,
+            progress=progress,
+            n_missing=len(missing),
+            engine_options=engine_options,
+            quality=quality,
         )
 
 
@@ -539,8 +584,16 @@ def _evaluate_locked(
     digest = run_digest(run)
     if engine_options is not None:
         return _evaluate_on_ray(
-            engine_options, samples, pipeline=pipeline, out_dir=out_dir, spacing=spacing, n_overlays=n_overlays,
-            save_masks=save_masks, progress=progress, digest=digest, n_missing=n_missing,
+            engine_options,
+            samples,
+            pipeline=pipeline,
+            out_dir=out_dir,
+            spacing=spacing,
+            n_overlays=n_overlays,
+            save_masks=save_masks,
+            progress=progress,
+            digest=digest,
+            n_missing=n_missing,
         )
     if not isinstance(samples, (list, tuple)) and callable(getattr(samples, "sample_from_row", None)):
         samples = samples[:]  # a CSV listing: read it once, not at every flush
@@ -579,7 +632,13 @@ def _evaluate_locked(
         write_summary(complete=False)  # a summary on disk never passes for a finished run
     bar = tqdm(pending, desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True)
     loop = evaluate_samples(
-        pipeline, bar, out_dir=out_dir, spacing=spacing, save_masks=save_masks, digest=digest, keys=keys,
+        pipeline,
+        bar,
+        out_dir=out_dir,
+        spacing=spacing,
+        save_masks=save_masks,
+        digest=digest,
+        keys=keys,
         quality=quality,
     )
     for sample, row in loop:
@@ -651,8 +710,17 @@ def _draw_overlays(out_dir: Path, rows: list[dict[str, Any]], by_stem: dict[str,
 
 
 def _evaluate_on_ray(
-    options: Any, samples: Any, *, pipeline: Any, out_dir: Path, spacing: Any, n_overlays: int,
-    save_masks: bool, progress: bool, digest: str, n_missing: int,
+    options: Any,
+    samples: Any,
+    *,
+    pipeline: Any,
+    out_dir: Path,
+    spacing: Any,
+    n_overlays: int,
+    save_masks: bool,
+    progress: bool,
+    digest: str,
+    n_missing: int,
 ) -> EvaluationReport:
     """:func:`evaluate` on Ray Data: the workers run :func:`evaluate_samples`, this process streams the rows.
 
@@ -688,18 +756,14 @@ def _evaluate_on_ray(
     table = CsvStream(out_dir / "metrics.csv", CSV_COLUMNS)
     committed = False
     bar = progress_bar(total, "evaluate (ray)", progress)
-    work = functools.partial(
-        evaluate_samples, spacing=tuple(float(s) for s in spacing), save_masks=save_masks, digest=digest
-    )
+    work = functools.partial(evaluate_samples, spacing=tuple(float(s) for s in spacing), save_masks=save_masks, digest=digest)
     finished = functools.partial(_finished_row, digest=digest)
     if (out_dir / "summary.json").is_file():  # a summary on disk never passes for a finished run
         previous = json.loads((out_dir / "summary.json").read_text())
         atomic_write_text(out_dir / "summary.json", json.dumps({**previous, "complete": False}, indent=2) + "\n")
     try:
         with ray_session(options.address) as ray:
-            rows = stream_rows(
-                ray, options, samples, out_dir=out_dir, work=work, finished=finished, cache=cache_of(pipeline)
-            )
+            rows = stream_rows(ray, options, samples, out_dir=out_dir, work=work, finished=finished, cache=cache_of(pipeline))
             for index, item in enumerate(rows):
                 row = json.loads(item["row"])
                 n_evaluated += not item["reused"]

@@ -264,9 +264,7 @@ _ASCII_SUBSTITUTES = {"\u00b1": "+/-", "\u2013": "-", "\u2014": "-", "\u00b5": "
 def _ascii(text: str) -> str:
     # OpenCV's Hershey fonts only draw ASCII: spell a few common symbols out and make
     # any other character visible as '?'.
-    return "".join(
-        _ASCII_SUBSTITUTES.get(c, c if 32 <= ord(c) < 127 else "?") for c in text.replace("\n", "  ")
-    )
+    return "".join(_ASCII_SUBSTITUTES.get(c, c if 32 <= ord(c) < 127 else "?") for c in text.replace("\n", "  "))
 
 
 def _text_strip(width: int, title: str | None, legend: list[tuple[tuple[int, int, int], str]]) -> np.ndarray:
@@ -454,8 +452,14 @@ def _draw_one_box(ax: Axes, x: float, values: np.ndarray, *, half_width: float) 
     high = float(values[values <= q3 + 1.5 * iqr].max())
     ax.add_patch(
         Rectangle(
-            (x - half_width, q1), 2 * half_width, q3 - q1,
-            facecolor=_BOX_FACE, edgecolor=_BOX_EDGE, linewidth=1.2, alpha=0.9, zorder=2,
+            (x - half_width, q1),
+            2 * half_width,
+            q3 - q1,
+            facecolor=_BOX_FACE,
+            edgecolor=_BOX_EDGE,
+            linewidth=1.2,
+            alpha=0.9,
+            zorder=2,
         )
     )
     ax.vlines([x, x], [low, q3], [q1, high], colors=_BOX_EDGE, linewidth=1.2, zorder=2)
@@ -486,8 +490,15 @@ def _draw_boxes(
     for i, v in enumerate(values):
         if not v.size:
             ax.text(
-                positions[i], 0.5, "no data", ha="center", va="center", fontsize=8,
-                color="0.45", rotation=90, transform=ax.get_xaxis_transform(),
+                positions[i],
+                0.5,
+                "no data",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="0.45",
+                rotation=90,
+                transform=ax.get_xaxis_transform(),
             )
     ax.set_xticks(positions)
     ax.set_xticklabels([f"{label}\nn={v.size}" for label, v in zip(labels, values)], fontsize=9)
@@ -581,9 +592,7 @@ def save_metric_boxplot(
             ax,
             names,
             values,
-            ylabel=("HD95 (px or mm)" if names == ["hd95"] else "distance (px or mm)")
-            if is_distance
-            else "score",
+            ylabel=("HD95 (px or mm)" if names == ["hd95"] else "distance (px or mm)") if is_distance else "score",
             unit_interval=not is_distance,
             seed=0,
         )

@@ -34,6 +34,7 @@ def prefetch(items: Iterable[T], load: Callable[[T], Any], *, ahead: int = 2) ->
     iterator = iter(items)
     pending: deque[tuple[T, Future[Any]]] = deque()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsamkit-read") as pool:
+
         def submit() -> None:
             for item in iterator:
                 pending.append((item, pool.submit(load, item)))

@@ -159,9 +159,7 @@ def failure_detection(
     if not 0 <= review_fraction < 1:
         raise ValueError(f"review_fraction: expected a number in [0, 1), got {review_fraction!r}")
     pairs = [
-        (float(r["dice"]), float(r[column]))
-        for r in rows
-        if r.get("dice") not in (None, "") and r.get(column) not in (None, "")
+        (float(r["dice"]), float(r[column])) for r in rows if r.get("dice") not in (None, "") and r.get(column) not in (None, "")
     ]
     out: dict[str, Any] = {"n": len(pairs), "column": column, "review_fraction": review_fraction}
     if not pairs:
@@ -217,8 +215,7 @@ def cases_to_check(
         rows = list(csv.DictReader(handle))
     if rows and column not in rows[0]:
         raise ValueError(
-            f"column: {metrics} has no {column!r} column (run evaluate with quality=True / --quality); "
-            f"columns: {sorted(rows[0])}"
+            f"column: {metrics} has no {column!r} column (run evaluate with quality=True / --quality); columns: {sorted(rows[0])}"
         )
     scored = [r for r in rows if r.get(column) not in (None, "")]
     scored.sort(key=lambda r: float(r[column]))

@@ -296,8 +296,13 @@ class _Worker:
     """Stage 2 (actors): one pipeline per actor, the local engine's per-image loop over each batch."""
 
     def __init__(
-        self, *, work: Callable[..., Iterator[tuple[Any, dict[str, Any]]]], out_dir: str, threads: int,
-        device: str | None, cache: dict[str, Any] | None,
+        self,
+        *,
+        work: Callable[..., Iterator[tuple[Any, dict[str, Any]]]],
+        out_dir: str,
+        threads: int,
+        device: str | None,
+        cache: dict[str, Any] | None,
     ) -> None:
         import torch
 
@@ -334,8 +339,14 @@ def cache_of(pipeline: Any) -> dict[str, Any] | None:
 
 
 def stream_rows(
-    ray: Any, options: RayEngine, samples: Any, *, out_dir: Path, work: Callable[..., Any],
-    finished: Callable[[Path, Any], Any], cache: dict[str, Any] | None = None,
+    ray: Any,
+    options: RayEngine,
+    samples: Any,
+    *,
+    out_dir: Path,
+    work: Callable[..., Any],
+    finished: Callable[[Path, Any], Any],
+    cache: dict[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run ``work`` on Ray over ``samples`` and yield its rows in input order (streaming).
 
@@ -359,8 +370,11 @@ def stream_rows(
     ds = ds.map_batches(
         _Worker,
         fn_constructor_kwargs={
-            "work": work, "out_dir": str(out_dir), "threads": threads,
-            "device": "cuda" if gpus > 0 else None, "cache": cache,
+            "work": work,
+            "out_dir": str(out_dir),
+            "threads": threads,
+            "device": "cuda" if gpus > 0 else None,
+            "cache": cache,
         },
         batch_size=options.batch_size,
         compute=ray.data.ActorPoolStrategy(size=workers),

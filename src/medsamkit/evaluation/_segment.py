@@ -72,9 +72,7 @@ def segment_images(
     inputs = input_folders(images)
     claim_out_dir(out_dir, inputs=inputs, owned=SEGMENT_OWNED)
     with out_dir_lock(out_dir):
-        return _segment_locked(
-            pipeline, images, out_dir, n_overlays=n_overlays, progress=progress, engine_options=engine_options
-        )
+        return _segment_locked(pipeline, images, out_dir, n_overlays=n_overlays, progress=progress, engine_options=engine_options)
 
 
 def _segment_locked(
@@ -101,7 +99,12 @@ def _segment_locked(
     digest = run_digest(run)
     if engine_options is not None:
         return _segment_on_ray(
-            engine_options, images, pipeline=pipeline, out_dir=out_dir, n_overlays=n_overlays, progress=progress,
+            engine_options,
+            images,
+            pipeline=pipeline,
+            out_dir=out_dir,
+            n_overlays=n_overlays,
+            progress=progress,
             digest=digest,
         )
     rows: dict[str, dict[str, Any]] = {}
@@ -229,7 +232,11 @@ def _segment_on_ray(
     try:
         with ray_session(options.address) as ray:
             rows = stream_rows(
-                ray, options, images, out_dir=out_dir, work=functools.partial(segment_samples, digest=digest),
+                ray,
+                options,
+                images,
+                out_dir=out_dir,
+                work=functools.partial(segment_samples, digest=digest),
                 finished=functools.partial(_finished_segment_row, digest=digest),
                 cache=cache_of(pipeline),
             )

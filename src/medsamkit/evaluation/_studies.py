@@ -171,8 +171,13 @@ def compare_prompters(
         else:
             pipeline = Pipeline(prompter, segmenter, threshold=threshold)
         report = evaluate(
-            pipeline, samples, out_dir=out_dir / folder, n_overlays=n_overlays, progress=progress,
-            allow_missing_masks=allow_missing_masks, quality=quality,
+            pipeline,
+            samples,
+            out_dir=out_dir / folder,
+            n_overlays=n_overlays,
+            progress=progress,
+            allow_missing_masks=allow_missing_masks,
+            quality=quality,
         )
         reports[label] = report
         counts = dict.fromkeys(DETECTION_CLASSES, 0)
@@ -245,7 +250,13 @@ def box_margin_study(
         raise ValueError("margins: expected at least one margin in pixels, got none")
     prompters = {f"margin {float(m):g} px": PerturbedBoxPrompter(margin=float(m)) for m in margins}
     return compare_prompters(
-        segmenter, data, prompters, out_dir=out_dir, limit=limit, n_overlays=2, progress=progress,
+        segmenter,
+        data,
+        prompters,
+        out_dir=out_dir,
+        limit=limit,
+        n_overlays=2,
+        progress=progress,
         allow_missing_masks=allow_missing_masks,
     )
 

@@ -215,9 +215,7 @@ def summarize(values: Iterable[float | None]) -> dict[str, float | int | None]:
 def _as_metric_value(value: Any, *, name: str) -> float:
     if value is None:
         return math.nan
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, float, np.integer, np.floating)
-    ):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"values[{name!r}]: expected a number or None, got {describe(value)}")
     return float(value)
 
@@ -243,9 +241,7 @@ class MetricAccumulator:
         TypeError / ValueError: For unknown metric names or invalid ``spacing``.
     """
 
-    def __init__(
-        self, metrics: Sequence[str] = DEFAULT_METRICS, *, spacing: Any = (1.0, 1.0)
-    ) -> None:
+    def __init__(self, metrics: Sequence[str] = DEFAULT_METRICS, *, spacing: Any = (1.0, 1.0)) -> None:
         self._metrics = _check_metric_names(metrics)
         self._spacing = _check_spacing(spacing)
         self._rows: list[dict[str, Any]] = []
@@ -297,14 +293,10 @@ class MetricAccumulator:
             raise TypeError(f"values: expected a dict of metric values, got {describe(values)}")
         extra = sorted(str(k) for k in values if k != "key" and k not in self._metrics)
         if extra:
-            raise ValueError(
-                f"values: unknown names {extra}; this accumulator tracks {list(self._metrics)}"
-            )
+            raise ValueError(f"values: unknown names {extra}; this accumulator tracks {list(self._metrics)}")
         missing = [m for m in self._metrics if m not in values]
         if missing:
-            raise ValueError(
-                f"values: missing {missing}; this accumulator tracks {list(self._metrics)}"
-            )
+            raise ValueError(f"values: missing {missing}; this accumulator tracks {list(self._metrics)}")
         if key is None:
             key = values.get("key")
         row: dict[str, Any] = {"key": key}
@@ -329,7 +321,4 @@ class MetricAccumulator:
         return len(self._rows)
 
     def __repr__(self) -> str:
-        return (
-            f"MetricAccumulator(metrics={self._metrics!r}, spacing={self._spacing!r}, "
-            f"rows={len(self._rows)})"
-        )
+        return f"MetricAccumulator(metrics={self._metrics!r}, spacing={self._spacing!r}, rows={len(self._rows)})"

@@ -29,22 +29,14 @@ __all__ = ["hausdorff", "hd95"]
 def _check_spacing(spacing: Any) -> tuple[float, float]:
     """Validate a pixel spacing ``(row, col)``: two positive finite numbers."""
     if isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__"):
-        raise TypeError(
-            f"spacing: expected a pair (row, col) of positive numbers, got {describe(spacing)}"
-        )
+        raise TypeError(f"spacing: expected a pair (row, col) of positive numbers, got {describe(spacing)}")
     values = list(spacing)
     if len(values) != 2:
-        raise ValueError(
-            f"spacing: expected 2 values (row, col), got {len(values)}: {values!r}"[:200]
-        )
+        raise ValueError(f"spacing: expected 2 values (row, col), got {len(values)}: {values!r}"[:200])
     result = []
     for value in values:
-        if isinstance(value, (bool, np.bool_)) or not isinstance(
-            value, (int, float, np.integer, np.floating)
-        ):
-            raise TypeError(
-                f"spacing: expected a pair (row, col) of positive numbers, got {values!r}"[:200]
-            )
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"spacing: expected a pair (row, col) of positive numbers, got {values!r}"[:200])
         value = float(value)
         if not math.isfinite(value) or value <= 0.0:
             raise ValueError(f"spacing: expected positive finite numbers, got {values!r}")
@@ -54,9 +46,7 @@ def _check_spacing(spacing: Any) -> tuple[float, float]:
 
 def _check_percentile(percentile: Any) -> float:
     """Validate a percentile in ``[0, 100]``."""
-    if isinstance(percentile, (bool, np.bool_)) or not isinstance(
-        percentile, (int, float, np.integer, np.floating)
-    ):
+    if isinstance(percentile, (bool, np.bool_)) or not isinstance(percentile, (int, float, np.integer, np.floating)):
         raise TypeError(f"percentile: expected a number in [0, 100], got {describe(percentile)}")
     value = float(percentile)
     if not 0.0 <= value <= 100.0:  # also rejects NaN
@@ -117,9 +107,7 @@ def _surface_distances(
     return edge_distances(_edges(pred_crop), _edges(target_crop), spacing)
 
 
-def edge_distances(
-    pred_edges: np.ndarray, target_edges: np.ndarray, spacing: tuple[float, ...]
-) -> tuple[np.ndarray, np.ndarray]:
+def edge_distances(pred_edges: np.ndarray, target_edges: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Directed distances between two boolean edge masks of any dimension (2D or 3D).
 
     Returns ``(pred_to_target, target_to_pred)``, both empty when either has no edge.
@@ -149,9 +137,7 @@ def _hausdorff_from_distances(distances: tuple[np.ndarray, np.ndarray] | None) -
     return float(max(to_target.max(), to_pred.max()))
 
 
-def _percentile_from_distances(
-    distances: tuple[np.ndarray, np.ndarray] | None, percentile: float
-) -> float:
+def _percentile_from_distances(distances: tuple[np.ndarray, np.ndarray] | None, percentile: float) -> float:
     if distances is None:
         return 0.0
     to_target, to_pred = distances
@@ -188,9 +174,7 @@ def hausdorff(pred: Any, target: Any, *, spacing: Any = (1.0, 1.0)) -> float:
     return _hausdorff_from_distances(_surface_distances(pred_mask, target_mask, sampling))
 
 
-def hd95(
-    pred: Any, target: Any, *, spacing: Any = (1.0, 1.0), percentile: float = 95.0
-) -> float:
+def hd95(pred: Any, target: Any, *, spacing: Any = (1.0, 1.0), percentile: float = 95.0) -> float:
     """Percentile Hausdorff distance (HD95 by default) between two mask boundaries.
 
     The maximum of the two *directed* percentiles: the ``percentile``-th percentile of

@@ -221,9 +221,7 @@ def normalized_surface_dice(pred: Any, target: Any, *, tolerance: float = 2.0, s
     return _nsd(_distances(pred_mask, target_mask, sampling), tau)
 
 
-def volume_metrics(
-    pred: Any, target: Any, *, spacing: Any = None, nsd_tolerance: float = 2.0
-) -> dict[str, float]:
+def volume_metrics(pred: Any, target: Any, *, spacing: Any = None, nsd_tolerance: float = 2.0) -> dict[str, float]:
     """Dice, IoU, NSD, HD95 and ASD of one 2D or 3D prediction, sharing one distance computation.
 
     Returns:

@@ -309,8 +309,7 @@ class CAMBoxPrompter:
         stride = 2 ** (depth - 1)
         if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 4 * stride or input_size % stride:
             raise ValueError(
-                f"input_size: expected a multiple of {stride} (2 ** (depth - 1)) and at least {4 * stride}, "
-                f"got {input_size!r}"
+                f"input_size: expected a multiple of {stride} (2 ** (depth - 1)) and at least {4 * stride}, got {input_size!r}"
             )
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"width: expected a positive int, got {width!r}")
@@ -434,8 +433,16 @@ class CAMBoxPrompter:
             losses, correct = [], 0
             for index in index_batches(rng.permutation(n), batch_size):
                 step = classifier_step(
-                    model, optimizer, x_train, y_train, index, rng,
-                    loss_fn=loss_fn, shift=shift, intensity=intensity, flip=flip,
+                    model,
+                    optimizer,
+                    x_train,
+                    y_train,
+                    index,
+                    rng,
+                    loss_fn=loss_fn,
+                    shift=shift,
+                    intensity=intensity,
+                    flip=flip,
                 )
                 if step is not None:
                     losses.append(step[0] * len(index))
@@ -527,9 +534,7 @@ class CAMBoxPrompter:
         min_area = max(1, int(self.min_area_fraction * h * w))
         return component_boxes_xyxy(region, min_area=min_area, keep_largest=True)[: self.max_boxes]
 
-    def __call__(
-        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
-    ) -> Prompts:
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
         """Box prompts for ``image`` (``target`` is not read); none when the classifier says "absent"."""
         self._check_fitted()
         image = as_image(image)

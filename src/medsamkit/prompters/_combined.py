@@ -37,9 +37,7 @@ class BoxesWithPointsPrompter:
     def __repr__(self) -> str:
         return f"BoxesWithPointsPrompter({self.boxes!r}, {self.points!r})"
 
-    def __call__(
-        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
-    ) -> Prompts:
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
         """Box prompts, each with the points inside it."""
         box_prompts = prompts_for(self.boxes, image, target=target, encoding=encoding)
         point_prompts = prompts_for(self.points, image, target=target, encoding=encoding)

@@ -230,8 +230,7 @@ class EmbeddingHeadPrompter:
 
         if hasattr(samples, "encode") and hasattr(samples, "model_id"):
             raise TypeError(
-                f"samples: got a segmenter ({type(samples).__name__}); the signature is "
-                "fit(samples, *, segmenter=..., ...)"
+                f"samples: got a segmenter ({type(samples).__name__}); the signature is fit(samples, *, segmenter=..., ...)"
             )
         if segmenter is None:
             raise TypeError("segmenter: EmbeddingHeadPrompter.fit needs segmenter=<the segmenter whose embedding it reads>")
@@ -278,7 +277,9 @@ class EmbeddingHeadPrompter:
             self.calibrate_presence(segmenter, val, progress=progress)
         return self
 
-    def _train(self, head: Any, x_all: Any, y_all: Any, *, epochs: int, lr: float, batch_size: int, seed: int, progress: bool) -> None:
+    def _train(
+        self, head: Any, x_all: Any, y_all: Any, *, epochs: int, lr: float, batch_size: int, seed: int, progress: bool
+    ) -> None:
         import torch
         from tqdm.auto import tqdm
 
@@ -352,7 +353,9 @@ class EmbeddingHeadPrompter:
         self.presence_calibration = result
         _log.info(
             "embedding head: presence threshold %.3f (validation sensitivity %.3f, specificity %.3f)",
-            self.presence_threshold, result["sensitivity"], result["specificity"],
+            self.presence_threshold,
+            result["sensitivity"],
+            result["specificity"],
         )
         return result
 
@@ -437,9 +440,7 @@ class EmbeddingHeadPrompter:
             up = F.interpolate(logits, size=tuple(encoding.size_hw), mode="bilinear", align_corners=False)
             return torch.sigmoid(up[0, 0]).numpy()
 
-    def __call__(
-        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
-    ) -> Prompts:
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
         """Boxes around the regions of the coarse map (``encoding`` from the pipeline is required).
 
         No prompt when the presence score is below ``presence_threshold``.
@@ -477,8 +478,14 @@ class EmbeddingHeadPrompter:
             {
                 "head": self.head.state_dict(),
                 "meta": json.dumps(
-                    {"params": self.params(), "model_id": self.model_id, "encoder_id": self.encoder_id, "image_size": self.image_size, "history": self.history,
-                     "presence_calibration": self.presence_calibration}
+                    {
+                        "params": self.params(),
+                        "model_id": self.model_id,
+                        "encoder_id": self.encoder_id,
+                        "image_size": self.image_size,
+                        "history": self.history,
+                        "presence_calibration": self.presence_calibration,
+                    }
                 ),
             },
             buffer,

@@ -40,8 +40,6 @@ class FixedPrompter:
         """Constructor arguments (for configs)."""
         return {"prompts": self.prompts.to_dict()}
 
-    def __call__(
-        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
-    ) -> Prompts:
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
         """The fixed prompts (``image``, ``target`` and ``encoding`` are not read)."""
         return self.prompts

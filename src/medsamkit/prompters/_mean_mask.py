@@ -107,9 +107,7 @@ class MeanMaskPointPrompter:
             "group": self.group,
         }
 
-    def fit(
-        self, samples: Iterable[Any], *, val: Iterable[Any] | None = None, progress: bool = False
-    ) -> MeanMaskPointPrompter:
+    def fit(self, samples: Iterable[Any], *, val: Iterable[Any] | None = None, progress: bool = False) -> MeanMaskPointPrompter:
         """Average the training masks and place the points.
 
         Args:
@@ -167,9 +165,7 @@ class MeanMaskPointPrompter:
         if self.mean_mask is None:
             raise RuntimeError("MeanMaskPointPrompter is not fitted: call fit(training_masks) or load(path) first")
 
-    def __call__(
-        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
-    ) -> Prompts:
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
         """Points scaled to ``image``'s size (``target`` is not read)."""
         image = as_image(image)
         h, w = image.shape[:2]

@@ -65,9 +65,7 @@ class OracleBoxPrompter:
             return np.zeros((0, 4), np.float32) if box is None else box[None]
         return component_boxes_xyxy(target, min_area=self.min_area)
 
-    def __call__(
-        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
-    ) -> Prompts:
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
         """Boxes for ``image`` from its reference mask ``target`` (required)."""
         mask = _require_target(target, image, "OracleBoxPrompter")
         return Prompts(box_xyxy=self.boxes(mask))
@@ -139,9 +137,7 @@ class PerturbedBoxPrompter:
         digest = hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=8).digest()
         return np.random.default_rng([self.seed, int.from_bytes(digest, "little")])
 
-    def __call__(
-        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
-    ) -> Prompts:
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
         """Perturbed oracle boxes for ``image`` (``target`` required)."""
         mask = _require_target(target, image, "PerturbedBoxPrompter")
         boxes = self.oracle.boxes(mask)

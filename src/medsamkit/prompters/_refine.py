@@ -144,14 +144,10 @@ class RefinedPrompter:
             raise TypeError(f"base: {type(self.base).__name__} has no fitted state to save")
         return save(path)
 
-    def __call__(
-        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
-    ) -> Prompts:
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
         """The base provider's prompts, re-boxed from the segmenter's masks until stable."""
         if self.segmenter is None:
-            raise ValueError(
-                "segmenter: RefinedPrompter decodes with the segmenter; use it inside a Pipeline or pass segmenter="
-            )
+            raise ValueError("segmenter: RefinedPrompter decodes with the segmenter; use it inside a Pipeline or pass segmenter=")
         if encoding is None:
             encoding = self.segmenter.encode(image)
         kwargs: dict[str, Any] = {}

@@ -71,9 +71,7 @@ class YOLOBoxPrompter(YOLOModel):
 
     requires_target = False
 
-    def __call__(
-        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
-    ) -> Prompts:
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
         """The detected boxes as prompts (``target`` and ``encoding`` are not read)."""
         boxes, _ = self.detect(image)
         if len(boxes) == 0:

@@ -134,9 +134,7 @@ def check_encoding(encoding: ImageEncoding, model_id: str) -> None:
     if not isinstance(encoding, ImageEncoding):
         raise TypeError(f"encoding: expected an ImageEncoding from encode(), got {type(encoding).__name__}")
     if encoding.model_id != model_id:
-        raise ValueError(
-            f"encoding: expected an encoding made by model {model_id!r}, got one made by {encoding.model_id!r}"
-        )
+        raise ValueError(f"encoding: expected an encoding made by model {model_id!r}, got one made by {encoding.model_id!r}")
 
 
 def prompts_to_model(

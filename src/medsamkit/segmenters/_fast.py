@@ -266,7 +266,12 @@ def openvino_cache_dir() -> Path:
 
 
 _TELEMETRY_MODULES = ("openvino_telemetry", "openvino_telemetry.backend", "openvino_telemetry.backend.backend_ga4")
-_OVC_MODULES = ("openvino.tools.ovc", "openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.utils", "openvino.tools.ovc.convert_impl")
+_OVC_MODULES = (
+    "openvino.tools.ovc",
+    "openvino.tools.ovc.telemetry_utils",
+    "openvino.tools.ovc.utils",
+    "openvino.tools.ovc.convert_impl",
+)
 _openvino_lock = threading.Lock()
 
 
@@ -421,8 +426,7 @@ def _build_openvino(encoder: Any, precision: str, example: Any, num_threads: int
     def run(x: Any) -> Any:
         request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
         out = tuple(
-            torch.from_numpy(np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True))
-            for i in range(n_outputs)
+            torch.from_numpy(np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True)) for i in range(n_outputs)
         )
         return out if n_outputs > 1 else out[0]
 
@@ -582,9 +586,7 @@ class FastEncoderMixin:
         return f"{self._base_id}:{tag}" if tag else self._base_id
 
     def _build_fast_encoder(self) -> AcceleratedEncoder:
-        return accelerate_encoder(
-            self._encoder_source, precision="bf16", image_size=self.image_size, adapter=self._fast_adapter
-        )
+        return accelerate_encoder(self._encoder_source, precision="bf16", image_size=self.image_size, adapter=self._fast_adapter)
 
     @property
     def encoder_id(self) -> str:

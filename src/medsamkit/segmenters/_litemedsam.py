@@ -129,9 +129,9 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
 
     Example:
         >>> seg = LiteMedSAM()
-        >>> enc = seg.encode(image)            # ~0.17 s on 2 cores with bfloat16 (float32: ~1 s)
+        >>> enc = seg.encode(image)  # ~0.17 s on 2 cores with bfloat16 (float32: ~1 s)
         >>> out = seg.decode(enc, Prompts(box_xyxy=[[10, 20, 200, 220]]))
-        >>> out.probabilities.shape            # (1, H, W)
+        >>> out.probabilities.shape  # (1, H, W)
     """
 
     image_size: int = IMAGE_SIZE

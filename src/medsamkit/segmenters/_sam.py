@@ -169,9 +169,7 @@ def _load_state(path: Path, family: _Family, model_type: str) -> dict[str, Any]:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
-        raise ValueError(
-            f"checkpoint: expected a {family.label} {model_type} state dict in {path}, got {type(state).__name__}"
-        )
+        raise ValueError(f"checkpoint: expected a {family.label} {model_type} state dict in {path}, got {type(state).__name__}")
     expected = f"{family.label} {model_type} weights"
     patch = state.get(_PATCH_EMBED_KEY)
     if patch is not None and hasattr(patch, "shape"):
@@ -212,8 +210,7 @@ def _build(family: _Family, model_type: str, checkpoint: str | Path | None) -> t
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
         raise ValueError(
-            f"checkpoint: expected {family.label} {model_type} weights in {path}, but they do not fit "
-            f"the model: {str(exc)[:300]}"
+            f"checkpoint: expected {family.label} {model_type} weights in {path}, but they do not fit the model: {str(exc)[:300]}"
         ) from exc
     del state
     # HQ-SAM's builder freezes all but its HQ layers; like SAM's, leave every parameter trainable.
@@ -336,9 +333,7 @@ class _SAMFamily(OneShotMixin, LowResDecoding, FastEncoderMixin):
             raise ValueError("checkpoint: give either checkpoint or model, not both")
         if multimask not in (True, False, "always") or not isinstance(multimask, (bool, str)):
             raise ValueError(f"multimask: expected True, False or 'always', got {multimask!r}")
-        if isinstance(max_prompts_per_batch, bool) or not isinstance(max_prompts_per_batch, int) or (
-            max_prompts_per_batch < 1
-        ):
+        if isinstance(max_prompts_per_batch, bool) or not isinstance(max_prompts_per_batch, int) or (max_prompts_per_batch < 1):
             raise ValueError(f"max_prompts_per_batch: expected a positive int, got {max_prompts_per_batch!r}")
         _import(family)  # ImportError with the install hint, also when a module is given
         self.device = check_device(device)
@@ -472,9 +467,7 @@ class _SAMFamily(OneShotMixin, LowResDecoding, FastEncoderMixin):
             multimask_output=multimask_output,
         )
 
-    def decode_logits(
-        self, features: Any, boxes: Any, points: Any, *, multimask_output: bool | None = None
-    ) -> tuple[Any, Any]:
+    def decode_logits(self, features: Any, boxes: Any, points: Any, *, multimask_output: bool | None = None) -> tuple[Any, Any]:
         """Low-resolution logits ``(N, 1, S/4, S/4)`` and IoU scores ``(N, 1)`` (differentiable).
 
         With multimask output the mask with the highest predicted IoU of the three is
@@ -542,7 +535,9 @@ def _register_family(class_name: str, prefix: str) -> Any:
 
     def decorate(cls: Any) -> Any:
         for model_type in SAM_MODEL_TYPES:
-            register_component("segmenter", f"{prefix}-{model_type.replace('_', '-')}", build=_builder(class_name, model_type))(cls)
+            register_component("segmenter", f"{prefix}-{model_type.replace('_', '-')}", build=_builder(class_name, model_type))(
+                cls
+            )
         return cls
 
     return decorate

@@ -42,9 +42,7 @@ class YOLOSegmenter(YOLOModel):
         digest = self._state.digest[:12] if self._state is not None else "unfitted"
         return f"yolo-seg:{digest}:{self.imgsz}:{self.conf}:{self.iou}:{self.max_boxes}"
 
-    def __call__(
-        self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
-    ) -> Prompts:
+    def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
         """The detected boxes as prompts (``target`` and ``encoding`` are not read)."""
         boxes, _ = self.detect(image)
         return Prompts.empty() if len(boxes) == 0 else Prompts(box_xyxy=boxes)
@@ -101,4 +99,3 @@ def _box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     area = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
     areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
     return inter / np.maximum(area + areas - inter, 1e-9)
-

@@ -34,8 +34,7 @@ CROSSVAL_SETTINGS = ("zero-shot", "finetuned")
 
 FOLD_FILE = "fold.json"
 RUN_FILE = "crossval_run.json"
-_FOLD_COLUMNS = ("fold", "setting", "n_images", "dice", "iou", "precision", "recall", "f1", "hd95",
-                 "best_epoch", "threshold")
+_FOLD_COLUMNS = ("fold", "setting", "n_images", "dice", "iou", "precision", "recall", "f1", "hd95", "best_epoch", "threshold")
 
 
 @dataclass
@@ -320,13 +319,10 @@ def crossval(
         segmenter = make_segmenter()
         this_id = getattr(segmenter, "model_id", type(segmenter).__name__)
         if model_id is not None and this_id != model_id:
-            raise ValueError(
-                f"segmenter_factory: fold {fold.index} got model {this_id!r}, but other folds used {model_id!r}"
-            )
+            raise ValueError(f"segmenter_factory: fold {fold.index} got model {this_id!r}, but other folds used {model_id!r}")
         model_id = this_id
         if progress:
-            print(f"fold {fold.index + 1}/{len(folds)}: {len(inner.train)} train, {len(inner.val)} val, "
-                  f"{len(fold.val)} held out")
+            print(f"fold {fold.index + 1}/{len(folds)}: {len(inner.train)} train, {len(inner.val)} val, {len(fold.val)} held out")
         train = folder.subset(inner.train)
         val = folder.subset(inner.val) if inner.val else None
         test = folder.subset(fold.val)

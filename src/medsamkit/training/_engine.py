@@ -68,9 +68,7 @@ def _monai_losses() -> Any:
     try:
         from monai import losses
     except ImportError:
-        raise ImportError(
-            "fine-tuning needs MONAI (its Dice/focal losses): pip install 'medsamkit[finetune]'"
-        ) from None
+        raise ImportError("fine-tuning needs MONAI (its Dice/focal losses): pip install 'medsamkit[finetune]'") from None
     return losses
 
 
@@ -102,15 +100,11 @@ def _prompts(prompter: PromptProvider, item: _Item, model_id: str | None = None,
     encoding = None
     features = item.features if features is None else features
     if getattr(prompter, "uses_encoding", False) and model_id is not None and features is not None:
-        encoding = ImageEncoding(
-            features=features, size_hw=item.size_hw, input_size_hw=item.input_size_hw, model_id=model_id
-        )
+        encoding = ImageEncoding(features=features, size_hw=item.size_hw, input_size_hw=item.input_size_hw, model_id=model_id)
     return prompts_for(prompter, item.image, target=item.mask, encoding=encoding)
 
 
-def _full_probabilities(
-    segmenter: TrainableSegmenter, item: _Item, prompts: Prompts, features: Any = None
-) -> np.ndarray:
+def _full_probabilities(segmenter: TrainableSegmenter, item: _Item, prompts: Prompts, features: Any = None) -> np.ndarray:
     """``(H, W)`` union probability of all prompts at the input resolution.
 
     The segmenter's own decode path (``decode_low_res`` then ``finish_low_res``, as in
@@ -138,12 +132,8 @@ def sweep_thresholds(
     segmenter: TrainableSegmenter, items: Sequence[_Item], prompter: PromptProvider, thresholds: Sequence[float]
 ) -> list[dict[str, float]]:
     """Mean Dice of each threshold on prepared validation items (probabilities computed once)."""
-    probs = [
-        (_full_probabilities(segmenter, item, _prompts(prompter, item, segmenter.model_id)), item.mask) for item in items
-    ]
-    return [
-        {"threshold": float(t), "dice": float(np.mean([_dice(p > t, m) for p, m in probs]))} for t in thresholds
-    ]
+    probs = [(_full_probabilities(segmenter, item, _prompts(prompter, item, segmenter.model_id)), item.mask) for item in items]
+    return [{"threshold": float(t), "dice": float(np.mean([_dice(p > t, m) for p, m in probs]))} for t in thresholds]
 
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_dice", "seconds")
@@ -169,9 +159,7 @@ def _claim_run_dir(run_dir: Path, record: dict[str, Any], record_file: str, what
     claim_out_dir(run_dir, inputs=input_folders(inputs))
     record_path = run_dir / record_file
     if record_path.is_file() and json.loads(record_path.read_text()) != record:
-        raise ValueError(
-            f"out_dir: {run_dir} holds another {what} run (different settings, data or model); use a new folder"
-        )
+        raise ValueError(f"out_dir: {run_dir} holds another {what} run (different settings, data or model); use a new folder")
     atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
 
 
@@ -347,9 +335,7 @@ def _train(
         progress=progress,
         map_location=segmenter.device,
     )
-    pipeline, threshold, sweep, adapters = _finish(
-        segmenter, trainable, run_dir, eval_prompter, val, val_items, config, progress
-    )
+    pipeline, threshold, sweep, adapters = _finish(segmenter, trainable, run_dir, eval_prompter, val, val_items, config, progress)
     return FinetuneResult(
         run_dir=run_dir,
         pipeline=pipeline,

@@ -144,4 +144,3 @@ def pick_labelled(samples: Sequence[Any], n: int, *, seed: int = 0) -> tuple[str
     positive.sort()
     order = np.random.default_rng(seed).permutation(len(positive))[:n]
     return tuple(sorted(positive[i] for i in order))
-

@@ -206,8 +206,7 @@ def save_lora(model: Any, path: str | Path, *, decoder: bool = False, base_model
     _require_lora(model)
     peft = _peft()
     tensors = {
-        key: value.detach().cpu().contiguous()
-        for key, value in peft.get_peft_model_state_dict(model.image_encoder).items()
+        key: value.detach().cpu().contiguous() for key, value in peft.get_peft_model_state_dict(model.image_encoder).items()
     }
     if decoder:
         for key, value in model.mask_decoder.state_dict().items():

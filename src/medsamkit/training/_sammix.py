@@ -183,7 +183,9 @@ def fit_sammix(
             f"got {config.warmup_epochs}"
         )
     run_dir = Path(out_dir)
-    _claim_run_dir(run_dir, _record("sam-mix", segmenter, config, train, val, labelled), SAMMIX_RECORD, "SAM-Mix", inputs=[*train, *val])
+    _claim_run_dir(
+        run_dir, _record("sam-mix", segmenter, config, train, val, labelled), SAMMIX_RECORD, "SAM-Mix", inputs=[*train, *val]
+    )
     torch.manual_seed(config.seed)
     with _caller_model_restored(segmenter):
         return _joint(segmenter, train, val, labelled, prompter, x, y, run_dir, config, progress)
@@ -235,7 +237,6 @@ def _joint(
     if val_items:
         xv, yv = _samples_to_arrays([(it.image, it.mask) for it in val_items], config.input_size, name="val")
         x_val, y_val = torch.from_numpy(xv)[:, None], torch.from_numpy(yv)
-
 
     def segmentation_jobs(index: np.ndarray) -> tuple[list[tuple[_Item, Any]], int]:
         """(item, prompts) of the batch's labelled images that train the segmenter; images without a box."""
@@ -416,7 +417,9 @@ def fit_sam_pp(
 
     config, train, val, labelled, prompter, _, _ = _inputs(segmenter, train, val, labelled, config, overrides)
     run_dir = Path(out_dir)
-    _claim_run_dir(run_dir, _record("sam-pp", segmenter, config, train, val, labelled), SAM_PP_RECORD, "SAM-PP", inputs=[*train, *val])
+    _claim_run_dir(
+        run_dir, _record("sam-pp", segmenter, config, train, val, labelled), SAM_PP_RECORD, "SAM-PP", inputs=[*train, *val]
+    )
     classifier_path = run_dir / CLASSIFIER_FILE
     if classifier_path.is_file():
         prompter = CAMBoxPrompter.load(classifier_path)
@@ -441,8 +444,16 @@ def fit_sam_pp(
         pipeline = Pipeline(prompter, segmenter)
         pipeline.save(run_dir)
         return SAMMixResult(
-            method="sam-pp", run_dir=run_dir, pipeline=pipeline, prompter=prompter, history=[], best_epoch=0,
-            best_val_dice=None, threshold=0.5, sweep=[], labelled=tuple(labelled),
+            method="sam-pp",
+            run_dir=run_dir,
+            pipeline=pipeline,
+            prompter=prompter,
+            history=[],
+            best_epoch=0,
+            best_val_dice=None,
+            threshold=0.5,
+            sweep=[],
+            labelled=tuple(labelled),
         )
     result = _engine.finetune(
         segmenter,

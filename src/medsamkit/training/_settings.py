@@ -189,4 +189,3 @@ class SAMMixConfig(SegmenterTrainingSettings):
         if extendable:
             exclude |= {"epochs", "patience"}
         return self.model_dump(exclude=exclude)
-

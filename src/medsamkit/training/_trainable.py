@@ -265,4 +265,3 @@ class _LoraEncoder:
             if not self._split_ok:
                 return self._full(x)
         return self._rest(inner, prefix)
-

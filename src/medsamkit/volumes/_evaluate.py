@@ -22,7 +22,14 @@ __all__ = ["VOLUME_CSV_COLUMNS", "VolumeReport", "evaluate_volumes", "segment_vo
 
 VOLUME_METRICS = ("dice", "iou", "nsd", "hd95", "asd")
 VOLUME_CSV_COLUMNS = (
-    "stem", *VOLUME_METRICS, "seconds", "n_slices", "encoded_slices", "seconds_per_encoded_slice", "note", "error",
+    "stem",
+    *VOLUME_METRICS,
+    "seconds",
+    "n_slices",
+    "encoded_slices",
+    "seconds_per_encoded_slice",
+    "note",
+    "error",
 )
 """Columns of ``metrics.csv`` for volumes (distances in mm; ``nsd`` at the run's tolerance)."""
 
@@ -171,8 +178,18 @@ def _run_folder(
     with out_dir_lock(out):
         claim_out_dir(out, inputs=inputs, owned=VOLUME_OWNED, overwrite=overwrite)
         return _run_claimed(
-            pipeline, data, out, prompt=prompt, with_masks=with_masks, nsd_tolerance=nsd_tolerance, label=label,
-            box3d=box3d, save_masks=save_masks, pictures=pictures, cache=cache, progress=progress,
+            pipeline,
+            data,
+            out,
+            prompt=prompt,
+            with_masks=with_masks,
+            nsd_tolerance=nsd_tolerance,
+            label=label,
+            box3d=box3d,
+            save_masks=save_masks,
+            pictures=pictures,
+            cache=cache,
+            progress=progress,
         )
 
 
@@ -309,8 +326,19 @@ def evaluate_volumes(
         limit: Only the first ``limit`` volumes in sorted order.
     """
     return _run_folder(
-        pipeline, data, out_dir=out_dir, prompt=prompt, with_masks=True, nsd_tolerance=nsd_tolerance, label=label,
-        box3d=None, save_masks=save_masks, pictures=pictures, overwrite=overwrite, cache=cache, progress=progress,
+        pipeline,
+        data,
+        out_dir=out_dir,
+        prompt=prompt,
+        with_masks=True,
+        nsd_tolerance=nsd_tolerance,
+        label=label,
+        box3d=None,
+        save_masks=save_masks,
+        pictures=pictures,
+        overwrite=overwrite,
+        cache=cache,
+        progress=progress,
         limit=limit,
     )
 
@@ -339,6 +367,17 @@ def segment_volumes(
     if prompt == "box3d" and not box3d:
         raise ValueError("box3d: prompt 'box3d' without reference masks needs a box per volume (stem -> 6 numbers)")
     return _run_folder(
-        pipeline, data, out_dir=out_dir, prompt=prompt, with_masks=False, nsd_tolerance=2.0, label=None,
-        box3d=box3d, save_masks=True, pictures=pictures, overwrite=overwrite, cache=cache, progress=progress,
+        pipeline,
+        data,
+        out_dir=out_dir,
+        prompt=prompt,
+        with_masks=False,
+        nsd_tolerance=2.0,
+        label=None,
+        box3d=box3d,
+        save_masks=True,
+        pictures=pictures,
+        overwrite=overwrite,
+        cache=cache,
+        progress=progress,
     )

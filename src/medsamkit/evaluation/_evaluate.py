@@ -327,6 +327,25 @@ def _key(sample: Any, digest: str) -> str:
         return ""
 
 
+def _split_finished(
+    samples: Iterable[Any], out_dir: Path, digest: str
+) -> tuple[dict[str, str], dict[str, dict[str, Any]], list[Any]]:
+    """Resume: each sample's content key, the rows of its intact matching record, and the samples still to do."""
+    keys: dict[str, str] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    pending = []
+    for sample in samples:
+        keys[sample.stem] = _key(sample, digest)
+        record = read_record(out_dir, sample.stem, keys[sample.stem]) if keys[sample.stem] else None
+        if record is not None:
+            rows[sample.stem] = record["row"]
+        else:
+            pending.append(sample)
+    if rows:
+        logger.info("medsamkit: reused %d finished result(s) in %s; %d to do", len(rows), out_dir, len(pending))
+    return keys, rows, pending
+
+
 def _finished_row(out_dir: Path, sample: Any, digest: str) -> dict[str, Any] | None:
     """The row of ``sample`` from a previous run into ``out_dir`` still valid for its content, or None."""
     key = _key(sample, digest)
@@ -597,19 +616,8 @@ def _evaluate_locked(
         )
     if not isinstance(samples, (list, tuple)) and callable(getattr(samples, "sample_from_row", None)):
         samples = samples[:]  # a CSV listing: read it once, not at every flush
-    keys: dict[str, str] = {}
-    rows: dict[str, dict[str, Any]] = {}
+    keys, rows, pending = _split_finished(samples, out_dir, digest)
     errors: dict[str, str] = {}
-    pending = []
-    for sample in samples:
-        keys[sample.stem] = _key(sample, digest)
-        record = read_record(out_dir, sample.stem, keys[sample.stem]) if keys[sample.stem] else None
-        if record is not None:
-            rows[sample.stem] = record["row"]
-        else:
-            pending.append(sample)
-    if rows:
-        logger.info("medsamkit: reused %d finished result(s) in %s; %d to do", len(rows), out_dir, len(pending))
 
     def ordered() -> list[dict[str, Any]]:
         return [rows[s.stem] for s in samples if s.stem in rows]

@@ -81,7 +81,7 @@ def _segment_locked(
     from tqdm.auto import tqdm
 
     from ..data import atomic_write_text, csv_text
-    from ._evaluate import RUN_FILE, _check_same_run, _key, read_record, run_digest
+    from ._evaluate import RUN_FILE, _check_same_run, _split_finished, run_digest
     from ._plots import save_overlay
 
     run = {"pipeline": pipeline.config.model_dump(mode="json"), "command": "segment"}
@@ -107,20 +107,9 @@ def _segment_locked(
             progress=progress,
             digest=digest,
         )
-    rows: dict[str, dict[str, Any]] = {}
-    keys: dict[str, str] = {}
+    keys, rows, pending = _split_finished(images, out_dir, digest)
     errors: dict[str, str] = {}
     overlays = len(list((out_dir / "overlays").glob("*.png")))  # a resumed run keeps counting
-    pending = []
-    for sample in images:
-        keys[sample.stem] = _key(sample, digest)
-        record = read_record(out_dir, sample.stem, keys[sample.stem]) if keys[sample.stem] else None
-        if record is not None:
-            rows[sample.stem] = record["row"]
-        else:
-            pending.append(sample)
-    if rows:
-        logger.info("medsamkit: reused %d finished result(s) in %s; %d to do", len(rows), out_dir, len(pending))
 
     def draw(sample: Any, image: Any, target: Any, result: Any) -> None:
         nonlocal overlays

@@ -55,24 +55,28 @@ def _check_percentile(percentile: Any) -> float:
 
 
 def _crop_to_union(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Crop both masks to the bounding box of their union plus a 1-pixel zero border.
+    """Crop both masks (2D or 3D) to the bounding box of their union plus a 1-voxel zero border.
 
     The zero border reproduces erosion with background outside the image (scipy's
-    default ``border_value=0``), so the edges and every distance between edge pixels
+    default ``border_value=0``), so the edges and every distance between edge voxels
     are identical to those computed on the full-size masks. Returns None when both
     masks are empty.
     """
-    rows = np.flatnonzero(pred.any(axis=1) | target.any(axis=1))
-    if rows.size == 0:
+    union = pred | target
+    if not union.any():
         return None
-    cols = np.flatnonzero(pred.any(axis=0) | target.any(axis=0))
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    c0, c1 = int(cols[0]), int(cols[-1]) + 1
-    shape = (r1 - r0 + 2, c1 - c0 + 2)
+    index = []
+    for axis in range(union.ndim):
+        other = tuple(a for a in range(union.ndim) if a != axis)
+        hits = np.flatnonzero(union.any(axis=other))
+        index.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    inner_index = tuple(index)
+    shape = tuple(s.stop - s.start + 2 for s in inner_index)
+    border = tuple(slice(1, -1) for _ in shape)
     pred_crop = np.zeros(shape, dtype=bool)
     target_crop = np.zeros(shape, dtype=bool)
-    pred_crop[1:-1, 1:-1] = pred[r0:r1, c0:c1]
-    target_crop[1:-1, 1:-1] = target[r0:r1, c0:c1]
+    pred_crop[border] = pred[inner_index]
+    target_crop[border] = target[inner_index]
     return pred_crop, target_crop
 
 
@@ -80,8 +84,14 @@ _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=np.uint8)
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels ``mask XOR binary_erosion(mask)`` (MONAI's ``get_mask_edges``)."""
+    """Boundary pixels (voxels in 3D) ``mask XOR binary_erosion(mask)`` (MONAI's ``get_mask_edges``)."""
+    if mask.ndim != 2:
+        from scipy import ndimage
+
+        return mask ^ ndimage.binary_erosion(mask)
     import cv2
+
+    mask = np.ascontiguousarray(mask)
 
     # scipy.ndimage.binary_erosion(mask) with its default cross-shaped structure and
     # background outside the array, done by OpenCV (an order of magnitude faster).

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import describe
+from ._distance import _crop_to_union, _edges, _percentile_from_distances, edge_distances
 
 __all__ = [
     "average_surface_distance",
@@ -91,37 +92,6 @@ def _check_positive(value: Any, *, name: str, allow_zero: bool = True) -> float:
     return value
 
 
-def _crop_to_union(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Both masks cropped to their union's bounding box plus one background voxel on every side."""
-    union = pred | target
-    if not union.any():
-        return None
-    index = []
-    for axis in range(union.ndim):
-        other = tuple(a for a in range(union.ndim) if a != axis)
-        hits = np.flatnonzero(union.any(axis=other))
-        index.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    index_t = tuple(index)
-    shape = tuple(s.stop - s.start + 2 for s in index_t)
-    inner = tuple(slice(1, -1) for _ in shape)
-    out = []
-    for mask in (pred, target):
-        crop = np.zeros(shape, dtype=bool)
-        crop[inner] = mask[index_t]
-        out.append(crop)
-    return out[0], out[1]
-
-
-def _edges(mask: np.ndarray) -> np.ndarray:
-    if mask.ndim == 2:
-        from ._distance import _edges as edges_2d
-
-        return edges_2d(np.ascontiguousarray(mask))
-    from scipy import ndimage
-
-    return mask ^ ndimage.binary_erosion(mask)
-
-
 def surface_distances(pred: Any, target: Any, *, spacing: Any = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Directed surface distances between two 2D or 3D masks.
 
@@ -138,18 +108,7 @@ def _distances(pred: np.ndarray, target: np.ndarray, sampling: tuple[float, ...]
     cropped = _crop_to_union(pred, target)
     if cropped is None:
         return None
-    from ._distance import edge_distances
-
     return edge_distances(_edges(cropped[0]), _edges(cropped[1]), sampling)
-
-
-def _hd(distances: tuple[np.ndarray, np.ndarray] | None, percentile: float) -> float:
-    if distances is None:
-        return 0.0
-    a, b = distances
-    if a.size == 0 or b.size == 0:
-        return math.nan
-    return float(max(np.percentile(a, percentile), np.percentile(b, percentile)))
 
 
 def _asd(distances: tuple[np.ndarray, np.ndarray] | None) -> float:
@@ -195,7 +154,7 @@ def volume_hd95(pred: Any, target: Any, *, spacing: Any = None, percentile: floa
     pred_mask, target_mask, sampling = _validate(pred, target, spacing)
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 <= percentile <= 100:
         raise ValueError(f"percentile: expected a number in [0, 100], got {percentile!r}")
-    return _hd(_distances(pred_mask, target_mask, sampling), float(percentile))
+    return _percentile_from_distances(_distances(pred_mask, target_mask, sampling), float(percentile))
 
 
 def average_surface_distance(pred: Any, target: Any, *, spacing: Any = None) -> float:
@@ -231,4 +190,10 @@ def volume_metrics(pred: Any, target: Any, *, spacing: Any = None, nsd_tolerance
     pred_mask, target_mask, sampling = _validate(pred, target, spacing)
     d, j = _overlap(pred_mask, target_mask)
     distances = _distances(pred_mask, target_mask, sampling)
-    return {"dice": d, "iou": j, "nsd": _nsd(distances, tau), "hd95": _hd(distances, 95.0), "asd": _asd(distances)}
+    return {
+        "dice": d,
+        "iou": j,
+        "nsd": _nsd(distances, tau),
+        "hd95": _percentile_from_distances(distances, 95.0),
+        "asd": _asd(distances),
+    }

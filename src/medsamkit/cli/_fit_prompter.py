@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,29 +38,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return fp
 
 
-def _log_stages() -> None:
-    """Without progress bars, say what stage a long fit is in (the ``medsamkit`` logger, INFO, on stderr)."""
-    import logging
-
-    class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
-        """Writes to the ``sys.stderr`` of the moment (it may be replaced after the handler is made)."""
-
-        @property  # type: ignore[override]
-        def stream(self) -> Any:
-            return sys.stderr
-
-        @stream.setter
-        def stream(self, value: Any) -> None:
-            pass
-
-    logger = logging.getLogger("medsamkit")
-    if not logger.handlers:
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("medsamkit: %(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
 def _named_parameters(function: Any) -> set[str]:
     """The parameters ``function`` takes by name (not the ones a ``**kwargs`` would swallow)."""
     import inspect
@@ -94,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
         settings["flip"] = True
     if args.val_data is not None:
         settings["val"] = limited_folder(args.val_data, None)
-    if args.no_progress:
-        _log_stages()
     if getattr(cls, "uses_encoding", False):  # it learns on the segmenter's embedding
         settings["segmenter"] = build_segmenter(args)
     start = time.perf_counter()

@@ -18,7 +18,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._pipeline import Pipeline
 from ._errors import UsageError
 
-__all__ = ["build_segmenter", "embedding_cache", "in_same_cache", "limited_folder", "pipeline_from_args", "segmenter_params"]
+__all__ = [
+    "build_segmenter",
+    "embedding_cache",
+    "in_same_cache",
+    "limited_folder",
+    "pipeline_from_args",
+    "segmenter_params",
+    "volume_pipeline_from_args",
+]
 
 
 def segmenter_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,3 +172,13 @@ def _preprocess(args: argparse.Namespace) -> list[Any]:
     if getattr(args, "clahe", False):
         steps.append(CLAHE())
     return steps
+
+
+def volume_pipeline_from_args(args: argparse.Namespace, prompt: str) -> Any:
+    """:func:`pipeline_from_args` for volumes; ``--prompt auto`` refuses a prompter that reads the reference mask."""
+    pipeline = pipeline_from_args(args)
+    if prompt == "auto" and getattr(pipeline.prompter, "requires_target", False):
+        raise UsageError(
+            "--prompt auto runs the --prompter on every slice; choose an automatic one (not oracle-box/perturbed-box)"
+        )
+    return pipeline

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._build import pipeline_from_args
+from ._build import pipeline_from_args, volume_pipeline_from_args
 from ._checks import add_missing_masks_option, check_data_and_out, check_missing_masks
 from ._engine import add_engine_options, engine_from_args
 from ._errors import UsageError
@@ -145,12 +145,8 @@ def _run_volumes(args: argparse.Namespace) -> int:
     from ..volumes import evaluate_volumes
 
     folder = VolumeFolder(args.data_dir, images=args.images, masks=args.masks)
-    pipeline = pipeline_from_args(args)
     prompt = args.prompt or "box3d"
-    if prompt == "auto" and getattr(pipeline.prompter, "requires_target", False):
-        raise UsageError(
-            "--prompt auto runs the --prompter on every slice; choose an automatic one (not oracle-box/perturbed-box)"
-        )
+    pipeline = volume_pipeline_from_args(args, prompt)
     report = evaluate_volumes(
         pipeline,
         folder,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._build import pipeline_from_args
+from ._build import pipeline_from_args, volume_pipeline_from_args
 from ._engine import add_engine_options, engine_from_args
 from ._errors import UsageError
 from ._options import add_data_options, add_pipeline_options, add_volume_options
@@ -83,11 +83,7 @@ def _run_volumes(args: argparse.Namespace, samples: list[Any]) -> int:
         if args.box3d is None or len(samples) != 1:
             raise UsageError("--prompt box3d needs --box3d X0 Y0 Z0 X1 Y1 Z1 and one input volume")
         boxes = {samples[0].stem: list(args.box3d)}
-    pipeline = pipeline_from_args(args)
-    if prompt == "auto" and getattr(pipeline.prompter, "requires_target", False):
-        raise UsageError(
-            "--prompt auto runs the --prompter on every slice; choose an automatic one (not oracle-box/perturbed-box)"
-        )
+    pipeline = volume_pipeline_from_args(args, prompt)
     report = segment_volumes(pipeline, samples, out_dir=args.out, prompt=prompt, box3d=boxes, progress=not args.no_progress)
     done = sum(1 for r in report.rows if not r.get("error"))
     print(f"segmented {done} volume(s); masks in {report.out_dir / 'masks'}")

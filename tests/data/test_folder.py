@@ -310,3 +310,160 @@ def test_match_masks_compares_names_exactly(tmp_path):
     write_mask(tmp_path / "masks" / "axxb_m.png", np.ones((8, 8), bool))
     matched = {s.stem: s.mask_path for s in match_masks(image_samples(tmp_path / "images"), tmp_path / "masks", mask_suffix="_m")}
     assert matched == {"a*b": None, "case1": tmp_path / "masks" / "case1_m.png", "case[1]": None}
+
+
+# -- issue 11: folders of 2D DICOM images (radiographs) ------------------------------------------
+
+
+def _write_radiograph(path: Path, image: np.ndarray, *, photometric: str = "MONOCHROME1", frames: int = 1) -> None:
+    """A synthetic uncompressed CR DICOM: 12-bit, with a VOI window; MONOCHROME1 stores bright as low values."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID = "CR", "synthetic"
+    stored = np.round(image.astype(np.float64) / 255.0 * 4095).astype(np.uint16)
+    if photometric == "MONOCHROME1":
+        stored = np.uint16(4095) - stored
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.ImagerPixelSpacing = [0.2, 0.2]
+    if frames > 1:
+        ds.NumberOfFrames = frames
+        stored = np.stack([stored] * frames)
+    ds.PixelData = stored.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _radiograph_folder(root: Path) -> dict[str, np.ndarray]:
+    from medsamkit.testing import make_blob_image
+
+    refs = {}
+    for i, (stem, photometric) in enumerate((("a", "MONOCHROME1"), ("b", "MONOCHROME2"))):
+        image, mask = make_blob_image((48, 64), seed=40 + i)  # a bright blob: dark in MONOCHROME1's stored values
+        _write_radiograph(root / "images" / f"{stem}.dcm", image, photometric=photometric)
+        write_mask(root / "masks" / f"{stem}.png", mask)
+        refs[stem] = mask
+    return refs
+
+
+def test_folder_of_dicom_radiographs_is_listed_evaluated_and_segmented(tmp_path: Path) -> None:
+    import medsamkit as msk
+    from medsamkit.cli import main
+    from medsamkit.data import read_image, read_mask
+    from medsamkit.testing import FakeSegmenter
+
+    refs = _radiograph_folder(tmp_path / "data")
+    folder = MaskFolder(tmp_path / "data")
+    assert folder.stems == ("a", "b") and folder[0].image_path.suffix == ".dcm"
+    image, mask = folder[0].load()
+    assert image.shape == mask.shape == (48, 64)
+    # MONOCHROME1 is inverted on reading: the blob (low stored values) comes out bright.
+    assert image[refs["a"]].mean() > image[~refs["a"]].mean()
+
+    pipe = msk.Pipeline(msk.OracleBoxPrompter(), FakeSegmenter())  # bright pixels inside the box
+    report = msk.evaluate(pipe, folder, out_dir=tmp_path / "out", progress=False)
+    assert report.n_errors == 0
+    for row in report.rows:
+        direct = pipe(read_image(folder.sample(row["stem"]).image_path), target=refs[row["stem"]]).mask
+        assert np.array_equal(read_mask(tmp_path / "out" / "masks" / f"{row['stem']}.png"), direct)
+        assert row["dice"] > 0.8  # an un-inverted MONOCHROME1 image would give the background instead
+
+    assert main(["evaluate", str(tmp_path / "data"), "--segmenter", "fake", "--no-progress", "--out", str(tmp_path / "cli")]) == 0
+    rows = (tmp_path / "cli" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["a", "b"]
+    for images in (tmp_path / "data", tmp_path / "data" / "images"):  # a folder with images/, and a flat folder of .dcm
+        out = tmp_path / f"seg-{images.name}"
+        argv = ["segment", str(images), "--segmenter", "fake", "--no-progress", "--prompter", "fixed"]
+        assert main([*argv, "--box", "8", "8", "56", "40", "--out", str(out)]) == 0
+        assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.png", "b.png"]
+        assert read_mask(out / "masks" / "a.png").shape == (48, 64)
+
+
+def test_multi_frame_dicom_in_a_2d_folder_is_named_and_the_run_goes_on(tmp_path: Path) -> None:
+    import medsamkit as msk
+    from medsamkit.testing import FakeSegmenter
+
+    _radiograph_folder(tmp_path / "data")
+    image = np.zeros((48, 64), np.uint8)
+    _write_radiograph(tmp_path / "data" / "images" / "c.dcm", image, frames=3)
+    write_mask(tmp_path / "data" / "masks" / "c.png", image > 0)
+    pipe = msk.Pipeline(msk.OracleBoxPrompter(), FakeSegmenter())
+    report = msk.evaluate(pipe, tmp_path / "data", out_dir=tmp_path / "out", progress=False)
+    assert set(report.errors) == {"c"}
+    assert "c.dcm" in report.errors["c"] and "multi-frame file of 3 frames" in report.errors["c"]
+    assert all(r["dice"] > 0.8 for r in report.rows if r["stem"] != "c")
+
+
+def test_dicom_slices_of_one_series_in_a_2d_folder_are_pointed_out(tmp_path: Path, caplog) -> None:
+    import pydicom
+
+    from medsamkit.data import is_volume_path
+
+    _radiograph_folder(tmp_path / "data")
+    with caplog.at_level("WARNING", logger="medsamkit"):
+        MaskFolder(tmp_path / "data")
+    assert "slices of one series" not in caplog.text  # separate radiographs: nothing to say
+    assert not is_volume_path(tmp_path / "data" / "images")  # no slice positions: 2D images, not a series
+    first = pydicom.dcmread(tmp_path / "data" / "images" / "a.dcm")
+    for k, stem in enumerate(("s1", "s2")):  # two CT-like slices of one series at different positions
+        ds = first.copy()
+        ds.Modality, ds.SeriesInstanceUID = "CT", "1.2.3.4"
+        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
+        ds.save_as(tmp_path / "data" / "images" / f"{stem}.dcm", enforce_file_format=True)
+        write_mask(tmp_path / "data" / "masks" / f"{stem}.png", np.ones((48, 64), bool))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medsamkit"):
+        folder = MaskFolder(tmp_path / "data")
+    assert folder.stems == ("a", "b", "s1", "s2")  # still listed: each is a valid 2D image
+    assert "2 DICOM files" in caplog.text and "slices of one series (SeriesInstanceUID 1.2.3.4)" in caplog.text
+    assert "'s1.dcm', 's2.dcm'" in caplog.text
+    assert is_volume_path(tmp_path / "data" / "images")  # positioned slices: `medsamkit segment DIR` reads a series
+
+
+def test_dicom_masks_in_a_2d_folder_are_not_read_as_masks(tmp_path: Path) -> None:
+    image = np.zeros((48, 64), np.uint8)
+    _write_radiograph(tmp_path / "images" / "a.dcm", image)
+    _write_radiograph(tmp_path / "masks" / "a.dcm", image)
+    with pytest.raises(ValueError, match=r"no image/mask pairs.*DICOM files in .*masks.*'a.dcm'.*not read as 2D masks"):
+        MaskFolder(tmp_path)
+
+
+@pytest.mark.shared_data
+def test_real_dicom_radiograph_folder_evaluates_from_the_cli(tmp_path: Path, shared_data: Path) -> None:
+    import shutil
+
+    import pydicom
+
+    import medsamkit as msk
+    from medsamkit.cli import main
+    from medsamkit.data import read_image, read_mask
+    from medsamkit.metrics import dice
+    from medsamkit.testing import FakeSegmenter
+
+    source = shared_data / "volumes" / "cxr_dicom" / "RG1_UNCI.dcm"  # CR, MONOCHROME1, VOI window, 1955 x 1841
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    shutil.copy(source, root / "images" / "rg1.dcm")
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    shape = (int(header.Rows), int(header.Columns))
+    mask = np.zeros(shape, bool)
+    mask[shape[0] // 4 : shape[0] * 3 // 4, shape[1] // 5 : shape[1] // 2] = True  # a region over the right lung field
+    write_mask(root / "masks" / "rg1.png", mask)
+
+    assert main(["evaluate", str(root), "--segmenter", "fake", "--no-progress", "--out", str(tmp_path / "out")]) == 0
+    written = read_mask(tmp_path / "out" / "masks" / "rg1.png")
+    direct = msk.Pipeline(msk.OracleBoxPrompter(), FakeSegmenter())(read_image(root / "images" / "rg1.dcm"), target=mask).mask
+    assert written.shape == shape and np.array_equal(written, direct)
+    (row,) = [line.split(",") for line in (tmp_path / "out" / "metrics.csv").read_text().splitlines()[1:]]
+    assert row[0] == "rg1" and float(row[1]) == pytest.approx(dice(direct, mask), abs=1e-5)
+    assert (tmp_path / "out" / "overlays" / "rg1.png").is_file()

@@ -165,7 +165,10 @@ def test_non_ascii_path(tmp_path: Path) -> None:
 
 
 def test_image_suffixes() -> None:
-    assert IMAGE_SUFFIXES == (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+    from medsamkit.data import MASK_SUFFIXES
+
+    assert MASK_SUFFIXES == (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+    assert IMAGE_SUFFIXES == (*MASK_SUFFIXES, ".dcm", ".dicom")  # 2D DICOM images (radiographs), not masks
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@
 from ._folder import MaskFolder, Sample, image_samples, match_masks
 from ._io import (
     IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
     ImageReadError,
     atomic_write_bytes,
     atomic_write_text,
@@ -39,6 +40,7 @@ __all__ = [
     "CsvSamples",
     "Fold",
     "ImageReadError",
+    "MASK_SUFFIXES",
     "MaskFolder",
     "Sample",
     "Split",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -11,13 +12,17 @@ from typing import Any, Union, overload
 import numpy as np
 
 from .._validation import as_mask, describe
-from ._io import IMAGE_SUFFIXES, read_image, read_mask
+from ._io import IMAGE_SUFFIXES, MASK_SUFFIXES, read_image, read_mask
 
 __all__ = ["MaskFolder", "Sample", "image_samples", "match_masks"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 _SHOW = 5  # how many names to show in error messages
+_DICOM = (".dcm", ".dicom")
+_SERIES_CHECK = 64  # DICOM headers read to notice slices of one series listed as 2D images
+
+_log = logging.getLogger("medsamkit")
 
 
 def _preview(names: Sequence[str]) -> str:
@@ -68,8 +73,10 @@ class Sample:
         return image, mask
 
 
-def _list_images(directory: Path, *, exclude_suffix: str | None = None) -> dict[str, Path]:
-    """Map stem -> path for image files directly in ``directory`` (no recursion)."""
+def _list_images(
+    directory: Path, *, exclude_suffix: str | None = None, suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+) -> dict[str, Path]:
+    """Map stem -> path for files with one of ``suffixes`` directly in ``directory`` (no recursion)."""
     found: dict[str, Path] = {}
     with os.scandir(directory) as entries:
         for entry in entries:
@@ -77,7 +84,7 @@ def _list_images(directory: Path, *, exclude_suffix: str | None = None) -> dict[
             if name.startswith("."):
                 continue
             suffix = os.path.splitext(name)[1].lower()
-            if suffix not in IMAGE_SUFFIXES:
+            if suffix not in suffixes:
                 continue
             try:
                 if not entry.is_file():
@@ -97,6 +104,66 @@ def _list_images(directory: Path, *, exclude_suffix: str | None = None) -> dict[
     return found
 
 
+def _series_slices(paths: Iterable[Path]) -> tuple[str, list[str]] | None:
+    """A DICOM series of which several of ``paths`` are slices at different positions (its UID and their names).
+
+    Such files are parts of one 3D volume listed as 2D images. Only the first
+    ``_SERIES_CHECK`` DICOM files are looked at (their headers), so a large folder costs little.
+    """
+    dicom = sorted(p for p in paths if p.suffix.lower() in _DICOM)[:_SERIES_CHECK]
+    if len(dicom) < 2:
+        return None
+    try:
+        import pydicom
+    except ImportError:  # reading the images will name the missing extra
+        return None
+    positions: dict[str, dict[tuple[float, ...], str]] = {}
+    for path in dicom:
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "ImagePositionPatient"])
+            uid, where = ds.get("SeriesInstanceUID"), ds.get("ImagePositionPatient")
+            if uid is None or where is None:
+                continue
+            key = tuple(round(float(v), 3) for v in where)
+        except Exception:  # noqa: BLE001 - an unreadable file is named when it is read as an image
+            continue
+        positions.setdefault(str(uid), {}).setdefault(key, path.name)
+    for uid, names in positions.items():
+        if len(names) >= 2:
+            return uid, sorted(names.values())
+    return None
+
+
+def _note_series_slices(directory: Path, paths: Iterable[Path]) -> None:
+    """Log once per folder listing that DICOM files in a 2D folder are slices of one 3D series."""
+    found = _series_slices(paths)
+    if found is not None:
+        uid, names = found
+        _log.warning(
+            "medsamkit: %d DICOM files in '%s' (%s) are slices of one series (SeriesInstanceUID %s) at different "
+            "positions: each is segmented as a separate 2D image. To segment the series as one 3D volume, put its "
+            "files in a sub-folder (%s/<case>/, a VolumeFolder) and give it a volume mask.",
+            len(names),
+            directory,
+            _preview(names),
+            uid,
+            directory,
+        )
+
+
+def _mask_hint(masks_dir: Path | None) -> str:
+    """Why DICOM files in a 2D masks folder were not taken as masks, when there are some."""
+    if masks_dir is None:
+        return ""
+    dicom = sorted(p.name for p in masks_dir.iterdir() if p.suffix.lower() in _DICOM and not p.name.startswith("."))
+    if not dicom:
+        return ""
+    return (
+        f"; the DICOM files in '{masks_dir}' (e.g. {_preview(dicom)}) are not read as 2D masks: expected masks as "
+        f"{', '.join(MASK_SUFFIXES)} (a DICOM-SEG belongs to a volume: medsamkit.data.VolumeFolder)"
+    )
+
+
 def image_samples(directory: PathLike) -> list[Sample]:
     """One :class:`Sample` (without mask) per image file directly in ``directory``, sorted by stem.
 
@@ -113,6 +180,7 @@ def image_samples(directory: PathLike) -> list[Sample]:
     files = _list_images(folder)
     if not files:
         raise ValueError(f"directory: expected image files in '{folder}' (suffixes {', '.join(IMAGE_SUFFIXES)}), found none")
+    _note_series_slices(folder, files.values())
     return [Sample(stem, files[stem]) for stem in sorted(files)]
 
 
@@ -129,7 +197,7 @@ def match_masks(samples: Iterable[Sample], masks_dir: PathLike, *, mask_suffix: 
     folder = Path(masks_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"masks_dir: '{folder}' is not a folder")
-    masks = _list_images(folder)
+    masks = _list_images(folder, suffixes=MASK_SUFFIXES)
     return [Sample(s.stem, s.image_path, masks.get(s.stem + mask_suffix, s.mask_path)) for s in samples]
 
 
@@ -142,7 +210,13 @@ class MaskFolder(Sequence):
             images/  case_001.png  case_002.jpg ...
             masks/   case_001.png  case_002.png ...   (stem + mask_suffix)
 
-    Files with any suffix in :data:`IMAGE_SUFFIXES` (case-insensitive) are used; hidden
+    Images are files with any suffix in :data:`IMAGE_SUFFIXES` (case-insensitive): PNG,
+    JPEG, TIFF, BMP and single-frame 2D DICOM files (``.dcm``/``.dicom``, e.g.
+    radiographs, read by :func:`~medsamkit.data.read_image` with their VOI LUT; the
+    ``medical`` extra). Masks are 2D raster files (:data:`MASK_SUFFIXES`); masks are
+    written back as PNG. If several DICOM images are slices of one series (a CT or MR
+    volume split into files), a warning says so: each is still segmented as a 2D image
+    (a :class:`VolumeFolder` takes the series as one volume). Hidden
     files (names starting with ``.``), other files and subfolders are ignored. The mask
     for image stem ``s`` is the file with stem ``s + mask_suffix`` in the masks folder
     (e.g. ``mask_suffix="-mask"`` for ``case_001-mask.png``). If ``images`` and ``masks``
@@ -236,7 +310,7 @@ class MaskFolder(Sequence):
         image_files = _list_images(images_dir, exclude_suffix=mask_suffix if same_dir else None)
         if not image_files:
             raise ValueError(f"no image files found in '{images_dir}' (suffixes {', '.join(IMAGE_SUFFIXES)}); {layout}")
-        mask_files = _list_images(masks_dir) if masks_dir is not None else {}
+        mask_files = _list_images(masks_dir, suffixes=MASK_SUFFIXES) if masks_dir is not None else {}
         if same_dir:
             mask_files = {s: p for s, p in mask_files.items() if s.endswith(mask_suffix)}
 
@@ -259,8 +333,9 @@ class MaskFolder(Sequence):
                 f"no image/mask pairs in '{root_path}': {len(image_files)} images in "
                 f"'{images_dir}' (e.g. {_preview(sorted(image_files))}) and {len(mask_files)} "
                 f"masks in '{masks_dir}' (e.g. {_preview(unmatched_masks)}) share no stem with "
-                f"mask_suffix={mask_suffix!r}"
+                f"mask_suffix={mask_suffix!r}{_mask_hint(masks_dir)}"
             )
+        _note_series_slices(images_dir, (image_files[s.stem] for s in samples))
 
         self.root = root_path
         self.images_dir = images_dir

@@ -23,6 +23,7 @@ from ._errors import ImageReadError
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageReadError",
+    "MASK_SUFFIXES",
     "atomic_write_bytes",
     "atomic_write_text",
     "read_image",
@@ -33,8 +34,11 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: File suffixes recognised as images (compared case-insensitively).
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: File suffixes of 2D raster files, the formats of masks in a folder (compared case-insensitively).
+MASK_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: File suffixes recognised as 2D images (compared case-insensitively): the raster formats of
+#: :data:`MASK_SUFFIXES` and single-frame DICOM files (``.dcm``, ``.dicom``; ``medical`` extra).
+IMAGE_SUFFIXES: tuple[str, ...] = (*MASK_SUFFIXES, ".dcm", ".dicom")
 
 
 def _as_path(path: Any, *, name: str = "path") -> Path:
@@ -127,7 +131,9 @@ def _read_medical_2d(path: Path, data: np.ndarray) -> np.ndarray | None:
     volume = read_dicom_image(path)
     if volume.shape[0] != 1:
         raise ImageReadError(
-            path, f"expected a single-frame 2D DICOM image, got {volume.shape[0]} frames; read it with read_volume"
+            path,
+            f"expected a single-frame 2D DICOM image, got a multi-frame file of {volume.shape[0]} frames (a volume): "
+            "read it with medsamkit.data.read_volume (or list it in a medsamkit.data.VolumeFolder)",
         )
     return volume.array[0]
 

@@ -42,6 +42,7 @@ __all__ = [
     "VOLUME_SUFFIXES",
     "Volume",
     "is_dicom_file",
+    "is_dicom_series_folder",
     "is_volume_path",
     "read_dicom_image",
     "read_volume",
@@ -239,8 +240,43 @@ def volume_format(path: PathLike) -> str | None:
 
 
 def is_volume_path(path: PathLike) -> bool:
-    """Whether ``path`` is a volume file or a folder holding a DICOM series."""
+    """Whether ``path`` is a volume file or a folder holding a DICOM series.
+
+    A folder of DICOM files is a series when its files are positioned slices
+    (:func:`is_dicom_series_folder`); a folder of 2D DICOM images without a slice
+    position (radiographs: CR, DX, MG) is not a volume but a folder of 2D images.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return is_dicom_series_folder(path)
     return volume_format(path) is not None
+
+
+def is_dicom_series_folder(folder: PathLike, *, check: int = 8) -> bool:
+    """Whether ``folder`` holds DICOM slices of a volume rather than separate 2D DICOM images.
+
+    The headers of the first ``check`` DICOM files (in name order) are read: the
+    folder is a series if one of them has an ``ImagePositionPatient`` (CT, MR, PET
+    slices; radiographs have none). Without pydicom, any folder with a DICOM file counts.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and is_dicom_file(p)]
+    if not files:
+        return False
+    try:
+        import pydicom
+    except ImportError:
+        return True  # reading it names the missing extra
+    for path in files[:check]:
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
+        except Exception:  # noqa: BLE001 - a damaged file is named when the folder is read
+            continue
+        if "ImagePositionPatient" in ds:
+            return True
+    return False
 
 
 def is_dicom_file(path: PathLike) -> bool:

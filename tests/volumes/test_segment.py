@@ -220,3 +220,43 @@ def test_pipeline_on_a_3d_array_points_to_segment_volume():
         ValueError, match=r"image: expected shape \(H, W\).*got shape \(12, 48, 56\); a 3D volume.*segment_volume"
     ):
         _pipe()(vol.array, target=mask[0])
+
+
+@pytest.mark.shared_data
+@pytest.mark.real_model
+def test_real_auto_prompt_with_a_fitted_embedding_head_on_held_out_slices(litemedsam, tmp_path):
+    """``--prompt auto`` for real: a head fitted on some slices of lung2 finds the tumour on the next, unseen slices."""
+    from scipy import ndimage
+
+    from medsamkit import CachedSegmenter, EmbeddingCache, EmbeddingHeadPrompter
+
+    # SOURCE.md: the lung2 tumour spans z15-25, y333-398, x318-404. A 256 x 256 crop around it
+    # (LiteMedSAM's own input size: no resizing); fit on z10-20 (5 slices without the tumour, 6 with it),
+    # segment the held-out slab z21-28 (5 slices with the tumour's lower part, 3 without).
+    crop = {"y": slice(240, 496), "x": slice(240, 496)}
+    image = read_volume(VOLUMES / "pyradiomics_lung_ct" / "images" / "lung2.nii.gz").crop(**crop)
+    mask = read_volume(VOLUMES / "pyradiomics_lung_ct" / "masks" / "lung2.nii.gz").crop(**crop)
+    window = Window.preset("lung")
+
+    class _Slice:
+        def __init__(self, k):
+            self.k = k
+
+        def load(self):
+            return window(image.array[self.k]), mask.array[self.k] > 0
+
+    cache = EmbeddingCache(tmp_path / "cache")
+    head = EmbeddingHeadPrompter().fit(
+        [_Slice(k) for k in range(10, 21)], segmenter=CachedSegmenter(litemedsam, cache), epochs=150, lr=3e-3
+    )
+    slab, reference = image.crop(z=slice(21, 29)), mask.crop(z=slice(21, 29)).array > 0
+    pipe = Pipeline(head, litemedsam, preprocess=[window])
+    result = segment_volume(pipe, slab, "auto", cache=cache)
+    assert result.encoded_slices, "the head found no tumour on any held-out slice"
+    dice = volume_metrics(result.mask.array, reference, spacing=slab.spacing)["dice"]
+    assert dice > 0.5, dice
+    # The 3D-consistency step: the same slices without it (read from the cache), then consistent_3d.
+    raw = segment_volume(pipe, slab, AutoSlices(keep=None, bridge_gaps=False), cache=cache)
+    assert raw.cache_hits == len(slab.array)  # every slice was encoded once, in the first run
+    assert np.array_equal(result.mask.array, consistent_3d(raw.mask.array))
+    assert ndimage.label(result.mask.array, structure=np.ones((3, 3, 3)))[1] == 1

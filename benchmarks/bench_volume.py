@@ -83,7 +83,8 @@ class _Timed:
 
 
 def _load() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
+    load = os.getloadavg()
+    return f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
 
 
 def _prompt(args: argparse.Namespace, target: np.ndarray) -> Any:

@@ -5,7 +5,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/bench_volume.py \
         [--image ../shared/data/volumes/pyradiomics_lung_ct/images/lung2.nii.gz] \
         [--mask ../shared/data/volumes/pyradiomics_lung_ct/masks/lung2.nii.gz] \
-        [--prompt box3d] [--window lung] [--precision fast] [--repeat 3] [--slices N]
+        [--prompt box3d] [--window lung] [--precision fast] [--repeat 3] [--slices N] [--compare-threads]
 
 LiteMedSAM (bundled weights) segments the volume with the given volume prompt
 (drawn from the reference mask) and intensity window:
@@ -21,7 +21,9 @@ image encoder, the prompt encoder and mask decoder, upsampling the logits to the
 full slice, thresholding, and assembling the mask volume) divided by the number of
 encoded slices. Reading the files, the 3D metrics and writing the mask (NIfTI) are
 outside it and timed separately. The no-cache runs also print where the time went
-(encoder, decoder, the rest) for the fastest run.
+(encoder, decoder, the rest) for the fastest run. ``--compare-threads`` alternates
+them with runs where torch keeps all its threads beside the OpenVINO encoder (the
+rule of ``segment_volume`` switched off) and checks the masks are the same.
 
 ``--slices N`` (box3d only) times the issue's case more closely: one 3D box with the
 tumour's x-y box spanning N slices around the tumour's z-centre (clipped to the
@@ -37,10 +39,12 @@ run (identical across runs, checked). Not a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +114,11 @@ def main() -> None:
     parser.add_argument("--precision", default="fast", choices=["fast", "float32"])
     parser.add_argument("--repeat", type=int, default=3, help="no-cache runs (best and median are printed)")
     parser.add_argument("--slices", type=int, default=None, help="box3d: a box spanning N slices around the target")
+    parser.add_argument(
+        "--compare-threads",
+        action="store_true",
+        help="also time the no-cache runs with torch on all threads beside OpenVINO (alternating with the default)",
+    )
     args = parser.parse_args()
     if args.repeat < 1 or (args.slices is not None and args.slices < 1):
         raise SystemExit("--repeat, --slices: expected positive numbers")
@@ -131,14 +140,23 @@ def main() -> None:
     print(f"encoder backend {segmenter.encoder_backend}, torch threads {_torch_threads()}")
 
     per_slice, results, breakdown = [], [], []
+    all_threads: list[tuple[float, float, float]] = []
     for _ in range(args.repeat):
-        timed.encode_seconds = timed.decode_seconds = 0.0
-        pipe = msk.Pipeline(msk.OracleBoxPrompter(), timed, preprocess=[window])
-        result = segment_volume(pipe, image, _prompt(args, target))
-        n = max(len(result.encoded_slices), 1)
-        per_slice.append(result.seconds / n)
-        breakdown.append((timed.encode_seconds / n, timed.decode_seconds / n))
-        results.append(("no cache", result.seconds, result))
+        for default in (True, False) if args.compare_threads else (True,):
+            timed.encode_seconds = timed.decode_seconds = 0.0
+            pipe = msk.Pipeline(msk.OracleBoxPrompter(), timed, preprocess=[window])
+            with contextlib.ExitStack() as stack:
+                if not default:  # switch the one-thread rule of segment_volume off
+                    stack.enter_context(_all_torch_threads())
+                result = segment_volume(pipe, image, _prompt(args, target))
+            n = max(len(result.encoded_slices), 1)
+            if not default:
+                all_threads.append((result.seconds / n, timed.encode_seconds / n, timed.decode_seconds / n))
+                assert np.array_equal(result.mask.array, results[-1][2].mask.array), "thread settings changed the mask"
+                continue
+            per_slice.append(result.seconds / n)
+            breakdown.append((timed.encode_seconds / n, timed.decode_seconds / n))
+            results.append(("no cache", result.seconds, result))
     best = int(np.argmin(per_slice))
     n = len(results[0][2].encoded_slices)
     print(
@@ -151,6 +169,14 @@ def main() -> None:
         f"           per encoded slice (best run): encoder {enc:.3f} s (incl. resize/normalise), "
         f"decoder {dec:.3f} s (incl. upsampling), rest {per_slice[best] - enc - dec:.3f} s"
     )
+    if all_threads:
+        values = [v[0] for v in all_threads]
+        i = int(np.argmin(values))
+        print(
+            f"all torch threads beside OpenVINO: best {values[i]:6.3f} median {statistics.median(values):6.3f} s/encoded slice: "
+            + " ".join(f"{v:.3f}" for v in values)
+            + f"; best run: encoder {all_threads[i][1]:.3f} s, decoder {all_threads[i][2]:.3f} s (same masks, checked)"
+        )
     pipe = msk.Pipeline(msk.OracleBoxPrompter(), segmenter, preprocess=[window])
     with tempfile.TemporaryDirectory() as cache_dir:
         for name in ("cold cache", "warm cache"):
@@ -173,6 +199,19 @@ def main() -> None:
     print("Dice {dice:.4f}  NSD(2 mm) {nsd:.4f}  HD95 {hd95:.2f} mm  ASD {asd:.2f} mm".format(**metrics))
     print(f"outside the per-slice time: 3D metrics {metric_seconds:.2f} s, writing the mask (NIfTI) {write_seconds:.2f} s")
     print(_load())
+
+
+@contextlib.contextmanager
+def _all_torch_threads() -> Iterator[None]:
+    """Turn off segment_volume's one-torch-thread rule beside an OpenVINO encoder (for --compare-threads)."""
+    from medsamkit.volumes import _segment
+
+    saved = _segment._one_torch_thread_beside_openvino
+    _segment._one_torch_thread_beside_openvino = lambda segmenter: contextlib.nullcontext()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _segment._one_torch_thread_beside_openvino = saved
 
 
 def _torch_threads() -> int:

@@ -29,7 +29,15 @@ from ._io import (
     write_image,
     write_mask,
 )
-from ._medical import VOLUME_SUFFIXES, Volume, is_volume_path, read_dicom_image, read_volume, volume_stem
+from ._medical import (
+    VOLUME_SUFFIXES,
+    Volume,
+    is_dicom_series_folder,
+    is_volume_path,
+    read_dicom_image,
+    read_volume,
+    volume_stem,
+)
 from ._medical_write import read_dicom_seg, write_dicom_seg, write_volume
 from ._splits import Fold, Split, kfold_splits, train_val_test_split
 from ._table import CsvSamples
@@ -52,6 +60,7 @@ __all__ = [
     "atomic_write_text",
     "csv_text",
     "image_samples",
+    "is_dicom_series_folder",
     "is_volume_path",
     "kfold_splits",
     "looks_like_volume_folder",

@@ -255,14 +255,16 @@ def is_volume_path(path: PathLike) -> bool:
 def is_dicom_series_folder(folder: PathLike, *, check: int = 8) -> bool:
     """Whether ``folder`` holds DICOM slices of a volume rather than separate 2D DICOM images.
 
-    The headers of the first ``check`` DICOM files (in name order) are read: the
-    folder is a series if one of them has an ``ImagePositionPatient`` (CT, MR, PET
-    slices; radiographs have none). Without pydicom, any folder with a DICOM file counts.
+    Among the first 20 entries (in name order), the headers of up to ``check`` DICOM
+    files are read: the folder is a series if one of them has an
+    ``ImagePositionPatient`` (CT, MR, PET slices; radiographs have none). Without
+    pydicom, any folder with a DICOM file counts.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return False
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and is_dicom_file(p)]
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))[:20]  # as volume_format looks
+    files = [p for p in entries if p.is_file() and is_dicom_file(p)]
     if not files:
         return False
     try:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_THREADS_PER_WORKER",
     "TELEMETRY_OFF",
     "THREAD_ENV",
     "CsvStream",
@@ -46,6 +47,11 @@ TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_USAGE_DISABLED": "1"}
 """Environment set before Ray is imported and passed to its workers: no usage statistics."""
 
 
+DEFAULT_THREADS_PER_WORKER = 2
+"""Threads (and CPUs) per worker when neither ``workers`` nor ``threads_per_worker`` is given
+(fewer on a smaller cluster); why 2, see ``docs/ray.md`` ("Resources")."""
+
+
 @dataclass(frozen=True)
 class RayEngine:
     """Run ``evaluate`` / ``segment`` on Ray Data (``engine=RayEngine(...)``; ``engine="ray"`` = defaults).
@@ -56,15 +62,19 @@ class RayEngine:
     exceed the CPUs Ray sees, so torch threads do not fight over cores.
 
     Args:
-        workers: Number of actors. Default: CPUs Ray sees // ``threads_per_worker``.
-        threads_per_worker: CPUs reserved for, and torch threads used by, each actor.
-            Default: CPUs Ray sees // ``workers`` (1 when neither is given).
+        workers: Number of actors. Default: one per GPU when the workers use GPUs,
+            else CPUs Ray sees // ``threads_per_worker``.
+        threads_per_worker: CPUs reserved for each actor, and the threads its
+            torch, OpenVINO, OpenCV and OpenMP/BLAS may use. Default: CPUs Ray sees
+            // ``workers`` when ``workers`` is given, else
+            :data:`DEFAULT_THREADS_PER_WORKER` (2; 1 on a 1-CPU cluster).
         gpus_per_worker: GPUs per actor. Default: 1 when Ray sees a GPU, else 0. With
             a GPU the segmenter is rebuilt with ``device="cuda"``.
         address: Ray cluster address (``"ray://head:10001"``, ``"auto"``). Default:
             ``$RAY_ADDRESS``, else a local Ray started for the run and stopped after it.
-        batch_size: Images per actor call: the unit Ray retries when a worker is lost
-            (Ray Data restarts a dead actor and retries its unfinished calls).
+        batch_size: Items (images or volumes) per actor call: the unit Ray retries
+            when a worker is lost (Ray Data restarts a dead actor and retries its
+            unfinished calls; items the lost attempt finished are not redone).
     """
 
     workers: int | None = None
@@ -94,14 +104,19 @@ class RayEngine:
                 could not all be placed), or GPUs are asked for and there are none.
         """
         cores = max(1, int(cpus))
-        threads = self.threads_per_worker or max(1, cores // (self.workers or cores))
-        workers = self.workers or max(1, cores // threads)
+        per_gpu = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
+        workers, threads = self.workers, self.threads_per_worker
+        if workers is None and per_gpu > 0:  # one worker per GPU (or share of one), as far as the CPUs go
+            workers = max(1, min(int(gpus / per_gpu + 1e-9), cores // (threads or 1)))
+        if threads is None:
+            threads = max(1, cores // workers) if workers else min(DEFAULT_THREADS_PER_WORKER, cores)
+        if workers is None:
+            workers = max(1, cores // threads)
         if workers * threads > cores:
             raise ValueError(
                 f"workers: {workers} workers x {threads} threads per worker = {workers * threads} CPUs, "
                 f"but Ray sees {cores}; use fewer workers or threads per worker"
             )
-        per_gpu = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
         if per_gpu * workers > gpus + 1e-9:
             raise ValueError(
                 f"gpus_per_worker: {workers} workers x {per_gpu} GPUs = {per_gpu * workers}, but Ray sees {gpus:g} GPUs"

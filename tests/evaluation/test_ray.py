@@ -239,10 +239,20 @@ def make_volumes(root: Path, n: int, *, masks: bool = True) -> Path:
 
 
 def test_plan_splits_the_cores_between_workers_and_threads():
-    assert RayEngine().plan(4, 0) == (4, 1, 0.0)
+    # Default: workers of 2 threads (one per physical core of a 2-way SMT CPU), fewer threads on 1 CPU.
+    assert RayEngine().plan(4, 0) == (2, 2, 0.0)
+    assert RayEngine().plan(5, 0) == (2, 2, 0.0)
+    assert RayEngine().plan(1, 0) == (1, 1, 0.0)
     assert RayEngine(workers=2).plan(4, 0) == (2, 2, 0.0)
-    assert RayEngine(threads_per_worker=2).plan(5, 0) == (2, 2, 0.0)
-    assert RayEngine(workers=1).plan(2, 2) == (1, 2, 1.0)  # Ray sees GPUs: one per worker
+    assert RayEngine(workers=3).plan(8, 0) == (3, 2, 0.0)
+    assert RayEngine(threads_per_worker=1).plan(4, 0) == (4, 1, 0.0)
+    assert RayEngine(threads_per_worker=3).plan(7, 0) == (2, 3, 0.0)
+    # GPUs: one worker per GPU, the CPUs shared out between them.
+    assert RayEngine().plan(8, 1) == (1, 8, 1.0)
+    assert RayEngine().plan(8, 2) == (2, 4, 1.0)
+    assert RayEngine(gpus_per_worker=0.5).plan(8, 1) == (2, 4, 0.5)
+    assert RayEngine(threads_per_worker=2).plan(2, 4) == (1, 2, 1.0)  # as many as the CPUs allow
+    assert RayEngine(workers=1).plan(2, 2) == (1, 2, 1.0)
     assert RayEngine(workers=2, gpus_per_worker=0).plan(2, 2) == (2, 1, 0.0)
 
 

@@ -33,12 +33,14 @@ __all__ = [
     "CsvStream",
     "RayEngine",
     "cache_of",
+    "cache_settings",
     "check_rebuildable",
     "engine_options",
     "limit_threads",
     "progress_bar",
     "ray_session",
     "stream_rows",
+    "table_on_ray",
     "thread_limits",
     "worker_pipeline",
 ]
@@ -277,7 +279,7 @@ def _items_dataset(ray: Any, samples: Any, out_dir: Path, rows_per_block: int, f
         },
         num_cpus=0,
         batch_size=None,
-        compute=ray.data.TaskPoolStrategy(size=2),
+        compute=ray.data.TaskPoolStrategy(size=min(2, max(1, len(blocks)))),
     )
 
 
@@ -424,6 +426,17 @@ class _Worker:
         }
 
 
+def cache_settings(cache: Any, pipeline: Any) -> dict[str, Any] | None:
+    """The embedding cache the workers wrap their segmenter in: ``cache`` (a folder or an
+    ``EmbeddingCache``, as ``segment_volume`` takes it), else the pipeline's own (:func:`cache_of`)."""
+    from ._cache import EmbeddingCache
+
+    if cache is None:
+        return cache_of(pipeline)
+    store = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(Path(cache))
+    return {"directory": str(Path(store.directory).absolute()), "max_bytes": store.max_bytes, "decodes": True}
+
+
 def cache_of(pipeline: Any) -> dict[str, Any] | None:
     """The embedding cache settings of ``pipeline``'s segmenter (a ``CachedSegmenter``), or None."""
     from ._cache import CachedSegmenter
@@ -529,6 +542,59 @@ class CsvStream:
             os.replace(self._partial, self.path)
         else:
             self._partial.unlink(missing_ok=True)
+
+
+def table_on_ray(
+    options: RayEngine,
+    samples: Any,
+    *,
+    out_dir: Path,
+    table: str,
+    columns: Sequence[str],
+    work: Callable[..., Any],
+    finished: Callable[[Path, Any], Any],
+    cache: dict[str, Any] | None = None,
+    sample_type: Any = None,
+    on_error: Callable[[str, str], None] | None = None,
+    progress: bool = True,
+    desc: str = "ray",
+    unit: str = "item",
+) -> tuple[list[dict[str, Any]], int]:
+    """A whole run on Ray whose rows the driver keeps (one per volume, say): :func:`stream_rows`
+    into ``out_dir/table`` (a :class:`CsvStream` of ``columns``), with a progress bar.
+
+    Called once the run is set up (``pipeline.json`` in ``out_dir``). ``on_error(stem,
+    message)`` is called for each error row as it arrives.
+
+    Returns:
+        The rows in input order, and how many items were done in this call (the others
+        came from a previous run).
+    """
+    where = Path(out_dir).absolute()
+    check_rebuildable(json.loads((where / "pipeline.json").read_text()))
+    rows: list[dict[str, Any]] = []
+    done_now = 0
+    stream = CsvStream(where / table, columns)
+    committed = False
+    bar = progress_bar(len(samples), desc, progress, unit=unit)
+    try:
+        with ray_session(options.address) as ray:
+            items = stream_rows(
+                ray, options, samples, out_dir=where, work=work, finished=finished, cache=cache, sample_type=sample_type
+            )
+            for item in items:
+                row = json.loads(item["row"])
+                done_now += not item["reused"]
+                rows.append(row)
+                stream.write(row)
+                if row.get("error") and on_error is not None:
+                    on_error(row["stem"], row["error"])
+                bar.update(1)
+        committed = True
+    finally:
+        bar.close()
+        stream.close(commit=committed)
+    return rows, done_now
 
 
 def progress_bar(total: int, desc: str, progress: bool, *, unit: str = "img") -> Any:

@@ -320,12 +320,29 @@ def _run_claimed(
         pictures=pictures,
     )
     names = VOLUME_METRICS if with_masks else ()
-    if engine_options is not None:
-        from ._ray import run_volumes_on_ray
+    if engine_options is not None:  # the same loop on Ray Data workers; the rows stream back here
+        from .._rayjob import cache_settings, table_on_ray
+        from ..data import VolumeSample
 
-        return run_volumes_on_ray(
-            engine_options, data, pipeline=pipeline, out=out, work=work, names=names, cache=cache, progress=progress
+        ordered, n_processed = table_on_ray(
+            engine_options,
+            data,
+            out_dir=out,
+            table="metrics.csv",
+            columns=VOLUME_CSV_COLUMNS,
+            work=work,
+            finished=_finished_row,
+            cache=cache_settings(cache, pipeline),
+            sample_type=VolumeSample,
+            on_error=lambda stem, message: print(f"medsamkit: error: {stem}: {message}", file=sys.stderr),
+            progress=progress,
+            desc="volumes (ray)",
+            unit="vol",
         )
+        summary = _summary(ordered, names)
+        _atomic_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        failed = {r["stem"]: r["error"] for r in ordered if r.get("error")}
+        return VolumeReport(out_dir=out, rows=ordered, summary=summary, n_processed=n_processed, errors=failed)
     rows: dict[str, dict[str, Any]] = {}
     for sample in data:
         row = _finished_row(out, sample)

@@ -1,14 +1,15 @@
 """The Ray Data job behind ``engine="ray"``: the local engine's per-item loop on many workers.
 
-Items (2D images, volumes, or rows of a CSV listing images) become a Ray Dataset; a
-cheap task stage marks the items a previous run finished; a pool of actors, each
-rebuilding the pipeline once from ``out_dir/pipeline.json``, runs the local engine's
-own per-item loop (``evaluate_samples``, ``segment_samples``, the volume loop) on
-the other items, so every file is written by the workers exactly as the local engine
-writes it; the driver streams the rows back in input order. Ray is imported only
-here, only when the engine is used. The drivers that turn the rows into
-``metrics.csv`` / ``summary.json`` live beside their local engines
-(:mod:`medsamkit.evaluation`, :mod:`medsamkit.volumes`).
+Items (2D images, volumes, or rows of a CSV listing images) are streamed into a file
+in ``out_dir``; a Ray Dataset holds the byte range of each block of them; a pool of
+actors, each rebuilding the pipeline once from ``out_dir/pipeline.json``, reads its
+blocks, sets aside the items a previous run finished (the local engine's own check)
+and runs the local engine's own per-item loop (``evaluate_samples``,
+``segment_samples``, the volume loop) on the others, so every file is written by
+the workers exactly as the local engine writes it; the driver streams the rows back
+in input order. Ray is imported only here, only when the engine is used. The
+drivers that turn the rows into ``metrics.csv`` / ``summary.json`` live beside their
+local engines (:mod:`medsamkit.evaluation`, :mod:`medsamkit.volumes`).
 """
 
 from __future__ import annotations
@@ -192,11 +193,12 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
             ray.shutdown()
 
 
-# -- items and stages (run on the workers) ------------------------------------------------
+# -- items and the workers ------------------------------------------------------
 
 
 ITEMS_FILE = ".ray-items.csv"
-"""The run's items (stem, image path, mask path), written by the driver into ``out_dir`` for the workers.
+"""The run's items (stem, image path, mask path), written by the driver into ``out_dir`` for the workers;
+the dataset holds only the byte range of each block of items.
 
 Paths are kept as the user gave them (relative ones to the driver's working directory,
 which the actors move to), so every message naming a file is the local engine's."""
@@ -226,69 +228,19 @@ def _write_items(samples: Any, out_dir: Path, rows_per_block: int) -> list[dict[
     return blocks
 
 
-def _read_items(
-    batch: dict[str, Any], path: str, out_dir: str, finished: Callable[[Path, Any], Any], sample_type: Any, cwd: str
-) -> dict[str, list[str]]:
-    """Stage 1 (cheap tasks): each block's items, and each item's row from a previous run.
-
-    ``done`` is the row (JSON) of an item a previous run finished (``finished(out_dir,
-    sample)``, the local engine's own check, on the paths resolved against the
-    driver's working directory ``cwd``), ``""`` for one to do: finished items never
-    reach a model.
-    """
+def _read_block(path: Path, start: int, end: int) -> list[tuple[str, str, str]]:
+    """The items ``(stem, image path, mask path or "")`` in bytes ``start:end`` of the items file."""
     import io
 
-    columns: dict[str, list[str]] = {"stem": [], "image_path": [], "mask_path": [], "done": []}
     with open(path, "rb") as handle:
-        for start, end in zip(batch["start"], batch["end"]):
-            handle.seek(int(start))
-            text = handle.read(int(end) - int(start)).decode("utf-8")
-            for stem, image, mask in csv.reader(io.StringIO(text, newline="")):
-                columns["stem"].append(stem)
-                columns["image_path"].append(image)
-                columns["mask_path"].append(mask)
-                try:
-                    item = {
-                        "stem": [stem],
-                        "image_path": [os.path.join(cwd, image)],
-                        "mask_path": [mask and os.path.join(cwd, mask)],
-                    }
-                    row = finished(Path(out_dir), _samples_of(item, sample_type)[0])
-                except Exception:  # noqa: BLE001 - a damaged record: do the image again
-                    row = None
-                columns["done"].append("" if row is None else json.dumps(row))
-    return columns
+        handle.seek(start)
+        text = handle.read(end - start).decode("utf-8")
+    return [(stem, image, mask) for stem, image, mask in csv.reader(io.StringIO(text, newline=""))]
 
 
-def _items_dataset(ray: Any, samples: Any, out_dir: Path, rows_per_block: int, finished: Any, sample_type: Any, cwd: str) -> Any:
-    """A dataset of ``stem, image_path, mask_path, done`` (text; ``""`` for no mask / to do), in input order.
-
-    The item stage asks for no CPU (the model actors may hold all of them) and runs
-    at most two tasks at a time (no CPU asked means no bound otherwise).
-    """
-    blocks = _write_items(samples, out_dir, rows_per_block)
-    ds = ray.data.from_items(blocks, override_num_blocks=max(1, len(blocks)))
-    return ds.map_batches(
-        _read_items,
-        fn_kwargs={
-            "path": str(out_dir / ITEMS_FILE),
-            "out_dir": str(out_dir),
-            "finished": finished,
-            "sample_type": sample_type,
-            "cwd": cwd,
-        },
-        num_cpus=0,
-        batch_size=None,
-        compute=ray.data.TaskPoolStrategy(size=min(2, max(1, len(blocks)))),
-    )
-
-
-def _samples_of(batch: Mapping[str, Any], sample_type: Any) -> list[Any]:
-    """The batch's items as ``sample_type(stem=, image_path=, mask_path=)`` (a ``Sample``, a ``VolumeSample``)."""
-    return [
-        sample_type(stem=str(stem), image_path=Path(str(image)), mask_path=Path(str(mask)) if mask else None)
-        for stem, image, mask in zip(batch["stem"], batch["image_path"], batch["mask_path"])
-    ]
+def _samples_of(items: list[tuple[str, str, str]], sample_type: Any) -> list[Any]:
+    """Items as ``sample_type(stem=, image_path=, mask_path=)`` (a ``Sample``, a ``VolumeSample``)."""
+    return [sample_type(stem=stem, image_path=Path(image), mask_path=Path(mask) if mask else None) for stem, image, mask in items]
 
 
 def check_rebuildable(config: Mapping[str, Any]) -> None:
@@ -367,7 +319,8 @@ def thread_limits() -> dict[str, Any]:
 
 
 class _Worker:
-    """Stage 2 (actors): one pipeline per actor, the local engine's per-item loop over each batch."""
+    """The actors: one pipeline per actor; per call, the items of some blocks, those not
+    finished yet through the local engine's per-item loop."""
 
     def __init__(
         self,
@@ -396,33 +349,45 @@ class _Worker:
         """:func:`thread_limits` inside this actor."""
         return thread_limits()
 
-    def _finished_since(self, sample: Any) -> dict[str, Any] | None:
-        """The row of an item finished after stage 1 looked: by an attempt of this batch on
-        a worker that was killed before it returned (Ray retries the whole batch)."""
+    def _done(self, sample: Any, run_started: int) -> tuple[dict[str, Any] | None, bool]:
+        """``(row, reused)`` of an item already finished (``row`` None if not): by a previous
+        run (``reused``), or by an attempt of this batch on a worker killed before it
+        returned (Ray retries the whole batch), whose record is newer than the run."""
         try:
-            return self.finished(self.out_dir, sample)
+            row = self.finished(self.out_dir, sample)
         except Exception:  # noqa: BLE001 - a damaged record: do the item again
-            return None
+            return None, False
+        if row is None:
+            return None, False
+        record = self.out_dir / "records" / f"{sample.stem}.json"  # every engine's record of an item
+        return row, not (record.is_file() and record.stat().st_mtime_ns >= run_started)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         limit_threads(self.threads)  # cheap; catches a library imported lazily by the last batch
-        samples = _samples_of(batch, self.sample_type)
+        items_file = self.out_dir / ITEMS_FILE
+        run_started = items_file.stat().st_mtime_ns  # the driver wrote it when the run started
+        items = [
+            item for start, end in zip(batch["start"], batch["end"]) for item in _read_block(items_file, int(start), int(end))
+        ]
+        samples = _samples_of(items, self.sample_type)
         rows: dict[str, str] = {}
+        reused: set[str] = set()
         todo = []
-        for sample, done in zip(samples, batch["done"]):
-            if not done:
-                again = self._finished_since(sample)
-                if again is None:
-                    todo.append(sample)
-                else:
-                    rows[sample.stem] = json.dumps(again)
+        for sample in samples:
+            row, earlier = self._done(sample, run_started)
+            if row is None:
+                todo.append(sample)
+                continue
+            rows[sample.stem] = json.dumps(row)
+            if earlier:
+                reused.add(sample.stem)
         rows.update({sample.stem: json.dumps(row) for sample, row in self.work(self.pipeline, todo, out_dir=self.out_dir)})
         return {
-            "stem": [s.stem for s in samples],
-            "image_path": [str(s.image_path) for s in samples],
-            "mask_path": ["" if s.mask_path is None else str(s.mask_path) for s in samples],
-            "row": [str(done) if done else rows[s.stem] for s, done in zip(samples, batch["done"])],
-            "reused": [bool(done) for done in batch["done"]],  # a retried batch's items were done in this run
+            "stem": [stem for stem, _, _ in items],
+            "image_path": [image for _, image, _ in items],
+            "mask_path": [mask for _, _, mask in items],
+            "row": [rows[stem] for stem, _, _ in items],
+            "reused": [stem in reused for stem, _, _ in items],
         }
 
 
@@ -489,9 +454,8 @@ def stream_rows(
     workers = min(workers, len(samples))  # no actor (and no model load) without an item
     # Blocks of at most batch_size items, and at least one per worker.
     rows_per_block = max(1, min(options.batch_size, math.ceil(len(samples) / workers)))
-    cwd = os.getcwd()
-    ds = _items_dataset(ray, samples, out_dir, rows_per_block, finished, sample_type, cwd)
-    ds = ds.map_batches(
+    blocks = _write_items(samples, out_dir, rows_per_block)
+    ds = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
         _Worker,
         fn_constructor_kwargs={
             "work": work,
@@ -501,9 +465,9 @@ def stream_rows(
             "device": "cuda" if gpus > 0 else None,
             "cache": cache,
             "sample_type": sample_type,
-            "cwd": cwd,
+            "cwd": os.getcwd(),
         },
-        batch_size=options.batch_size,
+        batch_size=1,  # one block of items per call
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=threads,
         num_gpus=gpus if gpus > 0 else None,

@@ -117,11 +117,11 @@ def _worker_pids() -> list[int]:
     return sorted(pid for pid in _alive(_descendants(os.getpid())) if WORKER_TITLE in _cmdline(pid))
 
 
-def _kill_a_worker_mid_run(records: Path, killed: dict, stop: threading.Event) -> None:
-    """Once a first record exists: freeze the model actors (SIGSTOP), note the finished
-    records, kill (SIGKILL) one actor and let the others go on."""
+def _kill_a_worker_mid_run(records: Path, before: set[str], killed: dict, stop: threading.Event) -> None:
+    """Once a first record not in ``before`` exists: freeze the model actors (SIGSTOP),
+    note the finished records, kill (SIGKILL) one actor and let the others go on."""
     while not stop.is_set():
-        pids = _worker_pids() if any(records.glob("*.json")) else []
+        pids = _worker_pids() if any(p.name not in before for p in records.glob("*.json")) else []
         if pids:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -141,7 +141,8 @@ def a_worker_killed_mid_run(out: Path):
     """Kill one model actor of the Ray run inside the block once it has finished a first item."""
     killed: dict = {}
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_a_worker_mid_run, args=(out / "records", killed, stop), daemon=True)
+    before = {p.name for p in (out / "records").glob("*.json")}
+    killer = threading.Thread(target=_kill_a_worker_mid_run, args=(out / "records", before, killed, stop), daemon=True)
     killer.start()
     try:
         yield killed
@@ -394,23 +395,32 @@ def test_limit_threads_holds_torch_opencv_and_openvino_to_the_count(monkeypatch)
 # -- with Ray ------------------------------------------------------------------------------
 
 
-def test_ray_engine_writes_what_the_local_engine_writes_even_when_a_worker_is_killed(ray_cluster, tmp_path, caplog):
-    """One Ray run with a bad file, an embedding cache the two workers write at once
-    (images come in identical pairs) and one worker killed mid-run; then the local
-    engine on the same data and cache; then a resumed Ray run."""
+def test_ray_engine_resumes_and_writes_what_the_local_engine_writes_even_when_a_worker_is_killed(ray_cluster, tmp_path, caplog):
+    """One Ray run shows it all: it resumes a run that finished 4 images and failed on a
+    bad file, writes an embedding cache with two workers at once (images come in
+    identical pairs), and has one worker killed mid-run; then the local engine on the
+    same data and cache writes the same files."""
     make_data(tmp_path / "data", pairs=True)
     add_bad_file(tmp_path / "data")
     folder = MaskFolder(tmp_path / "data")
     cache = EmbeddingCache(tmp_path / "cache")
     pipe = Pipeline(OracleBoxPrompter(), CachedSegmenter(FakeSegmenter(), cache))
     out = tmp_path / "ray"
+    earlier = evaluate(pipe, [*folder[:4], folder[-1]], out_dir=out, progress=False, n_overlays=0)  # a previous run
+    assert earlier.n_errors == 1 and not (out / "records" / "case_bad.json").exists()
+    finished = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+    assert len(finished) == 4
+    caplog.clear()
+
     with a_worker_killed_mid_run(out) as killed:
-        report = evaluate(pipe, folder, out_dir=out, progress=False, n_overlays=4, engine=RayEngine(workers=2, batch_size=1))
+        report = evaluate(pipe, folder, out_dir=out, progress=False, n_overlays=4, engine=RayEngine(workers=2, batch_size=2))
     assert len(killed["records"]) < N_IMAGES  # the run was not over
-    # What was finished before the kill was kept, not redone.
+    # Finished before this run, or before the kill: kept, not redone.
     assert {n: (out / "records" / n).stat().st_mtime_ns for n in killed["records"]} == killed["records"]
-    assert "medsamkit: error: case_bad:" in caplog.text  # named by the driver, as the local engine does
-    assert not (out / "records" / "case_bad.json").exists()  # retried on resume
+    assert {n: (out / "records" / n).stat().st_mtime_ns for n in finished} == finished
+    assert report.n_evaluated == N_IMAGES + 1 - 4
+    assert "medsamkit: error: case_bad:" in caplog.text  # retried, and named by the driver as locally
+    assert not (out / "records" / "case_bad.json").exists()  # retried on the next resume
 
     entries = cache.entries()
     assert len(entries) == N_IMAGES // 2
@@ -425,23 +435,11 @@ def test_ray_engine_writes_what_the_local_engine_writes_even_when_a_worker_is_ki
     assert_same_outputs(tmp_path / "local", out)
     assert (out / "boxplot.png").is_file()
     assert report.errors == local.errors and set(report.errors) == {"case_bad"}
-    assert report.n_evaluated == local.n_evaluated == N_IMAGES + 1
     assert without_timing(report.rows) == without_timing(local.rows)
     assert [r["dice"] for r in report.rows] == [r["dice"] for r in local.rows]  # identical, not close
     assert report.mean("dice") == local.mean("dice")
-
-    # Resume: finished images are skipped before any worker sees them (their records stay
-    # untouched); the bad file, now fixed, is done.
-    image, mask = make_blob_image(SIZE, seed=42)
-    write_image(tmp_path / "data" / "images" / "case_bad.png", image)
-    write_mask(tmp_path / "data" / "masks" / "case_bad.png", mask)
-    records = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
-    again = evaluate(pipe, MaskFolder(tmp_path / "data"), out_dir=out, progress=False, engine="ray")
-    assert again.n_evaluated == 1 and not again.errors
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json") if p.name in records} == records
     rows = read_rows(out / "metrics.csv")
-    assert len(rows) == N_IMAGES + 1 and all(not r["error"] for r in rows)
-    assert [r["stem"] for r in rows] == sorted(r["stem"] for r in rows)
+    assert [r["stem"] for r in rows] == sorted(r["stem"] for r in rows) and len(rows) == N_IMAGES + 1
 
 
 def test_a_worker_holds_its_libraries_to_its_threads(ray_cluster, tmp_path):
@@ -509,11 +507,11 @@ def test_cli_evaluate_a_csv_listing_and_segment_with_engine_ray(ray_cluster, tmp
     assert "workers: 3 workers x 1 threads per worker = 3 CPUs, but Ray sees 2" in capsys.readouterr().err
 
 
-def test_cli_evaluate_a_volume_folder_on_ray_then_resume(ray_cluster, tmp_path, capsys):
-    """``medsamkit evaluate VOLDIR --engine ray``: per-volume rows (Dice, NSD, HD95 in mm),
-    masks in each input's format with its geometry, pictures, a bad volume as an error
-    row; the prompt (propagate), window and label travel to the workers as data."""
-    from medsamkit import Pipeline as Pipe
+def test_cli_evaluate_a_volume_folder_on_ray_resumes_and_writes_what_the_local_engine_writes(ray_cluster, tmp_path, capsys):
+    """``medsamkit evaluate VOLDIR --engine ray`` resuming a run that finished one volume
+    and failed on a bad one: per-volume rows (Dice, NSD, HD95 in mm), masks in each
+    input's format with its geometry, pictures, the bad volume an error row again; the
+    prompt (propagate), window and label travel to the workers as data."""
     from medsamkit.cli import main
 
     root = make_volumes(tmp_path / "vols", 3)
@@ -524,34 +522,29 @@ def test_cli_evaluate_a_volume_folder_on_ray_then_resume(ray_cluster, tmp_path, 
     write_volume(root / "masks" / "bad.nii.gz", volume, mask.astype(np.uint8) * 3)
     for i in range(3):  # label 3 is the target, label 1 a decoy
         path = next((root / "masks").glob(f"case{i}.*"))
-        target = make_volume(i)[1]
+        image, target = make_volume(i)
         decoy = np.zeros_like(target)
         decoy[:, :4, :4] = True
-        write_volume(path, make_volume(i)[0], np.where(target, 3, np.where(decoy, 1, 0)).astype(np.uint8))
+        write_volume(path, image, np.where(target, 3, np.where(decoy, 1, 0)).astype(np.uint8))
     args = ["evaluate", str(root), "--segmenter", "fake", "--window=-200,800", "--prompt", "propagate", "--label", "3"]
     args += ["--no-progress"]
+    ray_out = tmp_path / "ray"
     assert main([*args, "--out", str(tmp_path / "local")]) == 1  # the bad volume fails, the others are done
+    assert main([*args, "--out", str(ray_out), "--limit", "2"]) == 1  # a previous run: bad (failed) and case0
+    finished = {p.name: p.stat().st_mtime_ns for p in (ray_out / "records").glob("*.json")}
+    assert list(finished) == ["case0.json"]
     capsys.readouterr()
-    assert main([*args, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2", "--batch-size", "1"]) == 1
-    assert "bad" in capsys.readouterr().err
-    assert_same_outputs(tmp_path / "local", tmp_path / "ray", pictures="pictures")
-    assert assert_same_files(tmp_path / "local", tmp_path / "ray", "masks") == ["case0.nii.gz", "case1.nrrd", "case2.mha"]
-    rows = {r["stem"]: r for r in read_rows(tmp_path / "ray" / "metrics.csv")}
+
+    assert main([*args, "--out", str(ray_out), "--engine", "ray", "--workers", "2", "--batch-size", "1"]) == 1
+    assert "medsamkit: error: bad:" in capsys.readouterr().err  # retried, named as locally
+    assert {n: (ray_out / "records" / n).stat().st_mtime_ns for n in finished} == finished  # not redone
+    assert_same_outputs(tmp_path / "local", ray_out, pictures="pictures")
+    assert assert_same_files(tmp_path / "local", ray_out, "masks") == ["case0.nii.gz", "case1.nrrd", "case2.mha"]
+    rows = {r["stem"]: r for r in read_rows(ray_out / "metrics.csv")}
+    assert list(rows) == ["bad", "case0", "case1", "case2"]
     assert rows["bad"]["error"] and not rows["case0"]["error"] and float(rows["case0"]["dice"]) > 0.5
     assert all(rows[s]["hd95"] and rows[s]["nsd"] for s in ("case0", "case1", "case2"))
-    assert json.loads((tmp_path / "ray" / "run.json").read_text())["prompt"] == "propagate"
-
-    # Resume through the API: the bad volume, fixed, is the only one done.
-    write_volume(root / "images" / "bad.nii.gz", volume)
-    records = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray" / "records").glob("*.json")}
-    pipe = Pipe.from_config(json.loads((tmp_path / "ray" / "pipeline.json").read_text()), base_dir=tmp_path / "ray")
-    again = evaluate_volumes(
-        pipe, root, out_dir=tmp_path / "ray", prompt="propagate", label=3, progress=False, engine=RayEngine(workers=2)
-    )
-    assert again.n_processed == 1 and not again.errors and len(again.rows) == 4
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray" / "records").glob("*.json") if p.name in records} == records
-    assert [r["stem"] for r in read_rows(tmp_path / "ray" / "metrics.csv")] == ["bad", "case0", "case1", "case2"]
-    assert again.summary["counts"] == {"volumes": 4, "processed": 4, "errors": 0}
+    assert json.loads((ray_out / "run.json").read_text())["prompt"] == "propagate"
 
 
 def test_segment_volumes_on_ray_with_a_box_per_volume_and_a_cache(ray_cluster, tmp_path):

@@ -166,6 +166,24 @@ def make_data(root: Path, n: int = N_IMAGES, *, size_hw=SIZE, pairs: bool = Fals
     return MaskFolder(root)
 
 
+def make_listing(root: Path, n: int = N_IMAGES) -> Path:
+    """A CXLSeg-like CSV of ``n + 2`` rows: relative paths in nested folders, masks named
+    ``<image>-mask.png``, numeric-looking ids; images 2k and 2k+1 identical; then a
+    bad image (``00098``) and one more good one (``00099``)."""
+    lines = ["dicom_id,subject_id,path"]
+    for i in [*range(n), 98, 99]:
+        k = i // 2
+        image, mask = make_blob_image(SIZE, seed=k, n_blobs=1 + k % 2)
+        rel = f"files/p1{i % 2}/p1000{i}/s5000{i}/{i:05d}.png"
+        write_image(root / rel, image)
+        write_mask(root / rel.replace(".png", "-mask.png"), mask)
+        lines.append(f"{i:05d},{1000 + i},{rel}")
+        if i == 98:  # not a PNG (its mask is fine)
+            (root / rel).write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    (root / "table.csv").write_text("\n".join(lines) + "\n")
+    return root / "table.csv"
+
+
 def add_bad_file(root: Path) -> None:
     """An image that is not a PNG (its mask is fine)."""
     rng = np.random.default_rng(0)
@@ -396,31 +414,31 @@ def test_limit_threads_holds_torch_opencv_and_openvino_to_the_count(monkeypatch)
 
 
 def test_ray_engine_resumes_and_writes_what_the_local_engine_writes_even_when_a_worker_is_killed(ray_cluster, tmp_path, caplog):
-    """One Ray run shows it all: it resumes a run that finished 4 images and failed on a
-    bad file, writes an embedding cache with two workers at once (images come in
-    identical pairs), and has one worker killed mid-run; then the local engine on the
-    same data and cache writes the same files."""
-    make_data(tmp_path / "data", pairs=True)
-    add_bad_file(tmp_path / "data")
-    folder = MaskFolder(tmp_path / "data")
+    """One Ray run shows it all: a CSV listing (CXLSeg layout) with ``limit``; it resumes
+    a run that finished 4 images and failed on a bad file; two workers write one
+    embedding cache at once (images come in identical pairs); one worker is killed
+    mid-run. Then the local engine on the same data and cache writes the same files."""
+    table = make_listing(tmp_path / "cxlseg")
+    samples = CsvSamples(table, image_column="path", mask_suffix="-mask", stem_column="dicom_id")
     cache = EmbeddingCache(tmp_path / "cache")
     pipe = Pipeline(OracleBoxPrompter(), CachedSegmenter(FakeSegmenter(), cache))
     out = tmp_path / "ray"
-    earlier = evaluate(pipe, [*folder[:4], folder[-1]], out_dir=out, progress=False, n_overlays=0)  # a previous run
-    assert earlier.n_errors == 1 and not (out / "records" / "case_bad.json").exists()
+    earlier = evaluate(pipe, [*samples[:4], samples[N_IMAGES]], out_dir=out, progress=False, n_overlays=0)  # a previous run
+    assert set(earlier.errors) == {"00098"} and not (out / "records" / "00098.json").exists()
     finished = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
     assert len(finished) == 4
     caplog.clear()
 
     with a_worker_killed_mid_run(out) as killed:
-        report = evaluate(pipe, folder, out_dir=out, progress=False, n_overlays=4, engine=RayEngine(workers=2, batch_size=2))
+        engine = RayEngine(workers=2, batch_size=2)
+        report = evaluate(pipe, samples, out_dir=out, limit=N_IMAGES + 1, progress=False, n_overlays=4, engine=engine)
     assert len(killed["records"]) < N_IMAGES  # the run was not over
     # Finished before this run, or before the kill: kept, not redone.
     assert {n: (out / "records" / n).stat().st_mtime_ns for n in killed["records"]} == killed["records"]
     assert {n: (out / "records" / n).stat().st_mtime_ns for n in finished} == finished
     assert report.n_evaluated == N_IMAGES + 1 - 4
-    assert "medsamkit: error: case_bad:" in caplog.text  # retried, and named by the driver as locally
-    assert not (out / "records" / "case_bad.json").exists()  # retried on the next resume
+    assert "medsamkit: error: 00098:" in caplog.text  # retried, and named by the driver as locally
+    assert not (out / "records" / "00098.json").exists()  # retried on the next resume
 
     entries = cache.entries()
     assert len(entries) == N_IMAGES // 2
@@ -429,17 +447,17 @@ def test_ray_engine_resumes_and_writes_what_the_local_engine_writes_even_when_a_
     used = {p: p.stat().st_mtime_ns for p in entries}
     time.sleep(0.01)
 
-    local = evaluate(pipe, folder, out_dir=tmp_path / "local", progress=False, n_overlays=4)
+    local = evaluate(pipe, samples, out_dir=tmp_path / "local", limit=N_IMAGES + 1, progress=False, n_overlays=4)
     assert sorted(cache.entries()) == sorted(entries)
     assert all(p.stat().st_mtime_ns > used[p] for p in entries)  # all read back (a hit refreshes the entry)
     assert_same_outputs(tmp_path / "local", out)
     assert (out / "boxplot.png").is_file()
-    assert report.errors == local.errors and set(report.errors) == {"case_bad"}
+    assert report.errors == local.errors and set(report.errors) == {"00098"}
     assert without_timing(report.rows) == without_timing(local.rows)
     assert [r["dice"] for r in report.rows] == [r["dice"] for r in local.rows]  # identical, not close
     assert report.mean("dice") == local.mean("dice")
-    rows = read_rows(out / "metrics.csv")
-    assert [r["stem"] for r in rows] == sorted(r["stem"] for r in rows) and len(rows) == N_IMAGES + 1
+    stems = [r["stem"] for r in read_rows(out / "metrics.csv")]
+    assert stems == [f"{i:05d}" for i in range(N_IMAGES)] + ["00098"]  # input order; 00099 beyond the limit
 
 
 def test_a_worker_holds_its_libraries_to_its_threads(ray_cluster, tmp_path):
@@ -466,44 +484,28 @@ def test_a_worker_holds_its_libraries_to_its_threads(ray_cluster, tmp_path):
     ray_cluster.kill(actor)
 
 
-def test_cli_evaluate_a_csv_listing_and_segment_with_engine_ray(ray_cluster, tmp_path, capsys, monkeypatch):
-    """A CSV of relative paths in nested folders (CXLSeg layout, numeric-looking ids) with
-    --limit and an embedding cache; then ``segment`` of a folder with a bad image."""
+def test_cli_segment_with_engine_ray(ray_cluster, tmp_path, capsys, monkeypatch):
+    """``medsamkit segment`` of a folder given by a relative path (the workers run in the
+    driver's directory) with a bad image and an embedding cache; Ray-only options."""
     from medsamkit.cli import main
-
-    root = tmp_path / "cxlseg"
-    lines = ["dicom_id,subject_id,path"]
-    for i in range(6):
-        image, mask = make_blob_image(SIZE, seed=10 + i)
-        rel = f"files/p1{i % 2}/p1000{i}/s5000{i}/{i:05d}.png"
-        write_image(root / rel, image)
-        write_mask(root / rel.replace(".png", "-mask.png"), mask)
-        lines.append(f"{i:05d},{1000 + i},{rel}")
-    (root / "table.csv").write_text("\n".join(lines) + "\n")
-    monkeypatch.chdir(tmp_path)  # relative paths: the workers run in another directory
-    common = ["--segmenter", "fake", "--no-progress", "--cache-dir", "cache", "--overlays", "2"]
-    table = ["cxlseg/table.csv", "--image-column", "path", "--mask-suffix=-mask", "--stem-column", "dicom_id", "--limit", "5"]
-    ray_args = ["--engine", "ray", "--workers", "2", "--batch-size", "2"]
-    assert main(["evaluate", *table, "--out", "ray", *common, *ray_args]) == 0
-    assert len(list((tmp_path / "cache").glob("*/*.npz"))) == 5  # written by the workers
-    assert main(["evaluate", *table, "--out", "local", *common]) == 0
-    assert_same_outputs(tmp_path / "local", tmp_path / "ray")
-    assert [r["stem"] for r in read_rows(tmp_path / "ray" / "metrics.csv")] == ["00000", "00001", "00002", "00003", "00004"]
 
     make_data(tmp_path / "data", 5)
     add_bad_file(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    common = ["--segmenter", "fake", "--no-progress", "--cache-dir", "cache", "--overlays", "2"]
+    ray_args = ["--engine", "ray", "--workers", "2", "--batch-size", "2"]
     segment = ["segment", "data/images", "--reference-masks", "data/masks", *common]
     assert main([*segment, "--out", "seg-ray", *ray_args]) == 1  # the bad image fails, the others are done
+    assert len(list((tmp_path / "cache").glob("*/*.npz"))) == 5  # written by the workers
     assert main([*segment, "--out", "seg-local"]) == 1
     assert_same_outputs(tmp_path / "seg-local", tmp_path / "seg-ray", table="results.csv")
     assert "case_bad" in capsys.readouterr().err
 
     # Ray-only options without --engine ray are a usage error (exit 2), naming the option.
-    assert main(["evaluate", *table, "--out", "x", *common, "--workers", "2"]) == 2
+    evaluate_args = ["evaluate", "data", *common]
+    assert main([*evaluate_args, "--out", "x", "--workers", "2"]) == 2
     assert "--workers: only used with --engine ray" in capsys.readouterr().err
-    assert (
-        main(["evaluate", *table, "--out", "y", *common, "--engine", "ray", "--workers", "3", "--threads-per-worker", "1"]) == 2
-    )
+    assert main([*evaluate_args, "--out", "y", "--engine", "ray", "--workers", "3", "--threads-per-worker", "1"]) == 2
     assert "workers: 3 workers x 1 threads per worker = 3 CPUs, but Ray sees 2" in capsys.readouterr().err
 
 

@@ -228,8 +228,9 @@ for library in PRELOADED:
 loaded = sorted(m for m in sys.modules if m == root or m.startswith(root + "."))
 if loaded:
     raise SystemExit(f"the preloaded libraries imported {loaded}: the children would not start clean")
-results = {}
-for name in names:
+
+
+def start(name):
     read, write = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -245,12 +246,26 @@ for name in names:
             pipe.write(report)
         os._exit(0)
     os.close(write)
+    return pid, read
+
+
+def finish(name, pid, read):
     with os.fdopen(read) as pipe:
         report = pipe.read()
     _, status = os.waitpid(pid, 0)
     if status and not report:
         report = f"the child importing {name} died (wait status {status})"
     results[name] = report or None
+
+
+results = {}
+running = []  # two children at a time (one per core of a small machine); each only reads its own pipe
+for name in names:
+    running.append((name, *start(name)))
+    if len(running) == 2:
+        finish(*running.pop(0))
+for child in running:
+    finish(*child)
 print("IMPORT-REPORT " + json.dumps(results))
 """.replace("PRELOADED", repr(PRELOADED))
 

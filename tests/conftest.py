@@ -122,6 +122,25 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _no_flush_to_disk():
+    """``os.fsync`` checks its descriptor but does not wait for the disk, in the test process.
+
+    medsamkit's atomic writes flush every file and its folder to the disk so that a
+    power cut cannot leave a half-written result; no test can observe that (the files
+    read back the same either way), and on this machine each flush costs ~8 ms, several
+    seconds of every fast-tier run. The writes themselves, the temporary file and the
+    rename are unchanged; a test may still replace ``os.fsync`` (``tests/data/test_io.py``
+    makes it fail to check that the old file survives).
+    """
+    import os
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(os, "fsync", os.fstat)  # fstat raises OSError for a bad descriptor, as fsync does
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _isolated_embedding_cache(tmp_path_factory):
     """Keep the CLI's default embedding cache out of the user's home during tests."""
     import os

@@ -127,10 +127,11 @@ def _no_flush_to_disk():
 
     medsamkit's atomic writes flush every file and its folder to the disk so that a
     power cut cannot leave a half-written result; no test can observe that (the files
-    read back the same either way), and on this machine each flush costs ~8 ms, several
-    seconds of every fast-tier run. The writes themselves, the temporary file and the
-    rename are unchanged; a test may still replace ``os.fsync`` (``tests/data/test_io.py``
-    makes it fail to check that the old file survives).
+    read back the same either way), and the fast tier makes ~11,000 such calls, a few
+    milliseconds each on this machine's disk (5-8 ms for a file and its folder). The
+    writes themselves, the temporary file and the rename are unchanged; a test may still
+    replace ``os.fsync`` (``tests/data/test_io.py`` makes it fail to check that the old
+    file survives).
     """
     import os
 

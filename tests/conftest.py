@@ -28,6 +28,10 @@ Fixtures:
   offline, in one subprocess (the YOLO prompter and segmenter tests load what it saved);
   ``ultralytics_home``: medsamkit's Ultralytics folder in a temporary folder for the
   test process.
+* ``background_runs``: the expensive self-contained subprocesses the selected tests
+  will need (the YOLO training above, the isolated imports of ``tests/test_structure.py``)
+  start with the session's first test and run on the second core meanwhile
+  (``tests/_background.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from _background import BackgroundRun, start_background
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -174,16 +180,9 @@ print("OFFLINE-REPORT " + json.dumps({"events": _events, "home_files": _files, "
 """
 
 
-def run_offline_code(code: str, workdir: Path, *, env: dict[str, str] | None = None, timeout: float = 600) -> dict:
-    """Run Python code in a subprocess with ``HOME = workdir/home`` and every socket connection blocked.
-
-    Returns ``{"events": [...], "home_files": [...], "result": RESULT}``: the network
-    attempts (audit events ``socket.connect``/``getaddrinfo``/...), the files left
-    under ``HOME`` (relative paths), and the ``RESULT`` global the code set.
-    """
-    import json
+def start_offline(code: str, workdir: Path, *, env: dict[str, str] | None = None, timeout: float = 600) -> BackgroundRun:
+    """Start Python code in a subprocess with ``HOME = workdir/home`` and every socket connection blocked."""
     import os
-    import subprocess
     import sys
 
     home = workdir / "home"
@@ -194,12 +193,27 @@ def run_offline_code(code: str, workdir: Path, *, env: dict[str, str] | None = N
     environment = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     environment.update(HOME=str(home), MEDSAMKIT_CACHE_DIR=str(workdir / "cache" / "embeddings"))
     environment.update(env or {})
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=timeout, check=False
-    )
+    return start_background([sys.executable, str(script)], workdir / "output", env=environment, timeout=timeout)
+
+
+def offline_report(run: BackgroundRun) -> dict:
+    """Wait for :func:`start_offline`'s subprocess: ``{"events": [...], "home_files": [...], "result": RESULT}``.
+
+    ``events``: the network attempts (audit events ``socket.connect``/``getaddrinfo``/...);
+    ``home_files``: the files left under ``HOME`` (relative paths), listed 1 s after the
+    code ended; ``result``: the ``RESULT`` global the code set.
+    """
+    import json
+
+    done = run.wait()
     lines = [line for line in done.stdout.splitlines() if line.startswith("OFFLINE-REPORT ")]
     assert done.returncode == 0 and lines, f"offline script failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return json.loads(lines[-1][len("OFFLINE-REPORT ") :])
+
+
+def run_offline_code(code: str, workdir: Path, *, env: dict[str, str] | None = None, timeout: float = 600) -> dict:
+    """Run Python code offline (:func:`start_offline`) and return its :func:`offline_report`."""
+    return offline_report(start_offline(code, workdir, env=env, timeout=timeout))
 
 
 @pytest.fixture()
@@ -252,17 +266,8 @@ RESULT = {
 """
 
 
-@pytest.fixture(scope="session")
-def yolo_trained(tmp_path_factory) -> dict:
-    """A YOLO detector and a YOLO-seg segmenter trained offline once, in one subprocess (``run_offline_code``).
-
-    The data: ``out/data`` holds 8 blob images of ``YOLO_IMAGE_SIZE`` (``case_00`` ...
-    ``case_07``, one or two blobs) with masks. The detector trains 2 epochs on the first 6
-    (validated on the last 2) and is saved (``out/det.npz``, weights ``out/best.pt``); a
-    second detector fine-tunes 1 epoch from those weights; the segmenter trains 1 epoch on
-    the first 6 (``out/seg.npz``). Returns ``{"out", "home", "events", "home_files",
-    "detector": {...}, "segmenter": {...}, "user_config_dir", "online"}``.
-    """
+def start_yolo_training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BackgroundRun]:
+    """Write the data and start the offline YOLO training of ``yolo_trained``; returns (its folder, the run)."""
     from medsamkit.data import write_image, write_mask
     from medsamkit.testing import make_blob_image
 
@@ -271,7 +276,48 @@ def yolo_trained(tmp_path_factory) -> dict:
         image, mask = make_blob_image(YOLO_IMAGE_SIZE, n_blobs=1 + i % 2, seed=i)
         write_image(out / "data" / "images" / f"case_{i:02d}.png", image)
         write_mask(out / "data" / "masks" / f"case_{i:02d}.png", mask)
-    report = run_offline_code(f"OUT = {str(out)!r}\n" + _YOLO_TRAINING, out, timeout=600)
+    return out, start_offline(f"OUT = {str(out)!r}\n" + _YOLO_TRAINING, out, timeout=600)
+
+
+#: Fixtures whose subprocess starts with the session's first test (modules add theirs).
+BACKGROUND_STARTERS: dict[str, Callable[[pytest.TempPathFactory], object]] = {"yolo_trained": start_yolo_training}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """``{fixture name: started handle}`` for the background subprocesses the selected tests will need.
+
+    A test module adds its own starters with a module-level ``BACKGROUND_STARTERS``
+    dict (see ``tests/_background.py``); a fixture takes its handle with
+    ``background_runs.pop(name, None)`` and starts it itself when it is not there.
+    """
+    starters = dict(BACKGROUND_STARTERS)
+    wanted: set[str] = set()
+    for item in request.session.items:
+        wanted.update(getattr(item, "fixturenames", ()))
+        starters.update(getattr(getattr(item, "module", None), "BACKGROUND_STARTERS", {}))
+    runs = {name: start(tmp_path_factory) for name, start in starters.items() if name in wanted}
+    yield runs
+    for handle in runs.values():  # not collected: the session ended before a test needed it
+        for run in handle if isinstance(handle, tuple) else (handle,):
+            if isinstance(run, BackgroundRun):
+                run.stop()
+
+
+@pytest.fixture(scope="session")
+def yolo_trained(background_runs, tmp_path_factory) -> dict:
+    """A YOLO detector and a YOLO-seg segmenter trained offline once, in one subprocess (``start_offline``).
+
+    The data: ``out/data`` holds 8 blob images of ``YOLO_IMAGE_SIZE`` (``case_00`` ...
+    ``case_07``, one or two blobs) with masks. The detector trains 2 epochs on the first 6
+    (validated on the last 2) and is saved (``out/det.npz``, weights ``out/best.pt``); a
+    second detector fine-tunes 1 epoch from those weights; the segmenter trains 1 epoch on
+    the first 6 (``out/seg.npz``). Returns ``{"out", "home", "events", "home_files",
+    "detector": {...}, "segmenter": {...}, "user_config_dir", "online"}``. The training
+    starts with the session's first test (``background_runs``).
+    """
+    out, run = background_runs.pop("yolo_trained", None) or start_yolo_training(tmp_path_factory)
+    report = offline_report(run)
     return {"out": out, "home": out / "home", "events": report["events"], "home_files": report["home_files"], **report["result"]}
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import medsamkit
+from _background import BackgroundRun, start_background
 
 PACKAGE_DIR = Path(medsamkit.__file__).resolve().parent
 ROOT = "medsamkit"
@@ -270,21 +270,32 @@ print("IMPORT-REPORT " + json.dumps(results))
 """.replace("PRELOADED", repr(PRELOADED))
 
 
-def _import_each_alone(names: list[str], root: str, path: Path) -> dict[str, str | None]:
-    """``{module: None, or the traceback of its import}``, each imported in its own child of a clean parent."""
+def _start_imports_alone(names: list[str], root: str, path: Path, workdir: Path) -> BackgroundRun:
+    """Start the parent that imports each of ``names`` in its own child (output in ``workdir``)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(path), env.get("PYTHONPATH", "")])
-    out = subprocess.run(
-        [sys.executable, "-c", _ZYGOTE, root, *names], capture_output=True, text=True, env=env, timeout=300, check=False
-    )
+    return start_background([sys.executable, "-c", _ZYGOTE, root, *names], workdir, env=env, timeout=300)
+
+
+def _imports_report(run: BackgroundRun) -> dict[str, str | None]:
+    """``{module: None, or the traceback of its import}`` from a run of :func:`_start_imports_alone`."""
+    out = run.wait()
     lines = [line for line in out.stdout.splitlines() if line.startswith("IMPORT-REPORT ")]
     assert out.returncode == 0 and lines, out.stdout[-2000:] + out.stderr[-2000:]
     return json.loads(lines[-1][len("IMPORT-REPORT ") :])
 
 
+def _start_package_imports(tmp_path_factory: pytest.TempPathFactory) -> BackgroundRun:
+    return _start_imports_alone(_ALL_MODULES, ROOT, PACKAGE_DIR.parent, tmp_path_factory.mktemp("imports-alone"))
+
+
+#: The isolated imports start with the session's first test and run meanwhile (conftest's background_runs).
+BACKGROUND_STARTERS = {"imported_alone": _start_package_imports}
+
+
 @pytest.fixture(scope="module")
-def imported_alone() -> dict[str, str | None]:
-    return _import_each_alone(_ALL_MODULES, ROOT, PACKAGE_DIR.parent)
+def imported_alone(background_runs, tmp_path_factory) -> dict[str, str | None]:
+    return _imports_report(background_runs.pop("imported_alone", None) or _start_package_imports(tmp_path_factory))
 
 
 @pytest.mark.parametrize("name", _ALL_MODULES)
@@ -372,7 +383,7 @@ def test_each_module_is_imported_without_the_others(tmp_path):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text(text)
     names = ["fakepkg._a_helper", "fakepkg._b_uses_a_unimported", "fakepkg._c_broken", "fakepkg._d_fine"]
-    results = _import_each_alone(names, "fakepkg", tmp_path)
+    results = _imports_report(_start_imports_alone(names, "fakepkg", tmp_path, tmp_path / "run"))
     assert results["fakepkg._a_helper"] is None and results["fakepkg._d_fine"] is None
     assert "AttributeError" in results["fakepkg._b_uses_a_unimported"]  # in one interpreter it would pass after _a_helper
     assert "broken on import" in results["fakepkg._c_broken"]

@@ -276,7 +276,8 @@ def start_yolo_training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
         image, mask = make_blob_image(YOLO_IMAGE_SIZE, n_blobs=1 + i % 2, seed=i)
         write_image(out / "data" / "images" / f"case_{i:02d}.png", image)
         write_mask(out / "data" / "masks" / f"case_{i:02d}.png", mask)
-    return out, start_offline(f"OUT = {str(out)!r}\n" + _YOLO_TRAINING, out, timeout=600)
+    one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # it runs beside the tests: one core
+    return out, start_offline(f"OUT = {str(out)!r}\n" + _YOLO_TRAINING, out, env=one_thread, timeout=600)
 
 
 #: Fixtures whose subprocess starts with the session's first test (modules add theirs).

@@ -174,43 +174,6 @@ def test_warm_cache_encodes_nothing(tmp_path):
     assert np.array_equal(first.mask.array, second.mask.array)
 
 
-class _BackendSegmenter(FakeSegmenter):
-    """Records torch's thread count in every decode; claims an encoder backend."""
-
-    def __init__(self, backend):
-        super().__init__()
-        self.encoder_backend = backend
-        self.decode_threads = []
-
-    def decode(self, encoding, prompts):
-        import torch
-
-        self.decode_threads.append(torch.get_num_threads())
-        return super().decode(encoding, prompts)
-
-
-@pytest.mark.parametrize("cache", [False, True])
-def test_torch_runs_on_one_thread_beside_an_openvino_encoder_and_is_restored(tmp_path, cache):
-    import torch
-
-    vol, mask = _ellipsoid_volume()
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        for backend, expected in (("openvino", 1), ("torch", 2)):
-            seg = _BackendSegmenter(backend)
-            segment_volume(_pipe(seg), vol, "box3d", target=mask, cache=tmp_path / backend if cache else None)
-            assert seg.decode_threads and set(seg.decode_threads) == {expected}, backend
-            assert torch.get_num_threads() == 2  # restored
-        seg = _BackendSegmenter("openvino")
-        seg.decode = None  # a failing run restores the setting too
-        with pytest.raises(TypeError):
-            segment_volume(_pipe(seg), vol, "box3d", target=mask)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_bad_target_and_prompt_names_the_parameter():
     vol, mask = _ellipsoid_volume()
     with pytest.raises(ValueError, match=r"target: expected a mask of the volume's shape \(12, 48, 56\)"):

@@ -23,9 +23,7 @@ Volume prompts (the ``prompt=`` argument of :func:`segment_volume`):
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,31 +333,6 @@ def consistent_3d(mask: np.ndarray, *, keep: int | None = 1, bridge_gaps: bool =
     return mask
 
 
-@contextlib.contextmanager
-def _one_torch_thread_beside_openvino(segmenter: Any) -> Iterator[None]:
-    """Run torch on one thread while an OpenVINO-encoded volume is segmented.
-
-    With the encoder in OpenVINO (its own thread pool, sized when it was compiled),
-    torch only runs the mask decoder and the upsampling: small operations, which on
-    two threads spend more time waiting for each other and for OpenVINO's workers
-    than computing (the decoder took several times the wall time of one thread in
-    ``benchmarks/bench_volume.py``). Its results are bit-identical either way. Other
-    encoders (PyTorch) keep every thread. The previous setting is restored after.
-    """
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None or getattr(segmenter, "encoder_backend", None) != "openvino" or torch.get_num_threads() == 1:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 _PROMPT_NAMES = ("oracle", "box3d", "propagate", "auto")
 
 
@@ -410,11 +383,6 @@ def segment_volume(
 
     Returns:
         A :class:`VolumeResult`; ``result.mask`` has the input's geometry.
-
-    While a volume whose segmenter encodes with OpenVINO (``encoder_backend ==
-    "openvino"``, LiteMedSAM's default fast encoder) is segmented, torch runs on one
-    thread (the mask decoder and upsampling; OpenVINO keeps its own threads), then
-    the previous ``torch.get_num_threads()`` is restored: see ``docs/medical.md``.
     """
     vol = _as_volume(volume)
     if target is not None:
@@ -437,8 +405,7 @@ def segment_volume(
     hits_before = cached.cache.hits if cached is not None else 0
     runner = _Runner(pipe, vol)
     start = time.perf_counter()
-    with _one_torch_thread_beside_openvino(pipeline.segmenter):
-        prompt.run(runner)
+    prompt.run(runner)
     runner.result.seconds = time.perf_counter() - start
     if cached is not None:
         runner.result.cache_hits = cached.cache.hits - hits_before

@@ -62,15 +62,22 @@ def save_prompts(path: Path, prompts: dict[str, msk.Prompts]) -> None:
     path.write_text(json.dumps(data) + "\n")
 
 
-def tuned_copy(seg: msk.CachedSegmenter, run_dir: Path) -> msk.CachedSegmenter:
-    """A cached LiteMedSAM sharing ``seg``'s encodings, with the decoder of ``run_dir/model.pth``."""
+def tuned_copy(seg: msk.CachedSegmenter, run_dir: Path) -> tuple[msk.CachedSegmenter, str]:
+    """A cached LiteMedSAM sharing ``seg``'s encodings, with the decoder of ``run_dir/model.pth`` (a finished run)
+    or, for a run stopped early, of the best epoch so far in ``run_dir/last.pt``; and which one it is."""
     import torch
 
     base = msk.LiteMedSAM()
-    state = torch.load(run_dir / "model.pth", map_location="cpu", weights_only=True)
-    decoder = {k.removeprefix("mask_decoder."): v for k, v in state.items() if k.startswith("mask_decoder.")}
+    if (run_dir / "model.pth").is_file():
+        state = torch.load(run_dir / "model.pth", map_location="cpu", weights_only=True)
+        decoder = {k.removeprefix("mask_decoder."): v for k, v in state.items() if k.startswith("mask_decoder.")}
+        what = "finished run"
+    else:
+        last = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+        decoder = last["best"]["parts"]["decoder"]
+        what = f"stopped after epoch {last['epoch']}, best epoch {last['best']['epoch']}"
     base.model.mask_decoder.load_state_dict(decoder)
-    return msk.CachedSegmenter(base, seg.cache)
+    return msk.CachedSegmenter(base, seg.cache), what
 
 
 def setup(args: argparse.Namespace, seg: msk.CachedSegmenter):
@@ -94,7 +101,9 @@ def setup(args: argparse.Namespace, seg: msk.CachedSegmenter):
     else:
         start = time.perf_counter()
         val_samples = folder.subset(head_val) if head_val else None
-        head = msk.EmbeddingHeadPrompter().fit(folder.subset(train), segmenter=seg, val=val_samples, epochs=args.epochs, seed=args.seed)
+        head = msk.EmbeddingHeadPrompter().fit(
+            folder.subset(train), segmenter=seg, val=val_samples, epochs=args.epochs, seed=args.seed
+        )
         head.save(head_path)
         print(f"head fitted on {len(train)} images in {time.perf_counter() - start:.0f} s")
     return folder, train, val, tests, head
@@ -113,6 +122,8 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.5, help="recorded_share of ft-auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--decoders", nargs="*", default=["ft-oracle", "ft-auto"], help="eval: the tuned decoders")
+    parser.add_argument("--with-original", action="store_true", help="eval: also the original decoder (default with --cxr)")
     args = parser.parse_args()
     import torch
 
@@ -120,6 +131,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.cxr:
         args.out = args.out / "cxr"
+        args.with_original = True
     args.out.mkdir(parents=True, exist_ok=True)
     seg = msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(args.cache, max_bytes=12 * 1024**3))
     folder, train, val, tests, head = setup(args, seg)
@@ -159,21 +171,33 @@ def main() -> None:
         print(result.history, result.sweep)
         return
 
-    decoders = {"original decoder": seg}
-    for name in ("ft-oracle", "ft-auto"):
-        if (args.out / name / "model.pth").is_file():
-            decoders[f"decoder {name}"] = tuned_copy(seg, args.out / name)
+    decoders = {"original decoder": seg} if args.with_original else {}
+    for name in args.decoders:
+        if (args.out / name / "model.pth").is_file() or (args.out / name / "last.pt").is_file():
+            decoders[f"decoder {name}"], what = tuned_copy(seg, args.out / name)
+            print(f"decoder {name}: {what}")
     for data_name, data in tests.items():
         for dec_name, dec in decoders.items():
-            providers = {
-                "oracle boxes": msk.OracleBoxPrompter(),
-                "head": head,
-                "head + refine 5%": msk.RefinedPrompter(head, margin_fraction=0.05),
-            }
             out = args.out / "eval" / data_name / dec_name.replace(" ", "-")
-            report = msk.compare_prompters(dec, data, providers, out_dir=out, quality=True, progress=False)
+            plain = {"oracle boxes": msk.OracleBoxPrompter(), "head": head}
+            report = msk.compare_prompters(dec, data, plain, out_dir=out, progress=False)
             print(f"== {data_name}, {dec_name}")
             print(report)
+            refined = {"head + refine 5%": msk.RefinedPrompter(head, margin_fraction=0.05)}
+            report = msk.compare_prompters(dec, data, refined, out_dir=out / "quality", quality=True, progress=False)
+            print(report)
+            for metrics in sorted((out / "quality").glob("*/metrics.csv")):
+                import csv
+
+                with metrics.open() as handle:
+                    rows = list(csv.DictReader(handle))
+                for column in msk.evaluation.QUALITY_COLUMNS:
+                    kept = [r for r in rows if r.get(column) not in (None, "")]
+                    fd = msk.failure_detection(kept, column=column)
+                    print(
+                        f"  {metrics.parent.name} {column}: n {fd['n']}, "
+                        + ", ".join(f"{k} {v:.3f}" for k, v in fd.items() if k != "n" and isinstance(v, float))
+                    )
 
 
 if __name__ == "__main__":

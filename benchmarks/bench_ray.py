@@ -3,9 +3,13 @@
 Two measurements (run from the repository root, nothing else heavy on the machine):
 
 ``speed``: the same images with LiteMedSAM (oracle boxes, default ``precision="fast"``,
-no embedding cache) through the local engine and through Ray with 1 and 2 workers.
-Ray is started once before the runs (its start-up is printed separately); each Ray run
-includes starting its actors and loading the model in each::
+no embedding cache) through the local engine (all cores, then 1 thread), through two
+plain local processes of 1 thread each running concurrently on one half of the images
+each (the control without Ray: what the machine gives two independent single-thread
+processes), and through Ray with 1 and 2 workers. Ray is started once before its runs
+(its start-up is printed separately); each Ray run includes starting its actors and
+loading the model in each, each control process its start-up and model load.
+``s/image`` is the mean of the ``seconds`` column (one image's segmentation time)::
 
     .venv/bin/python benchmarks/bench_ray.py speed --data ../shared/data/us-busi --n 60 --out runs/ray-speed
 
@@ -19,9 +23,12 @@ per row) evaluated with the fake segmenter on Ray; prints the driver's resident 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -40,15 +47,73 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _local_run(data: Path, start: int, stop: int, out: Path, threads: int) -> dict:
+    """The local engine on images ``start:stop`` of ``data`` with ``threads`` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    folder = msk.MaskFolder(data)[start:stop]
+    shutil.rmtree(out, ignore_errors=True)
+    pipe = msk.Pipeline(msk.OracleBoxPrompter(), msk.LiteMedSAM())
+    began = time.perf_counter()
+    report = msk.evaluate(pipe, folder, out_dir=out, progress=False, n_overlays=0)
+    assert not report.errors, report.errors
+    return {
+        "seconds": time.perf_counter() - began,
+        "n": len(folder),
+        "dice": report.mean("dice"),
+        "per_image": report.summary["metrics"]["seconds"]["mean"],
+    }
+
+
+def half(args: argparse.Namespace) -> None:
+    """One control process: print its :func:`_local_run` as JSON."""
+    print(json.dumps(_local_run(args.data, args.start, args.stop, args.out, args.threads)))
+
+
+def _control(args: argparse.Namespace, n: int) -> tuple[float, float, float, list[float]]:
+    """Two processes of 1 thread, each on one half of the images, at the same time (no Ray).
+
+    Returns wall seconds (launch to both done), mean Dice, mean s/image, and each
+    process's mean s/image."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    halves = [(0, n // 2), (n // 2, n)]
+    began = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "half", "--data", str(args.data), "--start", str(a), "--stop", str(b)]
+            + ["--out", str(args.out / f"control-{i}"), "--threads", "1"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i, (a, b) in enumerate(halves)
+    ]
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    seconds = time.perf_counter() - began
+    assert all(p.returncode == 0 for p in procs)
+    total = sum(o["n"] for o in outs)
+    dice = sum(o["dice"] * o["n"] for o in outs) / total
+    per_image = sum(o["per_image"] * o["n"] for o in outs) / total
+    return seconds, dice, per_image, [o["per_image"] for o in outs]
+
+
 def speed(args: argparse.Namespace) -> None:
     import torch
 
-    from medsamkit.evaluation._ray import TELEMETRY_OFF
+    from medsamkit._rayjob import TELEMETRY_OFF
 
     folder = msk.MaskFolder(args.data)[: args.n]
     cores = os.cpu_count() or 1
-    print(f"{len(folder)} images from {args.data}; {cores} cores; torch {torch.__version__}")
+    print(f"{len(folder)} images from {args.data}; {cores} cores; torch {torch.__version__}; load {os.getloadavg()}")
     results = []
+
+    def show(label: str, threads: str, seconds: float, dice: float, per_image: float) -> None:
+        results.append((label, threads, seconds, len(folder) / seconds, per_image, dice))
+        print(
+            f"  {label:<30} threads {threads:<9} {seconds:7.1f} s  {len(folder) / seconds:5.2f} img/s  "
+            f"{per_image:.3f} s/image  Dice {dice:.4f}"
+        )
 
     def run(label: str, engine, threads: str) -> None:
         out = args.out / label.replace(" ", "-")
@@ -58,16 +123,16 @@ def speed(args: argparse.Namespace) -> None:
         report = msk.evaluate(pipe, folder, out_dir=out, engine=engine, progress=False, n_overlays=0)
         seconds = time.perf_counter() - start
         assert not report.errors, report.errors
-        results.append((label, threads, seconds, len(folder) / seconds, report.mean("dice")))
-        print(
-            f"  {label:<24} threads {threads:<9} {seconds:7.1f} s  {len(folder) / seconds:5.2f} img/s  Dice {report.mean('dice'):.4f}"
-        )
+        show(label, threads, seconds, report.mean("dice"), report.summary["metrics"]["seconds"]["mean"])
 
     torch.set_num_threads(cores)
     run("local", "local", f"{cores}")
     torch.set_num_threads(1)
     run("local 1 thread", "local", "1")
     torch.set_num_threads(cores)
+    seconds, dice, per_image, each = _control(args, len(folder))
+    show("2 local processes, no Ray", "2 x 1", seconds, dice, per_image)
+    print(f"    (s/image of each process: {', '.join(f'{v:.3f}' for v in each)})")
 
     os.environ.update(TELEMETRY_OFF)
     import ray
@@ -80,9 +145,10 @@ def speed(args: argparse.Namespace) -> None:
         run("ray 2 workers", msk.RayEngine(workers=2, threads_per_worker=cores // 2), f"2 x {cores // 2}")
     finally:
         ray.shutdown()
-    print("\n| engine | threads | seconds | images/s | Dice |\n|---|---|---|---|---|")
-    for label, threads, seconds, rate, dice in results:
-        print(f"| {label} | {threads} | {seconds:.1f} | {rate:.2f} | {dice:.4f} |")
+    print(f"\nload average after: {os.getloadavg()}")
+    print("\n| engine | threads | seconds | images/s | s/image | Dice |\n|---|---|---|---|---|---|")
+    for label, threads, seconds, rate, per_image, dice in results:
+        print(f"| {label} | {threads} | {seconds:.1f} | {rate:.2f} | {per_image:.3f} | {dice:.4f} |")
 
 
 def scale(args: argparse.Namespace) -> None:
@@ -150,6 +216,12 @@ def main() -> None:
     sp.add_argument("--data", type=Path, default=Path("../shared/data/us-busi"))
     sp.add_argument("--n", type=int, default=60)
     sp.add_argument("--out", type=Path, default=Path("runs/ray-speed"))
+    hf = sub.add_parser("half", help="(internal) one process of the speed control")
+    hf.add_argument("--data", type=Path, required=True)
+    hf.add_argument("--start", type=int, required=True)
+    hf.add_argument("--stop", type=int, required=True)
+    hf.add_argument("--out", type=Path, required=True)
+    hf.add_argument("--threads", type=int, default=1)
     sc = sub.add_parser("scale")
     sc.add_argument("--rows", type=int, default=100_000)
     sc.add_argument("--workers", type=int, default=2)
@@ -157,7 +229,7 @@ def main() -> None:
     sc.add_argument("--overlays", type=int, default=6)
     sc.add_argument("--out", type=Path, default=Path("runs/ray-scale"))
     args = parser.parse_args()
-    speed(args) if args.command == "speed" else scale(args)
+    {"speed": speed, "half": half, "scale": scale}[args.command](args)
 
 
 if __name__ == "__main__":

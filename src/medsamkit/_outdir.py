@@ -199,7 +199,7 @@ def claim_out_dir(
         legacy = any((folder / record).is_file() for record in _LEGACY_RECORDS)
         foreign = [n for n in existing if not _matches(n, owned)] if legacy else existing
         folder.mkdir(parents=True, exist_ok=True)
-        from . import __version__
+        from ._version import __version__
         from .data import atomic_write_text
 
         marker = {"written_by": "medsamkit", "version": __version__, "foreign": foreign}

@@ -1,13 +1,18 @@
-"""The Ray Data engine: the same files as the local engine, resume, bad files, a killed worker.
+"""The Ray Data engine: the same files as the local engine (2D and volumes), resume, bad files,
+a killed worker, thread limits.
 
-One local Ray (2 CPUs, no dashboard, no usage statistics) serves the whole module:
-starting Ray takes seconds. Its teardown checks that no Ray process is left behind.
+One local Ray (2 CPUs, no dashboard, no usage statistics) serves the whole module; it
+starts when the first test needs it, and its teardown checks that no process it
+started is left behind. Each Ray job starts new worker processes (a second or more
+each), so a test runs as few jobs as it can and checks everything one job shows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import os
 import signal
 import threading
@@ -17,14 +22,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsamkit import CsvSamples, MaskFolder, OracleBoxPrompter, Pipeline, RayEngine, evaluate, segment_images
-from medsamkit.data import Sample, read_mask, write_image, write_mask
+from medsamkit import (
+    CachedSegmenter,
+    CsvSamples,
+    EmbeddingCache,
+    MaskFolder,
+    OracleBoxPrompter,
+    Pipeline,
+    RayEngine,
+    evaluate,
+)
+from medsamkit.data import Sample, Volume, read_mask, write_image, write_mask, write_volume
 from medsamkit.evaluation._ray import TELEMETRY_OFF, check_rebuildable, ray_session
 from medsamkit.testing import FakeSegmenter, make_blob_image
+from medsamkit.volumes import evaluate_volumes, segment_volumes
 
-SIZE = (96, 128)
-N_IMAGES = 10
+SIZE = (48, 64)
+N_IMAGES = 12
 WORKER_TITLE = "MapWorker(MapBatches(_Worker))"
+TIMING = ("seconds", "seconds_per_encoded_slice")
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -77,31 +93,102 @@ def ray_cluster():
     os.environ.update(TELEMETRY_OFF)
     import ray
 
+    before = _descendants(os.getpid())
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
+        logging_level=logging.WARNING,
         runtime_env={"env_vars": dict(TELEMETRY_OFF)},
     )
     yield ray
-    started = _descendants(os.getpid())
+    started = _descendants(os.getpid()) - before
+    assert started, "Ray started no process: the check below would find nothing"
     ray.shutdown()
     deadline = time.monotonic() + 30
     while _alive(started) and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.2)
     left = {pid: _cmdline(pid) for pid in _alive(started)}
     assert not left, f"processes left behind by Ray: {left}"
+
+
+def _worker_pids() -> list[int]:
+    """The model actors' processes (Ray names them after the actor class)."""
+    return sorted(pid for pid in _alive(_descendants(os.getpid())) if WORKER_TITLE in _cmdline(pid))
+
+
+def _kill_a_worker_mid_run(records: Path, before: set[str], killed: dict, stop: threading.Event) -> None:
+    """Once a first record not in ``before`` exists: freeze the model actors (SIGSTOP),
+    note the finished records, kill (SIGKILL) one actor and let the others go on.
+
+    The actors' pids are looked up ahead (scanning /proc is the slow part), so the
+    freeze follows the first new record within milliseconds."""
+    pids: list[int] = []
+    scanned = 0.0
+    while not stop.is_set():
+        if time.monotonic() - scanned > 0.05:
+            pids, scanned = _worker_pids(), time.monotonic()
+        new = records.is_dir() and any(e.name not in before for e in os.scandir(records) if e.name.endswith(".json"))
+        if pids and new:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            killed["records"] = {p.name: p.stat().st_mtime_ns for p in records.glob("*.json")}
+            os.kill(pids[0], signal.SIGKILL)
+            killed["pid"] = pids[0]
+            for pid in pids[1:]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            return
+        time.sleep(0.002)
+
+
+@contextlib.contextmanager
+def a_worker_killed_mid_run(out: Path):
+    """Kill one model actor of the Ray run inside the block once it has finished a first item."""
+    killed: dict = {}
+    stop = threading.Event()
+    before = {p.name for p in (out / "records").glob("*.json")}
+    killer = threading.Thread(target=_kill_a_worker_mid_run, args=(out / "records", before, killed, stop), daemon=True)
+    killer.start()
+    try:
+        yield killed
+    finally:
+        stop.set()
+        killer.join()
+    assert "pid" in killed, "no worker was killed: the test did not test anything"
+    assert not _alive({killed["pid"]})
 
 
 # -- data ----------------------------------------------------------------------------------
 
 
-def make_data(root: Path, n: int = N_IMAGES, *, size_hw=SIZE) -> MaskFolder:
+def make_data(root: Path, n: int = N_IMAGES, *, size_hw=SIZE, pairs: bool = False) -> MaskFolder:
+    """``n`` blob images with masks (with ``pairs``: images 2k and 2k+1 identical)."""
     for i in range(n):
-        image, mask = make_blob_image(size_hw, seed=i, n_blobs=1 + i % 2)
+        k = i // 2 if pairs else i
+        image, mask = make_blob_image(size_hw, seed=k, n_blobs=1 + k % 2)
         write_image(root / "images" / f"case_{i:02d}.png", image)
         write_mask(root / "masks" / f"case_{i:02d}.png", mask)
     return MaskFolder(root)
+
+
+def make_listing(root: Path, n: int = N_IMAGES) -> Path:
+    """A CXLSeg-like CSV of ``n + 2`` rows: relative paths in nested folders, masks named
+    ``<image>-mask.png``, numeric-looking ids; images 2k and 2k+1 identical; then a
+    bad image (``00098``) and one more good one (``00099``)."""
+    lines = ["dicom_id,subject_id,path"]
+    for i in [*range(n), 98, 99]:
+        k = i // 2
+        image, mask = make_blob_image(SIZE, seed=k, n_blobs=1 + k % 2)
+        rel = f"files/p1{i % 2}/p1000{i}/s5000{i}/{i:05d}.png"
+        write_image(root / rel, image)
+        write_mask(root / rel.replace(".png", "-mask.png"), mask)
+        lines.append(f"{i:05d},{1000 + i},{rel}")
+        if i == 98:  # not a PNG (its mask is fine)
+            (root / rel).write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    (root / "table.csv").write_text("\n".join(lines) + "\n")
+    return root / "table.csv"
 
 
 def add_bad_file(root: Path) -> None:
@@ -121,44 +208,77 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def without_timing(rows):
-    return [{k: v for k, v in dict(r).items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in dict(r).items() if k not in TIMING} for r in rows]
 
 
 def summary_without_timing(out: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
-    summary["metrics"].pop("seconds")
+    for name in TIMING:
+        summary["metrics"].pop(name, None)
     return summary
 
 
-def assert_same_outputs(local: Path, ray_out: Path, *, table: str = "metrics.csv") -> None:
+def assert_same_files(local: Path, ray_out: Path, folder: str, pattern: str = "*") -> list[str]:
+    """The same file names in ``folder`` of both runs, byte for byte; returns the names."""
+    names = sorted(p.name for p in (local / folder).glob(pattern))
+    assert names and sorted(p.name for p in (ray_out / folder).glob(pattern)) == names
+    for name in names:
+        assert (ray_out / folder / name).read_bytes() == (local / folder / name).read_bytes(), name
+    return names
+
+
+def assert_same_outputs(local: Path, ray_out: Path, *, table: str = "metrics.csv", pictures: str = "overlays") -> None:
     """Same rows (but the timings), same summary, byte-identical masks, same records and pictures."""
     assert without_timing(read_rows(ray_out / table)) == without_timing(read_rows(local / table))
-    if table == "metrics.csv":
+    if (local / "summary.json").is_file():
         assert summary_without_timing(ray_out) == summary_without_timing(local)
-        assert sorted(p.name for p in (ray_out / "overlays").glob("*.png")) == sorted(
-            p.name for p in (local / "overlays").glob("*.png")
-        )
-        assert (ray_out / "boxplot.png").is_file()
-    masks = sorted(p.name for p in (local / "masks").glob("*.png"))
-    assert masks and sorted(p.name for p in (ray_out / "masks").glob("*.png")) == masks
-    for name in masks:
-        assert (ray_out / "masks" / name).read_bytes() == (local / "masks" / name).read_bytes(), name
+    assert sorted(p.name for p in (ray_out / pictures).glob("*.png")) == sorted(p.name for p in (local / pictures).glob("*.png"))
+    assert_same_files(local, ray_out, "masks")
     for record in (local / "records").glob("*.json"):
         ours, theirs = (json.loads(p.read_text()) for p in (ray_out / "records" / record.name, record))
-        ours["row"].pop("seconds"), theirs["row"].pop("seconds")
+        for name in TIMING:
+            ours["row"].pop(name, None), theirs["row"].pop(name, None)
         assert ours == theirs, record.name
     assert json.loads((ray_out / "pipeline.json").read_text()) == json.loads((local / "pipeline.json").read_text())
     assert not (ray_out / ".ray-items.csv").exists()
+
+
+def make_volume(seed: int, shape=(6, 32, 40)) -> tuple[Volume, np.ndarray]:
+    """A CT-like volume (HU, anisotropic spacing) with an ellipsoid target."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    mask = ((zz - 3) / 2.2) ** 2 + ((yy - 16) / (7 + seed)) ** 2 + ((xx - 20) / 9) ** 2 <= 1
+    hu = np.where(mask, 50, -600) + rng.normal(0, 10, shape)
+    return Volume(hu.astype(np.int16), spacing=(3.0, 0.8, 0.7), origin=(1.0, 2.0, 3.0 + seed)), mask
+
+
+def make_volumes(root: Path, n: int, *, masks: bool = True) -> Path:
+    for i, suffix in zip(range(n), [".nii.gz", ".nrrd", ".mha"] * n):
+        volume, mask = make_volume(i)
+        write_volume(root / "images" / f"case{i}{suffix}", volume)
+        if masks:
+            write_volume(root / "masks" / f"case{i}{suffix}", volume, mask)
+    return root
 
 
 # -- engine options (no Ray needed) ---------------------------------------------------------
 
 
 def test_plan_splits_the_cores_between_workers_and_threads():
-    assert RayEngine().plan(4, 0) == (4, 1, 0.0)
+    # Default: workers of 2 threads (one per physical core of a 2-way SMT CPU), fewer threads on 1 CPU.
+    assert RayEngine().plan(4, 0) == (2, 2, 0.0)
+    assert RayEngine().plan(5, 0) == (2, 2, 0.0)
+    assert RayEngine().plan(1, 0) == (1, 1, 0.0)
     assert RayEngine(workers=2).plan(4, 0) == (2, 2, 0.0)
-    assert RayEngine(threads_per_worker=2).plan(5, 0) == (2, 2, 0.0)
-    assert RayEngine(workers=1).plan(2, 2) == (1, 2, 1.0)  # Ray sees GPUs: one per worker
+    assert RayEngine(workers=3).plan(8, 0) == (3, 2, 0.0)
+    assert RayEngine(threads_per_worker=1).plan(4, 0) == (4, 1, 0.0)
+    assert RayEngine(threads_per_worker=3).plan(7, 0) == (2, 3, 0.0)
+    # GPUs: one worker per GPU, the CPUs shared out between them.
+    assert RayEngine().plan(8, 1) == (1, 8, 1.0)
+    assert RayEngine().plan(8, 2) == (2, 4, 1.0)
+    assert RayEngine(gpus_per_worker=0.5).plan(8, 1) == (2, 4, 0.5)
+    assert RayEngine(threads_per_worker=2).plan(2, 4) == (1, 2, 1.0)  # as many as the CPUs allow
+    assert RayEngine(workers=1).plan(2, 2) == (1, 2, 1.0)
     assert RayEngine(workers=2, gpus_per_worker=0).plan(2, 2) == (2, 1, 0.0)
 
 
@@ -234,113 +354,6 @@ def test_csv_samples_read_a_cxlseg_like_table(tmp_path):
         len(CsvSamples(table, image_column="path", mask_suffix="-mask"))
 
 
-# -- with Ray ------------------------------------------------------------------------------
-
-
-def test_ray_engine_writes_what_the_local_engine_writes(ray_cluster, tmp_path, caplog):
-    folder = make_data(tmp_path / "data")
-    add_bad_file(tmp_path / "data")
-    folder = MaskFolder(tmp_path / "data")
-    local = evaluate(fake_pipeline(), folder, out_dir=tmp_path / "local", progress=False, n_overlays=4)
-    caplog.clear()
-    report = evaluate(
-        fake_pipeline(),
-        folder,
-        out_dir=tmp_path / "ray",
-        progress=False,
-        n_overlays=4,
-        engine=RayEngine(workers=2, batch_size=3),
-    )
-    assert "medsamkit: error: case_bad:" in caplog.text  # named by the driver, as the local engine does
-    assert_same_outputs(tmp_path / "local", tmp_path / "ray")
-    assert report.errors == local.errors and set(report.errors) == {"case_bad"}
-    assert report.n_evaluated == local.n_evaluated == N_IMAGES + 1
-    assert without_timing(report.rows) == without_timing(local.rows)
-    assert report.mean("dice") == local.mean("dice")
-    assert not (tmp_path / "ray" / "records" / "case_bad.json").exists()  # retried on resume
-
-    # Resume: finished images are skipped before any worker sees them (their records stay
-    # untouched); the bad file, now fixed, is done.
-    image, mask = make_blob_image(SIZE, seed=42)
-    write_image(tmp_path / "data" / "images" / "case_bad.png", image)
-    write_mask(tmp_path / "data" / "masks" / "case_bad.png", mask)
-    records = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray" / "records").glob("*.json")}
-    again = evaluate(fake_pipeline(), MaskFolder(tmp_path / "data"), out_dir=tmp_path / "ray", progress=False, engine="ray")
-    assert again.n_evaluated == 1 and not again.errors
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray" / "records").glob("*.json") if p.name in records} == records
-    rows = read_rows(tmp_path / "ray" / "metrics.csv")
-    assert [r["stem"] for r in rows] == sorted(r["stem"] for r in rows) and all(not r["error"] for r in rows)
-
-
-def test_csv_listing_and_limit_on_ray(ray_cluster, tmp_path):
-    """A CSV of relative paths in nested folders (CXLSeg layout), with numeric-looking stems."""
-    root = tmp_path / "cxlseg"
-    lines = ["dicom_id,subject_id,path"]
-    for i in range(7):
-        image, mask = make_blob_image(SIZE, seed=10 + i)
-        rel = f"files/p1{i % 2}/p1000{i}/s5000{i}/{i:05d}.png"
-        write_image(root / rel, image)
-        write_mask(root / rel.replace(".png", "-mask.png"), mask)
-        lines.append(f"{i:05d},{1000 + i},{rel}")
-    (root / "table.csv").write_text("\n".join(lines) + "\n")
-    samples = CsvSamples(root / "table.csv", image_column="path", mask_suffix="-mask", stem_column="dicom_id")
-    evaluate(fake_pipeline(), samples, out_dir=tmp_path / "local", progress=False)
-    report = evaluate(fake_pipeline(), samples, out_dir=tmp_path / "ray", progress=False, engine=RayEngine(workers=2))
-    assert [r["stem"] for r in report.rows][:2] == ["00000", "00001"]
-    assert_same_outputs(tmp_path / "local", tmp_path / "ray")
-
-    limited = evaluate(fake_pipeline(), samples, out_dir=tmp_path / "ray-limit", limit=3, progress=False, engine="ray")
-    assert [r["stem"] for r in limited.rows] == ["00000", "00001", "00002"]
-
-
-def test_segment_on_ray_matches_local(ray_cluster, tmp_path):
-    folder = make_data(tmp_path / "data", 6)
-    add_bad_file(tmp_path / "data")
-    samples = list(MaskFolder(tmp_path / "data"))
-    local = segment_images(fake_pipeline(), samples, out_dir=tmp_path / "local", n_overlays=3, progress=False)
-    report = segment_images(
-        fake_pipeline(),
-        samples,
-        out_dir=tmp_path / "ray",
-        n_overlays=3,
-        progress=False,
-        engine=RayEngine(workers=2, batch_size=2),
-    )
-    assert report.errors.keys() == local.errors.keys() == {"case_bad"}
-    assert without_timing(report.rows) == without_timing(local.rows)
-    assert_same_outputs(tmp_path / "local", tmp_path / "ray", table="results.csv")
-    assert sorted(p.name for p in (tmp_path / "ray" / "overlays").glob("*.png")) == sorted(
-        p.name for p in (tmp_path / "local" / "overlays").glob("*.png")
-    )
-    assert len(folder) == 6
-
-
-def test_workers_share_an_embedding_cache(ray_cluster, tmp_path):
-    """Two workers write one cache folder at once (the same entries too: images come in
-    identical pairs, one of each pair per worker); a second run reads it back."""
-    from medsamkit import CachedSegmenter, EmbeddingCache
-
-    for i in range(8):
-        image, mask = make_blob_image(SIZE, seed=i // 2)
-        write_image(tmp_path / "data" / "images" / f"case_{i:02d}.png", image)
-        write_mask(tmp_path / "data" / "masks" / f"case_{i:02d}.png", mask)
-    folder = MaskFolder(tmp_path / "data")
-    cache = EmbeddingCache(tmp_path / "cache")
-    pipe = Pipeline(OracleBoxPrompter(), CachedSegmenter(FakeSegmenter(), cache))
-    first = evaluate(pipe, folder, out_dir=tmp_path / "a", progress=False, engine=RayEngine(workers=2, batch_size=1))
-    entries = cache.entries()
-    assert len(entries) == 4
-    assert [r["dice"] for r in first.rows][::2] == [r["dice"] for r in first.rows][1::2]
-    for entry in entries:  # every entry complete and readable
-        assert cache.get(entry.stem) is not None
-    used = {p: p.stat().st_mtime_ns for p in entries}
-    time.sleep(0.01)
-    second = evaluate(pipe, folder, out_dir=tmp_path / "b", progress=False, engine=RayEngine(workers=2, batch_size=1))
-    assert without_timing(second.rows) == without_timing(first.rows)
-    assert sorted(cache.entries()) == sorted(entries)
-    assert all(p.stat().st_mtime_ns > used[p] for p in entries)  # every entry was read (a hit refreshes it)
-
-
 def test_a_pipeline_the_workers_cannot_rebuild_is_refused(tmp_path):
     class Mine:
         requires_target = True
@@ -355,17 +368,229 @@ def test_a_pipeline_the_workers_cannot_rebuild_is_refused(tmp_path):
         check_rebuildable(in_memory)
 
 
-def _kill_one_worker_when(records: Path, at_least: int, killed: dict, stop: threading.Event) -> None:
-    """Kill (SIGKILL) one model actor's process once ``at_least`` records exist."""
-    while not stop.is_set():
-        if len(list(records.glob("*.json"))) >= at_least:
-            for pid in sorted(_alive(_descendants(os.getpid()))):
-                if WORKER_TITLE in _cmdline(pid):
-                    killed["records"] = {p.name: p.stat().st_mtime_ns for p in records.glob("*.json")}
-                    os.kill(pid, signal.SIGKILL)
-                    killed["pid"] = pid
-                    return
-        time.sleep(0.05)
+def test_remove_orphans_removes_only_the_temporary_files_of_atomic_writes(tmp_path):
+    """What a worker killed in the middle of writing a mask or record leaves (seen in the
+    killed-worker test: ``masks/.00005.png.a86922d89255.tmp``), removed after a Ray run."""
+    from medsamkit._rayjob import remove_orphans
+    from medsamkit.data import atomic_write_text
+
+    orphans = [
+        tmp_path / "masks" / ".case_1.png.a86922d89255.tmp",  # atomic_write_bytes
+        tmp_path / "masks" / ".0123456789ab.tmp.nii.gz",  # write_volume
+        tmp_path / "records" / ".case_1.json.0123456789ab.tmp",
+        tmp_path / "pictures" / ".0123456789ab.tmp.dcm",  # write_dicom_seg
+    ]
+    kept = [tmp_path / "masks" / "case_1.png", tmp_path / "masks" / ".notes", tmp_path / "other" / ".x.png.1.tmp"]
+    for path in [*orphans, *kept]:
+        atomic_write_text(path, "x")
+    assert sorted(remove_orphans(tmp_path)) == sorted(orphans)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in orphans)
+
+
+def test_volume_runs_refuse_what_the_ray_engine_cannot_do(tmp_path):
+    class Mine:
+        requires_target = True
+
+        def __call__(self, image, target=None):
+            return OracleBoxPrompter()(image, target=target)
+
+    root = make_volumes(tmp_path / "vols", 1)
+    with pytest.raises(ValueError, match="engine: expected 'local', 'ray' or a RayEngine, got 'spark'"):
+        evaluate_volumes(fake_pipeline(), root, out_dir=tmp_path / "a", engine="spark")
+    with pytest.raises(ValueError, match=r"engine: the Ray engine rebuilds the pipeline .* cannot be saved \(prompter: python:"):
+        evaluate_volumes(Pipeline(Mine(), FakeSegmenter()), root, out_dir=tmp_path / "b", engine="ray", progress=False)
+
+
+def test_limit_threads_holds_torch_opencv_and_openvino_to_the_count(monkeypatch):
+    """In this process (the workers call the same function, see the actor test below):
+    an OpenVINO encoder compiled afterwards gets ``INFERENCE_NUM_THREADS`` = the count."""
+    import cv2
+    import torch
+
+    from medsamkit._rayjob import THREAD_ENV, limit_threads, thread_limits
+    from medsamkit.segmenters import _fast
+
+    saved = (torch.get_num_threads(), cv2.getNumThreads(), {name: os.environ.get(name) for name in THREAD_ENV})
+    asked: list[int] = []
+
+    def build(encoder, precision, example, num_threads, adapter=None):
+        asked.append(num_threads)
+        return encoder
+
+    monkeypatch.setattr(_fast, "_build_openvino", build)
+    monkeypatch.setattr(_fast, "openvino_available", lambda: True)
+    try:
+        for threads in (1, 2):
+            limit_threads(threads)
+            assert thread_limits() == {"torch": threads, "opencv": threads, **dict.fromkeys(THREAD_ENV, str(threads))}
+            encoder = _fast.accelerate_encoder(torch.nn.Conv2d(3, 4, 3), precision="fp32", backend="openvino", image_size=16)
+            assert encoder.backend == "openvino"
+        assert asked == [1, 2]
+    finally:
+        torch.set_num_threads(saved[0])
+        cv2.setNumThreads(saved[1])
+        for name, value in saved[2].items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# -- with Ray ------------------------------------------------------------------------------
+
+
+def test_ray_engine_resumes_and_writes_what_the_local_engine_writes_even_when_a_worker_is_killed(ray_cluster, tmp_path, caplog):
+    """One Ray run shows it all: a CSV listing (CXLSeg layout) with ``limit``; it resumes
+    a run that finished 4 images and failed on a bad file; two workers write one
+    embedding cache at once (images come in identical pairs); one worker is killed
+    mid-run. Then the local engine on the same data and cache writes the same files."""
+    table = make_listing(tmp_path / "cxlseg")
+    samples = CsvSamples(table, image_column="path", mask_suffix="-mask", stem_column="dicom_id")
+    cache = EmbeddingCache(tmp_path / "cache")
+    pipe = Pipeline(OracleBoxPrompter(), CachedSegmenter(FakeSegmenter(), cache))
+    out = tmp_path / "ray"
+    earlier = evaluate(pipe, [*samples[:4], samples[N_IMAGES]], out_dir=out, progress=False, n_overlays=0)  # a previous run
+    assert set(earlier.errors) == {"00098"} and not (out / "records" / "00098.json").exists()
+    finished = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+    assert len(finished) == 4
+    caplog.clear()
+
+    with a_worker_killed_mid_run(out) as killed:
+        engine = RayEngine(workers=2, batch_size=2)
+        report = evaluate(pipe, samples, out_dir=out, limit=N_IMAGES + 1, progress=False, n_overlays=4, engine=engine)
+    assert len(killed["records"]) < N_IMAGES, sorted(killed["records"])  # the run was not over
+    # Finished before this run, or before the kill: kept, not redone.
+    assert {n: (out / "records" / n).stat().st_mtime_ns for n in killed["records"]} == killed["records"]
+    assert {n: (out / "records" / n).stat().st_mtime_ns for n in finished} == finished
+    assert report.n_evaluated == N_IMAGES + 1 - 4
+    assert "medsamkit: error: 00098:" in caplog.text  # retried, and named by the driver as locally
+    assert not (out / "records" / "00098.json").exists()  # retried on the next resume
+
+    entries = cache.entries()
+    assert len(entries) == N_IMAGES // 2
+    for entry in entries:  # every entry complete and readable
+        assert cache.get(entry.stem) is not None
+    used = {p: p.stat().st_mtime_ns for p in entries}
+    time.sleep(0.01)
+
+    local = evaluate(pipe, samples, out_dir=tmp_path / "local", limit=N_IMAGES + 1, progress=False, n_overlays=4)
+    assert sorted(cache.entries()) == sorted(entries)
+    assert all(p.stat().st_mtime_ns > used[p] for p in entries)  # all read back (a hit refreshes the entry)
+    assert_same_outputs(tmp_path / "local", out)
+    assert (out / "boxplot.png").is_file()
+    assert report.errors == local.errors and set(report.errors) == {"00098"}
+    assert without_timing(report.rows) == without_timing(local.rows)
+    assert [r["dice"] for r in report.rows] == [r["dice"] for r in local.rows]  # identical, not close
+    assert report.mean("dice") == local.mean("dice")
+    stems = [r["stem"] for r in read_rows(out / "metrics.csv")]
+    assert stems == [f"{i:05d}" for i in range(N_IMAGES)] + ["00098"]  # input order; 00099 beyond the limit
+
+
+def test_a_worker_holds_its_libraries_to_its_threads(ray_cluster, tmp_path):
+    """An actor with 2 threads on 1 CPU (Ray alone would set OMP_NUM_THREADS=1 there):
+    OpenCV, OpenMP/BLAS and torch, imported after the pipeline was built, use 2."""
+    from medsamkit._rayjob import THREAD_ENV, _Worker
+    from medsamkit.evaluation._evaluate import evaluate_samples
+
+    fake_pipeline().save(tmp_path)
+    actor = ray_cluster.remote(num_cpus=1)(_Worker).remote(
+        work=evaluate_samples,
+        finished=None,
+        out_dir=str(tmp_path),
+        threads=2,
+        device=None,
+        cache=None,
+        sample_type=Sample,
+        cwd=str(tmp_path),
+    )
+    limits = ray_cluster.get(actor.thread_limits.remote())
+    assert limits == {"torch": None, "opencv": 2, **dict.fromkeys(THREAD_ENV, "2")}  # the fake pipeline needs no torch
+    torch_threads = ray_cluster.get(actor.__ray_call__.remote(lambda worker: __import__("torch").get_num_threads()))
+    assert torch_threads == 2
+    ray_cluster.kill(actor)
+
+
+def test_cli_segment_with_engine_ray(ray_cluster, tmp_path, capsys, monkeypatch):
+    """``medsamkit segment`` of a folder given by a relative path (the workers run in the
+    driver's directory) with a bad image and an embedding cache; Ray-only options."""
+    from medsamkit.cli import main
+
+    make_data(tmp_path / "data", 5)
+    add_bad_file(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    common = ["--segmenter", "fake", "--no-progress", "--cache-dir", "cache", "--overlays", "2"]
+    ray_args = ["--engine", "ray", "--workers", "2", "--batch-size", "2"]
+    segment = ["segment", "data/images", "--reference-masks", "data/masks", *common]
+    assert main([*segment, "--out", "seg-ray", *ray_args]) == 1  # the bad image fails, the others are done
+    assert len(list((tmp_path / "cache").glob("*/*.npz"))) == 5  # written by the workers
+    assert main([*segment, "--out", "seg-local"]) == 1
+    assert_same_outputs(tmp_path / "seg-local", tmp_path / "seg-ray", table="results.csv")
+    assert "case_bad" in capsys.readouterr().err
+
+    # Ray-only options without --engine ray are a usage error (exit 2), naming the option.
+    evaluate_args = ["evaluate", "data", *common]
+    assert main([*evaluate_args, "--out", "x", "--workers", "2"]) == 2
+    assert "--workers: only used with --engine ray" in capsys.readouterr().err
+    assert main([*evaluate_args, "--out", "y", "--engine", "ray", "--workers", "3", "--threads-per-worker", "1"]) == 2
+    assert "workers: 3 workers x 1 threads per worker = 3 CPUs, but Ray sees 2" in capsys.readouterr().err
+
+
+def test_cli_evaluate_a_volume_folder_on_ray_resumes_and_writes_what_the_local_engine_writes(ray_cluster, tmp_path, capsys):
+    """``medsamkit evaluate VOLDIR --engine ray`` resuming a run that finished one volume
+    and failed on a bad one: per-volume rows (Dice, NSD, HD95 in mm), masks in each
+    input's format with its geometry, pictures, the bad volume an error row again; the
+    prompt (propagate), window and label travel to the workers as data."""
+    from medsamkit.cli import main
+
+    root = make_volumes(tmp_path / "vols", 3)
+    volume, mask = make_volume(7)
+    values = volume.array.astype(np.float32)
+    values[2, 5, 5] = np.nan
+    write_volume(root / "images" / "bad.nii.gz", volume, values)
+    write_volume(root / "masks" / "bad.nii.gz", volume, mask.astype(np.uint8) * 3)
+    for i in range(3):  # label 3 is the target, label 1 a decoy
+        path = next((root / "masks").glob(f"case{i}.*"))
+        image, target = make_volume(i)
+        decoy = np.zeros_like(target)
+        decoy[:, :4, :4] = True
+        write_volume(path, image, np.where(target, 3, np.where(decoy, 1, 0)).astype(np.uint8))
+    args = ["evaluate", str(root), "--segmenter", "fake", "--window=-200,800", "--prompt", "propagate", "--label", "3"]
+    args += ["--no-progress"]
+    ray_out = tmp_path / "ray"
+    assert main([*args, "--out", str(tmp_path / "local")]) == 1  # the bad volume fails, the others are done
+    assert main([*args, "--out", str(ray_out), "--limit", "2"]) == 1  # a previous run: bad (failed) and case0
+    finished = {p.name: p.stat().st_mtime_ns for p in (ray_out / "records").glob("*.json")}
+    assert list(finished) == ["case0.json"]
+    capsys.readouterr()
+
+    assert main([*args, "--out", str(ray_out), "--engine", "ray", "--workers", "2", "--batch-size", "1"]) == 1
+    assert "medsamkit: error: bad:" in capsys.readouterr().err  # retried, named as locally
+    assert {n: (ray_out / "records" / n).stat().st_mtime_ns for n in finished} == finished  # not redone
+    assert_same_outputs(tmp_path / "local", ray_out, pictures="pictures")
+    assert assert_same_files(tmp_path / "local", ray_out, "masks") == ["case0.nii.gz", "case1.nrrd", "case2.mha"]
+    rows = {r["stem"]: r for r in read_rows(ray_out / "metrics.csv")}
+    assert list(rows) == ["bad", "case0", "case1", "case2"]
+    assert rows["bad"]["error"] and not rows["case0"]["error"] and float(rows["case0"]["dice"]) > 0.5
+    assert all(rows[s]["hd95"] and rows[s]["nsd"] for s in ("case0", "case1", "case2"))
+    assert json.loads((ray_out / "run.json").read_text())["prompt"] == "propagate"
+
+
+def test_segment_volumes_on_ray_with_a_box_per_volume_and_a_cache(ray_cluster, tmp_path):
+    """``segment_volumes`` without masks: each volume's 3D box travels to the workers as
+    data; the workers fill the embedding cache the local run then reads."""
+    root = make_volumes(tmp_path / "vols", 2, masks=False)
+    boxes = {"case0": [10, 8, 1, 30, 24, 5], "case1": [9, 6, 0, 31, 26, 4]}
+    pipe = Pipeline(OracleBoxPrompter(), FakeSegmenter())
+    cache = EmbeddingCache(tmp_path / "cache")
+    report = segment_volumes(
+        pipe, root, out_dir=tmp_path / "ray", prompt="box3d", box3d=boxes, cache=cache, progress=False, engine="ray"
+    )
+    assert len(cache.entries()) == 5 + 5  # z 1..5 and 0..4: one encoding per slice in the boxes
+    local = segment_volumes(pipe, root, out_dir=tmp_path / "local", prompt="box3d", box3d=boxes, cache=cache, progress=False)
+    assert len(cache.entries()) == 10
+    assert_same_outputs(tmp_path / "local", tmp_path / "ray", pictures="pictures")
+    assert [r["encoded_slices"] for r in report.rows] == [r["encoded_slices"] for r in local.rows] == [5, 5]
+    assert report.n_processed == 2 and not report.errors
 
 
 @pytest.mark.real_model
@@ -377,17 +602,8 @@ def test_real_litemedsam_on_ray_matches_local_even_when_a_worker_is_killed(ray_c
     local = evaluate(pipe, folder, out_dir=tmp_path / "local", progress=False)
 
     out = tmp_path / "ray"
-    killed: dict = {}
-    stop = threading.Event()
-    killer = threading.Thread(target=_kill_one_worker_when, args=(out / "records", 2, killed, stop), daemon=True)
-    killer.start()
-    try:
+    with a_worker_killed_mid_run(out) as killed:
         report = evaluate(pipe, folder, out_dir=out, progress=False, engine=RayEngine(workers=2, batch_size=1))
-    finally:
-        stop.set()
-        killer.join()
-    assert "pid" in killed, "no worker was killed: the test did not test anything"
-    assert not _alive({killed["pid"]})
     # What was finished before the kill was kept, not redone.
     assert {n: (out / "records" / n).stat().st_mtime_ns for n in killed["records"]} == killed["records"]
     assert not report.errors and len(report.rows) == 6
@@ -400,58 +616,3 @@ def test_real_litemedsam_on_ray_matches_local_even_when_a_worker_is_killed(ray_c
         np.testing.assert_array_equal(
             read_mask(out / "masks" / f"{row['stem']}.png"), read_mask(tmp_path / "local" / "masks" / f"{row['stem']}.png")
         )
-
-
-# -- command line ----------------------------------------------------------------------------
-
-
-def test_cli_evaluate_and_segment_with_engine_ray(ray_cluster, tmp_path, capsys, monkeypatch):
-    from medsamkit.cli import main
-
-    make_data(tmp_path / "data", 5)
-    monkeypatch.chdir(tmp_path)  # relative paths: the workers run in another directory
-    common = ["--segmenter", "fake", "--no-progress", "--cache-dir", "cache"]
-    assert main(["evaluate", "data", "--out", "local", *common]) == 0
-    ray_args = ["--engine", "ray", "--workers", "2", "--batch-size", "2"]
-    assert main(["evaluate", "data", "--out", "ray", *common, *ray_args]) == 0
-    assert_same_outputs(tmp_path / "local", tmp_path / "ray")
-    assert len(list((tmp_path / "cache").glob("*/*.npz"))) == 5
-
-    # A CSV listing as DATA_DIR (paths relative to the CSV's folder).
-    table = tmp_path / "data" / "list.csv"
-    table.write_text("image,mask\n" + "".join(f"images/case_{i:02d}.png,masks/case_{i:02d}.png\n" for i in range(5)))
-    args = ["evaluate", str(table), "--mask-column", "mask", "--out", str(tmp_path / "csv"), *common, *ray_args]
-    assert main(args) == 0
-    assert without_timing(read_rows(tmp_path / "csv" / "metrics.csv")) == without_timing(
-        read_rows(tmp_path / "ray" / "metrics.csv")
-    )
-
-    images = str(tmp_path / "data" / "images")
-    refs = ["--reference-masks", str(tmp_path / "data" / "masks")]
-    assert main(["segment", images, "--out", str(tmp_path / "seg-local"), *refs, *common]) == 0
-    assert main(["segment", images, "--out", str(tmp_path / "seg-ray"), *refs, *common, *ray_args]) == 0
-    assert_same_outputs(tmp_path / "seg-local", tmp_path / "seg-ray", table="results.csv")
-    capsys.readouterr()
-
-    # Ray-only options without --engine ray are a usage error (exit 2), naming the option.
-    assert main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "x"), *common, "--workers", "2"]) == 2
-    assert "--workers: only used with --engine ray" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "evaluate",
-                str(tmp_path / "data"),
-                "--out",
-                str(tmp_path / "y"),
-                *common,
-                "--engine",
-                "ray",
-                "--workers",
-                "3",
-                "--threads-per-worker",
-                "1",
-            ]
-        )
-        == 2
-    )
-    assert "workers: 3 workers x 1 threads per worker = 3 CPUs, but Ray sees 2" in capsys.readouterr().err

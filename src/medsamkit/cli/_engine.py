@@ -1,4 +1,5 @@
-"""``--engine ray [--workers N] [--threads-per-worker T] [--ray-address ADDR]`` of ``evaluate`` and ``segment``."""
+"""``--engine ray [--workers N] [--threads-per-worker T] [--ray-address ADDR]`` of ``evaluate`` and ``segment``
+(2D folders, CSV listings and volume folders)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,17 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         default="local",
         help="local: this process (default); ray: Ray Data workers (a local Ray, or the cluster --ray-address/RAY_ADDRESS names)",
     )
-    group.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: CPUs Ray sees / threads per worker)")
     group.add_argument(
-        "--threads-per-worker", type=int, metavar="T", help="CPUs and torch threads per Ray worker (default: CPUs / workers)"
+        "--workers",
+        type=int,
+        metavar="N",
+        help="Ray workers (default: one per GPU with GPUs, else CPUs Ray sees / threads per worker)",
+    )
+    group.add_argument(
+        "--threads-per-worker",
+        type=int,
+        metavar="T",
+        help="CPUs per Ray worker, and the threads its torch/OpenVINO/OpenCV use (default: CPUs / workers with --workers, else 2)",
     )
     group.add_argument(
         "--gpus-per-worker", type=float, metavar="G", help="GPUs per Ray worker (default: 1 when Ray sees GPUs, else 0)"

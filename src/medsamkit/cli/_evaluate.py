@@ -92,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
     engine = engine_from_args(args)
     csv_listing = _is_csv(args.data_dir)
     if not csv_listing and looks_like_volume_folder(args.data_dir, images=args.images):
-        if engine != "local":
-            raise UsageError("--engine ray: volume folders run on the local engine only (for now)")
-        return _run_volumes(args)
+        return _run_volumes(args, engine)
     if args.prompt is not None or args.label is not None:
         raise UsageError(f"--prompt/--label apply to volume folders; {args.data_dir / args.images} holds 2D images")
 
@@ -139,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_volumes(args: argparse.Namespace) -> int:
+def _run_volumes(args: argparse.Namespace, engine: Any) -> int:
     """``evaluate`` on a folder of volumes (issue 11): per-volume Dice, NSD, HD95 in mm."""
     from ..data import VolumeFolder
     from ..volumes import evaluate_volumes
@@ -157,6 +155,7 @@ def _run_volumes(args: argparse.Namespace) -> int:
         label=args.label,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        engine=engine,
     )
     print(f"{'volume':<24} {'dice':>7} {'nsd':>7} {'hd95 mm':>8} {'s/slice':>8}")
     for row in report.rows:

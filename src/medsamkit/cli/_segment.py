@@ -74,7 +74,7 @@ def _volume_samples(args: argparse.Namespace) -> list[Any] | None:
     return samples[: args.limit] if args.limit is not None else samples
 
 
-def _run_volumes(args: argparse.Namespace, samples: list[Any]) -> int:
+def _run_volumes(args: argparse.Namespace, samples: list[Any], engine: Any) -> int:
     from ..volumes import segment_volumes
 
     prompt = args.prompt or "auto"
@@ -84,7 +84,9 @@ def _run_volumes(args: argparse.Namespace, samples: list[Any]) -> int:
             raise UsageError("--prompt box3d needs --box3d X0 Y0 Z0 X1 Y1 Z1 and one input volume")
         boxes = {samples[0].stem: list(args.box3d)}
     pipeline = volume_pipeline_from_args(args, prompt)
-    report = segment_volumes(pipeline, samples, out_dir=args.out, prompt=prompt, box3d=boxes, progress=not args.no_progress)
+    report = segment_volumes(
+        pipeline, samples, out_dir=args.out, prompt=prompt, box3d=boxes, progress=not args.no_progress, engine=engine
+    )
     done = sum(1 for r in report.rows if not r.get("error"))
     print(f"segmented {done} volume(s); masks in {report.out_dir / 'masks'}")
     if report.errors:
@@ -100,9 +102,7 @@ def run(args: argparse.Namespace) -> int:
     engine = engine_from_args(args)
     volumes = _volume_samples(args)
     if volumes is not None:
-        if engine != "local":
-            raise UsageError("--engine ray: volumes run on the local engine only (for now)")
-        return _run_volumes(args, volumes)
+        return _run_volumes(args, volumes, engine)
 
     samples = _samples(args)
     inputs = input_folders(samples)

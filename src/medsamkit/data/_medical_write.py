@@ -107,7 +107,7 @@ def write_dicom_seg(
     hd = require_medical("highdicom")
     from pydicom.sr.codedict import codes
 
-    import medsamkit
+    from .._version import __version__
 
     path = Path(path)
     if not path.name.lower().endswith(".dcm"):
@@ -125,7 +125,7 @@ def write_dicom_seg(
         segmented_property_type=codes.SCT.Tissue,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=algorithm, version=medsamkit.__version__, family=codes.DCM.ArtificialIntelligence
+            name=algorithm, version=__version__, family=codes.DCM.ArtificialIntelligence
         ),
     )
     pixels = array.astype(bool).astype(np.uint8)
@@ -148,7 +148,7 @@ def write_dicom_seg(
 
 
 def _segmentation(hd: Any, datasets: list[Any], pixels: np.ndarray, description: Any) -> Any:
-    import medsamkit
+    from .._version import __version__
 
     return hd.seg.Segmentation(
         source_images=datasets,
@@ -161,7 +161,7 @@ def _segmentation(hd: Any, datasets: list[Any], pixels: np.ndarray, description:
         instance_number=1,
         manufacturer="medsamkit",
         manufacturer_model_name="medsamkit",
-        software_versions=medsamkit.__version__,
+        software_versions=__version__,
         device_serial_number="0",
     )
 

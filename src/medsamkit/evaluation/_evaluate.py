@@ -348,6 +348,8 @@ def _split_finished(
 
 def _finished_row(out_dir: Path, sample: Any, digest: str) -> dict[str, Any] | None:
     """The row of ``sample`` from a previous run into ``out_dir`` still valid for its content, or None."""
+    if not (out_dir / "records" / f"{sample.stem}.json").is_file():
+        return None  # nothing to hash the image for
     key = _key(sample, digest)
     record = read_record(out_dir, sample.stem, key) if key else None
     return None if record is None else record["row"]

@@ -140,6 +140,8 @@ def _finished_segment_row(out_dir: Path, sample: Any, digest: str) -> dict[str, 
     """The row of ``sample`` from a previous ``segment`` run into ``out_dir`` still valid for its content, or None."""
     from ._evaluate import _key, read_record
 
+    if not (out_dir / "records" / f"{sample.stem}.json").is_file():
+        return None  # nothing to hash the image for
     key = _key(sample, digest)
     record = read_record(out_dir, sample.stem, key) if key else None
     return None if record is None else record["row"]

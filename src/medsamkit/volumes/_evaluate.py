@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,81 @@ def _summary(rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, An
     }
 
 
+def _finished_row(out: Path, sample: Any) -> dict[str, Any] | None:
+    """The row of ``sample`` from a previous run into ``out`` (a record without error), or None."""
+    record = out / "records" / f"{sample.stem}.json"
+    if record.is_file():
+        row = json.loads(record.read_text())["row"]
+        if not row.get("error"):
+            return row
+    return None
+
+
+def _volume_rows(
+    pipeline: Any,
+    samples: Any,
+    *,
+    out_dir: Path,
+    prompt: str,
+    with_masks: bool,
+    nsd_tolerance: float,
+    label: int | None,
+    box3d: dict[str, Any] | None,
+    save_masks: bool,
+    pictures: bool,
+    cache: Any = None,
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The per-volume loop of both engines: yields ``(sample, row)`` in order.
+
+    Each volume's mask, picture and record are written before its row is yielded; a
+    failure gives an error row (named on stderr) and writes no record, so it is
+    retried on resume. The local engine runs it over the pending volumes, each Ray
+    worker over its batches.
+    """
+    from ..data import write_image
+    from ..metrics import volume_metrics
+    from ._segment import segment_volume, volume_prompt
+
+    for sample in samples:
+        try:
+            if with_masks:
+                image, target_volume = sample.load(label=label)
+                target = target_volume.array
+            else:
+                image, target = sample.load_image(), None
+            vp = volume_prompt(prompt, target=target, box3d=(box3d or {}).get(sample.stem))
+            start = time.perf_counter()
+            result = segment_volume(pipeline, image, vp, cache=cache)
+            seconds = time.perf_counter() - start
+            pred = result.mask.array
+            values = (
+                volume_metrics(pred, target, spacing=image.spacing, nsd_tolerance=nsd_tolerance) if target is not None else {}
+            )
+            if save_masks:
+                _write_prediction(out_dir, sample, image, pred)
+            if pictures:
+                write_image(out_dir / "pictures" / f"{sample.stem}.png", _slice_picture(pipeline, image, pred, target))
+        except Exception as exc:  # one bad volume must not stop the run
+            message = f"{type(exc).__name__}: {exc}"
+            print(f"medsamkit: error: {sample.stem}: {message}", file=sys.stderr)
+            yield sample, {"stem": sample.stem, "error": message}
+            continue
+        per_slice = result.seconds_per_encoded_slice
+        row = {
+            "stem": sample.stem,
+            **{k: _clean(values.get(k)) for k in VOLUME_METRICS},
+            "seconds": round(seconds, 4),
+            "n_slices": image.shape[0],
+            "encoded_slices": len(result.encoded_slices),
+            "seconds_per_encoded_slice": None if per_slice is None else round(per_slice, 4),
+            "note": None if result.encoded_slices else "no prompt",
+            "error": None,
+        }
+        record_data = {"row": row, "prompts": {str(k): p.to_dict() for k, p in result.prompts.items()}}
+        _atomic_text(out_dir / "records" / f"{sample.stem}.json", json.dumps(record_data) + "\n")
+        yield sample, row
+
+
 def _run_folder(
     pipeline: Any,
     data: Any,
@@ -161,10 +237,13 @@ def _run_folder(
     cache: Any,
     progress: bool,
     limit: int | None = None,
+    engine: Any = "local",
 ) -> VolumeReport:
     from .._outdir import claim_out_dir, input_folders, out_dir_lock
+    from .._rayjob import engine_options
     from ..data import VolumeFolder
 
+    options = engine_options(engine)
     if isinstance(data, (str, Path)):
         data = VolumeFolder(data, require_masks=with_masks)
     out = Path(out_dir)
@@ -190,6 +269,7 @@ def _run_folder(
             pictures=pictures,
             cache=cache,
             progress=progress,
+            engine_options=options,
         )
 
 
@@ -207,12 +287,11 @@ def _run_claimed(
     pictures: bool,
     cache: Any,
     progress: bool,
+    engine_options: Any = None,
 ) -> VolumeReport:
-    from tqdm.auto import tqdm
+    import functools
 
-    from ..data import write_image
-    from ..metrics import volume_metrics
-    from ._segment import segment_volume, volume_prompt
+    from tqdm.auto import tqdm
 
     run = {
         "pipeline": pipeline.config.model_dump(mode="json"),
@@ -224,14 +303,51 @@ def _run_claimed(
     try:
         pipeline.save(out)
     except Exception as exc:  # a custom component: the run still goes on
+        if engine_options is not None:
+            raise ValueError(
+                f"engine: the Ray engine rebuilds the pipeline on its workers from pipeline.json, "
+                f"and this pipeline cannot be saved ({exc})"
+            ) from exc
         print(f"medsamkit: note: pipeline cannot be saved for re-running ({exc})", file=sys.stderr)
+    work = functools.partial(
+        _volume_rows,
+        prompt=prompt,
+        with_masks=with_masks,
+        nsd_tolerance=nsd_tolerance,
+        label=label,
+        box3d=box3d,
+        save_masks=save_masks,
+        pictures=pictures,
+    )
+    names = VOLUME_METRICS if with_masks else ()
+    if engine_options is not None:  # the same loop on Ray Data workers; the rows stream back here
+        from .._rayjob import cache_settings, table_on_ray
+        from ..data import VolumeSample
+
+        ordered, n_processed = table_on_ray(
+            engine_options,
+            data,
+            out_dir=out,
+            table="metrics.csv",
+            columns=VOLUME_CSV_COLUMNS,
+            work=work,
+            finished=_finished_row,
+            cache=cache_settings(cache, pipeline),
+            sample_type=VolumeSample,
+            on_error=lambda stem, message: print(f"medsamkit: error: {stem}: {message}", file=sys.stderr),
+            progress=progress,
+            desc="volumes (ray)",
+            unit="vol",
+        )
+        summary = _summary(ordered, names)
+        _atomic_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        failed = {r["stem"]: r["error"] for r in ordered if r.get("error")}
+        return VolumeReport(out_dir=out, rows=ordered, summary=summary, n_processed=n_processed, errors=failed)
     rows: dict[str, dict[str, Any]] = {}
     for sample in data:
-        record = out / "records" / f"{sample.stem}.json"
-        if record.is_file():
-            row = json.loads(record.read_text())["row"]
-            if not row.get("error"):
-                rows[sample.stem] = row
+        row = _finished_row(out, sample)
+        if row is not None:
+            rows[sample.stem] = row
     pending = [s for s in data if s.stem not in rows]
     errors: dict[str, str] = {}
 
@@ -239,51 +355,15 @@ def _run_claimed(
         _atomic_text(out / "metrics.csv", _csv_text([rows[s.stem] for s in data if s.stem in rows]))
 
     bar = tqdm(pending, desc="volumes", unit="vol", disable=not progress, dynamic_ncols=True)
-    for sample in bar:
-        try:
-            if with_masks:
-                image, target_volume = sample.load(label=label)
-                target = target_volume.array
-            else:
-                image, target = sample.load_image(), None
-            vp = volume_prompt(prompt, target=target, box3d=(box3d or {}).get(sample.stem))
-            start = time.perf_counter()
-            result = segment_volume(pipeline, image, vp, cache=cache)
-            seconds = time.perf_counter() - start
-            pred = result.mask.array
-            values = (
-                volume_metrics(pred, target, spacing=image.spacing, nsd_tolerance=nsd_tolerance) if target is not None else {}
-            )
-            if save_masks:
-                _write_prediction(out, sample, image, pred)
-            if pictures:
-                write_image(out / "pictures" / f"{sample.stem}.png", _slice_picture(pipeline, image, pred, target))
-        except Exception as exc:  # one bad volume must not stop the run
-            message = f"{type(exc).__name__}: {exc}"
-            errors[sample.stem] = message
-            print(f"medsamkit: error: {sample.stem}: {message}", file=sys.stderr)
-            rows[sample.stem] = {"stem": sample.stem, "error": message}
-            flush()
-            continue
-        per_slice = result.seconds_per_encoded_slice
-        row = {
-            "stem": sample.stem,
-            **{k: _clean(values.get(k)) for k in VOLUME_METRICS},
-            "seconds": round(seconds, 4),
-            "n_slices": image.shape[0],
-            "encoded_slices": len(result.encoded_slices),
-            "seconds_per_encoded_slice": None if per_slice is None else round(per_slice, 4),
-            "note": None if result.encoded_slices else "no prompt",
-            "error": None,
-        }
-        record_data = {"row": row, "prompts": {str(k): p.to_dict() for k, p in result.prompts.items()}}
-        _atomic_text(out / "records" / f"{sample.stem}.json", json.dumps(record_data) + "\n")
+    for sample, row in work(pipeline, bar, out_dir=out, cache=cache):
+        if row.get("error"):
+            errors[sample.stem] = row["error"]
         rows[sample.stem] = row
         flush()
     bar.close()
     ordered = [rows[s.stem] for s in data if s.stem in rows]
     flush()
-    summary = _summary(ordered, VOLUME_METRICS if with_masks else ())
+    summary = _summary(ordered, names)
     _atomic_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return VolumeReport(out_dir=out, rows=ordered, summary=summary, n_processed=len(pending), errors=errors)
 
@@ -302,6 +382,7 @@ def evaluate_volumes(
     cache: Any = None,
     progress: bool = True,
     limit: int | None = None,
+    engine: Any = "local",
 ) -> VolumeReport:
     """Segment every volume of a folder and score it against its reference mask.
 
@@ -324,6 +405,9 @@ def evaluate_volumes(
         label: Reference label to segment in multi-label masks (default: any non-zero).
         cache: An :class:`~medsamkit.EmbeddingCache` or folder for encodings.
         limit: Only the first ``limit`` volumes in sorted order.
+        engine: ``"local"`` (this process) or ``"ray"`` / a :class:`~medsamkit.RayEngine`
+            (Ray Data workers, one volume per worker at a time; ``pip install
+            medsamkit[ray]``). Both write the same files; see ``docs/ray.md``.
     """
     return _run_folder(
         pipeline,
@@ -340,6 +424,7 @@ def evaluate_volumes(
         cache=cache,
         progress=progress,
         limit=limit,
+        engine=engine,
     )
 
 
@@ -354,13 +439,15 @@ def segment_volumes(
     overwrite: bool = False,
     cache: Any = None,
     progress: bool = True,
+    engine: Any = "local",
 ) -> VolumeReport:
     """Segment every volume of a folder without reference masks.
 
     ``prompt="auto"`` runs the pipeline's automatic prompter on every slice (then
     3D consistency); ``prompt="box3d"`` takes one box per volume from ``box3d``
     (stem -> ``[x_min, y_min, z_min, x_max, y_max, z_max]``). Masks are written in the
-    input's format; ``metrics.csv`` holds timings only. Otherwise as :func:`evaluate_volumes`.
+    input's format; ``metrics.csv`` holds timings only. Otherwise as :func:`evaluate_volumes`
+    (``engine="ray"`` included).
     """
     if prompt not in ("auto", "box3d"):
         raise ValueError(f"prompt: without reference masks expected 'auto' or 'box3d', got {prompt!r}")
@@ -380,4 +467,5 @@ def segment_volumes(
         overwrite=overwrite,
         cache=cache,
         progress=progress,
+        engine=engine,
     )

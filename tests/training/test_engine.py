@@ -242,8 +242,15 @@ def test_recorded_prompts_replace_the_training_prompts_of_the_drawn_share(tiny_s
     calls = _spy_losses(monkeypatch)
     oracle = msk.OracleBoxPrompter()
     finetune(
-        tiny_sam, blobs, out_dir=tmp_path / "run", prompter=oracle, train_prompts=_recorded(blobs),
-        recorded_share=share, epochs=2, batch_size=2, progress=False,
+        tiny_sam,
+        blobs,
+        out_dir=tmp_path / "run",
+        prompter=oracle,
+        train_prompts=_recorded(blobs),
+        recorded_share=share,
+        epochs=2,
+        batch_size=2,
+        progress=False,
     )
     assert len(calls) == 2 * (5 + share)  # five target images per epoch, plus the false positive on b5 when recorded
     for stem, boxes, empty_target in calls:

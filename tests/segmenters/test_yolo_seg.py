@@ -1,79 +1,30 @@
 """YOLOSegmenter: YOLOv8-seg's own masks as a segmenter (paper 000's baseline), trained offline.
 
-Training runs once, in a subprocess with ``HOME`` set to a temporary folder and every
-socket blocked before ``ultralytics`` is imported (tiny images, 1 epoch).
+Training runs once per session, in a subprocess with ``HOME`` set to a temporary folder
+and every socket blocked before ``ultralytics`` is imported (tiny images, 1 epoch): the
+``yolo_trained`` fixture in ``tests/conftest.py``, shared with the YOLOBoxPrompter tests.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 import medsamkit as msk
 from medsamkit import Pipeline, Prompts
-from medsamkit.data import read_image, write_image, write_mask
+from medsamkit.data import read_image
 from medsamkit.prompters import YOLOBoxPrompter
 from medsamkit.segmenters import YOLOSegmenter
-from medsamkit.testing import make_blob_image
 
-TRAIN_SCRIPT = textwrap.dedent(
-    """
-    import json, socket, sys
-    from pathlib import Path
-    ATTEMPTS = []
-    def _blocked(*args, **kwargs):
-        ATTEMPTS.append(repr(args)[:200])
-        raise OSError("network access blocked by the test")
-    socket.socket.connect = _blocked
-    socket.socket.connect_ex = _blocked
-    socket.getaddrinfo = _blocked
-    socket.create_connection = _blocked
-    out = Path(sys.argv[1])
-    from medsamkit.data import MaskFolder
-    from medsamkit.segmenters import YOLOSegmenter
-    folder = MaskFolder(out / "data")
-    seg = YOLOSegmenter(imgsz=64, conf=0.0, max_boxes=2).fit(folder[:6], epochs=1, batch=4, progress=False)
-    seg.save(out / "seg.npz")
-    (out / "result.json").write_text(json.dumps({"attempts": ATTEMPTS, "model_id": seg.model_id}))
-    """
-)
+pytestmark = pytest.mark.usefixtures("ultralytics_home")  # conftest: a temporary Ultralytics folder
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("yolo-seg")
-    for i in range(8):
-        image, mask = make_blob_image((64, 80), n_blobs=1 + i % 2, seed=i)
-        write_image(out / "data" / "images" / f"case_{i:02d}.png", image)
-        write_mask(out / "data" / "masks" / f"case_{i:02d}.png", mask)
-    home = out / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "YOLO_", "MEDSAMKIT_", "ULTRALYTICS_"))}
-    env["HOME"] = str(home)
-    proc = subprocess.run(
-        [sys.executable, "-c", TRAIN_SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((out / "result.json").read_text())
-    report["out"] = out
-    return report
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ultralytics_home(tmp_path_factory):
-    """Point medsamkit's Ultralytics folder at a temporary folder before this process imports ultralytics."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDSAMKIT_HOME", str(tmp_path_factory.mktemp("medsamkit_home")))
-    for name in ("YOLO_CONFIG_DIR", "YOLO_OFFLINE", "YOLO_AUTOINSTALL"):
-        mp.delenv(name, raising=False)
-    yield
-    mp.undo()
+def trained(yolo_trained) -> dict:
+    """The segmenter of the session's offline YOLO run (``yolo_trained`` in conftest), with its folders and report."""
+    return {**yolo_trained, **yolo_trained["segmenter"]}
 
 
 def test_public_names():
@@ -83,7 +34,7 @@ def test_public_names():
 
 
 def test_trained_offline_and_the_baseline_segments(trained):
-    assert trained["attempts"] == []
+    assert trained["events"] == []
     seg = YOLOSegmenter.load(trained["out"] / "seg.npz")
     assert seg.model_id == trained["model_id"]  # the weights' digest survives save and load
     with pytest.raises(ValueError, match="YOLOSegmenter"):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from ._build import build_segmenter, limited_folder
 from ._options import add_training_options, training_overrides
+from ._output import exit_status
 
 __all__ = ["add_parser", "run"]
 
@@ -44,8 +44,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(result)
     print(f"tables and box plot: {args.out.resolve()} (crossval.csv, crossval.json, crossval_boxplot.png)")
-    failed = sum(f["settings"][s]["n_errors"] for f in result.folds for s in f["settings"])
-    if failed:
-        print(f"medsamkit: {failed} held-out evaluation(s) failed; see fold_*/*/metrics.csv", file=sys.stderr)
-        return 1
-    return 0
+    counts = {f"fold_{f['fold']}/{s}": f["settings"][s]["n_errors"] for f in result.folds for s in f["settings"]}
+    failed = [f"{n} in {where}" for where, n in counts.items() if n]
+    return exit_status(failed, "held-out image", n=sum(counts.values()), see="fold_*/*/metrics.csv")

@@ -13,6 +13,7 @@ from typing import Any
 
 from ._errors import UsageError
 from ._options import add_progress_option
+from ._output import exit_status
 
 __all__ = ["DEMO_SETS", "add_parser", "find_shared_data", "run"]
 
@@ -62,14 +63,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--data: expected sub-folders {', '.join(DEMO_SETS)} in {data}, found none")
     print(f"medsamkit demo: LiteMedSAM (bundled weights) + oracle boxes, {args.limit} images per set from {data}")
     pipeline = Pipeline(OracleBoxPrompter(), LiteMedSAM())
-    failed = 0
+    failed: list[str] = []
     results = []
     for name in sets:
         # BUSI's first files in sorted order are all benign; the normal (empty) ones are not in a 6-image demo.
         report = evaluate(
             pipeline, MaskFolder(data / name), out_dir=args.out / name, limit=args.limit, progress=not args.no_progress
         )
-        failed += report.n_errors
+        failed += [f"{name}/{stem}" for stem in report.errors]
         results.append((name, report))
     print(f"\n{'data set':<16} {'images':>6} {'Dice mean':>10} {'median':>8} {'IoU mean':>9}")
     for name, report in results:
@@ -79,4 +80,4 @@ def run(args: argparse.Namespace) -> int:
         else:  # every image of the set failed: no statistics (None), still a table row
             print(f"{name:<16} {0:>6} {'-':>10} {'-':>8} {'-':>9}")
     print(f"\ntables, masks, overlays and box plots: {args.out.resolve()}")
-    return 1 if failed else 0
+    return exit_status(failed, "image")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from ._checks import add_missing_masks_option, check_data_and_out, check_missing
 from ._engine import add_engine_options, engine_from_args
 from ._errors import UsageError
 from ._options import add_data_options, add_pipeline_options, add_volume_options
+from ._output import exit_status
 
 __all__ = ["add_parser", "run"]
 
@@ -131,10 +131,7 @@ def run(args: argparse.Namespace) -> int:
             path = cases_to_check(report.out_dir, n=args.cases_to_check, data=folder)
             print(f"cases to check: {path}")
     print(f"results: {report.out_dir}")
-    if report.n_errors:
-        print(f"medsamkit: {report.n_errors} image(s) failed: {', '.join(report.errors)}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(report.errors, "image")
 
 
 def _run_volumes(args: argparse.Namespace, engine: Any) -> int:
@@ -167,7 +164,4 @@ def _run_volumes(args: argparse.Namespace, engine: Any) -> int:
         per = f"{row['seconds_per_encoded_slice']:.3f}" if row.get("seconds_per_encoded_slice") is not None else "-"
         print(f"{row['stem']:<24} {cells[0]:>7} {cells[1]:>7} {hd95:>8} {per:>8}")
     print(f"results: {report.out_dir}")
-    if report.n_errors:
-        print(f"medsamkit: {report.n_errors} volume(s) failed: {', '.join(report.errors)}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(report.errors, "volume")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._build import build_segmenter, in_same_cache, limited_folder
 from ._options import add_training_options, training_overrides
-from ._output import print_dice_row
+from ._output import exit_status, print_dice_row
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._protocols import PromptProvider
@@ -79,22 +79,22 @@ def run(args: argparse.Namespace) -> int:
     shown = "-" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
     print(f"best epoch {result.best_epoch} (val Dice {shown}), threshold {result.threshold}")
     tuned = in_same_cache(result.pipeline, segmenter)
-    failed = 0
+    failed: list[str] = []
     lines = []
     if split.test:
         test = folder.subset(split.test)
         for name, pipe in (("test-zero-shot", zero_shot), ("test-finetuned", tuned)):
             report = evaluate(pipe, test, out_dir=args.out / name, progress=progress)
-            failed += report.n_errors
+            failed += [f"{report.out_dir.name}/{stem}" for stem in report.errors]
             lines.append((f"{args.data_dir.name} test, {name.split('-', 1)[1]}", report))
     for other in args.eval_data:
         for name, pipe in (("zero-shot", zero_shot), ("finetuned", tuned)):
             report = evaluate(pipe, MaskFolder(other), out_dir=args.out / f"cross-{other.name}-{name}", progress=progress)
-            failed += report.n_errors
+            failed += [f"{report.out_dir.name}/{stem}" for stem in report.errors]
             lines.append((f"{other.name} (cross-dataset), {name}", report))
     if lines:
         print(f"\n{'evaluation':<44} {'images':>6} {'Dice mean':>10} {'std':>7}")
         for label, report in lines:
             print_dice_row(label, report)
     print(f"run folder: {args.out.resolve()}  (evaluate again with: medsamkit evaluate DATA --pipeline {args.out})")
-    return 1 if failed else 0
+    return exit_status(failed, "image")

@@ -9,7 +9,7 @@ from typing import Any
 from ._build import build_segmenter, in_same_cache, limited_folder
 from ._errors import UsageError
 from ._options import add_training_options, training_overrides
-from ._output import print_dice_row
+from ._output import exit_status, print_dice_row
 
 __all__ = ["add_parser", "run"]
 
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     method = "SAM-PP" if args.two_stage else "SAM-Mix"
     shown = "-" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
     print(f"{method}: best epoch {result.best_epoch} (val Dice {shown}), threshold {result.threshold}")
-    failed = 0
+    failed: list[str] = []
     if split.test:
         tuned = in_same_cache(result.pipeline, segmenter)
         test = folder.subset(split.test)
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             ("test-trained", f"{method}, trained", tuned),
         ):
             report = evaluate(pipe, test, out_dir=args.out / name, progress=not args.no_progress)
-            failed += report.n_errors
+            failed += [f"{name}/{stem}" for stem in report.errors]
             print_dice_row(label, report)
     print(f"run folder: {args.out.resolve()}  (evaluate again with: medsamkit evaluate DATA --pipeline {args.out})")
-    return 1 if failed else 0
+    return exit_status(failed, "image")

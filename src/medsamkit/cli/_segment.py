@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from ._build import pipeline_from_args, volume_pipeline_from_args
 from ._engine import add_engine_options, engine_from_args
 from ._errors import UsageError
 from ._options import add_data_options, add_pipeline_options, add_volume_options
+from ._output import exit_status
 
 __all__ = ["add_parser", "run"]
 
@@ -89,10 +89,7 @@ def _run_volumes(args: argparse.Namespace, samples: list[Any], engine: Any) -> i
     )
     done = sum(1 for r in report.rows if not r.get("error"))
     print(f"segmented {done} volume(s); masks in {report.out_dir / 'masks'}")
-    if report.errors:
-        print(f"medsamkit: {len(report.errors)} volume(s) failed: {', '.join(report.errors)}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(report.errors, "volume")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,7 +118,4 @@ def run(args: argparse.Namespace) -> int:
     )
     done = sum(1 for r in report.rows if not r.get("error"))
     print(f"segmented {done} image(s); masks in {report.out_dir / 'masks'}")
-    if report.errors:
-        print(f"medsamkit: {len(report.errors)} image(s) failed: {', '.join(report.errors)}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(report.errors, "image")

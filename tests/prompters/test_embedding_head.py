@@ -290,3 +290,34 @@ def test_presence_threshold_by_hand(rule, expected):
     assert cal["n_target"] == 4 and cal["n_empty"] == 2
     with pytest.raises(ValueError, match="presence_rule"):
         msk.EmbeddingHeadPrompter(presence_rule="f1")
+
+
+def test_test_flip_averages_the_maps_of_the_image_and_its_mirror(fake_head, tmp_path):
+    import torch
+
+    path = fake_head.save(tmp_path / "h.pt")
+    plain = msk.EmbeddingHeadPrompter.load(path)
+    tta = msk.EmbeddingHeadPrompter.load(path, test_flip=True, threshold=0.3)
+    assert plain.test_flip is False and tta.params()["test_flip"] is True
+    seg = _EmbeddingFake("a", "x")
+    image, _ = make_blob_image((32, 32), seed=7)
+    image = np.ascontiguousarray(image[:, :20].repeat(2, axis=1)[:, :32])  # not left-right symmetric
+    enc = seg.encode(image)
+    with pytest.raises(RuntimeError, match="test_flip.*bind_segmenter"):
+        tta(image, encoding=enc)
+
+    msk.Pipeline(tta, seg)  # binds the segmenter
+    calls = seg.encode_calls
+    averaged = tta._flip_averaged_logits(image, enc)
+    assert seg.encode_calls == calls + 1  # the mirror, once
+    mirror = plain._low_res_logits(seg.encode(np.ascontiguousarray(image[:, ::-1])))
+    expected = (plain._low_res_logits(enc).sigmoid() + mirror.flip(-1).sigmoid()) / 2
+    torch.testing.assert_close(averaged.sigmoid(), expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(expected, plain._low_res_logits(enc).sigmoid(), atol=1e-3)  # the mirror changed something
+
+    # The boxes are those of the averaged map.
+    by_hand = msk.EmbeddingHeadPrompter.load(path, threshold=0.3)
+    by_hand._low_res_logits = lambda encoding: averaged
+    np.testing.assert_array_equal(tta(image, encoding=enc).box_xyxy, by_hand(image, encoding=enc).box_xyxy)
+    with pytest.raises(TypeError, match="test_flip: expected a bool"):
+        msk.EmbeddingHeadPrompter(test_flip="yes")

@@ -205,3 +205,96 @@ def test_without_monai_the_error_names_the_extra(litemedsam, tmp_path, monkeypat
     with pytest.raises(ImportError, match=r"pip install 'medsamkit\[finetune\]'"):
         finetune(litemedsam, msk.MaskFolder(tmp_path / "data"), None, out_dir=tmp_path / "run", epochs=1, progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+# ---------------------------------------------------------------------------------------
+# recorded training prompts (a fitted prompter's, out of fold), on a tiny random SAM
+# ---------------------------------------------------------------------------------------
+
+
+def _spy_losses(monkeypatch):
+    """Record (stem, boxes, target is empty) of every training loss (validation does not call union_loss).
+
+    The tiny model has no checkpoint format to reload from: saving the pipeline is left out."""
+    monkeypatch.setattr(_engine, "_finish", lambda *args: (None, 0.5, [], None))
+    calls = []
+    original = _engine.union_loss
+
+    def spy(segmenter, trainable, item, prompts, loss_fn):
+        calls.append((item.stem, np.asarray(prompts.box_xyxy).copy(), not item.mask.any()))
+        return original(segmenter, trainable, item, prompts, loss_fn)
+
+    monkeypatch.setattr(_engine, "union_loss", spy)
+    return calls
+
+
+def _recorded(blobs):
+    # b1 gets a recorded box, b2 an empty record (falls back to the oracle), b5 (no target) a false positive.
+    return {
+        "b1": msk.Prompts(box_xyxy=[[1, 2, 30, 40]]),
+        "b2": msk.Prompts.empty(),
+        "b5": msk.Prompts(box_xyxy=[[5, 5, 20, 20]]),
+    }
+
+
+@pytest.mark.parametrize("share", [1.0, 0.0])
+def test_recorded_prompts_replace_the_training_prompts_of_the_drawn_share(tiny_sam, blobs, tmp_path, monkeypatch, share):
+    calls = _spy_losses(monkeypatch)
+    oracle = msk.OracleBoxPrompter()
+    finetune(
+        tiny_sam,
+        blobs,
+        out_dir=tmp_path / "run",
+        prompter=oracle,
+        train_prompts=_recorded(blobs),
+        recorded_share=share,
+        epochs=2,
+        batch_size=2,
+        progress=False,
+    )
+    assert len(calls) == 2 * (5 + share)  # five target images per epoch, plus the false positive on b5 when recorded
+    for stem, boxes, empty_target in calls:
+        target_boxes = oracle.boxes(next(b for b in blobs if b.stem == stem).mask)
+        if share and stem == "b1":
+            np.testing.assert_array_equal(boxes, [[1, 2, 30, 40]])
+        elif share and stem == "b5":
+            np.testing.assert_array_equal(boxes, [[5, 5, 20, 20]])
+            assert empty_target  # trains towards an empty mask
+        else:  # b2's empty record, or share 0: the training prompter's boxes
+            np.testing.assert_array_equal(boxes, target_boxes)
+    record = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert record["config"]["recorded_share"] == share and len(record["train_prompts"]) == 64
+
+
+def test_a_half_share_draws_afresh_every_epoch(tiny_sam, blobs, tmp_path, monkeypatch):
+    blobs = [type(blobs[0])(f"c{i}", seed=i) for i in range(12)]
+    recorded = {b.stem: msk.Prompts(box_xyxy=[[0, 0, 7, 7]]) for b in blobs}
+    calls = _spy_losses(monkeypatch)
+    finetune(tiny_sam, blobs, out_dir=tmp_path / "run", train_prompts=recorded, epochs=3, progress=False)
+    used = [[s for s, boxes, _ in calls[e * 12 : (e + 1) * 12] if boxes.tolist() == [[0, 0, 7, 7]]] for e in range(3)]
+    assert all(0 < len(u) < 12 for u in used)  # some of each
+    assert len({tuple(sorted(u)) for u in used}) > 1  # another draw per epoch
+
+
+def test_runs_without_recorded_prompts_keep_their_record(tiny_sam, blobs, tmp_path, monkeypatch):
+    _spy_losses(monkeypatch)
+    finetune(tiny_sam, blobs, out_dir=tmp_path / "run", epochs=1, progress=False)
+    record = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert "recorded_share" not in record["config"] and "train_prompts" not in record  # older run folders still resume
+    # Other recorded prompts in the same folder: another run, refused.
+    finetune(tiny_sam, blobs, out_dir=tmp_path / "rec", train_prompts=_recorded(blobs), epochs=1, progress=False)
+    other = {"b1": msk.Prompts(box_xyxy=[[1, 2, 30, 41]])}
+    with pytest.raises(ValueError, match="holds another fine-tuning run"):
+        finetune(tiny_sam, blobs, out_dir=tmp_path / "rec", train_prompts=other, epochs=1, progress=False)
+
+
+def test_bad_recorded_prompts(tiny_sam, blobs, tmp_path):
+    with pytest.raises(ValueError, match=r"train_prompts: expected stems of the training samples, got 1 others: \['zz'\]"):
+        finetune(tiny_sam, blobs, out_dir=tmp_path / "a", train_prompts={"zz": msk.Prompts.empty()}, progress=False)
+    with pytest.raises(TypeError, match=r"train_prompts\['b1'\]: expected Prompts, got list"):
+        finetune(tiny_sam, blobs, out_dir=tmp_path / "b", train_prompts={"b1": [[0, 0, 5, 5]]}, progress=False)
+    with pytest.raises(TypeError, match="train_prompts: expected a mapping"):
+        finetune(tiny_sam, blobs, out_dir=tmp_path / "c", train_prompts=[msk.Prompts.empty()], progress=False)
+    with pytest.raises(ValueError, match="recorded_share"):
+        finetune(tiny_sam, blobs, out_dir=tmp_path / "d", recorded_share=1.5, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written

@@ -121,6 +121,11 @@ class EmbeddingHeadPrompter:
         presence_threshold: An image whose presence score (:meth:`presence`, the
             largest value of the coarse map) is below this gets no prompt at all: "no
             target here". 0 never decides so; ``fit(..., val=...)`` calibrates it.
+        test_flip: Test-time flip averaging: the left-right mirrored image is encoded
+            too (a second encoder pass per image) and the coarse map is the mean of
+            the two maps (the mirror's flipped back) before presence and boxes. Needs
+            the segmenter, which a :class:`~medsamkit.Pipeline` binds when it is built
+            (:meth:`bind_segmenter`).
     """
 
     requires_target = False
@@ -139,6 +144,7 @@ class EmbeddingHeadPrompter:
         arch: str = "light",
         pool: int = 2,
         presence_rule: str = "accuracy",
+        test_flip: bool = False,
     ) -> None:
         self.threshold = check_probability(threshold, name="threshold")
         self.min_area_fraction = check_probability(min_area_fraction, name="min_area_fraction")
@@ -161,6 +167,10 @@ class EmbeddingHeadPrompter:
             raise ValueError(f"presence_rule: expected 'accuracy' or 'youden', got {presence_rule!r}")
         self.presence_rule = presence_rule
         self.presence_threshold = check_probability(presence_threshold, name="presence_threshold")
+        if not isinstance(test_flip, bool):
+            raise TypeError(f"test_flip: expected a bool, got {type(test_flip).__name__}")
+        self.test_flip = test_flip
+        self._segmenter: Any = None
         self.presence_calibration: dict[str, float] = {}
         self.head: Any = None
         self.model_id: str | None = None
@@ -185,6 +195,7 @@ class EmbeddingHeadPrompter:
             "arch": self.arch,
             "pool": self.pool,
             "presence_rule": self.presence_rule,
+            "test_flip": self.test_flip,
         }
 
     def fit(
@@ -398,6 +409,7 @@ class EmbeddingHeadPrompter:
             )
         if isinstance(model_id, str):
             self._bound_model_ids.add(model_id)
+        self._segmenter = segmenter
 
     def _check_encoding(self, encoding: ImageEncoding) -> None:
         if not isinstance(encoding, ImageEncoding):
@@ -422,6 +434,20 @@ class EmbeddingHeadPrompter:
         h = max(1, round(encoding.input_size_hw[0] * scale))
         w = max(1, round(encoding.input_size_hw[1] * scale))
         return logits[..., :h, :w]
+
+    def _flip_averaged_logits(self, image: np.ndarray, encoding: ImageEncoding) -> Any:
+        """``test_flip``: logits of the mean of the image's and its mirror's coarse maps."""
+        import torch
+
+        logits = self._low_res_logits(encoding)
+        if self._segmenter is None:
+            raise RuntimeError(
+                "test_flip: the head encodes the mirrored image with the segmenter it is bound to; use it inside "
+                "a Pipeline or call bind_segmenter(segmenter) first"
+            )
+        mirrored = self._low_res_logits(self._segmenter.encode(np.ascontiguousarray(np.asarray(image)[:, ::-1])))
+        mean = (logits.sigmoid() + mirrored.flip(-1).sigmoid()) / 2
+        return torch.logit(mean.clamp(1e-6, 1 - 1e-6))
 
     def presence(self, encoding: ImageEncoding) -> float:
         """Presence score in ``[0, 1]``: the largest value of the coarse foreground map."""
@@ -450,7 +476,7 @@ class EmbeddingHeadPrompter:
                 "encoding: EmbeddingHeadPrompter reads the segmenter's embedding; use it inside a Pipeline "
                 "or pass encoding=segmenter.encode(image)"
             )
-        logits = self._low_res_logits(encoding)
+        logits = self._flip_averaged_logits(image, encoding) if self.test_flip else self._low_res_logits(encoding)
         if float(logits.max().sigmoid()) < self.presence_threshold:
             return Prompts.empty()
         prob = self._probability_map(logits, encoding)

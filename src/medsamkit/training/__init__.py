@@ -14,6 +14,7 @@ from ._lora import (
     save_lora,
     unload_lora,
 )
+from ._recorded import out_of_fold_prompts
 from ._sammix import SAMMixConfig, SAMMixResult, fit_sam_pp, fit_sammix, pick_labelled
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "load_lora",
     "lora_settings",
     "merge_lora",
+    "out_of_fold_prompts",
     "pick_labelled",
     "read_lora",
     "save_lora",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,6 +196,7 @@ def finetune(
     out_dir: str | Path,
     prompter: PromptProvider | None = None,
     eval_prompter: PromptProvider | None = None,
+    train_prompts: Mapping[str, Prompts] | None = None,
     config: FinetuneConfig | None = None,
     progress: bool = True,
     **overrides: Any,
@@ -210,6 +211,17 @@ def finetune(
     prompters); the best weights are kept, training stops early after ``patience``
     epochs without improvement, and the thresholds in ``config.thresholds`` are swept
     on the validation images.
+
+    ``train_prompts`` couples the segmenter to an automatic prompter (SAM-Mix's
+    point): recorded prompts per training stem, e.g. the boxes a fitted prompter
+    gives each training image when fitted without it (:func:`out_of_fold_prompts`).
+    In each epoch a seeded share ``config.recorded_share`` of the training images gets
+    its recorded prompts instead of ``prompter``'s, so the decoder learns to segment
+    the target from the loose or misplaced boxes it will get at inference, and to
+    return nothing from a box on an image without the target (an empty mask trains
+    towards an empty prediction). An image whose recorded prompts are empty, or that
+    has none, gets ``prompter``'s. Pass the fitted prompter as ``eval_prompter`` so
+    that validation, the best epoch and the threshold follow automatic prompts too.
 
     What trains is ``config.mode``: ``"decoder"`` (the mask decoder; each image is
     encoded once) or ``"lora"`` (peft LoRA adapters on the image encoder's ``qkv``
@@ -235,6 +247,8 @@ def finetune(
         out_dir: Run folder.
         prompter: Prompt provider during training.
         eval_prompter: Prompt provider for validation and the saved pipeline.
+        train_prompts: Recorded training prompts by stem (see above); stems that are
+            not training samples are an error.
         config: A :class:`FinetuneConfig`; keyword ``overrides`` (``epochs=5``) update it.
         progress: Show progress bars.
 
@@ -255,21 +269,57 @@ def finetune(
         raise ValueError("train: expected at least one training sample, got none")
     _check_mode(segmenter, config)
     prompter = prompter or PerturbedBoxPrompter(jitter_fraction=0.1, seed=config.seed)
+    recorded = _check_train_prompts(train_prompts, train)
     if eval_prompter is None:
         eval_prompter = OracleBoxPrompter(**_oracle_params(prompter)) if isinstance(prompter, PerturbedBoxPrompter) else prompter
     run_dir = Path(out_dir)
     record = {
-        "config": config.record(),
+        "config": config.record(recorded=recorded is not None),
         "segmenter": getattr(segmenter, "model_id", type(segmenter).__name__),
         "train": [s.stem for s in train],
         "val": [s.stem for s in val or []],
     }
+    if recorded is not None:
+        record["train_prompts"] = _prompts_digest(recorded)
     _claim_run_dir(run_dir, record, "finetune.json", "fine-tuning", inputs=[*train, *(val or [])])
 
     torch.manual_seed(config.seed)
     # The caller's segmenter is left as it was; the result holds a fine-tuned copy.
     with _caller_model_restored(segmenter):
-        return _train(segmenter, train, val, run_dir, config, prompter, eval_prompter, progress)
+        return _train(segmenter, train, val, run_dir, config, prompter, eval_prompter, progress, recorded)
+
+
+def _check_train_prompts(train_prompts: Any, train: Sequence[Any]) -> dict[str, Prompts] | None:
+    """``train_prompts`` as a dict of :class:`Prompts` by training stem (None when not given)."""
+    if train_prompts is None:
+        return None
+    if not isinstance(train_prompts, Mapping):
+        raise TypeError(f"train_prompts: expected a mapping of stem -> Prompts, got {type(train_prompts).__name__}")
+    stems = {s.stem for s in train}
+    unknown = sorted(str(k) for k in train_prompts if k not in stems)
+    if unknown:
+        raise ValueError(
+            f"train_prompts: expected stems of the training samples, got {len(unknown)} others: {unknown[:5]}"
+            + (" ..." if len(unknown) > 5 else "")
+        )
+    for stem, prompts in train_prompts.items():
+        if not isinstance(prompts, Prompts):
+            raise TypeError(f"train_prompts[{stem!r}]: expected Prompts, got {type(prompts).__name__}")
+    return dict(train_prompts)
+
+
+def _prompts_digest(prompts: Mapping[str, Prompts]) -> str:
+    """A digest of recorded prompts (the run record: other prompts, another run)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for stem in sorted(prompts):
+        digest.update(stem.encode() + b"\0")
+        for array in (prompts[stem].box_xyxy, prompts[stem].points_xy, prompts[stem].point_labels):
+            if array is not None:
+                digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+            digest.update(b"|")
+    return digest.hexdigest()
 
 
 def _train(
@@ -281,6 +331,7 @@ def _train(
     prompter: PromptProvider,
     eval_prompter: PromptProvider,
     progress: bool,
+    recorded: dict[str, Prompts] | None = None,
 ) -> FinetuneResult:
     import torch
     from tqdm.auto import tqdm
@@ -297,12 +348,16 @@ def _train(
         trainable.train()
         epoch_prompter = _epoch_prompter(prompter, config.seed, epoch)
         order = np.random.default_rng([config.seed, epoch]).permutation(len(train_items))
+        # Which images get their recorded prompts this epoch (its own stream: the order stays that of a run without).
+        use_recorded = np.random.default_rng([config.seed, epoch, 1]).random(len(train_items)) < config.recorded_share
         losses = []
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(order, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not progress, leave=False)
         for step, index in enumerate(bar, start=1):
             item = train_items[index]
-            prompts = _prompts(epoch_prompter, item)
+            prompts = recorded.get(item.stem) if recorded is not None and use_recorded[index] else None
+            if prompts is None or prompts.n == 0:
+                prompts = _prompts(epoch_prompter, item)
             if prompts.n == 0:
                 continue
             loss = union_loss(segmenter, trainable, item, prompts, loss_fn)

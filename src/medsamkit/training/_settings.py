@@ -72,11 +72,20 @@ class FinetuneConfig(SegmenterTrainingSettings):
         lora_dropout: Dropout on the adapters' input.
         lora_targets: Suffixes of the encoder's linear layers that get adapters.
         train_decoder: Also train the mask decoder.
+        recorded_share: With ``finetune(..., train_prompts=...)``: the share of the
+            training images that, in each epoch (a fresh seeded draw), get their
+            recorded prompts (e.g. a fitted prompter's, out of fold) instead of the
+            training prompter's. Unused without ``train_prompts``.
     """
 
-    def record(self) -> dict[str, Any]:
-        """The settings that matter for this mode (the LoRA ones are left out in decoder mode)."""
+    recorded_share: float = Field(0.5, ge=0, le=1)
+
+    def record(self, *, recorded: bool = False) -> dict[str, Any]:
+        """The settings that matter for this mode (the LoRA ones are left out in decoder mode,
+        ``recorded_share`` unless the run trains on ``recorded`` prompts)."""
         exclude = set(_LORA_FIELDS) if self.mode == "decoder" else set()
+        if not recorded:
+            exclude.add("recorded_share")
         return self.model_dump(exclude=exclude)
 
 

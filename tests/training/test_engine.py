@@ -18,6 +18,8 @@ from medsamkit._cache import CachedSegmenter, EmbeddingCache
 from medsamkit.testing import FakeSegmenter
 from medsamkit.training import FinetuneConfig, _engine, _loop, finetune
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster (conftest)
+
 N_TRAIN, N_VAL = 6, 3
 
 

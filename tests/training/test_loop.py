@@ -12,6 +12,8 @@ import torch
 from medsamkit.testing import make_presence_folder
 from medsamkit.training import finetune, fit_sammix
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster (conftest)
+
 
 class _Planted:
     """Unpickling this object runs code: it creates the marker file."""

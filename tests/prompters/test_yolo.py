@@ -239,7 +239,7 @@ class TestOfflineTraining:
         assert (np.diff(scores) <= 0).all()
 
 
-@pytest.mark.usefixtures("ultralytics_home")
+@pytest.mark.usefixtures("ultralytics_home", "one_torch_thread")
 class TestSavedModels:
     def test_load_predicts_like_the_trained_model(self, trained, tmp_path):
         prompter = YOLOBoxPrompter.load(trained["out"] / "det.npz")

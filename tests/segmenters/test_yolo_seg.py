@@ -18,7 +18,7 @@ from medsamkit.data import read_image
 from medsamkit.prompters import YOLOBoxPrompter
 from medsamkit.segmenters import YOLOSegmenter
 
-pytestmark = pytest.mark.usefixtures("ultralytics_home")  # conftest: a temporary Ultralytics folder
+pytestmark = pytest.mark.usefixtures("ultralytics_home", "one_torch_thread")  # conftest: a temporary Ultralytics folder
 
 
 @pytest.fixture(scope="module")

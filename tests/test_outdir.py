@@ -91,3 +91,72 @@ def test_lock_is_exclusive_across_opens_reentrant_and_released(tmp_path):
             os.close(fd)
     assert not (out / LOCK_FILE).exists()
     assert issubclass(OutDirLockedError, OSError)  # the CLI reports it as a user error (exit 2)
+
+
+_KILLED_MID_WRITE = """
+import os, signal, sys
+from pathlib import Path
+import medsamkit as msk
+from medsamkit.testing import FakeSegmenter
+
+data, out, victim = sys.argv[1:]
+rename = os.replace
+
+
+def replace(src, dst, *args, **kwargs):  # killed (SIGKILL) between writing the temporary file and renaming it
+    if Path(dst).parent.name == "masks" and Path(dst).name == victim:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rename(src, dst, *args, **kwargs)
+
+
+os.replace = replace
+msk.evaluate(msk.Pipeline(msk.OracleBoxPrompter(), FakeSegmenter()), msk.MaskFolder(data), out_dir=out, progress=False)
+"""
+
+
+def test_a_local_run_killed_mid_write_leaves_a_temporary_file_the_next_run_removes(tmp_path):
+    """A run killed in the middle of an atomic write leaves its hidden temporary file
+    (``masks/.case_01.png.<random>.tmp``); the next run into the folder, which takes the lock,
+    removes it (and finishes the run)."""
+    import signal
+    import subprocess
+    import sys
+
+    import medsamkit as msk
+    from medsamkit.testing import FakeSegmenter, make_blob_image
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    for i in range(3):
+        image, mask = make_blob_image((32, 40), seed=i)
+        msk.data.write_image(data / "images" / f"case_{i:02d}.png", image)
+        msk.write_mask(data / "masks" / f"case_{i:02d}.png", mask)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(data), str(out), "case_01.png"], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    (left,) = [p.name for p in (out / "masks").iterdir() if p.name != "case_00.png"]
+    assert left.startswith(".case_01.png.") and left.endswith(".tmp")
+
+    report = msk.evaluate(
+        msk.Pipeline(msk.OracleBoxPrompter(), FakeSegmenter()), msk.MaskFolder(data), out_dir=out, progress=False
+    )
+    assert report.n_evaluated == 2  # case_00 was finished before the kill
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["case_00.png", "case_01.png", "case_02.png"]
+
+
+def test_remove_orphans_removes_only_the_temporary_files_of_atomic_writes(tmp_path):
+    """What a writer killed in the middle of writing a mask, record or picture leaves (seen in
+    the Ray killed-worker test: ``masks/.00005.png.a86922d89255.tmp``)."""
+    from medsamkit._outdir import remove_orphans
+    from medsamkit.data import atomic_write_text
+
+    orphans = [
+        tmp_path / "masks" / ".case_1.png.a86922d89255.tmp",  # atomic_write_bytes
+        tmp_path / "masks" / ".0123456789ab.tmp.nii.gz",  # write_volume
+        tmp_path / "records" / ".case_1.json.0123456789ab.tmp",
+        tmp_path / "pictures" / ".0123456789ab.tmp.dcm",  # write_dicom_seg
+        tmp_path / "overlays" / ".case_1.png.0123456789ab.tmp",
+    ]
+    kept = [tmp_path / "masks" / "case_1.png", tmp_path / "masks" / ".notes", tmp_path / "other" / ".x.png.1.tmp"]
+    for path in [*orphans, *kept]:
+        atomic_write_text(path, "x")
+    assert sorted(remove_orphans(tmp_path)) == sorted(orphans)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in orphans)

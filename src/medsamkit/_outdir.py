@@ -14,7 +14,10 @@ while they write:
   folder whose existing entries carry a name medsamkit would write is refused;
 * a lock file (``.medsamkit.lock``, holding the writer's pid) makes a second run
   into the same folder fail at once instead of mixing files; the lock of a process
-  that died is taken over.
+  that died is taken over;
+* the run that takes the lock removes the hidden temporary files that a run killed in
+  the middle of an atomic write left in the folder (:func:`remove_orphans`), whichever
+  engine (local or Ray) wrote them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import contextlib
 import fnmatch
 import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,6 +42,7 @@ __all__ = [
     "claim_out_dir",
     "input_folders",
     "out_dir_lock",
+    "remove_orphans",
 ]
 
 MARKER_FILE = ".medsamkit-out.json"
@@ -220,6 +225,37 @@ def claim_out_dir(
 
 
 # ---------------------------------------------------------------------------------------
+# what a killed writer leaves
+# ---------------------------------------------------------------------------------------
+
+_ORPHAN = re.compile(r"^\..*\.tmp(\..*)?$")
+"""The hidden temporary names of medsamkit's atomic writes (``.<name>.<random>.tmp``,
+``.<random>.tmp.nii.gz``, ``.<random>.tmp.dcm``)."""
+
+ORPHAN_FOLDERS = ("masks", "records", "pictures", "overlays")
+"""The folders of an output folder in which a run writes one file per item."""
+
+
+def remove_orphans(out_dir: str | os.PathLike[str], folders: Sequence[str] = ORPHAN_FOLDERS) -> list[Path]:
+    """Remove the temporary files that a writer killed in the middle of an atomic write
+    left in ``out_dir``'s ``folders``; call it only when no one writes there (holding
+    :func:`out_dir_lock`, which calls it when it takes the lock).
+
+    Returns:
+        The removed paths.
+    """
+    removed = []
+    for folder in folders:
+        directory = Path(out_dir) / folder
+        if directory.is_dir():
+            for entry in os.scandir(directory):
+                if entry.is_file() and _ORPHAN.match(entry.name):
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+# ---------------------------------------------------------------------------------------
 # one writer at a time
 # ---------------------------------------------------------------------------------------
 
@@ -264,7 +300,8 @@ def out_dir_lock(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
     Another process holding it makes this raise :class:`OutDirLockedError` at once
     (no waiting). A lock file left by a process that no longer runs is taken over.
     Nested use within one process (a run calling another writer on the same folder)
-    is allowed.
+    is allowed. Once the lock is taken (not when nested), the temporary files of a
+    killed earlier writer are removed (:func:`remove_orphans`).
     """
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -287,6 +324,7 @@ def out_dir_lock(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
     with _held_lock:
         _held[key] = 1
     try:
+        remove_orphans(folder)  # no one else writes here now
         yield folder
     finally:
         with _held_lock:

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,7 +40,6 @@ __all__ = [
     "limit_threads",
     "progress_bar",
     "ray_session",
-    "remove_orphans",
     "stream_rows",
     "table_on_ray",
     "thread_limits",
@@ -474,34 +472,13 @@ def stream_rows(
         num_cpus=threads,
         num_gpus=gpus if gpus > 0 else None,
     )
+    from ._outdir import remove_orphans
+
     try:
         yield from ds.iter_rows()
-        remove_orphans(out_dir)  # every worker is done
+        remove_orphans(out_dir)  # every worker is done (a worker killed mid-write left its temporary file)
     finally:
         (out_dir / ITEMS_FILE).unlink(missing_ok=True)
-
-
-_ORPHAN = re.compile(r"^\..*\.tmp(\..*)?$")
-"""The hidden temporary names of medsamkit's atomic writes (``.<name>.<random>.tmp``,
-``.<random>.tmp.nii.gz``, ...)."""
-
-
-def remove_orphans(out_dir: Path, folders: Sequence[str] = ("masks", "records", "pictures")) -> list[Path]:
-    """Remove the temporary files a worker killed in the middle of an atomic write left
-    in ``out_dir``'s ``folders``; call it only when no worker writes there any more.
-
-    Returns:
-        The removed paths.
-    """
-    removed = []
-    for folder in folders:
-        directory = Path(out_dir) / folder
-        if directory.is_dir():
-            for entry in os.scandir(directory):
-                if entry.is_file() and _ORPHAN.match(entry.name):
-                    Path(entry.path).unlink(missing_ok=True)
-                    removed.append(Path(entry.path))
-    return removed
 
 
 # -- the driver -----------------------------------------------------------------------------

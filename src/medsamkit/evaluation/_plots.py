@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -425,17 +425,33 @@ def _finite_values(values: Any, *, name: str) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
+def _panel_widths(n_boxes: Sequence[int]) -> list[float]:
+    return [max(2.0, 0.9 * n + 1.0) for n in n_boxes]
+
+
+def _figure_size(n_boxes: Sequence[int], title: str | None) -> tuple[float, float]:
+    """Size in inches of a figure of ``len(n_boxes)`` box-plot panels (``n_boxes[i]`` boxes in panel i)."""
+    return sum(_panel_widths(n_boxes)) + 0.3, 4.2 if title else 3.9
+
+
 def _new_figure(n_boxes: Sequence[int], title: str | None) -> tuple[Any, list[Axes]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    widths = [max(2.0, 0.9 * n + 1.0) for n in n_boxes]
-    fig = Figure(figsize=(sum(widths) + 0.3, 4.2 if title else 3.9), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=_figure_size(n_boxes, title), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(n_boxes), squeeze=False, gridspec_kw={"width_ratios": widths})[0]
+    axes = fig.subplots(1, len(n_boxes), squeeze=False, gridspec_kw={"width_ratios": _panel_widths(n_boxes)})[0]
     if title:
         fig.suptitle(title, fontsize=11)
     return fig, list(axes)
+
+
+def _plot(path: Path, n_boxes: Sequence[int], title: str | None, draw: Callable[[list[Axes]], None]) -> Path:
+    """A figure of ``len(n_boxes)`` box-plot panels (:func:`_new_figure`), drawn by ``draw(axes)``
+    and written to ``path`` as a PNG (:func:`_save_figure`)."""
+    fig, axes = _new_figure(n_boxes, title)
+    draw(axes)
+    return _save_figure(fig, path)
 
 
 def _draw_one_box(ax: Axes, x: float, values: np.ndarray, *, half_width: float) -> None:
@@ -585,18 +601,20 @@ def save_metric_boxplot(
         return _finite_values([row.get(name) for row in rows], name=f"rows[...][{name!r}]")
 
     groups = [(names, [column(m) for m in names]) for names in (overlap, distance) if names]
-    fig, axes = _new_figure([len(names) for names, _ in groups], title)
-    for ax, (names, values) in zip(axes, groups):
-        is_distance = names is distance
-        _draw_boxes(
-            ax,
-            names,
-            values,
-            ylabel=("HD95 (px or mm)" if names == ["hd95"] else "distance (px or mm)") if is_distance else "score",
-            unit_interval=not is_distance,
-            seed=0,
-        )
-    return _save_figure(fig, target)
+
+    def draw(axes: list[Axes]) -> None:
+        for ax, (names, values) in zip(axes, groups):
+            is_distance = names is distance
+            _draw_boxes(
+                ax,
+                names,
+                values,
+                ylabel=("HD95 (px or mm)" if names == ["hd95"] else "distance (px or mm)") if is_distance else "score",
+                unit_interval=not is_distance,
+                seed=0,
+            )
+
+    return _plot(target, [len(names) for names, _ in groups], title, draw)
 
 
 def save_grouped_boxplot(
@@ -646,16 +664,19 @@ def save_grouped_boxplot(
             raise TypeError(f"ylim: expected (low, high) numbers, got {describe(ylim)}") from exc
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"ylim: expected finite low < high, got {ylim!r}")
-    fig, (ax,) = _new_figure([max(1, len(labels))], title)
-    if labels:
-        in_unit = all(v.size == 0 or (v.min() >= 0.0 and v.max() <= 1.0) for v in values)
-        _draw_boxes(ax, labels, values, ylabel=ylabel, unit_interval=in_unit, seed=0)
-    else:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", color="0.45", transform=ax.transAxes)
-        ax.set_xticks([])
-        ax.set_ylabel(ylabel)
-    if xlabel:
-        ax.set_xlabel(xlabel)
-    if ylim is not None:
-        ax.set_ylim(lo, hi)
-    return _save_figure(fig, target)
+
+    def draw(axes: list[Axes]) -> None:
+        (ax,) = axes
+        if labels:
+            in_unit = all(v.size == 0 or (v.min() >= 0.0 and v.max() <= 1.0) for v in values)
+            _draw_boxes(ax, labels, values, ylabel=ylabel, unit_interval=in_unit, seed=0)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", color="0.45", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_ylabel(ylabel)
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        if ylim is not None:
+            ax.set_ylim(lo, hi)
+
+    return _plot(target, [max(1, len(labels))], title, draw)

@@ -107,6 +107,23 @@ def test_best_epoch_is_kept_and_patience_stops(tmp_path):
     assert (tmp_path / "run" / "loss_curve.png").is_file()
 
 
+@pytest.mark.real_plots
+def test_loss_curve_is_drawn(tmp_path):
+    """The loss curve for real (other tests get a blank PNG of its size, see conftest)."""
+    import cv2
+
+    from medsamkit.training._loop import save_curve
+
+    history = [
+        {"epoch": 1, "train_loss": 0.9, "val_dice": None},
+        {"epoch": 2, "train_loss": 0.5, "val_dice": 0.6},
+        {"epoch": 3, "train_loss": None, "val_dice": 0.7},
+    ]
+    save_curve(tmp_path, history)
+    picture = cv2.imread(str(tmp_path / "loss_curve.png"))
+    assert picture.shape == (440, 770, 3) and (picture < 128).any()  # lines and text, not a blank page
+
+
 def test_resume_continues_after_the_last_epoch_and_matches_a_straight_run(tmp_path):
     scores = [0.5, 0.6, 0.9, 0.7]
     straight, straight_layer, _ = _tiny_run(tmp_path / "straight", 4, scores)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import sys
@@ -81,6 +82,12 @@ def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return found
 
 
+@functools.cache
+def _parsed_imports(source: str, filename: str) -> tuple[ast.Import | ast.ImportFrom, ...]:
+    """The import statements of a source text (parsed once: both checks below read every module)."""
+    return tuple(_import_nodes(ast.parse(source, filename=filename)))
+
+
 @dataclass(frozen=True)
 class Imported:
     """One imported thing: ``path`` is the dotted path of what is bound (a module or a name in one)."""
@@ -91,9 +98,8 @@ class Imported:
 
 def _imports(module: Module, modules: dict[str, Module]) -> list[Imported]:
     """What ``module`` imports from inside the package, as dotted paths."""
-    tree = ast.parse(module.path.read_text(encoding="utf-8"), filename=str(module.path))
     result = []
-    for node in _import_nodes(tree):
+    for node in _parsed_imports(module.path.read_text(encoding="utf-8"), str(module.path)):
         if isinstance(node, ast.Import):
             result += [Imported(alias.name, node.lineno) for alias in node.names if alias.name.split(".")[0] == ROOT]
             continue

@@ -174,10 +174,46 @@ def test_litemedsam_int8_config_keeps_calibration_paths(shared_data) -> None:
     rebuilt = LiteMedSAM(**seg.params())
     assert rebuilt.model_id == seg.model_id
     in_memory = LiteMedSAM(precision="int8", calibration=[np.zeros((32, 32), np.uint8), np.eye(32)])
-    with pytest.raises(ValueError, match="calibrated with in-memory images, which a config cannot hold"):
-        in_memory.params()
+    params = in_memory.params()  # saving a configuration works; rebuilding from it says what is missing
+    assert params["calibration"] == "in-memory:" + in_memory.model_id.rsplit("-", 1)[1]
+    with pytest.raises(ValueError, match="calibrated with in-memory images .* pass the calibration images again"):
+        LiteMedSAM(**params)
 
 
 def test_fast_module_names_int8_in_its_precision_choices() -> None:
     with pytest.raises(ValueError, match="precision: expected 'bf16', 'fp32' or 'int8', got 'int4'"):
         _fast.planned_backends(_tiny_encoder(), precision="int4")  # type: ignore[arg-type]
+
+
+def test_cli_int8_options(tmp_path) -> None:
+    """``--precision int8 --calibration PATH``: the images a folder or a volume gives, after ``--window``."""
+    import argparse
+
+    from medsamkit.cli._build import segmenter_params
+    from medsamkit.cli._errors import UsageError
+    from medsamkit.data import Volume, write_volume
+
+    def args(**kw):
+        base = {"segmenter": "litemedsam", "checkpoint": None, "precision": "int8", "calibration": None, "window": None}
+        return argparse.Namespace(**{**base, **kw})
+
+    with pytest.raises(UsageError, match="--precision int8: needs --calibration"):
+        segmenter_params(args())
+    with pytest.raises(UsageError, match="--calibration: only used with --precision int8"):
+        segmenter_params(args(precision="fast", calibration=tmp_path))
+    with pytest.raises(UsageError, match="--precision int8: LiteMedSAM only"):
+        segmenter_params(args(segmenter="sam", calibration=tmp_path))
+    with pytest.raises(UsageError, match="found none in"):
+        segmenter_params(args(calibration=tmp_path))
+    import cv2
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), np.full((20, 24), 40 * i, np.uint8))
+    assert segmenter_params(args(calibration=tmp_path))["calibration"] == sorted(tmp_path.glob("*.png"))
+    hu = np.arange(70 * 8 * 10, dtype=np.int16).reshape(70, 8, 10) - 1000
+    write_volume(tmp_path / "ct.nii.gz", Volume(hu, spacing=(2.0, 1.0, 1.0)))
+    images = segmenter_params(args(calibration=tmp_path / "ct.nii.gz", window="40,400"))["calibration"]
+    assert len(images) == 24  # 70 slices, every third: at most 32
+    from medsamkit import Window
+
+    assert np.array_equal(images[1], Window(40, 400)(hu[3]))

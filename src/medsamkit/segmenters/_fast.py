@@ -33,9 +33,11 @@ import copy
 import hashlib
 import importlib.util
 import os
+import queue
 import threading
 import types
 import warnings
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -209,6 +211,38 @@ class AcceleratedEncoder:
         self._run = run
         self._lock = threading.Lock()
         self._fingerprint = state_fingerprint(source)
+        self._make_streams = getattr(run, "streams", None)
+        self._free_streams: queue.Queue[Any] | None = None
+        self._n_streams = 0
+        self._parallel_users = 0
+
+    @contextlib.contextmanager
+    def parallel(self, streams: int = 2) -> Iterator[int]:
+        """Within this context, calls may come from up to ``streams`` threads at once.
+
+        Yields how many calls can run at once: ``streams`` for OpenVINO (a second
+        compilation of the same model with ``streams`` streams, built on first use;
+        each stream uses a share of the threads, and its results are bit-identical
+        to the single-request path), 1 otherwise (calls are serialised as always).
+        Encoding several images at once keeps both cores busy on a loaded machine,
+        where one request's threads wait for each other.
+        """
+        if self._make_streams is None or streams < 2:
+            yield 1
+            return
+        with self._lock:
+            if self._free_streams is None or self._n_streams != streams:
+                runs = self._make_streams(streams)
+                free: queue.Queue[Any] = queue.Queue()
+                for run in runs:
+                    free.put(run)
+                self._free_streams, self._n_streams = free, streams
+            self._parallel_users += 1
+        try:
+            yield streams
+        finally:
+            with self._lock:
+                self._parallel_users -= 1
 
     def __repr__(self) -> str:
         return f"AcceleratedEncoder(backend={self.backend!r}, precision={self.precision!r})"
@@ -227,8 +261,17 @@ class AcceleratedEncoder:
     def __call__(self, x: Any) -> Any:
         import torch
 
-        with self._lock, torch.inference_mode():
-            out = self._run(x.float())
+        free = self._free_streams
+        if self._parallel_users and free is not None:
+            run = free.get()
+            try:
+                with torch.inference_mode():
+                    out = run(x.float())
+            finally:
+                free.put(run)
+        else:
+            with self._lock, torch.inference_mode():
+                out = self._run(x.float())
         if isinstance(out, (tuple, list)):  # several outputs (HQ-SAM: embedding, intermediate embedding)
             return tuple(o.float().contiguous() for o in out)
         return out.float().contiguous()
@@ -442,17 +485,30 @@ def _build_openvino(
         "INFERENCE_NUM_THREADS": int(num_threads),
     }
     compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
     n_outputs = len(compiled.outputs)
 
-    def run(x: Any) -> Any:
-        request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
-        out = tuple(
-            torch.from_numpy(np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True)) for i in range(n_outputs)
-        )
-        return out if n_outputs > 1 else out[0]
+    def runner(request: Any) -> Any:
+        def run(x: Any) -> Any:
+            request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
+            out = tuple(
+                torch.from_numpy(np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True))
+                for i in range(n_outputs)
+            )
+            return out if n_outputs > 1 else out[0]
 
+        return run
+
+    def streams(n: int) -> list[Any]:
+        """``n`` runs that may be called at once, each on its own OpenVINO stream (same numerics, checked in tests)."""
+        parallel = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": int(n)})
+        runs = [runner(parallel.create_infer_request()) for _ in range(n)]
+        for stream_run in runs:
+            stream_run(example)
+        return runs
+
+    run = runner(compiled.create_infer_request())
     run(example)  # first inference selects kernels
+    run.streams = streams  # type: ignore[attr-defined]
     return run
 
 
@@ -693,6 +749,18 @@ class FastEncoderMixin:
         family = self._base_id.split(":", 1)[0]
         rest = self.model_id[len(self._base_id) :] if self.model_id.startswith(self._base_id) else ""
         return f"{family}-encoder:{self._encoder_digest}{rest}"
+
+    @contextlib.contextmanager
+    def parallel_encoding(self, streams: int = 2) -> Iterator[int]:
+        """Within this context ``encode`` may be called from up to the yielded number of
+        threads at once (OpenVINO: ``streams`` streams with bit-identical results; other
+        encoders: 1, calls serialised). Used by ``segment_volume(overlap=True)``."""
+        fast = self._encoder()
+        if fast is None:
+            yield 1
+            return
+        with fast.parallel(streams) as n:
+            yield n
 
     @property
     def encoder_backend(self) -> str:

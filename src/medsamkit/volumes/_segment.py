@@ -120,29 +120,45 @@ class _Runner:
     def run_all(self, slices: list[tuple[int, Prompts]]) -> None:
         """Segment ``(k, prompts)`` in order, as :meth:`run` one by one.
 
-        With ``overlap``, one background thread encodes slice ``i + 1`` while slice
-        ``i`` is decoded, thresholded and stored; every slice is encoded by the same
-        ``segmenter.encode`` call on the same preprocessed image as in the
-        sequential loop, so the masks are the same bytes.
+        With ``overlap``, background threads encode the next slices while slice ``i``
+        is decoded, thresholded and stored: one thread, or as many as the
+        segmenter's ``parallel_encoding()`` allows (LiteMedSAM's OpenVINO encoder:
+        two streams). Every slice is encoded by ``segmenter.encode`` on the same
+        preprocessed image as in the sequential loop, with bit-identical numerics,
+        so the masks are the same bytes.
         """
         slices = [(k, p) for k, p in slices if p.n]  # run() skips empty prompts without encoding
         if not self.overlap or len(slices) < 2:
             for k, prompts in slices:
                 self.run(k, prompts)
             return
-        from concurrent.futures import ThreadPoolExecutor
+        import contextlib
+        from collections import deque
+        from concurrent.futures import Future, ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsamkit-encode") as pool:
-            future = pool.submit(self._encode, slices[0][0])
-            for i, (k, prompts) in enumerate(slices):
-                encoding = future.result()
-                if i + 1 < len(slices):
-                    future = pool.submit(self._encode, slices[i + 1][0])
-                try:
+        parallel = getattr(self.pipeline.segmenter, "parallel_encoding", None)
+        with contextlib.ExitStack() as stack:
+            workers = max(int(stack.enter_context(parallel())), 1) if callable(parallel) else 1
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medsamkit-encode"))
+            pending: deque[Future[Any]] = deque()
+            order = iter(slices)
+
+            def fill() -> None:
+                while len(pending) < workers:
+                    item = next(order, None)
+                    if item is None:
+                        return
+                    pending.append(pool.submit(self._encode, item[0]))
+
+            try:
+                for k, prompts in slices:
+                    fill()
+                    encoding = pending.popleft().result()
+                    fill()  # the encoders keep working while this slice is decoded
                     self.run(k, prompts, encoding=encoding)
-                except BaseException:
+            finally:
+                for future in pending:
                     future.cancel()
-                    raise
 
 
 class OracleSliceBoxes:
@@ -414,10 +430,11 @@ def segment_volume(
         target: Reference mask volume, for prompts by name that need one.
         cache: An :class:`~medsamkit.EmbeddingCache` or a folder for one: encodings
             are read from and written to it.
-        overlap: Encode the next slice in a background thread while the current one
+        overlap: Encode the next slices in background threads while the current one
             is decoded (:class:`OracleSliceBoxes` and :class:`Box3D`, whose slices
-            are known up front; the others run one slice after the other). The
-            masks are identical to the sequential loop.
+            are known up front; the others run one slice after the other). With
+            LiteMedSAM's OpenVINO encoder two slices are encoded at once, on two
+            OpenVINO streams. The masks are the same bytes as the sequential loop's.
 
     Returns:
         A :class:`VolumeResult`; ``result.mask`` has the input's geometry.

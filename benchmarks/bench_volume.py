@@ -203,7 +203,9 @@ def main() -> None:
         print(
             f"{name}: best {values[i]:6.3f} median {statistics.median(values):6.3f} s/encoded slice: "
             + " ".join(f"{v:.3f}" for v in values)
-            + f"; best run: encoder {runs[i][1]:.3f} s, decoder {runs[i][2]:.3f} s; median speed ratio to the "
+            + f"; best run: encoder {runs[i][1]:.3f} s, decoder {runs[i][2]:.3f} s"
+            + (" (summed over the threads working at once)" if "overlap" in name else "")
+            + "; median speed ratio to the "
             f"default run beside it {ratio:.2f}x (same masks as the same segmenter's other runs, checked)"
         )
     if args.compare_precision:

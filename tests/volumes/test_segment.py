@@ -278,7 +278,8 @@ class _HandshakeSegmenter(ThresholdSegmenter):
         import threading
 
         self.encode_threads.append(threading.current_thread().name)
-        self.started[len(self.encode_threads) - 1].set()
+        if len(self.encode_threads) <= len(self.started):
+            self.started[len(self.encode_threads) - 1].set()
         return super().encode(image)
 
     def decode(self, encoding, prompts):
@@ -291,7 +292,7 @@ class _HandshakeSegmenter(ThresholdSegmenter):
 @pytest.mark.parametrize("prompt", ["box3d", "oracle"])
 def test_overlap_encodes_the_next_slice_while_decoding_and_gives_the_same_bytes(prompt):
     vol, mask = _ellipsoid_volume()
-    sequential = segment_volume(_pipe(ThresholdSegmenter()), vol, prompt, target=mask)
+    sequential = segment_volume(_pipe(ThresholdSegmenter()), vol, prompt, target=mask, overlap=False)
     n = len(sequential.encoded_slices)
     seg = _HandshakeSegmenter(n)
     overlapped = segment_volume(_pipe(seg), vol, prompt, target=mask, overlap=True)
@@ -314,7 +315,7 @@ def test_overlap_passes_errors_on_and_checks_its_argument():
 
     with pytest.raises(RuntimeError, match="encoder broke on the fourth slice"):
         segment_volume(_pipe(Failing()), vol, "box3d", target=mask, overlap=True)
-    with pytest.raises(TypeError, match="overlap: expected True or False, got 'yes'"):
+    with pytest.raises(TypeError, match="overlap: expected True, False or None, got 'yes'"):
         segment_volume(_pipe(), vol, "box3d", target=mask, overlap="yes")
 
 
@@ -329,6 +330,27 @@ def test_overlap_with_a_cache_reads_the_same_encodings(tmp_path):
     assert first.mask.array.tobytes() == second.mask.array.tobytes()
 
 
+def test_overlap_is_on_by_default_only_for_segmenters_that_declare_parallel_encoding():
+    import contextlib
+
+    vol, mask = _ellipsoid_volume()
+    plain = _HandshakeSegmenter(0)
+    segment_volume(_pipe(plain), vol, "box3d", target=mask)
+    assert set(plain.encode_threads) == {"MainThread"}  # a custom segmenter: the sequential loop
+
+    class Declaring(_HandshakeSegmenter):
+        entered = 0
+
+        @contextlib.contextmanager
+        def parallel_encoding(self):
+            Declaring.entered += 1
+            yield 1
+
+    seg = Declaring(0)
+    segment_volume(_pipe(seg), vol, "box3d", target=mask)
+    assert Declaring.entered == 1 and all(name.startswith("medsamkit-encode") for name in seg.encode_threads)
+
+
 @pytest.mark.shared_data
 @pytest.mark.real_model
 def test_real_overlap_is_byte_identical_to_the_sequential_loop(litemedsam):
@@ -337,8 +359,8 @@ def test_real_overlap_is_byte_identical_to_the_sequential_loop(litemedsam):
     image = read_volume(VOLUMES / "pyradiomics_lung_ct" / "images" / "lung2.nii.gz").crop(**crop)
     mask = read_volume(VOLUMES / "pyradiomics_lung_ct" / "masks" / "lung2.nii.gz").crop(**crop)
     pipe = Pipeline(OracleBoxPrompter(), litemedsam, preprocess=[Window.preset("lung")])
-    sequential = segment_volume(pipe, image, "box3d", target=mask)
-    overlapped = segment_volume(pipe, image, "box3d", target=mask, overlap=True)
+    sequential = segment_volume(pipe, image, "box3d", target=mask, overlap=False)
+    overlapped = segment_volume(pipe, image, "box3d", target=mask)  # on by default for LiteMedSAM
     assert len(sequential.encoded_slices) == 11
     assert overlapped.mask.array.tobytes() == sequential.mask.array.tobytes()
     assert all(np.array_equal(overlapped.scores[k], sequential.scores[k]) for k in sequential.scores)

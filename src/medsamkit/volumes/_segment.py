@@ -416,7 +416,7 @@ def segment_volume(
     *,
     target: Any = None,
     cache: Any = None,
-    overlap: bool = False,
+    overlap: bool | None = None,
 ) -> VolumeResult:
     """Segment a volume slice by slice.
 
@@ -435,6 +435,9 @@ def segment_volume(
             are known up front; the others run one slice after the other). With
             LiteMedSAM's OpenVINO encoder two slices are encoded at once, on two
             OpenVINO streams. The masks are the same bytes as the sequential loop's.
+            None (default): on for segmenters that declare their ``encode`` safe to
+            run beside ``decode`` (``parallel_encoding``: LiteMedSAM, SAM, HQ-SAM),
+            off for others (a custom segmenter may not be thread-safe).
 
     Returns:
         A :class:`VolumeResult`; ``result.mask`` has the input's geometry.
@@ -458,8 +461,10 @@ def segment_volume(
         pipe = pipeline.replace(segmenter=cached)
         pipe._told_normalisation = getattr(pipeline, "_told_normalisation", False)
     hits_before = cached.cache.hits if cached is not None else 0
+    if overlap is None:
+        overlap = callable(getattr(pipeline.segmenter, "parallel_encoding", None))
     if not isinstance(overlap, bool):
-        raise TypeError(f"overlap: expected True or False, got {overlap!r}")
+        raise TypeError(f"overlap: expected True, False or None, got {overlap!r}")
     runner = _Runner(pipe, vol, overlap=overlap)
     start = time.perf_counter()
     prompt.run(runner)

@@ -622,6 +622,7 @@ def accelerate_encoder(
         if calibration is None:
             raise ValueError("calibration: precision='int8' needs calibration inputs (N, 3, S, S)")
         inputs = check_calibration_inputs(calibration, image_size)
+        import_openvino()  # first: OpenVINO's own telemetry off, then NNCF's
         import_nncf()
         example = torch.rand(shape, generator=torch.Generator().manual_seed(0))
         threads = num_threads or torch.get_num_threads()

@@ -47,7 +47,8 @@ def import_nncf() -> Any:
     importable at ``import nncf`` time (``nncf/telemetry/wrapper.py``); without it,
     NNCF binds its own no-op stub. medsamkit sends nothing anywhere, so while NNCF is
     first imported ``openvino_telemetry`` is hidden (as in
-    :func:`~medsamkit.segmenters._fast.import_openvino`).
+    :func:`~medsamkit.segmenters._fast.import_openvino`, which the callers run first
+    so that OpenVINO's converter binds its own stub too).
 
     Raises:
         ImportError: If NNCF is not installed (``pip install "medsamkit[int8]"``).
@@ -57,9 +58,6 @@ def import_nncf() -> Any:
             return sys.modules["nncf"]
         if not nncf_available():
             raise ImportError("precision='int8' needs NNCF and OpenVINO: pip install \"medsamkit[int8]\"") from None
-        from ._fast import import_openvino
-
-        import_openvino()
         saved = {name: sys.modules.get(name) for name in _TELEMETRY_MODULES}
         try:
             for name in _TELEMETRY_MODULES:

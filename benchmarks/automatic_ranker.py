@@ -162,13 +162,15 @@ def pool_bound(table: dict[str, np.ndarray]) -> float:
 
 
 def head_candidate(table: dict[str, np.ndarray]) -> np.ndarray:
-    """Per image, the Dice of the head's own prompt (the 'head' multi-box candidate or the largest at 0.5)."""
+    """Per image, the Dice of the head's own prompt without a presence gate (its multi-box candidate or its largest
+    box at 0.5; an image without either gets an empty result: 1 without the target, 0 with it)."""
     source = table["features"][:, -1]
-    out = np.zeros(len(table["empty"]))
+    out = table["empty"].astype(np.float64)
     for i in range(len(table["empty"])):
         rows = np.flatnonzero(table["group"] == i)
         pick = [r for r in rows if source[r] == 1] or [r for r in rows if source[r] == 2]
-        out[i] = table["dice"][pick[0]] if pick else 0.0
+        if pick:
+            out[i] = table["dice"][pick[0]]
     return out
 
 
@@ -184,6 +186,19 @@ def select(args, head) -> None:
             rows.append({"ranker": f"mlp h{hidden} e{epochs}", **summary(p, val_t)})
             p.min_score = 0.0
             rows.append({"ranker": f"mlp h{hidden} e{epochs}, no gate", **summary(p, val_t)})
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    class Boosted(RankedPrompter):  # comparison only: scikit-learn trees cannot be saved without pickle
+        def predict(self, features):
+            return np.clip(self.gbm.predict(np.asarray(features, dtype=np.float32)), 0, 1)
+
+    for depth in (3, None):
+        p = Boosted(head, **args.params)
+        p.gbm = HistGradientBoostingRegressor(max_depth=depth, max_iter=300, learning_rate=0.05, random_state=args.seed)
+        p.gbm.fit(train_t["features"], train_t["dice"])
+        p.calibrate(val_t)
+        rows.append({"ranker": f"gbm depth {depth}", **summary(p, val_t)})
+    rows.append({"ranker": "the head's own candidate (no gate)", "mean": float(head_candidate(val_t).mean())})
     for r in rows:
         print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()), flush=True)
     (args.out / "select.json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .._folds import out_of_fold_prompts
 from .._geometry import component_boxes_xyxy, grow_boxes_xyxy, target_at_logits
 from .._registry import register_component
 from .._types import ImageEncoding, Prompts
@@ -447,8 +448,6 @@ class RankedPrompter:
         seed: int = 0,
     ) -> dict[str, np.ndarray]:
         """:meth:`candidate_table` of ``samples``, each image's candidates proposed by a head fitted on the other folds."""
-        from ..training import out_of_fold_prompts
-
         table = self._new_table()
         out_of_fold_prompts(
             lambda part: _CandidateRecorder(self, fit_base(part), segmenter, table), samples, segmenter, folds=folds, seed=seed

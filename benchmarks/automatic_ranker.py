@@ -75,15 +75,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--params", type=json.loads, default={}, help="RankedPrompter proposal parameters (JSON)")
     parser.add_argument("--tag", default="", help="suffix of the table files (a proposal variant)")
-    parser.add_argument("--hidden", type=int, default=32, help="test: the ranker's width (chosen with --stage select)")
-    parser.add_argument("--ranker-epochs", type=int, default=300, help="test: the ranker's epochs")
-    parser.add_argument("--stage", choices=("heads", "table-val", "table-train", "select", "test"), required=True)
+    parser.add_argument("--hidden", type=int, default=16, help="test: the ranker's width (chosen with --stage select)")
+    parser.add_argument("--ranker-epochs", type=int, default=200, help="test: the ranker's epochs")
+    parser.add_argument("--stage", choices=("heads", "table-val", "table-train", "select", "test", "cxr"), required=True)
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     seg = msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(args.cache, max_bytes=12 * 1024**3), decodes=False)
+    if args.stage == "cxr":
+        run_cxr(args, seg)
+        return
     folder = msk.MaskFolder(args.data / "us-busi")
     train, val, test, _, _ = busi_split(folder, args.seed)
     heads = args.out / "heads"
@@ -113,6 +116,33 @@ def main() -> None:
         select(args, head)
     elif args.stage == "test":
         run_test(args, seg, head, folder, test)
+
+
+def run_cxr(args, seg) -> None:
+    """cxr-shenzhen (the split of automatic_hard.py --cxr: 47 training, 12 test images, no validation: lungs are
+    always there, so ``min_score`` stays 0) and cross-dataset on all 13 cxr-montgomery images."""
+    from medsamkit.data import train_val_test_split
+
+    folder = msk.MaskFolder(args.data / "cxr-shenzhen")
+    split = train_val_test_split(folder, val_fraction=0.0, test_fraction=0.2, seed=args.seed)
+    out = args.out / "cxr"
+    (out / "heads").mkdir(parents=True, exist_ok=True)
+    fit = fold_head_fitter(seg, out / "heads", epochs=args.epochs, seed=args.seed)
+    head = fit(folder.subset(split.train))  # the head of all 47 training images
+    start = time.perf_counter()
+    prompter = RankedPrompter(head, **args.params).fit(
+        folder.subset(split.train), segmenter=seg, folds=args.folds, seed=args.seed, fit_base=fit
+    )
+    print(f"ranker fitted on the out-of-fold candidates of {len(split.train)} images in {time.perf_counter() - start:.0f} s")
+    prompter.save(out / "ranked-shenzhen.pt")
+    providers = {"oracle boxes": msk.OracleBoxPrompter(), "embedding head": head, "ranked": prompter}
+    for name, data in (
+        ("shenzhen-test", folder.subset(split.test)),
+        ("montgomery", msk.MaskFolder(args.data / "cxr-montgomery")),
+    ):
+        report = msk.compare_prompters(seg, data, providers, out_dir=out / name, progress=False)
+        print(name)
+        print(report)
 
 
 def load_table(path: Path) -> dict[str, np.ndarray]:

@@ -181,14 +181,14 @@ class RankedPrompter:
         self,
         base: EmbeddingHeadPrompter | None = None,
         *,
-        thresholds: Sequence[float] = (0.3, 0.5, 0.7),
+        thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.5, 0.7),
         relative: Sequence[float] = (0.25, 0.5),
-        max_components: int = 2,
-        scales: Sequence[float] = (-0.08, 0.12),
+        max_components: int = 3,
+        scales: Sequence[float] = (-0.1, 0.15, 0.35),
         dedupe_iou: float = 0.9,
         min_score: float = 0.0,
         mask_threshold: float = 0.5,
-        hidden: int = 32,
+        hidden: int = 16,
     ) -> None:
         if base is not None and not isinstance(base, EmbeddingHeadPrompter):
             raise TypeError(f"base: expected an EmbeddingHeadPrompter (or None: fit one), got {type(base).__name__}")
@@ -454,7 +454,7 @@ class RankedPrompter:
         )
         return self._as_arrays(table)
 
-    def fit_ranker(self, table: dict[str, np.ndarray], *, epochs: int = 300, lr: float = 3e-3, seed: int = 0) -> RankedPrompter:
+    def fit_ranker(self, table: dict[str, np.ndarray], *, epochs: int = 200, lr: float = 3e-3, seed: int = 0) -> RankedPrompter:
         """Train the ranker on a candidate table (predicted Dice, binary cross-entropy against the true Dice)."""
         import torch
 

@@ -11,6 +11,8 @@ Stages (``--stage``), each reusing what the previous ones wrote under ``OUT``:
   out-of-fold head that never saw it -> ``OUT/train_table.npz``;
 * ``select``: rankers trained on the training table, judged on the validation table
   (mean Dice, detected / missed / FP, failure-detection AUROC; nothing decoded);
+* ``diagnose-test`` (after ``test``, to explain it, never to choose): the test images'
+  candidate table, the pool's upper bound and other ``min_score`` values;
 * ``test``: the chosen ranker (``RankedPrompter``: the 550-image head, the ranker,
   ``min_score`` calibrated on validation) saved to ``OUT/ranked.pt`` and evaluated once
   on the 150 test images (``compare_prompters(..., quality=True)``) -> ``OUT/test``.
@@ -77,7 +79,9 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the table files (a proposal variant)")
     parser.add_argument("--hidden", type=int, default=16, help="test: the ranker's width (chosen with --stage select)")
     parser.add_argument("--ranker-epochs", type=int, default=200, help="test: the ranker's epochs")
-    parser.add_argument("--stage", choices=("heads", "table-val", "table-train", "select", "test", "cxr"), required=True)
+    parser.add_argument(
+        "--stage", choices=("heads", "table-val", "table-train", "select", "test", "cxr", "diagnose-test"), required=True
+    )
     args = parser.parse_args()
     import torch
 
@@ -116,6 +120,18 @@ def main() -> None:
         select(args, head)
     elif args.stage == "test":
         run_test(args, seg, head, folder, test)
+    elif args.stage == "diagnose-test":  # after the test run, never to choose anything
+        path = args.out / f"test_table{args.tag}.npz"
+        if not path.is_file():
+            np.savez(path, **RankedPrompter(head, **args.params).candidate_table(folder.subset(test), seg, progress=True))
+        table = load_table(path)
+        prompter = RankedPrompter.load(args.out / "ranked.pt")
+        print(
+            f"test pool upper bound {pool_bound(table):.4f}; the head's own candidate, no gate {head_candidate(table).mean():.4f}"
+        )
+        for t in (0.0, 0.2, 0.3, 0.4, prompter.min_score):
+            prompter.min_score = t
+            print(f"min_score {t:.3f}:", {k: round(v, 4) for k, v in summary(prompter, table).items()})
 
 
 def run_cxr(args, seg) -> None:
@@ -216,6 +232,10 @@ def select(args, head) -> None:
             rows.append({"ranker": f"mlp h{hidden} e{epochs}", **summary(p, val_t)})
             p.min_score = 0.0
             rows.append({"ranker": f"mlp h{hidden} e{epochs}, no gate", **summary(p, val_t)})
+    for seed in (1, 2):  # the spread over the ranker's initialisation
+        p = RankedPrompter(head, hidden=16, **args.params).fit_ranker(train_t, epochs=200, seed=seed)
+        p.calibrate(val_t)
+        rows.append({"ranker": f"mlp h16 e200 seed {seed}", **summary(p, val_t)})
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     class Boosted(RankedPrompter):  # comparison only: scikit-learn trees cannot be saved without pickle

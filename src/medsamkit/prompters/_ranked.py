@@ -165,6 +165,9 @@ class RankedPrompter:
         max_components: Components per threshold, largest first.
         scales: The head's largest box grown by each of these fractions per side
             (negative: shrunk).
+        grid: Boxes independent of the map: for each side ``g`` (a fraction of the
+            image's width and height), a lattice of boxes of that size overlapping by
+            half (``1.0``: the whole image; ``0.5``: 3 x 3 boxes).
         dedupe_iou: A box overlapping an earlier candidate box more than this is dropped.
         min_score: No prompt when the best predicted Dice is below this (``fit(...,
             val=...)`` calibrates it: the value that maximises the validation mean Dice,
@@ -185,6 +188,7 @@ class RankedPrompter:
         relative: Sequence[float] = (0.25, 0.5),
         max_components: int = 3,
         scales: Sequence[float] = (-0.1, 0.15, 0.35),
+        grid: Sequence[float] = (),
         dedupe_iou: float = 0.9,
         min_score: float = 0.0,
         mask_threshold: float = 0.5,
@@ -204,6 +208,10 @@ class RankedPrompter:
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not -0.45 <= s <= 1:
                 raise ValueError(f"scales: expected numbers in [-0.45, 1] (fractions of a box side), got {list(scales)!r}")
         self.scales = tuple(float(s) for s in scales)
+        for g in grid:
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.1 <= g <= 1:
+                raise ValueError(f"grid: expected box sides in [0.1, 1] (fractions of the image side), got {list(grid)!r}")
+        self.grid = tuple(float(g) for g in grid)
         self.dedupe_iou = check_probability(dedupe_iou, name="dedupe_iou")
         self.min_score = check_probability(min_score, name="min_score")
         self.mask_threshold = check_probability(mask_threshold, name="mask_threshold")
@@ -229,6 +237,7 @@ class RankedPrompter:
             "relative": list(self.relative),
             "max_components": self.max_components,
             "scales": list(self.scales),
+            "grid": list(self.grid),
             "dedupe_iou": self.dedupe_iou,
             "min_score": self.min_score,
             "mask_threshold": self.mask_threshold,
@@ -265,6 +274,12 @@ class RankedPrompter:
         first = next((b for b, _ in out if len(b) == 1), None)
         if first is not None:
             out += [(_grown(first, s, (h, w)), f"scale{s:+.2f}") for s in self.scales]
+        for g in self.grid:  # boxes that do not depend on the map: a lesion the head does not see
+            steps = np.linspace(0, 1 - g, max(1, round(2 * (1 - g) / g) + 1)) if g < 1 else np.zeros(1)
+            for y0 in steps:
+                for x0 in steps:
+                    box = np.array([[x0 * w, y0 * h, (x0 + g) * w - 1, (y0 + g) * h - 1]], dtype=np.float32)
+                    out.append((grow_boxes_xyxy(box, 0, (h, w)), "grid"))
         kept: list[tuple[np.ndarray, str]] = []
         for boxes, source in out:
             if len(boxes) == 1 and any(len(k) == 1 and box_iou_xyxy(boxes, k)[0, 0] > self.dedupe_iou for k, _ in kept):
@@ -350,7 +365,10 @@ class RankedPrompter:
                 float(len(boxes)),
                 float(scores[idx].min() - scores.max()),
                 0.0,  # mass share relative to the best candidate's: filled below
-                float(source == "head") + 2 * float(source.startswith("t")) + 3 * float(source == "relative"),
+                float(source == "head")
+                + 2 * float(source.startswith("t"))
+                + 3 * float(source == "relative")
+                + 4 * float(source == "grid"),
             ]
             out.append(Candidate(boxes=boxes, mask=mask, features=np.asarray(features, dtype=np.float32), source=source))
         share = FEATURES.index("map_mass_share")

@@ -25,7 +25,6 @@ Run from the repository root; the embedding cache holds the encodings::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -40,7 +39,7 @@ from medsamkit.prompters import RankedPrompter
 from medsamkit.training import out_of_fold_prompts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from automatic_hard import busi_split  # noqa: E402
+from automatic_hard import benchmark_parser, busi_split, cached_litemedsam  # noqa: E402
 
 
 def stems_digest(samples) -> str:
@@ -65,10 +64,7 @@ def fold_head_fitter(seg, heads: Path, *, epochs: int, seed: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=Path("runs/auto-ranker"))
-    parser.add_argument("--cache", type=Path, default=None, help="embedding cache folder (default: the user cache)")
+    parser = benchmark_parser(__doc__.splitlines()[0], "runs/auto-ranker")
     parser.add_argument(
         "--head", type=Path, default=None, help="a fitted 550-image head (default: fit it, OUT/heads/head-550.pt)"
     )
@@ -87,7 +83,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    seg = msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(args.cache, max_bytes=12 * 1024**3), decodes=False)
+    seg = cached_litemedsam(args.cache)
+    seg.decodes = False  # the candidates' decoder outputs would crowd the shared cache's encodings out
     if args.stage == "cxr":
         run_cxr(args, seg)
         return

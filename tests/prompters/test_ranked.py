@@ -62,6 +62,25 @@ def test_box_iou_by_hand():
     assert box_iou_xyxy(a, b)[0] == pytest.approx([50 / 150, 0.0, 1.0])
 
 
+def test_proposals_by_hand():
+    """One region in the map: its box (thresholds and the peak-relative ones give the same box, dropped as
+    duplicates), the box grown, and with ``grid`` the whole image and a 3 x 3 lattice of half-size boxes."""
+    prob = np.zeros((100, 200), dtype=np.float32)
+    prob[40:60, 50:90] = 0.9
+    plain = RankedPrompter(scales=(0.25,))._proposals(prob, 0.5, 4, 0.0)
+    assert [source for _, source in plain] == ["t0.50", "scale+0.25"]
+    # the region's 40 x 20 box grown by 2% per side, then that 41.6 x 20.8 box by 25% per side
+    assert plain[0][0][0] == pytest.approx([49.2, 39.6, 89.8, 59.4], abs=1e-4)
+    assert plain[1][0][0] == pytest.approx([38.8, 34.4, 100.2, 64.6], abs=1e-4)
+    gridded = RankedPrompter(scales=(), grid=(1.0, 0.5))._proposals(prob, 0.5, 4, 0.0)
+    boxes = [b[0].tolist() for b, source in gridded if source == "grid"]
+    assert len(boxes) == 10 and boxes[0] == [0, 0, 199, 99]
+    assert [0, 0, 99, 49] in boxes and [50, 25, 149, 74] in boxes and [100, 50, 199, 99] in boxes
+    assert RankedPrompter(scales=())._proposals(np.zeros((10, 10), dtype=np.float32), 0.5, 4, 0.0) == []
+    with pytest.raises(ValueError, match="grid"):
+        RankedPrompter(grid=(0.05,))
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """A ranked prompter fitted on 24 small images with and without a blob (2 out-of-fold heads + 1), on a fake

@@ -149,7 +149,7 @@ def test_litemedsam_int8_bad_input(litemedsam, monkeypatch) -> None:
         LiteMedSAM(model=model, precision="int8", calibration=[np.zeros((32, 32)), np.zeros((2, 32, 32, 3))])
     with pytest.raises(ValueError, match="calibration: only used with precision='int8'"):
         LiteMedSAM(model=model, calibration=[np.zeros((32, 32))])
-    with pytest.raises(ValueError, match="precision: expected 'fast' or 'float32'"):
+    with pytest.raises(ValueError, match="precision: expected 'fast', 'float32' or 'int8', got 'int4'"):
         LiteMedSAM(model=model, precision="int4")
     monkeypatch.setattr(_int8, "nncf_available", lambda: False)
     with pytest.raises(ImportError, match=r"precision='int8' needs NNCF and OpenVINO: pip install \"medsamkit\[int8\]\""):

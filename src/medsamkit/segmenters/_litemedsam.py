@@ -167,8 +167,9 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
             raise ValueError("checkpoint: give either checkpoint or model, not both")
         if not isinstance(max_prompts_per_batch, int) or max_prompts_per_batch < 1:
             raise ValueError(f"max_prompts_per_batch: expected a positive int, got {max_prompts_per_batch!r}")
+        if precision not in ("fast", "float32", "int8"):
+            raise ValueError(f"precision: expected 'fast', 'float32' or 'int8', got {precision!r}")
         if precision != "int8":
-            self._check_precision(precision)
             if calibration is not None:
                 raise ValueError(f"calibration: only used with precision='int8', got precision={precision!r}")
         self.device = check_device(device)

@@ -6,6 +6,7 @@ Run from the repository root:
         [--image ../shared/data/volumes/pyradiomics_lung_ct/images/lung2.nii.gz] \
         [--mask ../shared/data/volumes/pyradiomics_lung_ct/masks/lung2.nii.gz] \
         [--prompt box3d] [--window lung] [--precision fast] [--repeat 3] [--slices N] [--compare-threads]
+        [--overlap] [--compare-precision int8]
 
 LiteMedSAM (bundled weights) segments the volume with the given volume prompt
 (drawn from the reference mask) and intensity window:
@@ -23,7 +24,16 @@ encoded slices. Reading the files, the 3D metrics and writing the mask (NIfTI) a
 outside it and timed separately. The no-cache runs also print where the time went
 (encoder, decoder, the rest) for the fastest run. ``--compare-threads`` alternates
 them with runs where torch runs on one thread beside the OpenVINO encoder (decoder
-and upsampling single-threaded) and checks the masks are the same.
+and upsampling single-threaded) and checks the masks are the same. The no-cache
+runs are the sequential slice loop (``overlap=False``); ``--overlap``
+alternates them with ``segment_volume(..., overlap=True)`` runs (the library's
+default for LiteMedSAM) (the next slice
+encoded in a background thread while the current one is decoded) and checks the
+masks are the same bytes. ``--compare-precision int8`` builds a second segmenter
+with that precision and alternates its runs too (with ``--overlap``: with and
+without overlap), so every per-slice figure comes from the same process and load.
+``--precision int8`` / ``--compare-precision int8`` calibrate on the 24 images of
+``benchmarks/bench_precision.py`` (none of them inside lung2's tumour z-range).
 
 ``--slices N`` (box3d only) times the issue's case more closely: one 3D box with the
 tumour's x-y box spanning N slices around the tumour's z-centre (clipped to the
@@ -111,7 +121,9 @@ def main() -> None:
     parser.add_argument("--mask", type=Path, default=DATA / "masks" / "lung2.nii.gz")
     parser.add_argument("--prompt", default="box3d", choices=["oracle", "box3d", "propagate"])
     parser.add_argument("--window", default="lung", help="preset name or LEVEL,WIDTH")
-    parser.add_argument("--precision", default="fast", choices=["fast", "float32"])
+    parser.add_argument("--precision", default="fast", choices=["fast", "float32", "int8"])
+    parser.add_argument("--compare-precision", choices=["fast", "float32", "int8"], help="alternate with a second segmenter")
+    parser.add_argument("--overlap", action="store_true", help="also time segment_volume(..., overlap=True) (alternating)")
     parser.add_argument("--repeat", type=int, default=3, help="no-cache runs (best and median are printed)")
     parser.add_argument("--slices", type=int, default=None, help="box3d: a box spanning N slices around the target")
     parser.add_argument(
@@ -133,26 +145,43 @@ def main() -> None:
         f"volume {args.image.name}: {image.shape} (D, H, W), spacing {image.spacing} mm; prompt {args.prompt} {prompt!r}, "
         f"window {args.window}; read image + mask {read_seconds:.2f} s"
     )
-    segmenter = msk.LiteMedSAM(precision=args.precision)
+    segmenter = _segmenter(args.precision)
     timed = _Timed(segmenter)
     window = parse_window(args.window)
     segmenter.encode(np.zeros((image.shape[1], image.shape[2]), np.uint8))  # build/compile once, not counted
-    print(f"encoder backend {segmenter.encoder_backend}, torch threads {_torch_threads()}")
+    print(f"encoder backend {segmenter.encoder_backend} ({segmenter.model_id}), torch threads {_torch_threads()}")
+    # Extra variants, alternated with the default runs: (name, timed segmenter, overlap, one torch thread).
+    variants: list[tuple[str, _Timed, bool, bool]] = []
+    if args.compare_threads:
+        variants.append(("one torch thread beside OpenVINO", timed, False, True))
+    if args.overlap:
+        variants.append((f"{args.precision} overlap=True", timed, True, False))
+    if args.compare_precision:
+        other = _segmenter(args.compare_precision)
+        other.encode(np.zeros((image.shape[1], image.shape[2]), np.uint8))
+        print(f"compared with {other.encoder_backend} ({other.model_id})")
+        other_timed = _Timed(other)
+        variants.append((args.compare_precision, other_timed, False, False))
+        if args.overlap:
+            variants.append((f"{args.compare_precision} overlap=True", other_timed, True, False))
+    extra: dict[str, list[tuple[float, float, float]]] = {v[0]: [] for v in variants}
+    extra_masks: dict[Any, np.ndarray] = {}
 
     per_slice, results, breakdown = [], [], []
-    one_thread_runs: list[tuple[float, float, float]] = []
     for _ in range(args.repeat):
-        for default in (True, False) if args.compare_threads else (True,):
-            timed.encode_seconds = timed.decode_seconds = 0.0
-            pipe = msk.Pipeline(msk.OracleBoxPrompter(), timed, preprocess=[window])
+        for variant in [("default", timed, False, False), *variants]:
+            name, seg, overlap, one_thread = variant
+            seg.encode_seconds = seg.decode_seconds = 0.0
+            pipe = msk.Pipeline(msk.OracleBoxPrompter(), seg, preprocess=[window])
             with contextlib.ExitStack() as stack:
-                if not default:
+                if one_thread:
                     stack.enter_context(_one_torch_thread())
-                result = segment_volume(pipe, image, _prompt(args, target))
+                result = segment_volume(pipe, image, _prompt(args, target), overlap=overlap)  # the base run: sequential
             n = max(len(result.encoded_slices), 1)
-            if not default:
-                one_thread_runs.append((result.seconds / n, timed.encode_seconds / n, timed.decode_seconds / n))
-                assert np.array_equal(result.mask.array, results[-1][2].mask.array), "thread settings changed the mask"
+            if name != "default":
+                extra[name].append((result.seconds / n, seg.encode_seconds / n, seg.decode_seconds / n))
+                first = extra_masks.setdefault(id(seg), result.mask.array) if seg is not timed else results[-1][2].mask.array
+                assert first.tobytes() == result.mask.array.tobytes(), f"{name}: another mask than the same segmenter's"
                 continue
             per_slice.append(result.seconds / n)
             breakdown.append((timed.encode_seconds / n, timed.decode_seconds / n))
@@ -160,7 +189,7 @@ def main() -> None:
     best = int(np.argmin(per_slice))
     n = len(results[0][2].encoded_slices)
     print(
-        f"no cache   best {results[best][1]:7.2f} s/volume  {n} encoded slices  best {per_slice[best]:6.3f} "
+        f"no cache (sequential loop, overlap=False)\n           best {results[best][1]:7.2f} s/volume  {n} encoded slices  best {per_slice[best]:6.3f} "
         f"median {statistics.median(per_slice):6.3f} s/encoded slice over {args.repeat} run(s): "
         + " ".join(f"{v:.3f}" for v in per_slice)
     )
@@ -169,14 +198,22 @@ def main() -> None:
         f"           per encoded slice (best run): encoder {enc:.3f} s (incl. resize/normalise), "
         f"decoder {dec:.3f} s (incl. upsampling), rest {per_slice[best] - enc - dec:.3f} s"
     )
-    if one_thread_runs:
-        values = [v[0] for v in one_thread_runs]
+    for name, runs in extra.items():
+        values = [v[0] for v in runs]
         i = int(np.argmin(values))
+        ratio = statistics.median(a / b for a, b in zip(per_slice, values, strict=True))
         print(
-            f"one torch thread beside OpenVINO: best {values[i]:6.3f} median {statistics.median(values):6.3f} s/encoded slice: "
+            f"{name}: best {values[i]:6.3f} median {statistics.median(values):6.3f} s/encoded slice: "
             + " ".join(f"{v:.3f}" for v in values)
-            + f"; best run: encoder {one_thread_runs[i][1]:.3f} s, decoder {one_thread_runs[i][2]:.3f} s (same masks, checked)"
+            + f"; best run: encoder {runs[i][1]:.3f} s, decoder {runs[i][2]:.3f} s"
+            + (" (summed over the threads working at once)" if "overlap" in name else "")
+            + "; median speed ratio to the "
+            f"default run beside it {ratio:.2f}x (same masks as the same segmenter's other runs, checked)"
         )
+    if args.compare_precision:
+        other_mask = extra_masks[id(other_timed)]
+        m = volume_metrics(other_mask, target, spacing=image.spacing, nsd_tolerance=2.0)
+        print(f"{args.compare_precision}: Dice {m['dice']:.4f}  NSD(2 mm) {m['nsd']:.4f}  HD95 {m['hd95']:.2f} mm")
     pipe = msk.Pipeline(msk.OracleBoxPrompter(), segmenter, preprocess=[window])
     with tempfile.TemporaryDirectory() as cache_dir:
         for name in ("cold cache", "warm cache"):
@@ -212,6 +249,14 @@ def _one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _segmenter(precision: str) -> Any:
+    if precision != "int8":
+        return msk.LiteMedSAM(precision=precision)  # type: ignore[arg-type]
+    from bench_precision import calibration_images  # this folder is on sys.path when the script runs
+
+    return msk.LiteMedSAM(precision="int8", calibration=calibration_images(DATA.parents[1]))
 
 
 def _torch_threads() -> int:

@@ -110,7 +110,7 @@ def test_float32_switch_is_bit_identical_to_the_reference(litemedsam, float32_se
 
 
 def test_bad_precision(litemedsam) -> None:
-    with pytest.raises(ValueError, match=r"^precision: expected 'fast' or 'float32', got 'bf16'"):
+    with pytest.raises(ValueError, match=r"^precision: expected 'fast', 'float32' or 'int8', got 'bf16'"):
         LiteMedSAM(model=litemedsam.model, precision="bf16")
     with pytest.raises(ValueError, match=r"^precision: "):
         accelerate_encoder(litemedsam.model.image_encoder, precision="float16")

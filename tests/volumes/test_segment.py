@@ -260,3 +260,107 @@ def test_real_auto_prompt_with_a_fitted_embedding_head_on_held_out_slices(liteme
     assert raw.cache_hits == len(slab.array)  # every slice was encoded once, in the first run
     assert np.array_equal(result.mask.array, consistent_3d(raw.mask.array))
     assert ndimage.label(result.mask.array, structure=np.ones((3, 3, 3)))[1] == 1
+
+
+class _HandshakeSegmenter(ThresholdSegmenter):
+    """Decoding a slice waits until the next slice's encoding has started: it finishes only
+    when encoder and decoder really overlap (sequentially it would wait for ever)."""
+
+    def __init__(self, n_slices):
+        super().__init__()
+        import threading
+
+        self.started = [threading.Event() for _ in range(n_slices + 1)]
+        self.encode_threads = []
+        self.n = 0
+
+    def encode(self, image):
+        import threading
+
+        self.encode_threads.append(threading.current_thread().name)
+        if len(self.encode_threads) <= len(self.started):
+            self.started[len(self.encode_threads) - 1].set()
+        return super().encode(image)
+
+    def decode(self, encoding, prompts):
+        i, self.n = self.n, self.n + 1
+        if i + 1 < len(self.started) - 1:
+            assert self.started[i + 1].wait(timeout=60), f"slice {i + 1} was not being encoded while slice {i} decoded"
+        return super().decode(encoding, prompts)
+
+
+@pytest.mark.parametrize("prompt", ["box3d", "oracle"])
+def test_overlap_encodes_the_next_slice_while_decoding_and_gives_the_same_bytes(prompt):
+    vol, mask = _ellipsoid_volume()
+    sequential = segment_volume(_pipe(ThresholdSegmenter()), vol, prompt, target=mask, overlap=False)
+    n = len(sequential.encoded_slices)
+    seg = _HandshakeSegmenter(n)
+    overlapped = segment_volume(_pipe(seg), vol, prompt, target=mask, overlap=True)
+    assert overlapped.mask.array.tobytes() == sequential.mask.array.tobytes()
+    assert overlapped.mask.array.any()
+    assert overlapped.encoded_slices == sequential.encoded_slices
+    assert all(np.array_equal(overlapped.scores[k], sequential.scores[k]) for k in sequential.scores)
+    assert len(seg.encode_threads) == n  # each slice encoded once
+    assert all(name.startswith("medsamkit-encode") for name in seg.encode_threads)
+
+
+def test_overlap_passes_errors_on_and_checks_its_argument():
+    vol, mask = _ellipsoid_volume()
+
+    class Failing(ThresholdSegmenter):
+        def encode(self, image):
+            if self.encode_calls == 3:
+                raise RuntimeError("encoder broke on the fourth slice")
+            return super().encode(image)
+
+    with pytest.raises(RuntimeError, match="encoder broke on the fourth slice"):
+        segment_volume(_pipe(Failing()), vol, "box3d", target=mask, overlap=True)
+    with pytest.raises(TypeError, match="overlap: expected True, False or None, got 'yes'"):
+        segment_volume(_pipe(), vol, "box3d", target=mask, overlap="yes")
+
+
+def test_overlap_with_a_cache_reads_the_same_encodings(tmp_path):
+    vol, mask = _ellipsoid_volume()
+    seg = FakeSegmenter()
+    first = segment_volume(_pipe(seg), vol, "box3d", target=mask, cache=tmp_path / "cache", overlap=True)
+    calls = seg.encode_calls
+    second = segment_volume(_pipe(seg), vol, "box3d", target=mask, cache=tmp_path / "cache", overlap=True)
+    assert seg.encode_calls == calls
+    assert second.cache_hits == len(first.encoded_slices) > 0
+    assert first.mask.array.tobytes() == second.mask.array.tobytes()
+
+
+def test_overlap_is_on_by_default_only_for_segmenters_that_declare_parallel_encoding():
+    import contextlib
+
+    vol, mask = _ellipsoid_volume()
+    plain = _HandshakeSegmenter(0)
+    segment_volume(_pipe(plain), vol, "box3d", target=mask)
+    assert set(plain.encode_threads) == {"MainThread"}  # a custom segmenter: the sequential loop
+
+    class Declaring(_HandshakeSegmenter):
+        entered = 0
+
+        @contextlib.contextmanager
+        def parallel_encoding(self):
+            Declaring.entered += 1
+            yield 1
+
+    seg = Declaring(0)
+    segment_volume(_pipe(seg), vol, "box3d", target=mask)
+    assert Declaring.entered == 1 and all(name.startswith("medsamkit-encode") for name in seg.encode_threads)
+
+
+@pytest.mark.shared_data
+@pytest.mark.real_model
+def test_real_overlap_is_byte_identical_to_the_sequential_loop(litemedsam):
+    """LiteMedSAM's fast encoder in the background thread, its bfloat16 decoder in the caller's."""
+    crop = {"z": slice(15, 26), "y": slice(280, 450), "x": slice(270, 460)}
+    image = read_volume(VOLUMES / "pyradiomics_lung_ct" / "images" / "lung2.nii.gz").crop(**crop)
+    mask = read_volume(VOLUMES / "pyradiomics_lung_ct" / "masks" / "lung2.nii.gz").crop(**crop)
+    pipe = Pipeline(OracleBoxPrompter(), litemedsam, preprocess=[Window.preset("lung")])
+    sequential = segment_volume(pipe, image, "box3d", target=mask, overlap=False)
+    overlapped = segment_volume(pipe, image, "box3d", target=mask)  # on by default for LiteMedSAM
+    assert len(sequential.encoded_slices) == 11
+    assert overlapped.mask.array.tobytes() == sequential.mask.array.tobytes()
+    assert all(np.array_equal(overlapped.scores[k], sequential.scores[k]) for k in sequential.scores)

@@ -9,7 +9,10 @@ Every command that builds a segmenter takes the options of
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .._protocols import PromptProvider, Segmenter
 
@@ -20,6 +23,7 @@ from ._errors import UsageError
 
 __all__ = [
     "build_segmenter",
+    "calibration_images",
     "embedding_cache",
     "in_same_cache",
     "limited_folder",
@@ -40,7 +44,50 @@ def segmenter_params(args: argparse.Namespace) -> dict[str, Any]:
         if args.segmenter == "fake":
             raise UsageError("--precision applies to LiteMedSAM, SAM and HQ-SAM, not to the fake segmenter")
         params["precision"] = args.precision
+    calibration = getattr(args, "calibration", None)
+    if args.precision == "int8":
+        if args.segmenter != "litemedsam":
+            raise UsageError(f"--precision int8: LiteMedSAM only, got --segmenter {args.segmenter}")
+        if calibration is None:
+            raise UsageError("--precision int8: needs --calibration FOLDER_OR_VOLUME (your own images, 16-64 of them)")
+        params["calibration"] = calibration_images(args)
+    elif calibration is not None:
+        raise UsageError("--calibration: only used with --precision int8")
     return params
+
+
+_CALIBRATION_SLICES = 32
+
+
+def calibration_images(args: argparse.Namespace) -> list[Any]:
+    """The images of ``--calibration``: a folder's 2D images, or up to 32 evenly spaced slices of a volume,
+    after the command's intensity steps (``--window``, ``--percentile-clip``, ``--clahe``); file paths when
+    a folder needs no step (so a saved pipeline configuration names them)."""
+    from ..data import IMAGE_SUFFIXES, is_volume_path, read_image, read_volume
+
+    path = Path(args.calibration)
+    steps = _preprocess(args)
+    if not path.exists():
+        raise UsageError(f"--calibration: no such file or folder: {path}")
+    images: list[Any]
+    if is_volume_path(path):
+        array = read_volume(path).array
+        step = max(int(np.ceil(array.shape[0] / _CALIBRATION_SLICES)), 1)
+        images = [array[k] for k in range(0, array.shape[0], step)]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UsageError(
+                f"--calibration: expected a volume or a folder of images ({', '.join(IMAGE_SUFFIXES)}), found none in {path}"
+            )
+        if not steps:
+            return list(files)
+        images = [read_image(f) for f in files]
+    else:
+        raise UsageError(f"--calibration: expected a folder of images or a volume file, got {path}")
+    for step in steps:
+        images = [step(image) for image in images]
+    return images
 
 
 def embedding_cache(args: argparse.Namespace) -> Any:

@@ -61,9 +61,16 @@ def add_segmenter_options(
     parser.add_argument("--checkpoint", type=Path, help=checkpoint_help)
     parser.add_argument(
         "--precision",
-        choices=("fast", "float32"),
-        help="image encoder numerics: fast (bfloat16 where the CPU has it; LiteMedSAM's default) "
-        "or float32 (exact; SAM/HQ-SAM's default)",
+        choices=("fast", "float32", "int8"),
+        help="image encoder numerics: fast (bfloat16 where the CPU has it; LiteMedSAM's default), "
+        "float32 (exact; SAM/HQ-SAM's default) or int8 (LiteMedSAM, opt-in, needs --calibration and "
+        'pip install "medsamkit[int8]")',
+    )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        help="--precision int8: calibration images, a folder of 2D images or a volume (up to 32 of its slices), "
+        "given the same intensity steps (--window ...) as the images to segment",
     )
     if device:
         parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")

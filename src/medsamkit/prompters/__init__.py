@@ -22,6 +22,7 @@ from ._embedding_head import EmbeddingHeadPrompter
 from ._fixed import FixedPrompter
 from ._mean_mask import MeanMaskPointPrompter
 from ._oracle import OracleBoxPrompter, PerturbedBoxPrompter
+from ._ranked import RankedPrompter
 from ._refine import RefinedPrompter
 from ._yolo import YOLOBoxPrompter
 
@@ -34,6 +35,7 @@ __all__ = [
     "MeanMaskPointPrompter",
     "OracleBoxPrompter",
     "PerturbedBoxPrompter",
+    "RankedPrompter",
     "RefinedPrompter",
     "YOLOBoxPrompter",
     "classifier_scores",

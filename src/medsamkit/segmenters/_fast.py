@@ -33,9 +33,11 @@ import copy
 import hashlib
 import importlib.util
 import os
+import queue
 import threading
 import types
 import warnings
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -61,7 +63,7 @@ __all__ = [
 ]
 
 Backend = Literal["auto", "openvino", "torch"]
-EncoderPrecision = Literal["bf16", "fp32"]
+EncoderPrecision = Literal["bf16", "fp32", "int8"]
 
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _IR_FORMAT = 2  # bump when the conversion changes
@@ -191,21 +193,56 @@ class AcceleratedEncoder:
 
     Attributes:
         backend: ``"openvino"``, ``"torch"`` or ``"float32"`` (the original module).
-        precision: ``"bf16"`` or ``"fp32"`` (of the arithmetic actually used).
+        precision: ``"bf16"``, ``"fp32"`` or ``"int8"`` (of the arithmetic actually used).
         tag: Short name of the numerics, ``""`` for the exact reference
-            (``"openvino-bf16"``, ``"openvino-fp32"``, ``"torch-bf16"``); model ids
+            (``"openvino-bf16"``, ``"openvino-fp32"``, ``"torch-bf16"``,
+            ``"openvino-int8-bf16-<calibration digest>"``); model ids
             append it so encodings of different numerics never share a cache key.
     """
 
-    def __init__(self, source: Any, backend: str, precision: str, run: Any, example_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, source: Any, backend: str, precision: str, run: Any, example_shape: tuple[int, ...], tag: str | None = None
+    ) -> None:
         self.source = source
         self.backend = backend
         self.precision = precision
-        self.tag = backend_tag(backend, precision)
+        self.tag = backend_tag(backend, precision) if tag is None else tag
         self.example_shape = example_shape
         self._run = run
         self._lock = threading.Lock()
         self._fingerprint = state_fingerprint(source)
+        self._make_streams = getattr(run, "streams", None)
+        self._free_streams: queue.Queue[Any] | None = None
+        self._n_streams = 0
+        self._parallel_users = 0
+
+    @contextlib.contextmanager
+    def parallel(self, streams: int = 2) -> Iterator[int]:
+        """Within this context, calls may come from up to ``streams`` threads at once.
+
+        Yields how many calls can run at once: ``streams`` for OpenVINO (a second
+        compilation of the same model with ``streams`` streams, built on first use;
+        each stream uses a share of the threads, and its results are bit-identical
+        to the single-request path), 1 otherwise (calls are serialised as always).
+        Encoding several images at once keeps both cores busy on a loaded machine,
+        where one request's threads wait for each other.
+        """
+        if self._make_streams is None or streams < 2:
+            yield 1
+            return
+        with self._lock:
+            if self._free_streams is None or self._n_streams != streams:
+                runs = self._make_streams(streams)
+                free: queue.Queue[Any] = queue.Queue()
+                for run in runs:
+                    free.put(run)
+                self._free_streams, self._n_streams = free, streams
+            self._parallel_users += 1
+        try:
+            yield streams
+        finally:
+            with self._lock:
+                self._parallel_users -= 1
 
     def __repr__(self) -> str:
         return f"AcceleratedEncoder(backend={self.backend!r}, precision={self.precision!r})"
@@ -224,8 +261,17 @@ class AcceleratedEncoder:
     def __call__(self, x: Any) -> Any:
         import torch
 
-        with self._lock, torch.inference_mode():
-            out = self._run(x.float())
+        free = self._free_streams
+        if self._parallel_users and free is not None:
+            run = free.get()
+            try:
+                with torch.inference_mode():
+                    out = run(x.float())
+            finally:
+                free.put(run)
+        else:
+            with self._lock, torch.inference_mode():
+                out = self._run(x.float())
         if isinstance(out, (tuple, list)):  # several outputs (HQ-SAM: embedding, intermediate embedding)
             return tuple(o.float().contiguous() for o in out)
         return out.float().contiguous()
@@ -372,22 +418,27 @@ def _no_openvino_telemetry() -> Any:
             module.tm = original  # type: ignore[attr-defined]
 
 
-def _openvino_model(core: Any, prepared: Any, example: Any) -> Any:
-    """The OpenVINO model of ``prepared``: read from the disk cache, or converted and stored."""
+def _openvino_model(core: Any, prepared: Any, example: Any) -> tuple[Any, str]:
+    """The OpenVINO model of ``prepared`` and its cache key: read from the disk cache, or converted and stored."""
+    key = _ir_key(prepared, tuple(example.shape))
+    return _cached_model(core, key, lambda: _convert_openvino(prepared, example)), key
+
+
+def _cached_model(core: Any, key: str, make: Any) -> Any:
+    """The OpenVINO model stored under ``key`` in :func:`openvino_cache_dir`, or ``make()`` stored there."""
     ov = import_openvino()
 
     folder = openvino_cache_dir()
-    key = _ir_key(prepared, tuple(example.shape))
     xml, weights = folder / f"{key}.xml", folder / f"{key}.bin"
     if xml.is_file() and weights.is_file():
         try:
             model = core.read_model(str(xml))
             os.utime(xml)
             return model
-        except Exception:  # noqa: BLE001 - a damaged entry is converted again
+        except Exception:  # noqa: BLE001 - a damaged entry is made again
             xml.unlink(missing_ok=True)
             weights.unlink(missing_ok=True)
-    model = _convert_openvino(prepared, example)
+    model = make()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{key}.{os.getpid()}.{threading.get_ident()}.xml"
@@ -404,33 +455,60 @@ def _openvino_model(core: Any, prepared: Any, example: Any) -> Any:
     return model
 
 
-def _build_openvino(encoder: Any, precision: str, example: Any, num_threads: int, adapter: Any = None) -> Any:
+def _int8_model(core: Any, model: Any, key: str, calibration: Any) -> Any:
+    """The NNCF int8 quantization of the converted ``model`` (cache key ``key``) with ``calibration``, cached on disk."""
+    from ._int8 import INT8_SCHEME, calibration_digest, import_nncf, quantize_openvino_model
+
+    nncf = import_nncf()
+    digest = hashlib.sha256(f"{key}|int8|{INT8_SCHEME}|nncf={nncf.__version__}|{calibration_digest(calibration)}".encode())
+    return _cached_model(core, digest.hexdigest()[:32], lambda: quantize_openvino_model(model, calibration))
+
+
+def _build_openvino(
+    encoder: Any, precision: str, example: Any, num_threads: int, adapter: Any = None, calibration: Any = None
+) -> Any:
     import numpy as np
     import torch
 
     ov = import_openvino()
     core = ov.Core()
-    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    arithmetic = int8_rest_precision() if precision == "int8" else precision
+    if arithmetic == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         raise RuntimeError("OpenVINO reports no bfloat16 support on this CPU")
     prepared = prepare_encoder(encoder)
-    model = _openvino_model(core, adapter(prepared) if adapter else prepared, example)
+    model, key = _openvino_model(core, adapter(prepared) if adapter else prepared, example)
+    if precision == "int8":
+        model = _int8_model(core, model, key, calibration)
     config = {
-        "INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[precision],  # OpenVINO's spelling
+        "INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[arithmetic],  # OpenVINO's spelling
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": int(num_threads),
     }
     compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
     n_outputs = len(compiled.outputs)
 
-    def run(x: Any) -> Any:
-        request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
-        out = tuple(
-            torch.from_numpy(np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True)) for i in range(n_outputs)
-        )
-        return out if n_outputs > 1 else out[0]
+    def runner(request: Any) -> Any:
+        def run(x: Any) -> Any:
+            request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
+            out = tuple(
+                torch.from_numpy(np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True))
+                for i in range(n_outputs)
+            )
+            return out if n_outputs > 1 else out[0]
 
+        return run
+
+    def streams(n: int) -> list[Any]:
+        """``n`` runs that may be called at once, each on its own OpenVINO stream (same numerics, checked in tests)."""
+        parallel = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": int(n)})
+        runs = [runner(parallel.create_infer_request()) for _ in range(n)]
+        for stream_run in runs:
+            stream_run(example)
+        return runs
+
+    run = runner(compiled.create_infer_request())
     run(example)  # first inference selects kernels
+    run.streams = streams  # type: ignore[attr-defined]
     return run
 
 
@@ -451,8 +529,8 @@ def _build_torch_bf16(encoder: Any, example: Any, adapter: Any = None) -> Any:
 
 
 def _check_choice(precision: str, backend: str) -> None:
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
+    if precision not in ("bf16", "fp32", "int8"):
+        raise ValueError(f"precision: expected 'bf16', 'fp32' or 'int8', got {precision!r}")
     if backend not in ("auto", "openvino", "torch"):
         raise ValueError(f"backend: expected 'auto', 'openvino' or 'torch', got {backend!r}")
 
@@ -462,6 +540,10 @@ def planned_backends(encoder: Any, *, precision: EncoderPrecision = "bf16", back
     (the last one, ``"float32"``, always works). Decided by the device, the CPU's
     bfloat16 support and whether OpenVINO is installed."""
     _check_choice(precision, backend)
+    if precision == "int8":  # opt-in numerics: OpenVINO + NNCF or an error, never another precision
+        if backend == "torch":
+            raise ValueError("precision='int8': runs through OpenVINO only, not backend='torch'")
+        return ["openvino"]
     if not all(p.device.type == "cpu" for p in encoder.parameters()):
         return ["float32"]
     if precision == "bf16" and not bf16_supported():
@@ -477,9 +559,22 @@ def planned_backends(encoder: Any, *, precision: EncoderPrecision = "bf16", back
     return [*names, "float32"]
 
 
-def backend_tag(backend: str, precision: str) -> str:
-    """The model-id suffix of a backend's numerics (``""`` for the exact float32 module)."""
-    return "" if backend == "float32" else f"{backend}-{precision}"
+def backend_tag(backend: str, precision: str, calibration: str = "") -> str:
+    """The model-id suffix of a backend's numerics (``""`` for the exact float32 module).
+
+    For ``precision="int8"``: ``openvino-int8-<bf16|fp32>-<calibration>``, naming the
+    arithmetic of the layers left unquantized and the digest of the calibration set.
+    """
+    if backend == "float32":
+        return ""
+    if precision == "int8":
+        return f"{backend}-int8-{int8_rest_precision()}-{calibration}"
+    return f"{backend}-{precision}"
+
+
+def int8_rest_precision() -> str:
+    """Arithmetic of an int8 encoder's unquantized layers: ``"bf16"`` where the CPU has it, else ``"fp32"``."""
+    return "bf16" if bf16_supported() else "fp32"
 
 
 def accelerate_encoder(
@@ -490,6 +585,7 @@ def accelerate_encoder(
     image_size: int = 256,
     num_threads: int | None = None,
     adapter: Any = None,
+    calibration: Any = None,
 ) -> AcceleratedEncoder:
     """An accelerated CPU version of a SAM-family image encoder (LiteMedSAM's TinyViT, SAM's ViT).
 
@@ -507,6 +603,9 @@ def accelerate_encoder(
         num_threads: Threads for OpenVINO (default: ``torch.get_num_threads()``).
         adapter: Optional ``module -> module`` applied to the prepared copy before it
             is built (e.g. to select some of the encoder's outputs).
+        calibration: ``precision="int8"`` only (and required there): the calibration
+            inputs, ``(N, 3, image_size, image_size)`` float32 as the encoder receives
+            them (see :mod:`medsamkit.segmenters._int8`).
 
     Returns:
         An :class:`AcceleratedEncoder`. If building a backend fails, a warning names
@@ -517,6 +616,19 @@ def accelerate_encoder(
 
     names = planned_backends(encoder, precision=precision, backend=backend)
     shape = (1, 3, image_size, image_size)
+    if precision == "int8":  # opt-in: no fallback to other numerics, errors propagate
+        from ._int8 import calibration_digest, check_calibration_inputs, import_nncf
+
+        if calibration is None:
+            raise ValueError("calibration: precision='int8' needs calibration inputs (N, 3, S, S)")
+        inputs = check_calibration_inputs(calibration, image_size)
+        import_openvino()  # first: OpenVINO's own telemetry off, then NNCF's
+        import_nncf()
+        example = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+        threads = num_threads or torch.get_num_threads()
+        run = _build_openvino(encoder, "int8", example, threads, adapter, calibration=inputs)
+        tag = backend_tag("openvino", "int8", calibration_digest(inputs))
+        return AcceleratedEncoder(encoder, "openvino", "int8", run, shape, tag=tag)
     if names == ["float32"] and precision == "bf16" and backend != "auto" and not bf16_supported():
         warnings.warn(
             "precision='bf16': this CPU has no native bfloat16 (AVX-512 BF16 / AMX); using float32",
@@ -560,6 +672,9 @@ class FastEncoderMixin:
     """Optional ``module -> module`` applied to the prepared encoder copy before it is
     accelerated (HQ-SAM: keep the first intermediate embedding only)."""
 
+    _calibration_inputs: Any = None
+    """``precision="int8"``: the preprocessed calibration inputs ``(N, 3, S, S)`` (set by the host)."""
+
     if TYPE_CHECKING:  # set by the host segmenter
         model: Any
         _base_id: str
@@ -578,15 +693,33 @@ class FastEncoderMixin:
         self.precision = precision
         self._fast: Any = None
         self._encoder_source = self.model.image_encoder
-        self._planned = planned_backends(self._encoder_source, precision="bf16")[0] if precision == "fast" else "float32"
+        if precision in ("fast", "int8"):
+            self._planned = planned_backends(self._encoder_source, precision=self._encoder_precision)[0]
+        else:
+            self._planned = "float32"
         self.model_id = self._model_id_for(self._planned)
 
+    @property
+    def _encoder_precision(self) -> EncoderPrecision:
+        return "int8" if self.precision == "int8" else "bf16"
+
     def _model_id_for(self, backend: str) -> str:
-        tag = backend_tag(backend, "bf16")
+        calibration = ""
+        if self.precision == "int8":
+            from ._int8 import calibration_digest
+
+            calibration = calibration_digest(self._calibration_inputs)
+        tag = backend_tag(backend, self._encoder_precision, calibration)
         return f"{self._base_id}:{tag}" if tag else self._base_id
 
     def _build_fast_encoder(self) -> AcceleratedEncoder:
-        return accelerate_encoder(self._encoder_source, precision="bf16", image_size=self.image_size, adapter=self._fast_adapter)
+        return accelerate_encoder(
+            self._encoder_source,
+            precision=self._encoder_precision,
+            image_size=self.image_size,
+            adapter=self._fast_adapter,
+            calibration=self._calibration_inputs,
+        )
 
     @property
     def encoder_id(self) -> str:
@@ -618,11 +751,23 @@ class FastEncoderMixin:
         rest = self.model_id[len(self._base_id) :] if self.model_id.startswith(self._base_id) else ""
         return f"{family}-encoder:{self._encoder_digest}{rest}"
 
+    @contextlib.contextmanager
+    def parallel_encoding(self, streams: int = 2) -> Iterator[int]:
+        """Within this context ``encode`` may be called from up to the yielded number of
+        threads at once (OpenVINO: ``streams`` streams with bit-identical results; other
+        encoders: 1, calls serialised). Used by ``segment_volume(overlap=True)``."""
+        fast = self._encoder()
+        if fast is None:
+            yield 1
+            return
+        with fast.parallel(streams) as n:
+            yield n
+
     @property
     def encoder_backend(self) -> str:
         """What ``encode`` runs: ``"openvino"``, ``"torch"`` (bfloat16) or ``"float32"``
         (the module itself). Builds the fast encoder if it was not built yet."""
-        if self.precision == "fast" and self._fast is None and self._planned != "float32":
+        if self.precision in ("fast", "int8") and self._fast is None and self._planned != "float32":
             self._encoder()
         return "float32" if self._fast is None else self._fast.backend
 
@@ -639,7 +784,7 @@ class FastEncoderMixin:
         building the planned backend fails, a warning says so, the next one is used
         and ``model_id`` follows it.
         """
-        if self.precision != "fast" or self._planned == "float32":
+        if self.precision not in ("fast", "int8") or self._planned == "float32":
             return None
         if self.model.image_encoder is not self._encoder_source:
             return None

@@ -93,23 +93,72 @@ class VolumeResult:
 class _Runner:
     """Segments single slices of one volume with one pipeline, recording what it did."""
 
-    def __init__(self, pipeline: Any, volume: Volume) -> None:
+    def __init__(self, pipeline: Any, volume: Volume, *, overlap: bool = False) -> None:
         self.pipeline = pipeline
         self.volume = volume
+        self.overlap = overlap
         self.mask = np.zeros(volume.shape, dtype=bool)
         self.result = VolumeResult(mask=volume)
 
-    def run(self, k: int, prompts: Prompts | None = None, target: np.ndarray | None = None) -> np.ndarray:
+    def run(
+        self, k: int, prompts: Prompts | None = None, target: np.ndarray | None = None, *, encoding: Any = None
+    ) -> np.ndarray:
         image = self.volume.array[k]
         if prompts is not None and prompts.n == 0:
             return self.mask[k]
-        out = self.pipeline(image, prompts=prompts, target=target)
+        out = self.pipeline(image, prompts=prompts, target=target, encoding=encoding)
         if out.prompts.n:
             self.result.encoded_slices.append(k)
             self.result.prompts[k] = out.prompts
             self.result.scores[k] = out.scores
         self.mask[k] = out.mask
         return out.mask
+
+    def _encode(self, k: int) -> Any:
+        return self.pipeline.segmenter.encode(self.pipeline.preprocess_image(self.volume.array[k]))
+
+    def run_all(self, slices: list[tuple[int, Prompts]]) -> None:
+        """Segment ``(k, prompts)`` in order, as :meth:`run` one by one.
+
+        With ``overlap``, background threads encode the next slices while slice ``i``
+        is decoded, thresholded and stored: one thread, or as many as the
+        segmenter's ``parallel_encoding()`` allows (LiteMedSAM's OpenVINO encoder:
+        two streams). Every slice is encoded by ``segmenter.encode`` on the same
+        preprocessed image as in the sequential loop, with bit-identical numerics,
+        so the masks are the same bytes.
+        """
+        slices = [(k, p) for k, p in slices if p.n]  # run() skips empty prompts without encoding
+        if not self.overlap or len(slices) < 2:
+            for k, prompts in slices:
+                self.run(k, prompts)
+            return
+        import contextlib
+        from collections import deque
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        parallel = getattr(self.pipeline.segmenter, "parallel_encoding", None)
+        with contextlib.ExitStack() as stack:
+            workers = max(int(stack.enter_context(parallel())), 1) if callable(parallel) else 1
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medsamkit-encode"))
+            pending: deque[Future[Any]] = deque()
+            order = iter(slices)
+
+            def fill() -> None:
+                while len(pending) < workers:
+                    item = next(order, None)
+                    if item is None:
+                        return
+                    pending.append(pool.submit(self._encode, item[0]))
+
+            try:
+                for k, prompts in slices:
+                    fill()
+                    encoding = pending.popleft().result()
+                    fill()  # the encoders keep working while this slice is decoded
+                    self.run(k, prompts, encoding=encoding)
+            finally:
+                for future in pending:
+                    future.cancel()
 
 
 class OracleSliceBoxes:
@@ -130,9 +179,10 @@ class OracleSliceBoxes:
 
     def run(self, runner: _Runner) -> None:
         target = _mask_array(self.target, runner.volume.shape)
-        for k in np.flatnonzero(target.any(axis=(1, 2))):
-            prompts = self.prompter(runner.volume.array[k], target=target[k])
-            runner.run(int(k), prompts)
+        slices = [
+            (int(k), self.prompter(runner.volume.array[k], target=target[k])) for k in np.flatnonzero(target.any(axis=(1, 2)))
+        ]
+        runner.run_all(slices)
 
 
 class Box3D:
@@ -177,8 +227,7 @@ class Box3D:
         if first > last:
             raise ValueError(f"box: z range {z0:g}..{z1:g} lies outside the volume's {depth} slices")
         prompts = Prompts(box_xyxy=np.array([[x0, y0, x1, y1]], dtype=np.float32))
-        for k in range(first, last + 1):
-            runner.run(k, prompts)
+        runner.run_all([(k, prompts) for k in range(first, last + 1)])
 
 
 class Propagate:
@@ -367,6 +416,7 @@ def segment_volume(
     *,
     target: Any = None,
     cache: Any = None,
+    overlap: bool | None = None,
 ) -> VolumeResult:
     """Segment a volume slice by slice.
 
@@ -380,6 +430,14 @@ def segment_volume(
         target: Reference mask volume, for prompts by name that need one.
         cache: An :class:`~medsamkit.EmbeddingCache` or a folder for one: encodings
             are read from and written to it.
+        overlap: Encode the next slices in background threads while the current one
+            is decoded (:class:`OracleSliceBoxes` and :class:`Box3D`, whose slices
+            are known up front; the others run one slice after the other). With
+            LiteMedSAM's OpenVINO encoder two slices are encoded at once, on two
+            OpenVINO streams. The masks are the same bytes as the sequential loop's.
+            None (default): on for segmenters that declare their ``encode`` safe to
+            run beside ``decode`` (``parallel_encoding``: LiteMedSAM, SAM, HQ-SAM),
+            off for others (a custom segmenter may not be thread-safe).
 
     Returns:
         A :class:`VolumeResult`; ``result.mask`` has the input's geometry.
@@ -403,7 +461,11 @@ def segment_volume(
         pipe = pipeline.replace(segmenter=cached)
         pipe._told_normalisation = getattr(pipeline, "_told_normalisation", False)
     hits_before = cached.cache.hits if cached is not None else 0
-    runner = _Runner(pipe, vol)
+    if overlap is None:
+        overlap = callable(getattr(pipeline.segmenter, "parallel_encoding", None))
+    if not isinstance(overlap, bool):
+        raise TypeError(f"overlap: expected True, False or None, got {overlap!r}")
+    runner = _Runner(pipe, vol, overlap=overlap)
     start = time.perf_counter()
     prompt.run(runner)
     runner.result.seconds = time.perf_counter() - start

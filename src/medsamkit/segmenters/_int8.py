@@ -1,0 +1,132 @@
+"""INT8 post-training quantization of an OpenVINO image encoder with NNCF (opt-in).
+
+``precision="int8"`` (:class:`~medsamkit.LiteMedSAM`) quantizes the converted
+encoder's convolutions and matrix multiplications to 8-bit integers with NNCF's
+post-training quantization (``nncf.quantize``): weights per channel, activations
+with ranges measured on a **calibration set**, the user's own images passed
+explicitly. Nothing is bundled and nothing is downloaded; the calibration images
+are reduced to a digest that becomes part of the cache key of the quantized model
+and of the ``model_id``, so encodings quantized with different calibration sets
+never share a cache entry. See ``docs/performance.md`` for speed and Dice.
+
+NNCF is the optional extra ``pip install "medsamkit[int8]"``; it is imported
+lazily, with its usage telemetry off (:func:`import_nncf`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["INT8_SCHEME", "calibration_digest", "import_nncf", "nncf_available", "quantize_openvino_model"]
+
+INT8_SCHEME = "ptq1"
+"""Names the quantization recipe (NNCF options below); part of every int8 cache key."""
+
+_TELEMETRY_MODULES = ("openvino_telemetry", "openvino_telemetry.backend", "openvino_telemetry.backend.backend_ga4")
+_lock = threading.Lock()
+
+
+def nncf_available() -> bool:
+    """True when the ``nncf`` package can be imported."""
+    return importlib.util.find_spec("nncf") is not None
+
+
+def import_nncf() -> Any:
+    """Import NNCF with its usage telemetry off and return the ``nncf`` module.
+
+    NNCF sends usage events through ``openvino-telemetry`` when that package is
+    importable at ``import nncf`` time (``nncf/telemetry/wrapper.py``); without it,
+    NNCF binds its own no-op stub. medsamkit sends nothing anywhere, so while NNCF is
+    first imported ``openvino_telemetry`` is hidden (as in
+    :func:`~medsamkit.segmenters._fast.import_openvino`, which the callers run first
+    so that OpenVINO's converter binds its own stub too).
+
+    Raises:
+        ImportError: If NNCF is not installed (``pip install "medsamkit[int8]"``).
+    """
+    with _lock:
+        if "nncf" in sys.modules and sys.modules["nncf"] is not None:
+            return sys.modules["nncf"]
+        if not nncf_available():
+            raise ImportError("precision='int8' needs NNCF and OpenVINO: pip install \"medsamkit[int8]\"") from None
+        saved = {name: sys.modules.get(name) for name in _TELEMETRY_MODULES}
+        try:
+            for name in _TELEMETRY_MODULES:
+                sys.modules[name] = None  # type: ignore[assignment]  # "import openvino_telemetry" raises ImportError
+            return importlib.import_module("nncf")
+        finally:
+            for name, module in saved.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+
+
+def calibration_digest(inputs: np.ndarray) -> str:
+    """A digest of the preprocessed calibration inputs ``(N, 3, S, S)`` float32 (16 hex digits)."""
+    array = np.ascontiguousarray(inputs, dtype=np.float32)
+    digest = hashlib.sha256(f"{INT8_SCHEME}|{array.shape}|".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_calibration_inputs(inputs: Any, image_size: int) -> np.ndarray:
+    """``inputs`` as a ``(N, 3, S, S)`` float32 array, or ValueError naming ``calibration``."""
+    if isinstance(inputs, np.ndarray):
+        array = inputs
+    elif isinstance(inputs, Sequence) and len(inputs) > 0:
+        array = np.stack([np.asarray(x) for x in inputs])
+    else:
+        raise ValueError(f"calibration: expected a non-empty sequence of images, got {type(inputs).__name__}")
+    expected = (3, image_size, image_size)
+    if array.ndim != 4 or tuple(array.shape[1:]) != expected or array.shape[0] == 0:
+        raise ValueError(
+            f"calibration: expected preprocessed inputs of shape (N, {', '.join(map(str, expected))}), got {array.shape}"
+        )
+    if not np.isfinite(array).all():
+        raise ValueError("calibration: the inputs contain NaN or infinite values")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _quiet_nncf(nncf: Any) -> Any:
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def quantize_openvino_model(model: Any, inputs: np.ndarray) -> Any:
+    """Post-training INT8 quantization of an OpenVINO model with NNCF.
+
+    Args:
+        model: An ``openvino.Model`` (float32) with one input.
+        inputs: Calibration inputs ``(N, 3, S, S)`` float32 (already preprocessed);
+            every one of them is used to measure the activation ranges.
+
+    Returns:
+        The quantized ``openvino.Model`` (weights and activations of convolutions and
+        matrix multiplications in int8, the rest as compiled).
+    """
+    nncf = import_nncf()
+    samples = [inputs[i : i + 1] for i in range(inputs.shape[0])]
+    with _quiet_nncf(nncf):
+        return nncf.quantize(
+            model,
+            nncf.Dataset(samples),
+            subset_size=len(samples),
+            model_type=nncf.ModelType.TRANSFORMER,
+        )

@@ -201,6 +201,7 @@ def run_epochs(
     describe: Callable[[dict[str, Any]], str] | None = None,
     progress: bool = True,
     map_location: Any = "cpu",
+    plot: bool = True,
 ) -> LoopResult:
     """Run epochs ``1..epochs`` (or resume after the last finished one) and keep the best.
 
@@ -220,6 +221,8 @@ def run_epochs(
         describe: The progress line of a row (printed with ``progress``).
         progress: Print a line per epoch.
         map_location: Where ``last.pt``'s tensors go on resume.
+        plot: Redraw ``loss_curve.png`` after every epoch (about a second each; off
+            for short fits whose run folder nobody looks at).
 
     Returns:
         A :class:`LoopResult`; every part holds the best epoch's weights.
@@ -274,7 +277,8 @@ def run_epochs(
             },
         )
         write_history(run_dir, history, columns)
-        save_curve(run_dir, history, **dict(curve or {}))
+        if plot:
+            save_curve(run_dir, history, **dict(curve or {}))
         if progress and describe is not None:
             tqdm.write(describe(row))
 

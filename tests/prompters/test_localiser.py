@@ -234,3 +234,31 @@ def test_learned_prompt_tokens_and_resume_after_the_last_epoch(world, tmp_path):
     again.fit(train, segmenter=world, val=val, epochs=3, patience=0, out_dir=tmp_path)  # resumes: one more epoch
     assert [h["epoch"] for h in again.history] == [1, 2, 3]
     assert again.history[:2] == loc.history
+
+
+@pytest.mark.real_model
+def test_cli_fits_it_on_litemedsam_and_evaluate_uses_it_with_quality(tmp_path, capsys, litemedsam):
+    """fit-prompter --prompter decoder-localiser (stages logged without a progress bar), then evaluate with its state:
+    every image gets a result and a presence term in its quality estimate."""
+    import csv
+
+    from medsamkit.cli import main as cli_main
+    from medsamkit.testing import make_presence_folder
+
+    make_presence_folder(tmp_path / "d", 4, size_hw=(64, 64))
+    state = tmp_path / "loc.pt"
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    args = ["fit-prompter", str(tmp_path / "d"), "--prompter", "decoder-localiser", "--out", str(state)]
+    assert cli_main([*args, "--epochs", "1", "--val-data", str(tmp_path / "d"), "--no-progress", *cache]) == 0
+    captured = capsys.readouterr()
+    assert "decoder localiser: training on 4 embeddings" in captured.err and "epoch 1/1" in captured.err
+    assert msk.DecoderLocaliserPrompter.load(state).encoder_id == litemedsam.encoder_id
+    out = tmp_path / "o"
+    code = cli_main(
+        ["evaluate", str(tmp_path / "d"), "--out", str(out), "--prompter", "decoder-localiser", "--prompter-state", str(state)]
+        + ["--quality", "--no-progress", *cache]
+    )
+    assert code == 0, capsys.readouterr().err
+    with (out / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and not any(r["error"] for r in rows) and all(r["q_presence"] != "" for r in rows)

@@ -403,7 +403,7 @@ class DecoderLocaliserPrompter:
         import torch
         import torch.nn.functional as F
 
-        from ..training import ModulePart, run_epochs
+        from .._epochs import ModulePart, run_epochs
 
         net = self.net
         inputs = [net.no_mask, net.tokens]

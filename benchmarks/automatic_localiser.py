@@ -96,6 +96,20 @@ def failure_table(study: Path) -> None:
             )
 
 
+def coarse_only(seg, folder, stems, path: Path) -> None:
+    """The localiser's own presence-gated coarse mask as the result (no prompted pass): mean / median Dice."""
+    import numpy as np
+
+    loc = msk.DecoderLocaliserPrompter.load(path)
+    dice = []
+    for sample in folder.subset(stems):
+        image, mask = sample.load()
+        enc = seg.encode(image)
+        pred = (loc.probability_map(enc) > loc.threshold) & (loc.presence(enc) >= loc.presence_threshold)
+        dice.append(msk.metrics.dice(pred, mask) if pred.any() or mask.any() else 1.0)
+    print(f"{path.stem}: coarse mask alone, {len(dice)} images: Dice mean {np.mean(dice):.4f}, median {np.median(dice):.4f}")
+
+
 def providers_for(path: Path, name: str) -> dict:
     loc = msk.DecoderLocaliserPrompter.load(path)
     flip = msk.DecoderLocaliserPrompter.load(path, test_flip=True)
@@ -139,6 +153,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test", action="store_true", help="the 150 test images (only for the variant chosen on validation)")
     parser.add_argument("--cxr", action="store_true", help="only the chest X-ray part")
+    parser.add_argument("--coarse", action="store_true", help="only the localiser's coarse mask as the result (validation)")
     parser.add_argument("--table", type=Path, default=None, help="only print the failure-detection table of a study folder")
     args = parser.parse_args()
     if args.table is not None:
@@ -161,6 +176,9 @@ def main() -> None:
         tag = variant if args.n_train is None else f"{variant}-n{len(train)}"
         path = args.out / "fits" / f"{tag}.pt"
         fit_localiser(seg, folder, train, val, path, variant, epochs=args.epochs, seed=args.seed)
+        if args.coarse:
+            coarse_only(seg, folder, val, path)
+            continue
         where, stems = ("test", test) if args.test else ("val", val)
         providers = providers_for(path, tag)
         study = args.out / where / tag

@@ -35,6 +35,21 @@ import medsamkit as msk
 from medsamkit.data import train_val_test_split
 
 
+def benchmark_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The options every issue-13 benchmark takes: ``--data`` (the shared data folder), ``--out``
+    and ``--cache`` (the embedding cache folder)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument("--cache", type=Path, default=None, help="embedding cache folder (default: the user cache)")
+    return parser
+
+
+def cached_litemedsam(cache: Path | None) -> msk.CachedSegmenter:
+    """LiteMedSAM (default fast encoder) behind a 12 GiB embedding cache in ``cache``."""
+    return msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(cache, max_bytes=12 * 1024**3))
+
+
 def busi_split(
     folder: msk.MaskFolder, seed: int = 0, n_val: int = 80
 ) -> tuple[list[str], list[str], list[str], list[str], dict[str, str]]:
@@ -156,10 +171,7 @@ def val_variants(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=Path("runs/auto-hard"))
-    parser.add_argument("--cache", type=Path, default=None, help="embedding cache folder (default: the user cache)")
+    parser = benchmark_parser(__doc__.splitlines()[0], "runs/auto-hard")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--curve", nargs="*", type=int, default=[25, 50, 100, 200, 550])
@@ -175,7 +187,7 @@ def main() -> None:
 
     torch.set_num_threads(1)  # small heads and single-image decodes: threads only wait for each other on a busy machine
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    seg = msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(args.cache, max_bytes=12 * 1024**3))
+    seg = cached_litemedsam(args.cache)
     if args.cxr:
         cxr(args, seg)
         return

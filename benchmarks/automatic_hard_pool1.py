@@ -7,7 +7,6 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -16,17 +15,14 @@ from pathlib import Path
 import medsamkit as msk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from automatic_hard import busi_split  # noqa: E402
+from automatic_hard import benchmark_parser, busi_split, cached_litemedsam  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=Path("runs/auto-ft"))
-    parser.add_argument("--cache", type=Path, default=None)
+    parser = benchmark_parser(__doc__.splitlines()[0], "runs/auto-ft")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    seg = msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(args.cache, max_bytes=12 * 1024**3))
+    seg = cached_litemedsam(args.cache)
     folder = msk.MaskFolder(args.data / "us-busi")
     train, val, _, _, _ = busi_split(folder, 0)
     path = args.out / "heads" / "head-550-pool1.pt"

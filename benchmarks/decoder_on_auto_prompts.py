@@ -46,7 +46,7 @@ from medsamkit.data import train_val_test_split
 from medsamkit.training import finetune, out_of_fold_prompts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from automatic_hard import busi_split  # noqa: E402
+from automatic_hard import benchmark_parser, busi_split, cached_litemedsam  # noqa: E402
 
 
 def load_prompts(path: Path) -> dict[str, msk.Prompts]:
@@ -110,10 +110,7 @@ def setup(args: argparse.Namespace, seg: msk.CachedSegmenter):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=Path("runs/auto-ft"))
-    parser.add_argument("--cache", type=Path, default=None)
+    parser = benchmark_parser(__doc__.splitlines()[0], "runs/auto-ft")
     parser.add_argument("--stage", choices=("oof", "ft-oracle", "ft-auto", "eval"), required=True)
     parser.add_argument("--cxr", action="store_true", help="cxr-shenzhen (and Montgomery cross-dataset) instead of us-busi")
     parser.add_argument("--folds", type=int, default=4)
@@ -133,7 +130,7 @@ def main() -> None:
         args.out = args.out / "cxr"
         args.with_original = True
     args.out.mkdir(parents=True, exist_ok=True)
-    seg = msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(args.cache, max_bytes=12 * 1024**3))
+    seg = cached_litemedsam(args.cache)
     folder, train, val, tests, head = setup(args, seg)
     oof_path = args.out / "oof_prompts.json"
 

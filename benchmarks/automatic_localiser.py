@@ -33,7 +33,7 @@ from pathlib import Path
 import medsamkit as msk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from automatic_hard import busi_split, subset  # noqa: E402
+from automatic_hard import benchmark_parser, busi_split, cached_litemedsam, subset  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     # name: (constructor parameters, fit settings)
@@ -143,10 +143,7 @@ def cxr(args: argparse.Namespace, seg) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=Path("runs/auto-loc"))
-    parser.add_argument("--cache", type=Path, default=None, help="embedding cache folder (default: the user cache)")
+    parser = benchmark_parser(__doc__.splitlines()[0], "runs/auto-loc")
     parser.add_argument("--variants", nargs="+", default=["p2"], choices=sorted(VARIANTS))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--n-train", type=int, default=None, help="a seeded stratified subset of the 550 training images")
@@ -163,7 +160,7 @@ def main() -> None:
 
     torch.set_num_threads(1)  # a shared 2-core machine: threads only wait for each other
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    seg = msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(args.cache, max_bytes=12 * 1024**3))
+    seg = cached_litemedsam(args.cache)
     if args.cxr:
         cxr(args, seg)
         return

@@ -23,7 +23,6 @@ and prints the tables and the failure-detection AUROC per quality column.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import sys
@@ -33,7 +32,14 @@ from pathlib import Path
 import medsamkit as msk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from automatic_hard import benchmark_parser, busi_split, cached_litemedsam, subset  # noqa: E402
+from automatic_hard import (  # noqa: E402
+    benchmark_parser,
+    busi_split,
+    cached_litemedsam,
+    print_failure_detection,
+    print_prompt_counts,
+    subset,
+)
 
 VARIANTS: dict[str, dict] = {
     # name: (constructor parameters, fit settings)
@@ -73,27 +79,8 @@ def failure_table(study: Path) -> None:
     """Failure-detection AUROC per quality column for every provider of a study folder (rows lacking a column left out),
     and how often something was predicted on lesion / normal images."""
     for metrics in sorted(study.glob("*/metrics.csv")):
-        with metrics.open() as handle:
-            rows = list(csv.DictReader(handle))
-        lesion = [r for r in rows if not r["stem"].startswith("normal")]
-        normal = [r for r in rows if r["stem"].startswith("normal")]
-        given = lambda r: int(r["n_prompts"] or 0) > 0  # noqa: E731
-        print(
-            f"{metrics.parent.name}: prompt on {sum(map(given, lesion))}/{len(lesion)} lesion images, "
-            f"none on {sum(not given(r) for r in normal)}/{len(normal)} normal images; "
-            f"lesion images with Dice < 0.5: {sum(float(r['dice']) < 0.5 for r in lesion)}"
-        )
-        for column in msk.evaluation.QUALITY_COLUMNS:
-            kept = [r for r in rows if r.get(column) not in (None, "")]
-            if not kept:
-                continue
-            fd = msk.failure_detection(kept, column=column)
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            print(
-                f"  {column:<10} n {fd['n']:>3}  AUROC Dice<0.8 {fmt(fd.get('auroc_dice_below_0.8'))}  "
-                f"<0.7 {fmt(fd.get('auroc_dice_below_0.7'))}  mean {fmt(fd.get('mean_dice'))}  "
-                f"after review {fmt(fd.get('mean_dice_after_review'))}"
-            )
+        print_prompt_counts(metrics)
+        print_failure_detection(metrics, skip_empty=True)
 
 
 def coarse_only(seg, folder, stems, path: Path) -> None:

@@ -128,6 +128,49 @@ def boxes_from_map(
     return boxes
 
 
+def encoder_mismatch(fitted_encoder_id: str | None, fitted_model_id: str | None, segmenter: Any) -> tuple[Any, Any] | None:
+    """None when ``segmenter`` computes the embedding a provider was fitted on, else ``(fitted, got)`` ids.
+
+    Keys on ``encoder_id`` (the image encoder's weights and numerics: a decoder-only
+    fine-tuned checkpoint keeps it) when both sides have one, else on ``model_id``.
+    """
+    theirs = getattr(segmenter, "encoder_id", None)
+    if fitted_encoder_id is not None and theirs is not None:
+        return None if theirs == fitted_encoder_id else (fitted_encoder_id, theirs)
+    model_id = getattr(segmenter, "model_id", None)
+    return None if model_id == fitted_model_id else (fitted_model_id, model_id)
+
+
+def check_encoding_model(encoding: Any, model_id: str | None, bound_model_ids: set[str], what: str) -> None:
+    """Refuse an encoding of another model than the one ``what`` was fitted on (or bound to)."""
+    if not isinstance(encoding, ImageEncoding):
+        raise TypeError(f"encoding: expected an ImageEncoding, got {type(encoding).__name__}")
+    if encoding.model_id != model_id and encoding.model_id not in bound_model_ids:
+        raise ValueError(
+            f"encoding: the {what} was fitted on embeddings of {model_id!r}, got an encoding of "
+            f"{encoding.model_id!r}; use the same segmenter, or one with the same image encoder "
+            "(bind_segmenter(segmenter) checks it; a Pipeline does so when it is built)"
+        )
+
+
+def loaded_params(
+    allowed: set[str], saved: dict[str, Any], overrides: dict[str, Any], *, shape_params: set[str], path: Path
+) -> dict[str, Any]:
+    """A saved provider's constructor parameters with ``overrides`` applied.
+
+    Raises:
+        TypeError: For a name that is not a parameter (like an unexpected keyword argument).
+        ValueError: For a ``shape_params`` value that contradicts the saved one (it shapes the weights).
+    """
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(allowed)}")
+    for key in shape_params & set(overrides):
+        if saved[key] != overrides[key]:
+            raise ValueError(f"{key}: the saved prompter {path} has {saved[key]!r}, the config {overrides[key]!r}")
+    return {**saved, **overrides}
+
+
 _SHAPE_PARAMS = {"hidden", "arch", "pool"}
 """Parameters that shape the saved weights: ``load`` refuses to change them."""
 
@@ -444,15 +487,10 @@ class EmbeddingHeadPrompter:
             ValueError: If the segmenter's image encoder differs from the fitted one.
         """
         self._check_fitted()
-        theirs = getattr(segmenter, "encoder_id", None)
         model_id = getattr(segmenter, "model_id", None)
-        fitted: str | None
-        got: str | None
-        if self.encoder_id is not None and theirs is not None:
-            same, fitted, got = theirs == self.encoder_id, self.encoder_id, theirs
-        else:  # a head saved before encoder ids, or a segmenter without one
-            same, fitted, got = model_id == self.model_id, self.model_id, model_id
-        if not same:
+        mismatch = encoder_mismatch(self.encoder_id, self.model_id, segmenter)  # model ids for heads saved before encoder ids
+        if mismatch is not None:
+            fitted, got = mismatch
             raise ValueError(
                 f"segmenter: the embedding head was fitted on the image encoder {fitted!r}, but this segmenter's "
                 f"encoder is {got!r}. A decoder-only fine-tuned checkpoint keeps the encoder and works; a different "
@@ -464,14 +502,7 @@ class EmbeddingHeadPrompter:
         self._segmenter = segmenter
 
     def _check_encoding(self, encoding: ImageEncoding) -> None:
-        if not isinstance(encoding, ImageEncoding):
-            raise TypeError(f"encoding: expected an ImageEncoding, got {type(encoding).__name__}")
-        if encoding.model_id != self.model_id and encoding.model_id not in self._bound_model_ids:
-            raise ValueError(
-                f"encoding: the head was fitted on embeddings of {self.model_id!r}, got an encoding of "
-                f"{encoding.model_id!r}; use the same segmenter, or one with the same image encoder "
-                "(bind_segmenter(segmenter) checks it; a Pipeline does so when it is built)"
-            )
+        check_encoding_model(encoding, self.model_id, self._bound_model_ids, "head")
 
     def _low_res_logits(self, encoding: ImageEncoding) -> Any:
         """The head's ``(1, 1, h, w)`` logits over the image area (padding cropped away)."""
@@ -595,14 +626,7 @@ class EmbeddingHeadPrompter:
         except Exception as exc:
             raise ValueError(f"path: {path} is not a saved EmbeddingHeadPrompter ({exc})") from exc
         params = {"arch": "conv3", "pool": 1, "presence_rule": "youden", **meta["params"]}  # heads saved before these
-        allowed = set(cls().params())
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:  # TypeError, like an unexpected keyword argument
-            raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(allowed)}")
-        for key in _SHAPE_PARAMS & set(overrides):
-            if params[key] != overrides[key]:
-                raise ValueError(f"{key}: the saved prompter {path} has {params[key]!r}, the config {overrides[key]!r}")
-        prompter = cls(**{**params, **overrides})
+        prompter = cls(**loaded_params(set(cls().params()), params, overrides, shape_params=_SHAPE_PARAMS, path=path))
         head = _build_head(state["0.weight"].shape[1], prompter.hidden, prompter.arch)
         head.load_state_dict(state)
         head.eval()

@@ -30,7 +30,16 @@ from .._protocols import Segmenter
 from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
-from ._embedding_head import _embedding, _loss, boxes_from_map, embedding_dataset, presence_threshold_for
+from ._embedding_head import (
+    _embedding,
+    _loss,
+    boxes_from_map,
+    check_encoding_model,
+    embedding_dataset,
+    encoder_mismatch,
+    loaded_params,
+    presence_threshold_for,
+)
 
 __all__ = ["DecoderLocaliserPrompter"]
 
@@ -516,14 +525,9 @@ class DecoderLocaliserPrompter:
         """
         self._check_fitted()
         model_id = getattr(segmenter, "model_id", None)
-        theirs = getattr(segmenter, "encoder_id", None)
-        fitted: str | None
-        got: str | None
-        if self.encoder_id is not None and theirs is not None:
-            fitted, got = self.encoder_id, theirs
-        else:
-            fitted, got = self.model_id, model_id
-        if fitted != got:
+        mismatch = encoder_mismatch(self.encoder_id, self.model_id, segmenter)
+        if mismatch is not None:
+            fitted, got = mismatch
             raise ValueError(
                 f"segmenter: the decoder localiser was fitted on the image encoder {fitted!r}, this segmenter's is "
                 f"{got!r}; fit it again on this segmenter (medsamkit fit-prompter ... --prompter decoder-localiser)"
@@ -538,13 +542,7 @@ class DecoderLocaliserPrompter:
         import torch.nn.functional as F
 
         self._check_fitted()
-        if not isinstance(encoding, ImageEncoding):
-            raise TypeError(f"encoding: expected an ImageEncoding, got {type(encoding).__name__}")
-        if encoding.model_id != self.model_id and encoding.model_id not in self._bound_model_ids:
-            raise ValueError(
-                f"encoding: the localiser was fitted on embeddings of {self.model_id!r}, got an encoding of "
-                f"{encoding.model_id!r}; use that segmenter (bind_segmenter checks one with the same image encoder)"
-            )
+        check_encoding_model(encoding, self.model_id, self._bound_model_ids, "localiser")
         emb = _embedding(encoding.features).detach().float().cpu()
         emb = F.avg_pool2d(emb, self.pool) if self.pool > 1 else emb
         with torch.inference_mode():
@@ -654,14 +652,7 @@ class DecoderLocaliserPrompter:
         except Exception as exc:
             raise ValueError(f"path: {path} is not a saved DecoderLocaliserPrompter ({exc})") from exc
         allowed = set(cls().params())
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(allowed)}")
-        params = meta["params"]
-        for key in _SHAPE_PARAMS & set(overrides):
-            if params[key] != overrides[key]:
-                raise ValueError(f"{key}: the saved prompter {path} has {params[key]!r}, the config {overrides[key]!r}")
-        prompter = cls(**{**params, **overrides})
+        prompter = cls(**loaded_params(allowed, meta["params"], overrides, shape_params=_SHAPE_PARAMS, path=path))
         net = _localiser_net(_build_decoder(meta["arch"]), state["image_pe"], state["no_mask"], state["tokens"])
         net.load_state_dict(state)
         net.eval()

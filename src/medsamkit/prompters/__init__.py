@@ -23,6 +23,7 @@ from ._fixed import FixedPrompter
 from ._localiser import DecoderLocaliserPrompter
 from ._mean_mask import MeanMaskPointPrompter
 from ._oracle import OracleBoxPrompter, PerturbedBoxPrompter
+from ._ranked import RankedPrompter
 from ._refine import RefinedPrompter
 from ._yolo import YOLOBoxPrompter
 
@@ -36,6 +37,7 @@ __all__ = [
     "MeanMaskPointPrompter",
     "OracleBoxPrompter",
     "PerturbedBoxPrompter",
+    "RankedPrompter",
     "RefinedPrompter",
     "YOLOBoxPrompter",
     "classifier_scores",

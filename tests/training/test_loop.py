@@ -62,7 +62,7 @@ def test_sammix_refuses_a_planted_last_pt_without_running_it(litemedsam, presenc
 # ---------------------------------------------------------------------------------------
 
 
-def _tiny_run(run_dir, epochs, scores, patience=0):
+def _tiny_run(run_dir, epochs, scores, patience=0, plot=True):
     """A linear layer 'trained' by run_epochs; ``scores[epoch - 1]`` is each epoch's validation Dice."""
     from medsamkit.training._loop import ModulePart, run_epochs
 
@@ -90,6 +90,7 @@ def _tiny_run(run_dir, epochs, scores, patience=0):
         score_fn=lambda row: row["val_dice"],
         columns=("epoch", "train_loss", "val_dice", "seconds"),
         progress=False,
+        plot=plot,
     )
     return loop, layer, calls
 
@@ -103,6 +104,12 @@ def test_best_epoch_is_kept_and_patience_stops(tmp_path):
         torch.testing.assert_close(value, loop.best_states["layer"][key])
     assert (tmp_path / "run" / "history.csv").read_text().count("\n") == 5
     assert (tmp_path / "run" / "loss_curve.png").is_file()
+
+
+def test_plot_off_keeps_history_and_state_but_draws_no_curve(tmp_path):
+    _tiny_run(tmp_path / "run", 2, [0.5, 0.6], plot=False)
+    assert (tmp_path / "run" / "history.csv").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    assert not (tmp_path / "run" / "loss_curve.png").exists()
 
 
 def test_resume_continues_after_the_last_epoch_and_matches_a_straight_run(tmp_path):

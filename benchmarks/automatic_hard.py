@@ -118,37 +118,53 @@ def cxr(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
         print(report)
 
 
+def _rows(metrics: Path) -> list[dict[str, str]]:
+    import csv
+
+    with metrics.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def print_prompt_counts(metrics: Path) -> None:
+    """How often a provider's study folder predicted something (lesion / normal images), lesion images below Dice 0.5."""
+    rows = _rows(metrics)
+    lesion = [r for r in rows if not r["stem"].startswith("normal")]
+    normal = [r for r in rows if r["stem"].startswith("normal")]
+    given = lambda r: int(r["n_prompts"] or 0) > 0  # noqa: E731
+    print(
+        f"{metrics.parent.name}: prompt on {sum(map(given, lesion))}/{len(lesion)} lesion images, "
+        f"none on {sum(not given(r) for r in normal)}/{len(normal)} normal images; "
+        f"lesion images with Dice < 0.5: {sum(float(r['dice']) < 0.5 for r in lesion)}"
+    )
+
+
+def print_failure_detection(metrics: Path, *, skip_empty: bool = False) -> None:
+    """Failure detection per quality column of one metrics.csv (rows lacking a column left out; ``skip_empty``:
+    columns no row has are not printed)."""
+    rows = _rows(metrics)
+    for column in msk.evaluation.QUALITY_COLUMNS:
+        kept = [r for r in rows if r.get(column) not in (None, "")]
+        if skip_empty and not kept:
+            continue
+        fd = msk.failure_detection(kept, column=column)
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        print(
+            f"  {column:<10} n {fd['n']:>3}  AUROC Dice<0.8 {fmt(fd.get('auroc_dice_below_0.8'))}  "
+            f"<0.7 {fmt(fd.get('auroc_dice_below_0.7'))}  mean {fmt(fd.get('mean_dice'))}  "
+            f"after review {fmt(fd.get('mean_dice_after_review'))}"
+        )
+
+
 def quality_table(out: Path) -> None:
     """Failure detection per quality column for every provider of ``OUT/study-quality`` (rows lacking a column left out),
     and per provider of ``OUT/study``: how often something was predicted (sensitivity on lesion images, specificity on
     normal ones) and how many lesion images stay below Dice 0.5."""
-    import csv
-
     for metrics in sorted((out / "study").glob("*/metrics.csv")):
-        with metrics.open() as handle:
-            rows = list(csv.DictReader(handle))
-        lesion = [r for r in rows if not r["stem"].startswith("normal")]
-        normal = [r for r in rows if r["stem"].startswith("normal")]
-        given = lambda r: int(r["n_prompts"] or 0) > 0  # noqa: E731
-        print(
-            f"{metrics.parent.name}: prompt on {sum(map(given, lesion))}/{len(lesion)} lesion images, "
-            f"none on {sum(not given(r) for r in normal)}/{len(normal)} normal images; "
-            f"lesion images with Dice < 0.5: {sum(float(r['dice']) < 0.5 for r in lesion)}"
-        )
+        print_prompt_counts(metrics)
 
     for metrics in sorted((out / "study-quality").glob("*/metrics.csv")):
-        with metrics.open() as handle:
-            rows = list(csv.DictReader(handle))
         print(metrics.parent.name)
-        for column in msk.evaluation.QUALITY_COLUMNS:
-            kept = [r for r in rows if r.get(column) not in (None, "")]
-            fd = msk.failure_detection(kept, column=column)
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            print(
-                f"  {column:<10} n {fd['n']:>3}  AUROC Dice<0.8 {fmt(fd.get('auroc_dice_below_0.8'))}  "
-                f"<0.7 {fmt(fd.get('auroc_dice_below_0.7'))}  mean {fmt(fd.get('mean_dice'))}  "
-                f"after review {fmt(fd.get('mean_dice_after_review'))}"
-            )
+        print_failure_detection(metrics)
 
 
 def val_variants(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:

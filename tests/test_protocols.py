@@ -84,7 +84,14 @@ def test_every_registered_prompter_class_has_the_provider_contract():
 
 
 def test_every_learned_prompter_has_the_one_fit_signature():
-    assert sorted(fittable_prompters()) == ["cam-box", "embedding-head", "mean-mask-points", "ranked", "yolo-box"]
+    assert sorted(fittable_prompters()) == [
+        "cam-box",
+        "decoder-localiser",
+        "embedding-head",
+        "mean-mask-points",
+        "ranked",
+        "yolo-box",
+    ]
     for name, component in fittable_prompters().items():
         cls = component.cls
         fit = inspect.signature(cls.fit).parameters

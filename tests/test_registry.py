@@ -26,6 +26,7 @@ from medsamkit.testing import FakeSegmenter
 def test_registered_names():
     assert sorted(PROMPTERS) == [
         "cam-box",
+        "decoder-localiser",
         "embedding-head",
         "fixed",
         "mean-mask-points",
@@ -52,7 +53,7 @@ def test_registered_names():
 def test_unknown_prompter_lists_valid_names():
     with pytest.raises(
         ValueError,
-        match=r"^prompter: expected one of \['cam-box', 'embedding-head', 'fixed', 'mean-mask-points', 'oracle-box', 'perturbed-box', 'ranked', 'refined', 'yolo-box'\], got 'oracel-box'",
+        match=r"^prompter: expected one of \['cam-box', 'decoder-localiser', 'embedding-head', 'fixed', 'mean-mask-points', 'oracle-box', 'perturbed-box', 'ranked', 'refined', 'yolo-box'\], got 'oracel-box'",
     ):
         build_prompter("oracel-box")
 
@@ -197,7 +198,14 @@ class TestRegistration:
         monkeypatch.setattr(_registry, "_NAMES_OF", dict(_registry._NAMES_OF))
 
     def test_fittable_prompters_are_the_learned_ones(self):
-        assert sorted(fittable_prompters()) == ["cam-box", "embedding-head", "mean-mask-points", "ranked", "yolo-box"]
+        assert sorted(fittable_prompters()) == [
+            "cam-box",
+            "decoder-localiser",
+            "embedding-head",
+            "mean-mask-points",
+            "ranked",
+            "yolo-box",
+        ]
         assert all(component.fitted for component in fittable_prompters().values())
         assert not components("prompter")["oracle-box"].fitted
 

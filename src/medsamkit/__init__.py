@@ -46,6 +46,7 @@ _EXPORTS = {
     "MeanMaskPointPrompter": ".prompters",
     "FixedPrompter": ".prompters",
     "EmbeddingHeadPrompter": ".prompters",
+    "DecoderLocaliserPrompter": ".prompters",
     "RefinedPrompter": ".prompters",
     "BoxesWithPointsPrompter": ".prompters",
     "YOLOBoxPrompter": ".prompters",
@@ -173,6 +174,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .prompters import (
         BoxesWithPointsPrompter,
         CAMBoxPrompter,
+        DecoderLocaliserPrompter,
         EmbeddingHeadPrompter,
         FixedPrompter,
         MeanMaskPointPrompter,

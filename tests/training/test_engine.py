@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import medsamkit as msk
+from medsamkit import _epochs
 from medsamkit._cache import CachedSegmenter, EmbeddingCache
 from medsamkit.testing import FakeSegmenter
-from medsamkit.training import FinetuneConfig, _engine, _loop, finetune
+from medsamkit.training import FinetuneConfig, _engine, finetune
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster (conftest)
 
@@ -102,18 +103,18 @@ def test_each_image_is_encoded_once(litemedsam, small_cxr, points, tmp_path, mon
 def test_interrupted_run_resumes_after_the_last_finished_epoch(seg, small_cxr, points, tmp_path, monkeypatch):
     train, val = small_cxr
     kwargs = dict(out_dir=tmp_path / "run", prompter=points, epochs=2, patience=0, progress=False)
-    real_curve = _loop.save_curve
+    real_curve = _epochs.save_curve
 
     def stop_after_first_epoch(run_dir, history, **kwargs):
         real_curve(run_dir, history, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_loop, "save_curve", stop_after_first_epoch)
+    monkeypatch.setattr(_epochs, "save_curve", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         finetune(seg, train[:3], val[:1], **kwargs)
     first = json.loads(json.dumps(torch.load(tmp_path / "run" / "last.pt", weights_only=True)["history"]))
     assert [h["epoch"] for h in first] == [1]
-    monkeypatch.setattr(_loop, "save_curve", real_curve)
+    monkeypatch.setattr(_epochs, "save_curve", real_curve)
     result = finetune(seg, train[:3], val[:1], **kwargs)
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.history[0] == first[0]

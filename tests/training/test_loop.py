@@ -64,7 +64,7 @@ def test_sammix_refuses_a_planted_last_pt_without_running_it(litemedsam, presenc
 # ---------------------------------------------------------------------------------------
 
 
-def _tiny_run(run_dir, epochs, scores, patience=0):
+def _tiny_run(run_dir, epochs, scores, patience=0, plot=True):
     """A linear layer 'trained' by run_epochs; ``scores[epoch - 1]`` is each epoch's validation Dice."""
     from medsamkit.training._loop import ModulePart, run_epochs
 
@@ -92,6 +92,7 @@ def _tiny_run(run_dir, epochs, scores, patience=0):
         score_fn=lambda row: row["val_dice"],
         columns=("epoch", "train_loss", "val_dice", "seconds"),
         progress=False,
+        plot=plot,
     )
     return loop, layer, calls
 
@@ -122,6 +123,12 @@ def test_loss_curve_is_drawn(tmp_path):
     save_curve(tmp_path, history)
     picture = cv2.imread(str(tmp_path / "loss_curve.png"))
     assert picture.shape == (440, 770, 3) and (picture < 128).any()  # lines and text, not a blank page
+
+
+def test_plot_off_keeps_history_and_state_but_draws_no_curve(tmp_path):
+    _tiny_run(tmp_path / "run", 2, [0.5, 0.6], plot=False)
+    assert (tmp_path / "run" / "history.csv").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    assert not (tmp_path / "run" / "loss_curve.png").exists()
 
 
 def test_resume_continues_after_the_last_epoch_and_matches_a_straight_run(tmp_path):

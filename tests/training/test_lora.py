@@ -20,13 +20,12 @@ import torch
 from _tiny_sam import tiny_sam_model
 
 import medsamkit as msk
-from medsamkit import Prompts
+from medsamkit import Prompts, _epochs
 from medsamkit.segmenters import _sam
 from medsamkit.segmenters._sam import HQSAM, SAM
 from medsamkit.training import (
     FinetuneConfig,
     _engine,
-    _loop,
     apply_lora,
     finetune,
     has_lora,
@@ -249,13 +248,13 @@ def test_lora_with_the_decoder_resumes_after_an_interruption(litemedsam, exact, 
         progress=False,
     )
     before = {k: v.clone() for k, v in litemedsam.model.state_dict().items()}
-    real_curve = _loop.save_curve
+    real_curve = _epochs.save_curve
 
     def stop_after_first_epoch(run_dir, history, **kwargs):
         real_curve(run_dir, history, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_loop, "save_curve", stop_after_first_epoch)
+    monkeypatch.setattr(_epochs, "save_curve", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         finetune(litemedsam, train[:1], None, **kwargs)
     assert not has_lora(litemedsam.model)  # put back even when interrupted
@@ -263,7 +262,7 @@ def test_lora_with_the_decoder_resumes_after_an_interruption(litemedsam, exact, 
     assert [h["epoch"] for h in state["history"]] == [1]
     assert any(k.startswith("mask_decoder.") for k in state["parts"]["trainable"])
     assert any("lora_A" in k for k in state["parts"]["trainable"])
-    monkeypatch.setattr(_loop, "save_curve", real_curve)
+    monkeypatch.setattr(_epochs, "save_curve", real_curve)
     result = finetune(litemedsam, train[:1], None, **kwargs)
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.history[0] == json.loads(json.dumps(state["history"][0]))

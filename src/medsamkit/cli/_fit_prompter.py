@@ -21,7 +21,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     fp.add_argument("--prompter", choices=fittable_prompter_choices(), required=True, help="provider to fit")
     fp.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to save it (use with --prompter-state FILE)")
     fp.add_argument(
-        "--epochs", type=int, help="training epochs (default: the provider's: embedding-head 40, yolo-box 100, cam-box 40)"
+        "--epochs",
+        type=int,
+        help="training epochs (default: the provider's: embedding-head 40, decoder-localiser 8, yolo-box 100, cam-box 40)",
     )
     fp.add_argument("--imgsz", type=int, default=640, help="yolo-box: training and prediction image size (default: 640)")
     fp.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -29,9 +31,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--val-data",
         type=Path,
         metavar="VAL_DIR",
-        help="validation folder (embedding-head: with and without the target, to calibrate the presence threshold on)",
+        help="validation folder (embedding-head, decoder-localiser: with and without the target, to calibrate the presence "
+        "threshold on; decoder-localiser: also the best epoch)",
     )
-    fp.add_argument("--flip", action="store_true", help="embedding-head: also train on mirrored images (encodes twice)")
+    fp.add_argument(
+        "--flip", action="store_true", help="embedding-head, decoder-localiser: also train on mirrored images (encodes twice)"
+    )
     add_segmenter_options(fp, segmenter_help="embedding-head: whose embedding to read (default: litemedsam)")
     fp.add_argument("--limit", type=int, help="only the first N images in sorted order")
     add_progress_option(fp)

@@ -20,6 +20,7 @@ from ._cam import (
 from ._combined import BoxesWithPointsPrompter
 from ._embedding_head import EmbeddingHeadPrompter
 from ._fixed import FixedPrompter
+from ._localiser import DecoderLocaliserPrompter
 from ._mean_mask import MeanMaskPointPrompter
 from ._oracle import OracleBoxPrompter, PerturbedBoxPrompter
 from ._ranked import RankedPrompter
@@ -30,6 +31,7 @@ __all__ = [
     "CAM_METHODS",
     "BoxesWithPointsPrompter",
     "CAMBoxPrompter",
+    "DecoderLocaliserPrompter",
     "EmbeddingHeadPrompter",
     "FixedPrompter",
     "MeanMaskPointPrompter",

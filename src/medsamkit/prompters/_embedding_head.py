@@ -53,6 +53,124 @@ def _embedding(features: Any) -> Any:
     return features
 
 
+def embedding_dataset(
+    segmenter: Any, samples: Sequence[Any], *, pool: int = 1, flip: bool = False, target_scale: int = 1, progress: bool = False
+) -> tuple[Any, Any]:
+    """Encode image/mask samples once: the training data of a model on the segmenter's embedding.
+
+    Returns ``(x, y)``: ``(N, C, h, w)`` float16 embeddings (average-pooled by ``pool``;
+    half the memory, trained in float32) and ``(N, 1, s, s)`` float32 targets in the
+    embedding's frame at ``target_scale`` times its side (:func:`target_at_logits`).
+    With ``flip`` every image is also mirrored left-right and encoded (``N`` = 2 x
+    the samples; wrap the segmenter in a ``CachedSegmenter`` to encode once across fits).
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    image_size = segmenter.image_size
+    embeddings, targets = [], []
+    for sample in tqdm(samples, desc="encode", unit="img", disable=not progress):
+        image, mask = sample.load()
+        for view in range(2 if flip else 1):
+            if view:
+                image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+            enc = segmenter.encode(image)
+            emb = _embedding(enc.features).detach().float().cpu()
+            emb = F.avg_pool2d(emb, pool) if pool > 1 else emb
+            embeddings.append(emb[0].to(torch.float16))
+            targets.append(target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1] * target_scale))
+    return torch.stack(embeddings), torch.stack(targets)
+
+
+def presence_threshold_for(values: Any, labels: Any, *, rule: str = "accuracy") -> float | None:
+    """The presence threshold that best separates images with the target (``labels`` True) from those without.
+
+    ``rule="accuracy"`` maximises the share of right decisions (every image counts
+    once, as in a mean Dice), ``"youden"`` sensitivity + specificity. The threshold
+    lies midway between the chosen image score and the next lower one (less brittle
+    than one image's exact value). None without images of both kinds.
+    """
+    s, y = np.asarray(values, dtype=np.float64), np.asarray(labels, dtype=bool)
+    if y.all() or not y.any():
+        return None
+    best, best_score = 0.0, -np.inf
+    for t in np.unique(np.concatenate([[0.0], s])):
+        if rule == "youden":
+            score = (s[y] >= t).mean() + (s[~y] < t).mean()
+        else:  # accuracy: every image counts once, as in a mean Dice over the images
+            score = ((s >= t) == y).mean()
+        if score > best_score + 1e-12:
+            best, best_score = float(t), score
+    lower = s[s < best]
+    return float((best + lower.max()) / 2) if len(lower) else best
+
+
+def boxes_from_map(
+    prob: np.ndarray, *, threshold: float, min_area_fraction: float, max_boxes: int, margin_fraction: float
+) -> np.ndarray:
+    """``(K, 4)`` boxes around the regions of a ``(H, W)`` probability map above ``threshold``.
+
+    Each 8-connected region larger than ``min_area_fraction`` of the map gets a box
+    (the largest ``max_boxes``), grown by ``margin_fraction`` of its side per side and
+    clipped to the map.
+    """
+    region = prob > threshold
+    h, w = region.shape
+    min_area = max(1, int(min_area_fraction * h * w))
+    boxes = component_boxes_xyxy(region, min_area=min_area, keep_largest=False)[:max_boxes]
+    if len(boxes) and margin_fraction:
+        size = boxes[:, 2:] - boxes[:, :2] + 1
+        grown = boxes.copy()
+        grown[:, :2] -= margin_fraction * size
+        grown[:, 2:] += margin_fraction * size
+        boxes = grow_boxes_xyxy(grown, 0, (h, w))
+    return boxes
+
+
+def encoder_mismatch(fitted_encoder_id: str | None, fitted_model_id: str | None, segmenter: Any) -> tuple[Any, Any] | None:
+    """None when ``segmenter`` computes the embedding a provider was fitted on, else ``(fitted, got)`` ids.
+
+    Keys on ``encoder_id`` (the image encoder's weights and numerics: a decoder-only
+    fine-tuned checkpoint keeps it) when both sides have one, else on ``model_id``.
+    """
+    theirs = getattr(segmenter, "encoder_id", None)
+    if fitted_encoder_id is not None and theirs is not None:
+        return None if theirs == fitted_encoder_id else (fitted_encoder_id, theirs)
+    model_id = getattr(segmenter, "model_id", None)
+    return None if model_id == fitted_model_id else (fitted_model_id, model_id)
+
+
+def check_encoding_model(encoding: Any, model_id: str | None, bound_model_ids: set[str], what: str) -> None:
+    """Refuse an encoding of another model than the one ``what`` was fitted on (or bound to)."""
+    if not isinstance(encoding, ImageEncoding):
+        raise TypeError(f"encoding: expected an ImageEncoding, got {type(encoding).__name__}")
+    if encoding.model_id != model_id and encoding.model_id not in bound_model_ids:
+        raise ValueError(
+            f"encoding: the {what} was fitted on embeddings of {model_id!r}, got an encoding of "
+            f"{encoding.model_id!r}; use the same segmenter, or one with the same image encoder "
+            "(bind_segmenter(segmenter) checks it; a Pipeline does so when it is built)"
+        )
+
+
+def loaded_params(
+    allowed: set[str], saved: dict[str, Any], overrides: dict[str, Any], *, shape_params: set[str], path: Path
+) -> dict[str, Any]:
+    """A saved provider's constructor parameters with ``overrides`` applied.
+
+    Raises:
+        TypeError: For a name that is not a parameter (like an unexpected keyword argument).
+        ValueError: For a ``shape_params`` value that contradicts the saved one (it shapes the weights).
+    """
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(allowed)}")
+    for key in shape_params & set(overrides):
+        if saved[key] != overrides[key]:
+            raise ValueError(f"{key}: the saved prompter {path} has {saved[key]!r}, the config {overrides[key]!r}")
+    return {**saved, **overrides}
+
+
 _SHAPE_PARAMS = {"hidden", "arch", "pool"}
 """Parameters that shape the saved weights: ``load`` refuses to change them."""
 
@@ -237,7 +355,6 @@ class EmbeddingHeadPrompter:
             self.
         """
         import torch
-        from tqdm.auto import tqdm
 
         if hasattr(samples, "encode") and hasattr(samples, "model_id"):
             raise TypeError(
@@ -253,20 +370,8 @@ class EmbeddingHeadPrompter:
         image_size = getattr(segmenter, "image_size", None)
         if not isinstance(image_size, int):
             raise TypeError(f"segmenter: expected a SAM-family segmenter with image_size, got {type(segmenter).__name__}")
-        n_views = 2 if flip else 1
         _log.info("embedding head: encoding %d training images%s", len(samples), " and their mirror images" if flip else "")
-        embeddings, targets = [], []
-        for sample in tqdm(samples, desc="encode", unit="img", disable=not progress):
-            image, mask = sample.load()
-            for view in range(n_views):
-                if view:
-                    image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
-                enc = segmenter.encode(image)
-                emb = self._pooled(_embedding(enc.features).detach().float().cpu())
-                embeddings.append(emb[0].to(torch.float16))  # half the memory; trained in float32
-                targets.append(target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1]))
-        x_all, y_all = torch.stack(embeddings), torch.stack(targets)
-        del embeddings, targets
+        x_all, y_all = embedding_dataset(segmenter, samples, pool=self.pool, flip=flip, progress=progress)
         torch.manual_seed(seed)
         head = _build_head(x_all.shape[1], self.hidden, self.arch)
         _log.info("embedding head: training on %d embeddings, %d epochs", len(x_all), epochs)
@@ -340,22 +445,12 @@ class EmbeddingHeadPrompter:
             labels.append(bool(np.asarray(mask).any()))
         s, y = np.asarray(values, dtype=np.float64), np.asarray(labels)
         result: dict[str, float] = {"n_target": int(y.sum()), "n_empty": int((~y).sum())}
-        if y.all() or not y.any():
+        threshold = presence_threshold_for(s, y, rule=self.presence_rule)
+        if threshold is None:
             result["threshold"] = self.presence_threshold
             self.presence_calibration = result
             return result
-        candidates = np.unique(np.concatenate([[0.0], s]))
-        best, best_score = 0.0, -np.inf
-        for t in candidates:
-            if self.presence_rule == "youden":
-                score = (s[y] >= t).mean() + (s[~y] < t).mean()
-            else:  # accuracy: every image counts once, as in a mean Dice over the images
-                score = ((s >= t) == y).mean()
-            if score > best_score + 1e-12:
-                best, best_score = float(t), score
-        # midway to the next lower score: less brittle than the exact value of one image
-        lower = s[s < best]
-        self.presence_threshold = float((best + lower.max()) / 2) if len(lower) else best
+        self.presence_threshold = threshold
         result.update(
             threshold=self.presence_threshold,
             sensitivity=float((s[y] >= self.presence_threshold).mean()),
@@ -392,15 +487,10 @@ class EmbeddingHeadPrompter:
             ValueError: If the segmenter's image encoder differs from the fitted one.
         """
         self._check_fitted()
-        theirs = getattr(segmenter, "encoder_id", None)
         model_id = getattr(segmenter, "model_id", None)
-        fitted: str | None
-        got: str | None
-        if self.encoder_id is not None and theirs is not None:
-            same, fitted, got = theirs == self.encoder_id, self.encoder_id, theirs
-        else:  # a head saved before encoder ids, or a segmenter without one
-            same, fitted, got = model_id == self.model_id, self.model_id, model_id
-        if not same:
+        mismatch = encoder_mismatch(self.encoder_id, self.model_id, segmenter)  # model ids for heads saved before encoder ids
+        if mismatch is not None:
+            fitted, got = mismatch
             raise ValueError(
                 f"segmenter: the embedding head was fitted on the image encoder {fitted!r}, but this segmenter's "
                 f"encoder is {got!r}. A decoder-only fine-tuned checkpoint keeps the encoder and works; a different "
@@ -412,14 +502,7 @@ class EmbeddingHeadPrompter:
         self._segmenter = segmenter
 
     def _check_encoding(self, encoding: ImageEncoding) -> None:
-        if not isinstance(encoding, ImageEncoding):
-            raise TypeError(f"encoding: expected an ImageEncoding, got {type(encoding).__name__}")
-        if encoding.model_id != self.model_id and encoding.model_id not in self._bound_model_ids:
-            raise ValueError(
-                f"encoding: the head was fitted on embeddings of {self.model_id!r}, got an encoding of "
-                f"{encoding.model_id!r}; use the same segmenter, or one with the same image encoder "
-                "(bind_segmenter(segmenter) checks it; a Pipeline does so when it is built)"
-            )
+        check_encoding_model(encoding, self.model_id, self._bound_model_ids, "head")
 
     def _low_res_logits(self, encoding: ImageEncoding) -> Any:
         """The head's ``(1, 1, h, w)`` logits over the image area (padding cropped away)."""
@@ -479,17 +562,13 @@ class EmbeddingHeadPrompter:
         logits = self._flip_averaged_logits(image, encoding) if self.test_flip else self._low_res_logits(encoding)
         if float(logits.max().sigmoid()) < self.presence_threshold:
             return Prompts.empty()
-        prob = self._probability_map(logits, encoding)
-        region = prob > self.threshold
-        h, w = region.shape
-        min_area = max(1, int(self.min_area_fraction * h * w))
-        boxes = component_boxes_xyxy(region, min_area=min_area, keep_largest=False)[: self.max_boxes]
-        if len(boxes) and self.margin_fraction:
-            size = boxes[:, 2:] - boxes[:, :2] + 1
-            grown = boxes.copy()
-            grown[:, :2] -= self.margin_fraction * size
-            grown[:, 2:] += self.margin_fraction * size
-            boxes = grow_boxes_xyxy(grown, 0, (h, w))
+        boxes = boxes_from_map(
+            self._probability_map(logits, encoding),
+            threshold=self.threshold,
+            min_area_fraction=self.min_area_fraction,
+            max_boxes=self.max_boxes,
+            margin_fraction=self.margin_fraction,
+        )
         return Prompts(box_xyxy=boxes)
 
     def save(self, path: str | Path) -> Path:
@@ -547,14 +626,7 @@ class EmbeddingHeadPrompter:
         except Exception as exc:
             raise ValueError(f"path: {path} is not a saved EmbeddingHeadPrompter ({exc})") from exc
         params = {"arch": "conv3", "pool": 1, "presence_rule": "youden", **meta["params"]}  # heads saved before these
-        allowed = set(cls().params())
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:  # TypeError, like an unexpected keyword argument
-            raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(allowed)}")
-        for key in _SHAPE_PARAMS & set(overrides):
-            if params[key] != overrides[key]:
-                raise ValueError(f"{key}: the saved prompter {path} has {params[key]!r}, the config {overrides[key]!r}")
-        prompter = cls(**{**params, **overrides})
+        prompter = cls(**loaded_params(set(cls().params()), params, overrides, shape_params=_SHAPE_PARAMS, path=path))
         head = _build_head(state["0.weight"].shape[1], prompter.hidden, prompter.arch)
         head.load_state_dict(state)
         head.eval()

@@ -1,8 +1,10 @@
 """Fine-tuning SAM-family segmenters: decoder-only or LoRA training, threshold sweep, k-fold cross-validation,
-SAM-Mix (classifier + CAM-prompted segmenter trained together) and its two-stage baseline SAM-PP."""
+SAM-Mix (classifier + CAM-prompted segmenter trained together) and its two-stage baseline SAM-PP; the shared
+epoch loop (:func:`run_epochs`: history, best epoch, patience, resumable ``last.pt``) for other trained parts."""
 
 from ._crossval import CROSSVAL_PROMPTERS, CROSSVAL_SETTINGS, CrossvalResult, crossval
 from ._engine import FinetuneConfig, FinetuneResult, finetune, sweep_thresholds
+from ._loop import LoopResult, ModulePart, run_epochs
 from ._lora import (
     LORA_FILE,
     apply_lora,
@@ -24,6 +26,8 @@ __all__ = [
     "CrossvalResult",
     "FinetuneConfig",
     "FinetuneResult",
+    "LoopResult",
+    "ModulePart",
     "SAMMixConfig",
     "SAMMixResult",
     "apply_lora",
@@ -38,6 +42,7 @@ __all__ = [
     "out_of_fold_prompts",
     "pick_labelled",
     "read_lora",
+    "run_epochs",
     "save_lora",
     "sweep_thresholds",
     "unload_lora",

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 import medsamkit as msk
-from medsamkit import FittablePrompter, LowResDecoder, PromptProvider, Prompts, Segmenter, TrainableSegmenter, prompts_for
+from medsamkit import (
+    FittablePrompter,
+    LowResDecoder,
+    ParallelEncoder,
+    PromptProvider,
+    Prompts,
+    Segmenter,
+    TrainableSegmenter,
+    prompts_for,
+)
 from medsamkit._registry import components, fittable_prompters
 from medsamkit._types import ImageEncoding
 from medsamkit.testing import FakeSegmenter
@@ -111,11 +120,13 @@ def test_runtime_checks_of_the_protocols():
     fake = FakeSegmenter()
     assert isinstance(fake, Segmenter)
     assert not isinstance(fake, TrainableSegmenter) and not isinstance(fake, LowResDecoder)
+    assert not isinstance(fake, ParallelEncoder)
 
 
 @pytest.mark.real_model
 def test_the_sam_family_is_trainable_and_decode_cacheable(litemedsam, tmp_path):
     assert isinstance(litemedsam, TrainableSegmenter) and isinstance(litemedsam, LowResDecoder)
+    assert isinstance(litemedsam, ParallelEncoder)
     cached = msk.CachedSegmenter(litemedsam, tmp_path)
     assert isinstance(cached, Segmenter)
 

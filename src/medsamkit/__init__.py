@@ -29,6 +29,7 @@ _EXPORTS = {
     "Segmenter": "._protocols",
     "TrainableSegmenter": "._protocols",
     "LowResDecoder": "._protocols",
+    "ParallelEncoder": "._protocols",
     "prompts_for": "._protocols",
     # pipeline
     "Pipeline": "._pipeline",
@@ -135,6 +136,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._protocols import (
         FittablePrompter,
         LowResDecoder,
+        ParallelEncoder,
         PromptProvider,
         Segmenter,
         TrainableSegmenter,

@@ -13,6 +13,7 @@ Anything with these methods plugs in; nothing has to inherit from a medsamkit cl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "FittablePrompter",
     "LowResDecoder",
+    "ParallelEncoder",
     "PromptProvider",
     "Segmenter",
     "TrainableSegmenter",
@@ -126,6 +128,22 @@ class LowResDecoder(Segmenter, Protocol):
 
     def decoder_digest(self) -> str:
         """A digest of the weights that turn an encoding and prompts into logits."""
+        ...
+
+
+@runtime_checkable
+class ParallelEncoder(Segmenter, Protocol):
+    """A segmenter whose ``encode`` may run in several threads at once, beside ``decode``.
+
+    ``segment_volume(..., overlap=True)`` encodes the next slices in background threads
+    while the current one is decoded; with a segmenter offering this capability it uses
+    as many threads as the context yields (LiteMedSAM's OpenVINO encoder: two streams),
+    otherwise one.
+    """
+
+    def parallel_encoding(self) -> AbstractContextManager[int]:
+        """A context within which ``encode`` may be called from up to the yielded number of
+        threads at once, with the same results as one call after the other."""
         ...
 
 

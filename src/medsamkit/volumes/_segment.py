@@ -136,9 +136,13 @@ class _Runner:
         from collections import deque
         from concurrent.futures import Future, ThreadPoolExecutor
 
-        parallel = getattr(self.pipeline.segmenter, "parallel_encoding", None)
+        from .._protocols import ParallelEncoder
+
+        segmenter = self.pipeline.segmenter
         with contextlib.ExitStack() as stack:
-            workers = max(int(stack.enter_context(parallel())), 1) if callable(parallel) else 1
+            workers = (
+                max(int(stack.enter_context(segmenter.parallel_encoding())), 1) if isinstance(segmenter, ParallelEncoder) else 1
+            )
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medsamkit-encode"))
             pending: deque[Future[Any]] = deque()
             order = iter(slices)
@@ -416,7 +420,7 @@ def segment_volume(
     *,
     target: Any = None,
     cache: Any = None,
-    overlap: bool | None = None,
+    overlap: bool = False,
 ) -> VolumeResult:
     """Segment a volume slice by slice.
 
@@ -435,9 +439,11 @@ def segment_volume(
             are known up front; the others run one slice after the other). With
             LiteMedSAM's OpenVINO encoder two slices are encoded at once, on two
             OpenVINO streams. The masks are the same bytes as the sequential loop's.
-            None (default): on for segmenters that declare their ``encode`` safe to
-            run beside ``decode`` (``parallel_encoding``: LiteMedSAM, SAM, HQ-SAM),
-            off for others (a custom segmenter may not be thread-safe).
+            Off by default: on a quiet 2-core machine it is slower (0.40 vs 0.35 s per
+            encoded slice, docs/results.md); it pays where cores are spare or the
+            machine is shared. Only for segmenters whose ``encode`` may run beside
+            ``decode`` in another thread (:class:`~medsamkit.ParallelEncoder`, or
+            thread-safe custom ones).
 
     Returns:
         A :class:`VolumeResult`; ``result.mask`` has the input's geometry.
@@ -461,10 +467,8 @@ def segment_volume(
         pipe = pipeline.replace(segmenter=cached)
         pipe._told_normalisation = getattr(pipeline, "_told_normalisation", False)
     hits_before = cached.cache.hits if cached is not None else 0
-    if overlap is None:
-        overlap = callable(getattr(pipeline.segmenter, "parallel_encoding", None))
     if not isinstance(overlap, bool):
-        raise TypeError(f"overlap: expected True, False or None, got {overlap!r}")
+        raise TypeError(f"overlap: expected True or False, got {overlap!r}")
     runner = _Runner(pipe, vol, overlap=overlap)
     start = time.perf_counter()
     prompt.run(runner)

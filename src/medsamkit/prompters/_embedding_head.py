@@ -29,7 +29,7 @@ __all__ = ["EmbeddingHeadPrompter"]
 _log = logging.getLogger("medsamkit")
 
 
-def _loss(logits: Any, target: Any) -> Any:
+def map_loss(logits: Any, target: Any) -> Any:
     """Binary cross-entropy plus soft Dice per image (an empty target pushes the map to zero)."""
     import torch.nn.functional as F
 
@@ -39,7 +39,21 @@ def _loss(logits: Any, target: Any) -> Any:
     return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
 
 
-def _embedding(features: Any) -> Any:
+def save_tensor_file(path: str | Path, tensors: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write ``tensors`` (tensors or state dicts) and ``meta`` (as JSON) to one ``.pt`` file,
+    atomically: what the learned prompters save, loadable with ``torch.load(weights_only=True)``."""
+    import torch
+
+    from ..data import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save({**tensors, "meta": json.dumps(meta)}, buffer)
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def embedding_of(features: Any) -> Any:
     """The ``(1, C, h, w)`` image embedding inside an encoding's features."""
     import torch
 
@@ -76,7 +90,7 @@ def embedding_dataset(
             if view:
                 image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
             enc = segmenter.encode(image)
-            emb = _embedding(enc.features).detach().float().cpu()
+            emb = embedding_of(enc.features).detach().float().cpu()
             emb = F.avg_pool2d(emb, pool) if pool > 1 else emb
             embeddings.append(emb[0].to(torch.float16))
             targets.append(target_at_logits(mask, enc.input_size_hw, image_size, emb.shape[-1] * target_scale))
@@ -410,7 +424,7 @@ class EmbeddingHeadPrompter:
             for index in np.array_split(rng.permutation(len(x_all)), steps):
                 x, y = x_all[index].float(), y_all[index]
                 logits = head(x)
-                loss = _loss(logits, y)
+                loss = map_loss(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -510,7 +524,7 @@ class EmbeddingHeadPrompter:
 
         self._check_fitted()
         self._check_encoding(encoding)
-        emb = self._pooled(_embedding(encoding.features).detach().float().cpu())
+        emb = self._pooled(embedding_of(encoding.features).detach().float().cpu())
         with torch.inference_mode():
             logits = self.head(emb)
         scale = logits.shape[-1] / self.image_size
@@ -573,31 +587,16 @@ class EmbeddingHeadPrompter:
 
     def save(self, path: str | Path) -> Path:
         """Save the head, its parameters and the segmenter's model id (``.pt``), atomically."""
-        import torch
-
-        from ..data import atomic_write_bytes
-
         self._check_fitted()
-        buffer = io.BytesIO()
-        torch.save(
-            {
-                "head": self.head.state_dict(),
-                "meta": json.dumps(
-                    {
-                        "params": self.params(),
-                        "model_id": self.model_id,
-                        "encoder_id": self.encoder_id,
-                        "image_size": self.image_size,
-                        "history": self.history,
-                        "presence_calibration": self.presence_calibration,
-                    }
-                ),
-            },
-            buffer,
-        )
-        path = Path(path)
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
+        meta = {
+            "params": self.params(),
+            "model_id": self.model_id,
+            "encoder_id": self.encoder_id,
+            "image_size": self.image_size,
+            "history": self.history,
+            "presence_calibration": self.presence_calibration,
+        }
+        return save_tensor_file(path, {"head": self.head.state_dict()}, meta)
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> EmbeddingHeadPrompter:

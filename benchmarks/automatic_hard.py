@@ -228,6 +228,41 @@ def flip_train(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
     print(report)
 
 
+def cam_embedding(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
+    """CAM boxes from a presence classifier on the segmenter's embedding (``CAMBoxPrompter(backbone="embedding")``),
+    fitted on the 550 training images (image-level labels only; best epoch by validation loss), against the 550-image
+    head on the 80 validation images. ``--test VARIANT`` runs one of them on the test split."""
+    from medsamkit.prompters import CAMBoxPrompter
+
+    folder = msk.MaskFolder(args.data / "us-busi")
+    train, val, test, _, _ = busi_split(folder, args.seed)
+    heads_dir = args.out / "heads"
+    heads_dir.mkdir(parents=True, exist_ok=True)
+    head = fit_head(seg, folder, train, val, heads_dir / f"head-{len(train)}.pt", epochs=args.epochs, seed=args.seed)
+    path = heads_dir / f"cam-embedding-{len(train)}.pt"
+    if path.is_file():
+        cam = CAMBoxPrompter.load(path)
+    else:
+        start = time.perf_counter()
+        cam = CAMBoxPrompter(backbone="embedding").fit(
+            folder.subset(train), segmenter=seg, val=folder.subset(val), epochs=args.epochs, seed=args.seed, progress=True
+        )
+        cam.save(path)
+        print(f"  {path.name}: fitted in {time.perf_counter() - start:.0f} s; best epoch {cam.train_info['best_epoch']}")
+    for row in cam.history:
+        print(
+            f"  epoch {row['epoch']}: loss {row['loss']:.4f}, val loss {row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.3f}"
+        )
+    variants = {"head": head, "CAM boxes, embedding classifier": cam}
+    if args.test is None:
+        print(msk.compare_prompters(seg, folder.subset(val), variants, out_dir=args.out / "val-cam-embedding", progress=False))
+        return
+    if args.test not in variants:
+        raise SystemExit(f"--test: expected one of {sorted(variants)}, got {args.test!r}")
+    chosen = {args.test: variants[args.test]}
+    print(msk.compare_prompters(seg, folder.subset(test), chosen, out_dir=args.out / "test-cam-embedding", progress=False))
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__.splitlines()[0], "runs/auto-hard")
     parser.add_argument("--epochs", type=int, default=40)
@@ -243,10 +278,15 @@ def main() -> None:
         help="only flip augmentation in training: the 550-image head fitted with flip=True vs the plain one, on validation",
     )
     parser.add_argument(
+        "--cam-embedding",
+        action="store_true",
+        help="only CAM boxes of a presence classifier on the segmenter's embedding vs the head, on validation",
+    )
+    parser.add_argument(
         "--test",
         default=None,
         metavar="VARIANT",
-        help="with --flip-train: the variant chosen on validation, run on the test split",
+        help="with --flip-train or --cam-embedding: the variant chosen on validation, run on the test split",
     )
     args = parser.parse_args()
     if args.quality_table:
@@ -265,6 +305,9 @@ def main() -> None:
         return
     if args.flip_train:
         flip_train(args, seg)
+        return
+    if args.cam_embedding:
+        cam_embedding(args, seg)
         return
     folder = msk.MaskFolder(args.data / "us-busi")
     train, val, test_stems, pool, labels = busi_split(folder, args.seed)

@@ -386,6 +386,28 @@ def test_embedding_backbone_needs_decoder_mode_and_cnn_records_stay_as_before(ti
     assert SAMMixConfig(backbone="embedding").record()["backbone"] == "embedding"
 
 
+@pytest.mark.parametrize(("extra", "method"), [([], "fit_sammix"), (["--two-stage"], "fit_sam_pp")])
+def test_cli_backbone_reaches_the_training_call(tmp_path, monkeypatch, capsys, extra, method):
+    from medsamkit import training
+
+    calls = []
+
+    def stop(segmenter, train, val, **kwargs):
+        calls.append(kwargs)
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr(training, method, stop)
+    data = _folder(tmp_path / "data", 6, 0)
+    base = ["sammix", str(data.root), "--segmenter", "fake", "--no-cache", "--no-progress", *extra]
+    assert main([*base, "--out", str(tmp_path / "a"), "--backbone", "embedding", "--mode", "decoder"]) == 2
+    assert main([*base, "--out", str(tmp_path / "b")]) == 2
+    assert calls[0]["backbone"] == "embedding" and calls[0]["mode"] == "decoder"
+    assert "backbone" not in calls[1]  # the default: nothing new in the settings, earlier run folders resume
+    assert "stopped before training" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(tmp_path / "c"), "--backbone", "resnet"])
+
+
 # ---------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------

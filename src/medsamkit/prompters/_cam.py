@@ -160,6 +160,22 @@ def _pooled_embedding(features: Any, pool: int) -> Any:
     return F.avg_pool2d(emb, pool) if pool > 1 else emb
 
 
+def _image_and_mask(sample: Any, i: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The checked ``(image, mask)`` of a sample with ``load()`` or of an ``(image, mask)`` pair."""
+    if hasattr(sample, "load"):
+        image, mask = sample.load()
+    else:
+        try:
+            image, mask = sample
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name}[{i}]: expected a sample with load() -> (image, mask) or an (image, mask) pair, "
+                f"got {type(sample).__name__}"
+            ) from None
+    image = as_image(image, name=f"{name}[{i}] image")
+    return image, as_mask(mask, name=f"{name}[{i}] mask", size_hw=image.shape[:2])
+
+
 def embedding_presence_arrays(segmenter: Any, samples: Sequence[Any], *, pool: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """The ``"embedding"`` backbone's training data: ``(N, C, h, w)`` float16 embeddings (average-pooled by
     ``pool``; half the memory, trained in float32) and ``(N,)`` presence labels (mask non-empty).
@@ -168,18 +184,7 @@ def embedding_presence_arrays(segmenter: Any, samples: Sequence[Any], *, pool: i
     """
     images, labels = [], []
     for i, sample in enumerate(samples):
-        if hasattr(sample, "load"):
-            image, mask = sample.load()
-        else:
-            try:
-                image, mask = sample
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"{name}[{i}]: expected a sample with load() -> (image, mask) or an (image, mask) pair, "
-                    f"got {type(sample).__name__}"
-                ) from None
-        image = as_image(image, name=f"{name}[{i}] image")
-        mask = as_mask(mask, name=f"{name}[{i}] mask", size_hw=image.shape[:2])
+        image, mask = _image_and_mask(sample, i, name)
         images.append(_pooled_embedding(segmenter.encode(image).features, pool)[0].numpy().astype(np.float16))
         labels.append(float(mask.any()))
     return np.stack(images), np.asarray(labels, dtype=np.float32)
@@ -189,18 +194,7 @@ def presence_arrays(samples: Sequence[Any], size: int, *, name: str) -> tuple[np
     """Preprocessed images ``(N, size, size)`` and presence labels ``(N,)`` (mask non-empty)."""
     images, labels = [], []
     for i, sample in enumerate(samples):
-        if hasattr(sample, "load"):
-            image, mask = sample.load()
-        else:
-            try:
-                image, mask = sample
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"{name}[{i}]: expected a sample with load() -> (image, mask) or an (image, mask) pair, "
-                    f"got {type(sample).__name__}"
-                ) from None
-        image = as_image(image, name=f"{name}[{i}] image")
-        mask = as_mask(mask, name=f"{name}[{i}] mask", size_hw=image.shape[:2])
+        image, mask = _image_and_mask(sample, i, name)
         images.append(_to_input(image, size))
         labels.append(float(mask.any()))
     return np.stack(images), np.asarray(labels, dtype=np.float32)

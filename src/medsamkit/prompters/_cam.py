@@ -35,6 +35,7 @@ __all__ = [
     "CAM_BACKBONES",
     "CAM_METHODS",
     "CAMBoxPrompter",
+    "classifier_arrays",
     "classifier_scores",
     "classifier_step",
     "embedding_presence_arrays",
@@ -221,6 +222,20 @@ def _augment(batch: Any, rng: np.random.Generator, *, shift: float, intensity: f
         which = torch.as_tensor(rng.random(n) < 0.5)
         out = torch.where(which.view(n, 1, 1, 1), out.flip(-1), out)
     return out
+
+
+def classifier_arrays(
+    samples: Sequence[Any], *, backbone: str, input_size: int, pool: int, segmenter: Any = None, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's inputs for ``backbone`` and the presence labels ``(N,)``.
+
+    ``"cnn"``: ``(N, 1, S, S)`` float32 images in ``[0, 1]`` (:func:`presence_arrays`);
+    ``"embedding"``: ``(N, C, h, w)`` float16 embeddings of ``segmenter`` (:func:`embedding_presence_arrays`).
+    """
+    if backbone == "embedding":
+        return embedding_presence_arrays(segmenter, samples, pool=pool, name=name)
+    x, y = presence_arrays(samples, input_size, name=name)
+    return x[:, None], y
 
 
 # Pieces of the presence classifier's training, public: CAMBoxPrompter.fit and SAM-Mix's
@@ -536,27 +551,19 @@ class CAMBoxPrompter:
                     f"whose embedding it reads>, got {type(segmenter).__name__}"
                 )
         start = time.perf_counter()
-        if embedding:
-            x_np, y_np = embedding_presence_arrays(segmenter, samples, pool=self.pool, name="samples")
-        else:
-            x_np, y_np = presence_arrays(samples, self.input_size, name="samples")
+        inputs = {"backbone": self.backbone, "input_size": self.input_size, "pool": self.pool, "segmenter": segmenter}
+        x_np, y_np = classifier_arrays(samples, name="samples", **inputs)
         if y_np.min() == y_np.max():
             kind = "non-empty" if y_np[0] else "empty"
             raise ValueError(
                 f"samples: expected images with and without the target, got {len(y_np)} images, all with {kind} "
                 "masks; add images whose mask is empty (or non-empty)"
             )
-        x_train = torch.from_numpy(x_np) if embedding else torch.from_numpy(x_np)[:, None]
-        y_train = torch.from_numpy(y_np)
+        x_train, y_train = torch.from_numpy(x_np), torch.from_numpy(y_np)
         x_val = y_val = None
         if val is not None and len(val):
-            if embedding:
-                xv, yv = embedding_presence_arrays(segmenter, val, pool=self.pool, name="val")
-                x_val = torch.from_numpy(xv)
-            else:
-                xv, yv = presence_arrays(val, self.input_size, name="val")
-                x_val = torch.from_numpy(xv)[:, None]
-            y_val = torch.from_numpy(yv)
+            xv, yv = classifier_arrays(val, name="val", **inputs)
+            x_val, y_val = torch.from_numpy(xv), torch.from_numpy(yv)
         if embedding:  # image-only augmentations
             intensity, flip = 0.0, False
 

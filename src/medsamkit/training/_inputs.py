@@ -89,9 +89,8 @@ def _inputs(
 ) -> tuple[SAMMixConfig, list[Any], list[Any], tuple[str, ...], Any, np.ndarray, np.ndarray]:
     """Everything checked before a file is written: ``(config, train, val, labelled, prompter, x, y)``.
 
-    ``x``: the classifier's inputs, ``(N, S, S)`` images or (``backbone="embedding"``) ``(N, C, h, w)`` embeddings."""
-    from ..prompters import CAMBoxPrompter, embedding_presence_arrays
-    from ..prompters import presence_arrays as _samples_to_arrays
+    ``x``: the classifier's inputs, ``(N, 1, S, S)`` images or (``backbone="embedding"``) ``(N, C, h, w)`` embeddings."""
+    from ..prompters import CAMBoxPrompter, classifier_arrays
 
     _check_trainable(segmenter)
     config = _config(config, overrides)
@@ -106,9 +105,9 @@ def _inputs(
                 f"backbone: 'embedding' reads the segmenter's frozen image embedding, but mode={config.mode!r} trains "
                 "the image encoder (LoRA); use mode='decoder' with it, or backbone='cnn'"
             )
-        x, y = embedding_presence_arrays(segmenter, train, pool=config.pool, name="train")
-    else:
-        x, y = _samples_to_arrays(train, config.input_size, name="train")
+    x, y = classifier_arrays(
+        train, backbone=config.backbone, input_size=config.input_size, pool=config.pool, segmenter=segmenter, name="train"
+    )
     _check_labels(y, train, labelled)
     return config, train, val, labelled, prompter, x, y
 

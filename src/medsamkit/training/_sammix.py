@@ -203,19 +203,18 @@ def _joint(
     config: SAMMixConfig,
     progress: bool,
 ) -> SAMMixResult:
-    """The joint loop of :func:`fit_sammix` (inputs checked; ``x_np``: ``(N, S, S)`` classifier
-    inputs in ``[0, 1]``, or ``(N, C, h, w)`` embeddings for ``backbone="embedding"``; ``y_np``:
-    ``(N,)`` presence labels of ``train``)."""
+    """The joint loop of :func:`fit_sammix` (inputs checked; ``x_np``: the classifier's inputs of
+    ``classifier_arrays``, ``(N, 1, S, S)`` images in ``[0, 1]`` or ``(N, C, h, w)`` embeddings for
+    ``backbone="embedding"``; ``y_np``: ``(N,)`` presence labels of ``train``)."""
     import torch
     from tqdm.auto import tqdm
 
     from ..prompters import OracleBoxPrompter
+    from ..prompters import classifier_arrays as _classifier_arrays
     from ..prompters import classifier_scores as _classifier_scores
     from ..prompters import classifier_step as _classifier_step
-    from ..prompters import embedding_presence_arrays as _embedding_arrays
     from ..prompters import focal_loss as _focal_loss
     from ..prompters import index_batches as _batches
-    from ..prompters import presence_arrays as _samples_to_arrays
     from ..prompters import seeded_classifier as _seeded_classifier
 
     ft_config = config.finetune_config()
@@ -240,16 +239,17 @@ def _joint(
     labelled_items = trainable.prepare([s for s in train if s.stem in chosen], f"{what} labelled", progress)
     item_at = {position[it.stem]: it for it in labelled_items}
     val_items = trainable.prepare(val, f"{what} val", progress)
-    x_train, y_train = torch.from_numpy(x_np) if embedding else torch.from_numpy(x_np)[:, None], torch.from_numpy(y_np)
+    x_train, y_train = torch.from_numpy(x_np), torch.from_numpy(y_np)
     if val_items:
-        pairs = [(it.image, it.mask) for it in val_items]
-        if embedding:
-            xv, yv = _embedding_arrays(segmenter, pairs, pool=config.pool, name="val")
-            x_val = torch.from_numpy(xv)
-        else:
-            xv, yv = _samples_to_arrays(pairs, config.input_size, name="val")
-            x_val = torch.from_numpy(xv)[:, None]
-        y_val = torch.from_numpy(yv)
+        xv, yv = _classifier_arrays(
+            [(it.image, it.mask) for it in val_items],
+            backbone=config.backbone,
+            input_size=config.input_size,
+            pool=config.pool,
+            segmenter=segmenter,
+            name="val",
+        )
+        x_val, y_val = torch.from_numpy(xv), torch.from_numpy(yv)
 
     def segmentation_jobs(index: np.ndarray) -> tuple[list[tuple[_Item, Any]], int]:
         """(item, prompts) of the batch's labelled images that train the segmenter; images without a box."""

@@ -239,7 +239,8 @@ def cam_embedding(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
     heads_dir = args.out / "heads"
     heads_dir.mkdir(parents=True, exist_ok=True)
     head = fit_head(seg, folder, train, val, heads_dir / f"head-{len(train)}.pt", epochs=args.epochs, seed=args.seed)
-    path = heads_dir / f"cam-embedding-{len(train)}.pt"
+    tag = "" if args.epochs == 40 else f"-e{args.epochs}"  # --epochs: the classifier's (the head is loaded when saved)
+    path = heads_dir / f"cam-embedding-{len(train)}{tag}.pt"
     if path.is_file():
         cam = CAMBoxPrompter.load(path)
     else:
@@ -255,12 +256,14 @@ def cam_embedding(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
         )
     variants = {"head": head, "CAM boxes, embedding classifier": cam}
     if args.test is None:
-        print(msk.compare_prompters(seg, folder.subset(val), variants, out_dir=args.out / "val-cam-embedding", progress=False))
+        print(
+            msk.compare_prompters(seg, folder.subset(val), variants, out_dir=args.out / f"val-cam-embedding{tag}", progress=False)
+        )
         return
     if args.test not in variants:
         raise SystemExit(f"--test: expected one of {sorted(variants)}, got {args.test!r}")
     chosen = {args.test: variants[args.test]}
-    print(msk.compare_prompters(seg, folder.subset(test), chosen, out_dir=args.out / "test-cam-embedding", progress=False))
+    print(msk.compare_prompters(seg, folder.subset(test), chosen, out_dir=args.out / f"test-cam-embedding{tag}", progress=False))
 
 
 def main() -> None:

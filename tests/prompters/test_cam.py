@@ -396,3 +396,25 @@ def test_embedding_classifier_behaves_the_same_in_training_and_eval_mode():
     trained = model(x)
     model.eval()
     torch.testing.assert_close(model(x), trained)
+
+
+@pytest.mark.real_model
+def test_embedding_backbone_on_litemedsam_learns_presence_and_finds_the_blob(litemedsam, data, tmp_path):
+    """With LiteMedSAM's real embedding the classifier learns presence of the blobs and its CAM box lands on
+    the blob. Measured here (20 training images, 20 epochs): mean box IoU with the oracle box 0.79.
+    Trained much longer (40 images, 40 epochs, the training loss down to 0.001) the CAM of the same design
+    spread over the whole image (IoU 0.19-0.34, mean 0.28, in an ad-hoc run): the classifier then also
+    uses the global context the encoder puts in every cell, so long training can cost the CAM its place."""
+    from medsamkit import CachedSegmenter, EmbeddingCache
+
+    seg = CachedSegmenter(litemedsam, EmbeddingCache(tmp_path / "cache"))
+    train, val = data
+    prompter = CAMBoxPrompter(backbone="embedding", width=8, depth=3).fit(train[:20], segmenter=seg, val=val, epochs=20)
+    correct = [(prompter.presence(i, encoding=seg.encode(i)) >= 0.5) == m.any() for i, m in (s.load() for s in val)]
+    assert np.mean(correct) > 0.9
+    oracle, ious = OracleBoxPrompter(), []
+    for image, mask in _val(data, blob=True):
+        prompts = prompter(image, encoding=seg.encode(image))
+        assert prompts.n >= 1
+        ious.append(_box_iou(prompts.box_xyxy[0], oracle(image, target=mask).box_xyxy[0]))
+    assert np.mean(ious) > 0.6, ious

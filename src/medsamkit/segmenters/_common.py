@@ -155,10 +155,7 @@ def _pil_resize(image: np.ndarray, size_wh: tuple[int, int], resize_filter: str)
     if image.dtype == np.uint8:
         return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size_wh, resample))
     channels = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[2])]
-    out = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(ch, dtype=np.float32)).resize(size_wh, resample))
-        for ch in channels
-    ]
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(ch, dtype=np.float32)).resize(size_wh, resample)) for ch in channels]
     return out[0] if image.ndim == 2 else np.stack(out, axis=2)
 
 

@@ -221,6 +221,7 @@ def summarize(out: Path, keep: dict[str, set[str]] | None = None) -> dict[str, A
                 "images": len(names),
                 "dice_mean": float(b.mean()),
                 "diff_mean": float(diff.mean()),
+                "diff_median": float(np.median(diff)),
                 "diff_ci95": [lo, hi],
                 "better": int((diff > 0).sum()),
                 "worse": int((diff < 0).sum()),
@@ -232,11 +233,14 @@ def summarize(out: Path, keep: dict[str, set[str]] | None = None) -> dict[str, A
     for v in VARIANTS:
         if v == "area":
             continue
-        per_set = [table[s][v] for s in sets if v in table[s]]
+        # Only a variant measured on every image of every set can win.
+        per_set = [table[s][v] for s in sets if v in table[s] and table[s][v]["images"] == table[s]["area"]["images"]]
+        complete = len(per_set) == len(sets)
         no_worse = all(t["diff_ci95"][1] >= 0 and t["diff_mean"] >= 0 for t in per_set)
         some_sure = any(t["diff_ci95"][0] > 0 for t in per_set)
         verdict[v] = {
-            "wins_everywhere": bool(per_set and no_worse and some_sure),
+            "complete": complete,
+            "wins_everywhere": bool(complete and no_worse and some_sure),
             "sets_ci_above_zero": [s for s in sets if v in table[s] and table[s][v]["diff_ci95"][0] > 0],
             "sets_ci_below_zero": [s for s in sets if v in table[s] and table[s][v]["diff_ci95"][1] < 0],
             "sets_mean_below_zero": [s for s in sets if v in table[s] and table[s][v]["diff_mean"] < 0],
@@ -246,19 +250,21 @@ def summarize(out: Path, keep: dict[str, set[str]] | None = None) -> dict[str, A
     with (out / "summary.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
-            ["set", "variant", "images", "dice_mean", "diff_mean", "ci_low", "ci_high", "better", "worse", "tied", "encodings"]
+            ["set", "variant", "images", "dice_mean", "diff_mean", "diff_median", "ci_low", "ci_high", "better", "worse", "tied"]
+            + ["encodings"]
         )
         for s in sets:
             for v, t in table[s].items():
                 w.writerow(
-                    [s, v, t["images"], f"{t['dice_mean']:.4f}", f"{t['diff_mean']:+.4f}", f"{t['diff_ci95'][0]:+.4f}"]
+                    [s, v, t["images"], f"{t['dice_mean']:.4f}", f"{t['diff_mean']:+.4f}", f"{t['diff_median']:+.4f}"]
+                    + [f"{t['diff_ci95'][0]:+.4f}"]
                     + [f"{t['diff_ci95'][1]:+.4f}", t["better"], t["worse"], t["tied"], t["encodings"]]
                 )
     for s in sets:
         print(f"\n{s} ({table[s]['area']['images']} images)")
         for v, t in table[s].items():
             print(
-                f"  {v:18s} Dice {t['dice_mean']:.4f}  diff {t['diff_mean']:+.4f} "
+                f"  {v:18s} Dice {t['dice_mean']:.4f}  diff {t['diff_mean']:+.4f} (median {t['diff_median']:+.4f}) "
                 f"[{t['diff_ci95'][0]:+.4f}, {t['diff_ci95'][1]:+.4f}]  better/worse/tied {t['better']}/{t['worse']}/{t['tied']}"
             )
     print(f"\nmedian encode time (uncached, {len(enc_times)} encodings): {enc_median:.3f} s")

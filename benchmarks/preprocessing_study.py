@@ -198,6 +198,10 @@ def summarize(out: Path, keep: dict[str, set[str]] | None = None) -> dict[str, A
     table: dict[str, Any] = {}
     enc_times = [float(r["encode_s"]) for r in rows if r["encode_s"] not in ("", "nan") and r["cached"] == "0"]
     enc_median = float(np.median(enc_times)) if enc_times else float("nan")
+    enc_by_variant: dict[str, list[float]] = {}
+    for r in rows:
+        if r["encode_s"] not in ("", "nan") and r["cached"] == "0":
+            enc_by_variant.setdefault(r["variant"], []).append(float(r["encode_s"]))
     for s in sets:
         by: dict[str, dict[str, float]] = {}
         prep: dict[str, list[float]] = {}
@@ -245,7 +249,13 @@ def summarize(out: Path, keep: dict[str, set[str]] | None = None) -> dict[str, A
             "sets_ci_below_zero": [s for s in sets if v in table[s] and table[s][v]["diff_ci95"][1] < 0],
             "sets_mean_below_zero": [s for s in sets if v in table[s] and table[s][v]["diff_mean"] < 0],
         }
-    summary = {"encode_s_median_uncached": enc_median, "encoded_uncached": len(enc_times), "sets": table, "verdict": verdict}
+    summary = {
+        "encode_s_median_uncached": enc_median,
+        "encoded_uncached": len(enc_times),
+        "encode_s_median_by_variant": {v: float(np.median(t)) for v, t in enc_by_variant.items()},
+        "sets": table,
+        "verdict": verdict,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     with (out / "summary.csv").open("w", newline="") as f:
         w = csv.writer(f)
@@ -269,7 +279,41 @@ def summarize(out: Path, keep: dict[str, set[str]] | None = None) -> dict[str, A
             )
     print(f"\nmedian encode time (uncached, {len(enc_times)} encodings): {enc_median:.3f} s")
     print(json.dumps(verdict, indent=1))
+    (out / "summary.md").write_text(markdown(summary))
     return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """One table (sets as rows, variants as columns) of ``mean Δ [95 % CI], better/worse`` and one of Dice."""
+    sets = list(summary["sets"])
+    variants = [v for v in VARIANTS if all(v in summary["sets"][s] for s in sets)]
+    lines = ["| set (images) | default Dice | " + " | ".join(v for v in variants if v != "area") + " |"]
+    lines.append("|---" * (len(variants) + 1) + "|")
+    for s in sets:
+        t = summary["sets"][s]
+        cells = [f"{s} ({t['area']['images']})", f"{t['area']['dice_mean']:.4f}"]
+        for v in variants:
+            if v == "area":
+                continue
+            x = t[v]
+            lo, hi = x["diff_ci95"]
+            cells.append(f"{x['diff_mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] {x['better']}/{x['worse']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        f"| variant | encoder passes per image | encode (s, median of the uncached, all sets) | preprocess (ms, median, {sets[0]}) "
+        "| wins everywhere |"
+    )
+    lines.append("|---|---|---|---|---|")
+    first = summary["sets"][sets[0]]
+    enc = summary["encode_s_median_by_variant"]
+    for v in variants:
+        prep = first[v]["preprocess_ms_median"]
+        won = "(default)" if v == "area" else str(summary["verdict"][v]["wins_everywhere"])
+        prep_text = "-" if prep is None else f"{prep:.1f}"
+        enc_text = f"{enc[v]:.2f}" if v in enc else "-"
+        lines.append(f"| {v} | {first[v]['encodings']} | {enc_text} | {prep_text} | {won} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

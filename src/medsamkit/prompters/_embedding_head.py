@@ -12,9 +12,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -167,6 +167,31 @@ def boxes_from_map(
         grown[:, 2:] += margin_fraction * size
         boxes = grow_boxes_xyxy(grown, 0, (h, w))
     return boxes
+
+
+class MapBoxRule(Protocol):
+    """What :func:`map_prompts` reads of a map-based prompter: its presence gate and how its map becomes boxes."""
+
+    presence_threshold: float
+    threshold: float
+    min_area_fraction: float
+    max_boxes: int
+    margin_fraction: float
+
+
+def map_prompts(rule: MapBoxRule, presence: float, probability_map: Callable[[], np.ndarray]) -> Prompts:
+    """The prompt of a map-based prompter: no prompt when ``presence`` is below ``rule.presence_threshold``,
+    else the :func:`boxes_from_map` of ``probability_map()`` (only computed then) with ``rule``'s settings."""
+    if presence < rule.presence_threshold:
+        return Prompts.empty()
+    boxes = boxes_from_map(
+        probability_map(),
+        threshold=rule.threshold,
+        min_area_fraction=rule.min_area_fraction,
+        max_boxes=rule.max_boxes,
+        margin_fraction=rule.margin_fraction,
+    )
+    return Prompts(box_xyxy=boxes)
 
 
 def encoder_mismatch(fitted_encoder_id: str | None, fitted_model_id: str | None, segmenter: Any) -> tuple[Any, Any] | None:
@@ -601,16 +626,7 @@ class EmbeddingHeadPrompter:
                 "or pass encoding=segmenter.encode(image)"
             )
         logits = self._flip_averaged_logits(image, encoding) if self.test_flip else self._low_res_logits(encoding)
-        if float(logits.max().sigmoid()) < self.presence_threshold:
-            return Prompts.empty()
-        boxes = boxes_from_map(
-            self._probability_map(logits, encoding),
-            threshold=self.threshold,
-            min_area_fraction=self.min_area_fraction,
-            max_boxes=self.max_boxes,
-            margin_fraction=self.margin_fraction,
-        )
-        return Prompts(box_xyxy=boxes)
+        return map_prompts(self, float(logits.max().sigmoid()), lambda: self._probability_map(logits, encoding))
 
     def save(self, path: str | Path) -> Path:
         """Save the head, its parameters and the segmenter's model id (``.pt``), atomically."""

@@ -29,7 +29,6 @@ from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
 from ._embedding_head import (
-    boxes_from_map,
     check_encoding_model,
     embedding_dataset,
     embedding_of,
@@ -37,6 +36,7 @@ from ._embedding_head import (
     load_tensor_file,
     loaded_params,
     map_loss,
+    map_prompts,
     presence_threshold_for,
     save_tensor_file,
 )
@@ -587,16 +587,7 @@ class DecoderLocaliserPrompter:
                 "or pass encoding=segmenter.encode(image)"
             )
         prob, presence = self._flip_averaged(image, encoding) if self.test_flip else self._outputs(encoding)
-        if presence < self.presence_threshold:
-            return Prompts.empty()
-        boxes = boxes_from_map(
-            self._at_image(prob, encoding),
-            threshold=self.threshold,
-            min_area_fraction=self.min_area_fraction,
-            max_boxes=self.max_boxes,
-            margin_fraction=self.margin_fraction,
-        )
-        return Prompts(box_xyxy=boxes)
+        return map_prompts(self, presence, lambda: self._at_image(prob, encoding))
 
     # -------------------------------------------------------------- save / load
 

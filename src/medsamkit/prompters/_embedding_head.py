@@ -54,15 +54,19 @@ def save_tensor_file(path: str | Path, tensors: dict[str, Any], meta: dict[str, 
 
 
 def load_tensor_file(
-    path: Path, what: str, *, keys: tuple[str, ...], file_format: str | None = None
+    path: Path, what: str, *, keys: tuple[str, ...], file_format: str | None = None, bytes_keys: tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(tensors, meta)`` of a file written by :func:`save_tensor_file`, read with
     ``torch.load(weights_only=True)`` (never unpickled).
 
+    ``bytes_keys`` name entries that hold bytes as a ``uint8`` tensor (a nested saved
+    file): they are returned as ``bytes``.
+
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If it is not a saved ``what``: unreadable, without ``meta`` or one of
-            ``keys``, or (with ``file_format``) of another format.
+            ``keys`` / ``bytes_keys``, a ``bytes_keys`` entry that is not a tensor, or (with
+            ``file_format``) of another format.
     """
     import torch
 
@@ -73,6 +77,8 @@ def load_tensor_file(
         meta = json.loads(data["meta"])
         for key in keys:
             data[key]  # noqa: B018 - a missing key is a KeyError named in the message below
+        for key in bytes_keys:
+            data[key] = data[key].numpy().tobytes()
         if file_format is not None and meta.get("format") != file_format:
             raise ValueError(f"format {meta.get('format')!r}")
     except Exception as exc:

@@ -22,7 +22,6 @@ all training images.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ from .._geometry import component_boxes_xyxy, grow_boxes_xyxy, target_at_logits
 from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
-from ._embedding_head import EmbeddingHeadPrompter, embedding_of, save_tensor_file
+from ._embedding_head import EmbeddingHeadPrompter, embedding_of, load_tensor_file, save_tensor_file
 
 __all__ = ["FEATURES", "Candidate", "RankedPrompter", "box_iou_xyxy"]
 
@@ -604,17 +603,8 @@ class RankedPrompter:
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> RankedPrompter:
         """Load a prompter saved with :meth:`save`; ``overrides`` change parameters (``min_score``, ...)."""
-        import torch
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"path: expected a saved RankedPrompter .pt, got missing file {path}")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            meta = json.loads(data["meta"])
-            base_bytes = data["base"].numpy().tobytes()
-        except Exception as exc:
-            raise ValueError(f"path: {path} is not a saved RankedPrompter ({exc})") from exc
+        data, meta = load_tensor_file(path, "RankedPrompter", keys=(), bytes_keys=("base",))
         if meta.get("features") != list(FEATURES):
             raise ValueError(f"path: {path} was saved with other ranker features; fit it again")
         allowed = set(cls().params())
@@ -624,7 +614,7 @@ class RankedPrompter:
         if "hidden" in overrides and overrides["hidden"] != meta["params"]["hidden"]:
             raise ValueError(f"hidden: the saved prompter {path} has {meta['params']['hidden']!r}, got {overrides['hidden']!r}")
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "base.pt").write_bytes(base_bytes)
+            (Path(tmp) / "base.pt").write_bytes(data["base"])
             base = EmbeddingHeadPrompter.load(Path(tmp) / "base.pt")
         prompter = cls(base, **{**meta["params"], **overrides})
         ranker = _build_ranker(len(FEATURES), prompter.hidden)

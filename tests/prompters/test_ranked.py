@@ -209,6 +209,11 @@ def test_errors(fitted, tmp_path):
     torch.save(data, tmp_path / "wrong-base.pt")
     with pytest.raises(ValueError, match=r"wrong-base\.pt is not a saved RankedPrompter"):
         RankedPrompter.load(tmp_path / "wrong-base.pt")
+    data = torch.load(path, weights_only=True)
+    del data["ranker"]
+    torch.save(data, tmp_path / "no-ranker.pt")
+    with pytest.raises(ValueError, match=r"no-ranker\.pt is not a saved RankedPrompter \('ranker'\)"):
+        RankedPrompter.load(tmp_path / "no-ranker.pt")
     unbound = RankedPrompter.load(path)
     image, _ = test[0].load()
     with pytest.raises(ValueError, match="segmenter"):

@@ -36,7 +36,7 @@ from .._geometry import component_boxes_xyxy, grow_boxes_xyxy, target_at_logits
 from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
-from ._embedding_head import EmbeddingHeadPrompter, embedding_of, load_tensor_file, save_tensor_file
+from ._embedding_head import EmbeddingHeadPrompter, embedding_of, load_tensor_file, loaded_params, save_tensor_file
 
 __all__ = ["FEATURES", "Candidate", "RankedPrompter", "box_iou_xyxy"]
 
@@ -604,19 +604,16 @@ class RankedPrompter:
     def load(cls, path: str | Path, **overrides: Any) -> RankedPrompter:
         """Load a prompter saved with :meth:`save`; ``overrides`` change parameters (``min_score``, ...)."""
         path = Path(path)
-        data, meta = load_tensor_file(path, "RankedPrompter", keys=(), bytes_keys=("base",))
+        data, meta = load_tensor_file(
+            path, "RankedPrompter", keys=("ranker", "feature_mean", "feature_std"), bytes_keys=("base",)
+        )
         if meta.get("features") != list(FEATURES):
             raise ValueError(f"path: {path} was saved with other ranker features; fit it again")
-        allowed = set(cls().params())
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(allowed)}")
-        if "hidden" in overrides and overrides["hidden"] != meta["params"]["hidden"]:
-            raise ValueError(f"hidden: the saved prompter {path} has {meta['params']['hidden']!r}, got {overrides['hidden']!r}")
+        params = loaded_params(set(cls().params()), meta["params"], overrides, shape_params={"hidden"}, path=path)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "base.pt").write_bytes(data["base"])
             base = EmbeddingHeadPrompter.load(Path(tmp) / "base.pt")
-        prompter = cls(base, **{**meta["params"], **overrides})
+        prompter = cls(base, **params)
         ranker = _build_ranker(len(FEATURES), prompter.hidden)
         ranker.load_state_dict(data["ranker"])
         ranker.eval()

@@ -28,7 +28,7 @@ from .._protocols import PromptProvider, TrainableSegmenter, prompts_for
 from .._types import ImageEncoding, Prompts
 from ._loop import run_epochs, save_state
 from ._settings import FinetuneConfig
-from ._trainable import _caller_model_restored, _Item, _prepare, _Trainable, item_encoding, union_loss
+from ._trainable import _caller_model_restored, _Item, _Trainable, encode_items, item_encoding, union_loss
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..prompters import PerturbedBoxPrompter
@@ -143,9 +143,9 @@ def _check_mode(segmenter: TrainableSegmenter, config: FinetuneConfig) -> None:
     """MONAI importable; LoRA mode: peft importable (ImportError with the install hint) and no adapters on the model yet."""
     _monai_losses()  # before anything is written
     if config.mode == "lora":
-        from ._lora import _peft, has_lora
+        from ._lora import has_lora, import_peft
 
-        _peft()  # ImportError with the install hint before anything is written
+        import_peft()  # ImportError with the install hint before anything is written
         if has_lora(segmenter.model):
             raise ValueError("segmenter: its model already has LoRA adapters; fine-tune the base segmenter")
 
@@ -441,7 +441,7 @@ def _finish(
     threshold = 0.5
     if val_items:
         if trainable.lora:  # the best adapters, merged: encode the validation images once more
-            val_items = _prepare(tuned, val or [], "encode val", progress)
+            val_items = encode_items(tuned, val or [], "encode val", progress)
             sweep = sweep_thresholds(tuned, val_items, eval_prompter, config.thresholds)
         else:
             sweep = sweep_thresholds(segmenter, val_items, eval_prompter, config.thresholds)
@@ -469,9 +469,9 @@ def _oracle_params(prompter: PerturbedBoxPrompter) -> dict[str, Any]:
 
 def _reload(segmenter: TrainableSegmenter, checkpoint: Path) -> TrainableSegmenter:
     """The same kind of segmenter, built from the saved fine-tuned weights."""
-    from ._lora import _base_segmenter
+    from ._lora import base_segmenter
 
-    base = _base_segmenter(segmenter)  # out of a CachedSegmenter
+    base = base_segmenter(segmenter)  # out of a CachedSegmenter
     params = dict(base.params()) if callable(getattr(base, "params", None)) else {}
     params.pop("module", None)
     params["checkpoint"] = str(checkpoint)

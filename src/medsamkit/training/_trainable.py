@@ -38,7 +38,8 @@ class _Item:
     prefix: Any = None  # LoRA mode: output of the frozen encoder layers before the first adapter
 
 
-def _prepare(segmenter: TrainableSegmenter, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
+def encode_items(segmenter: TrainableSegmenter, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
+    """Load and encode each sample once (a progress bar ``desc`` when ``progress``): the training items."""
     from tqdm.auto import tqdm
 
     items = []
@@ -134,7 +135,7 @@ class _Trainable:
 
     def prepare(self, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
         if self.encoder is None:
-            return _prepare(self.segmenter, samples, desc, progress)
+            return encode_items(self.segmenter, samples, desc, progress)
         return self.encoder.prepare(samples, desc, progress)
 
     def features(self, item: _Item) -> Any:
@@ -188,9 +189,9 @@ class _LoraEncoder:
     """
 
     def __init__(self, segmenter: TrainableSegmenter) -> None:
-        from ._lora import _base_segmenter
+        from ._lora import base_segmenter
 
-        self.base = _base_segmenter(segmenter)
+        self.base = base_segmenter(segmenter)
         self.model = self.base.model
         self.device = self.base.device
         self._split_ok: bool | None = None

@@ -4,9 +4,14 @@
   also those inside functions (a lazy import still ties two modules together); only
   imports under ``if TYPE_CHECKING:`` are left out (they never run).
 * No ``_private`` name imported across packages: a module may import the private
-  names of its own package and of the packages above it (``from .._types import
+  modules of its own package and of the packages above it (``from .._types import
   Prompts`` is fine), never those of a sibling package (``from ..training._engine
-  import ...``) nor the private names defined in another package's module.
+  import ...``).
+* A name private to a module stays in it: no module imports another module's
+  ``_name``, not even a sibling's in the same package (``from ._engine import
+  _finish`` is refused; a helper two modules share gets a public name in its module,
+  which the package's ``__init__`` need not re-export). :data:`PRIVATE_IMPORTS_LEFT`
+  lists the imports still to be renamed.
 * Every module imports on its own: a fresh interpreter loads only the third-party
   libraries medsamkit's modules import at their top (numpy, cv2, pydantic; no medsamkit
   module), then forks one child per module, which imports that module alone. Each import
@@ -183,7 +188,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _private_violations(modules: dict[str, Module]) -> list[str]:
-    """``file:line: what`` for every private name imported across packages."""
+    """``file:line: what`` for every private module imported across packages and every private name of another module."""
     root = next(m.path.parent for m in modules.values() if m.name == ROOT).parent
     problems = []
     for name, module in modules.items():
@@ -197,7 +202,7 @@ def _private_violations(modules: dict[str, Module]) -> list[str]:
                 if owner in modules and modules[owner].is_package:
                     allowed = own == owner or own.startswith(owner + ".")  # our package or one above it
                 else:
-                    allowed = owner in modules and modules[owner].package == own  # a module of our own package
+                    allowed = False  # a name private to another module, even one of our own package
                 if not allowed:
                     where = module.path.relative_to(root)
                     problems.append(f"{where}:{imported.line}: {name} imports {imported.path} (private to {owner})")
@@ -216,9 +221,40 @@ def test_no_import_circles():
     assert cycles == [], "import circles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
-def test_no_private_names_imported_across_packages():
+#: Imports of another module's private name not renamed yet, as ``"importer imports owner.name"``: remove an
+#: entry when its name becomes public (the check fails on an entry that no longer occurs). training/_sammix.py
+#: and training/_inputs.py are being changed on another branch (the CAM backbone option); their renames follow.
+PRIVATE_IMPORTS_LEFT = frozenset(
+    {
+        "medsamkit.training._engine imports medsamkit.training._trainable._Item",
+        "medsamkit.training._engine imports medsamkit.training._trainable._Trainable",
+        "medsamkit.training._engine imports medsamkit.training._trainable._caller_model_restored",
+        "medsamkit.training._inputs imports medsamkit.training._engine._check_mode",
+        "medsamkit.training._inputs imports medsamkit.training._engine._check_trainable",
+        "medsamkit.training._sammix imports medsamkit.training._engine._claim_run_dir",
+        "medsamkit.training._sammix imports medsamkit.training._engine._finish",
+        "medsamkit.training._sammix imports medsamkit.training._engine._loss_fn",
+        "medsamkit.training._sammix imports medsamkit.training._engine._validation_dice",
+        "medsamkit.training._sammix imports medsamkit.training._inputs._inputs",
+        "medsamkit.training._sammix imports medsamkit.training._inputs._record",
+        "medsamkit.training._sammix imports medsamkit.training._trainable._Item",
+        "medsamkit.training._sammix imports medsamkit.training._trainable._Trainable",
+        "medsamkit.training._sammix imports medsamkit.training._trainable._caller_model_restored",
+    }
+)
+
+
+def _what(problem: str) -> str:
+    """``importer imports owner.name`` of a ``file:line: importer imports owner.name (private to owner)`` problem."""
+    return problem.split(": ", 1)[1].split(" (private to ")[0]
+
+
+def test_no_private_names_imported_across_packages_or_modules():
     problems = _private_violations(_modules())
-    assert problems == [], "private imports across packages:\n" + "\n".join(problems)
+    new = [p for p in problems if _what(p) not in PRIVATE_IMPORTS_LEFT]
+    assert new == [], "private imports across packages or modules:\n" + "\n".join(new)
+    stale = PRIVATE_IMPORTS_LEFT - {_what(p) for p in problems}
+    assert not stale, f"no longer imported, remove from PRIVATE_IMPORTS_LEFT: {sorted(stale)}"
 
 
 _ALL_MODULES = sorted(name for name in _modules() if not name.endswith(".__main__"))  # __main__ runs the program
@@ -348,7 +384,7 @@ def test_type_checking_imports_make_no_circle(tmp_path):
     assert _cycles(_graph(modules)) == []
 
 
-def test_private_imports_across_packages_are_found(tmp_path):
+def test_private_imports_across_packages_and_modules_are_found(tmp_path):
     modules = _write(
         tmp_path,
         {
@@ -365,7 +401,7 @@ def test_private_imports_across_packages_are_found(tmp_path):
                 "    from .._types import _hidden\n"
                 "    from ..training import _engine\n"
             ),
-            "training/_same.py": "from ._engine import _target\n",
+            "training/_same.py": "from ._engine import _target, train\nfrom . import _engine\n",
         },
     )
     problems = _private_violations(modules)
@@ -374,6 +410,7 @@ def test_private_imports_across_packages_are_found(tmp_path):
         "medsamkit.prompters._bad imports medsamkit.training._engine.train (private to medsamkit.training)",
         "medsamkit.prompters._bad imports medsamkit._types._hidden (private to medsamkit._types)",
         "medsamkit.prompters._bad imports medsamkit.training._engine (private to medsamkit.training)",
+        "medsamkit.training._same imports medsamkit.training._engine._target (private to medsamkit.training._engine)",
     ]
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .._geometry import component_boxes_xyxy, grow_boxes_xyxy, target_at_logits
+from .._geometry import component_boxes_xyxy, grow_boxes_by_fraction, target_at_logits
 from .._protocols import Segmenter
 from .._registry import register_component
 from .._types import ImageEncoding, Prompts
@@ -166,13 +166,7 @@ def boxes_from_map(
     h, w = region.shape
     min_area = max(1, int(min_area_fraction * h * w))
     boxes = component_boxes_xyxy(region, min_area=min_area, keep_largest=False)[:max_boxes]
-    if len(boxes) and margin_fraction:
-        size = boxes[:, 2:] - boxes[:, :2] + 1
-        grown = boxes.copy()
-        grown[:, :2] -= margin_fraction * size
-        grown[:, 2:] += margin_fraction * size
-        boxes = grow_boxes_xyxy(grown, 0, (h, w))
-    return boxes
+    return grow_boxes_by_fraction(boxes, margin_fraction, (h, w)) if len(boxes) and margin_fraction else boxes
 
 
 class MapBoxRule(Protocol):

@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from .._validation import check_probability
 __all__ = ["EmbeddingHeadPrompter"]
 
 _log = logging.getLogger("medsamkit")
+
+_SegmenterT = TypeVar("_SegmenterT")
 
 
 def map_loss(logits: Any, target: Any) -> Any:
@@ -84,6 +86,30 @@ def load_tensor_file(
     except Exception as exc:
         raise ValueError(f"path: {path} is not a saved {what} ({exc})") from exc
     return data, meta
+
+
+def check_fit_inputs(samples: Any, segmenter: _SegmenterT | None, *, epochs: Any, batch_size: Any, needs: str) -> _SegmenterT:
+    """The checks a prompter trained on the segmenter's embedding makes first in ``fit``; returns the segmenter.
+
+    Args:
+        needs: What the message for a missing segmenter says after ``segmenter:``.
+
+    Raises:
+        TypeError: If ``samples`` is a segmenter (the old positional signature) or ``segmenter`` is None.
+        ValueError: For no samples, or ``epochs`` / ``batch_size`` that are not positive ints.
+    """
+    if hasattr(samples, "encode") and hasattr(samples, "model_id"):
+        raise TypeError(
+            f"samples: got a segmenter ({type(samples).__name__}); the signature is fit(samples, *, segmenter=..., ...)"
+        )
+    if segmenter is None:
+        raise TypeError(f"segmenter: {needs}")
+    if len(samples) == 0:
+        raise ValueError("samples: expected at least one training sample, got none")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return segmenter
 
 
 def embedding_of(features: Any) -> Any:
@@ -422,17 +448,13 @@ class EmbeddingHeadPrompter:
         """
         import torch
 
-        if hasattr(samples, "encode") and hasattr(samples, "model_id"):
-            raise TypeError(
-                f"samples: got a segmenter ({type(samples).__name__}); the signature is fit(samples, *, segmenter=..., ...)"
-            )
-        if segmenter is None:
-            raise TypeError("segmenter: EmbeddingHeadPrompter.fit needs segmenter=<the segmenter whose embedding it reads>")
-        if len(samples) == 0:
-            raise ValueError("samples: expected at least one training sample, got none")
-        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        segmenter = check_fit_inputs(
+            samples,
+            segmenter,
+            epochs=epochs,
+            batch_size=batch_size,
+            needs="EmbeddingHeadPrompter.fit needs segmenter=<the segmenter whose embedding it reads>",
+        )
         image_size = getattr(segmenter, "image_size", None)
         if not isinstance(image_size, int):
             raise TypeError(f"segmenter: expected a SAM-family segmenter with image_size, got {type(segmenter).__name__}")

@@ -30,6 +30,7 @@ from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
 from ._embedding_head import (
     check_encoding_model,
+    check_fit_inputs,
     embedding_dataset,
     embedding_of,
     encoder_mismatch,
@@ -313,17 +314,13 @@ class DecoderLocaliserPrompter:
         Returns:
             self.
         """
-        if hasattr(samples, "encode") and hasattr(samples, "model_id"):
-            raise TypeError(
-                f"samples: got a segmenter ({type(samples).__name__}); the signature is fit(samples, *, segmenter=..., ...)"
-            )
-        if segmenter is None:
-            raise TypeError("segmenter: DecoderLocaliserPrompter.fit needs segmenter=<the segmenter whose decoder it copies>")
-        if len(samples) == 0:
-            raise ValueError("samples: expected at least one training sample, got none")
-        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        segmenter = check_fit_inputs(
+            samples,
+            segmenter,
+            epochs=epochs,
+            batch_size=batch_size,
+            needs="DecoderLocaliserPrompter.fit needs segmenter=<the segmenter whose decoder it copies>",
+        )
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience: expected an int >= 0, got {patience!r}")
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:

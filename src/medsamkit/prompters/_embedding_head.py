@@ -179,6 +179,49 @@ def presence_threshold_for(values: Any, labels: Any, *, rule: str = "accuracy") 
     return float((best + lower.max()) / 2) if len(lower) else best
 
 
+def presence_values(
+    presence: Callable[[ImageEncoding], float], segmenter: Any, samples: Sequence[Any], *, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(presence scores, has a target)`` of validation samples: ``presence`` of each image's encoding, and
+    whether its mask is not empty (what :func:`presence_calibration` reads)."""
+    from tqdm.auto import tqdm
+
+    values, labels = [], []
+    for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
+        image, mask = sample.load()
+        values.append(presence(segmenter.encode(image)))
+        labels.append(bool(np.asarray(mask).any()))
+    return np.asarray(values, dtype=np.float64), np.asarray(labels, dtype=bool)
+
+
+def presence_calibration(values: np.ndarray, labels: np.ndarray, *, rule: str, current: float, what: str) -> dict[str, float]:
+    """The presence threshold :func:`presence_threshold_for` picks on validation scores, and how it does.
+
+    Returns:
+        ``{"n_target", "n_empty", "threshold", "sensitivity", "specificity"}``; without images
+        of both kinds the threshold stays ``current`` and the last two are left out. ``what``
+        names the prompter in the log line.
+    """
+    result: dict[str, float] = {"n_target": int(labels.sum()), "n_empty": int((~labels).sum())}
+    threshold = presence_threshold_for(values, labels, rule=rule)
+    if threshold is None:
+        result["threshold"] = current
+        return result
+    result.update(
+        threshold=threshold,
+        sensitivity=float((values[labels] >= threshold).mean()),
+        specificity=float((values[~labels] < threshold).mean()),
+    )
+    _log.info(
+        "%s: presence threshold %.3f (validation sensitivity %.3f, specificity %.3f)",
+        what,
+        threshold,
+        result["sensitivity"],
+        result["specificity"],
+    )
+    return result
+
+
 def boxes_from_map(
     prob: np.ndarray, *, threshold: float, min_area_fraction: float, max_boxes: int, margin_fraction: float
 ) -> np.ndarray:
@@ -522,35 +565,14 @@ class EmbeddingHeadPrompter:
             ``{"threshold", "sensitivity", "specificity", "n_target", "n_empty"}``
             on the validation images (also kept in ``self.presence_calibration``).
         """
-        from tqdm.auto import tqdm
-
         self._check_fitted()
         _log.info("embedding head: calibrating the presence threshold on %d validation images", len(samples))
-        values, labels = [], []
-        for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
-            image, mask = sample.load()
-            values.append(self.presence(segmenter.encode(image)))
-            labels.append(bool(np.asarray(mask).any()))
-        s, y = np.asarray(values, dtype=np.float64), np.asarray(labels)
-        result: dict[str, float] = {"n_target": int(y.sum()), "n_empty": int((~y).sum())}
-        threshold = presence_threshold_for(s, y, rule=self.presence_rule)
-        if threshold is None:
-            result["threshold"] = self.presence_threshold
-            self.presence_calibration = result
-            return result
-        self.presence_threshold = threshold
-        result.update(
-            threshold=self.presence_threshold,
-            sensitivity=float((s[y] >= self.presence_threshold).mean()),
-            specificity=float((s[~y] < self.presence_threshold).mean()),
+        values, labels = presence_values(self.presence, segmenter, samples, progress=progress)
+        result = presence_calibration(
+            values, labels, rule=self.presence_rule, current=self.presence_threshold, what="embedding head"
         )
+        self.presence_threshold = result["threshold"]
         self.presence_calibration = result
-        _log.info(
-            "embedding head: presence threshold %.3f (validation sensitivity %.3f, specificity %.3f)",
-            self.presence_threshold,
-            result["sensitivity"],
-            result["specificity"],
-        )
         return result
 
     def _pooled(self, emb: Any) -> Any:

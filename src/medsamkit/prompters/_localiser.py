@@ -38,7 +38,8 @@ from ._embedding_head import (
     loaded_params,
     map_loss,
     map_prompts,
-    presence_threshold_for,
+    presence_calibration,
+    presence_values,
     save_tensor_file,
 )
 
@@ -470,21 +471,10 @@ class DecoderLocaliserPrompter:
 
     def _calibrate(self, values: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Set ``presence_threshold`` from validation presence probabilities (``presence_rule``)."""
-        result: dict[str, float] = {"n_target": int(labels.sum()), "n_empty": int((~labels).sum())}
-        threshold = presence_threshold_for(values, labels, rule=self.presence_rule)
-        if threshold is not None:
-            self.presence_threshold = threshold
-            result.update(
-                sensitivity=float((values[labels] >= threshold).mean()),
-                specificity=float((values[~labels] < threshold).mean()),
-            )
-            _log.info(
-                "decoder localiser: presence threshold %.3f (validation sensitivity %.3f, specificity %.3f)",
-                threshold,
-                result["sensitivity"],
-                result["specificity"],
-            )
-        result["threshold"] = self.presence_threshold
+        result = presence_calibration(
+            values, labels, rule=self.presence_rule, current=self.presence_threshold, what="decoder localiser"
+        )
+        self.presence_threshold = result["threshold"]
         self.presence_calibration = result
         return result
 
@@ -492,18 +482,11 @@ class DecoderLocaliserPrompter:
         """Set ``presence_threshold`` from validation images (with and without the target).
 
         Returns:
-            ``{"threshold", "sensitivity", "specificity", "n_target", "n_empty"}`` (the
-            last two only without images of both kinds); kept in ``self.presence_calibration``.
+            ``{"threshold", "sensitivity", "specificity", "n_target", "n_empty"}``
+            (:func:`presence_calibration`); kept in ``self.presence_calibration``.
         """
-        from tqdm.auto import tqdm
-
         self._check_fitted()
-        values, labels = [], []
-        for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
-            image, mask = sample.load()
-            values.append(self.presence(segmenter.encode(image)))
-            labels.append(bool(np.asarray(mask).any()))
-        return self._calibrate(np.asarray(values, dtype=np.float64), np.asarray(labels, dtype=bool))
+        return self._calibrate(*presence_values(self.presence, segmenter, samples, progress=progress))
 
     # ---------------------------------------------------------------- inference
 

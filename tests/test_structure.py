@@ -10,8 +10,7 @@
 * A name private to a module stays in it: no module imports another module's
   ``_name``, not even a sibling's in the same package (``from ._engine import
   _finish`` is refused; a helper two modules share gets a public name in its module,
-  which the package's ``__init__`` need not re-export). :data:`PRIVATE_IMPORTS_LEFT`
-  lists the imports still to be renamed.
+  which the package's ``__init__`` need not re-export).
 * Every module imports on its own: a fresh interpreter loads only the third-party
   libraries medsamkit's modules import at their top (numpy, cv2, pydantic; no medsamkit
   module), then forks one child per module, which imports that module alone. Each import
@@ -221,40 +220,9 @@ def test_no_import_circles():
     assert cycles == [], "import circles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
-#: Imports of another module's private name not renamed yet, as ``"importer imports owner.name"``: remove an
-#: entry when its name becomes public (the check fails on an entry that no longer occurs). training/_sammix.py
-#: and training/_inputs.py are being changed on another branch (the CAM backbone option); their renames follow.
-PRIVATE_IMPORTS_LEFT = frozenset(
-    {
-        "medsamkit.training._engine imports medsamkit.training._trainable._Item",
-        "medsamkit.training._engine imports medsamkit.training._trainable._Trainable",
-        "medsamkit.training._engine imports medsamkit.training._trainable._caller_model_restored",
-        "medsamkit.training._inputs imports medsamkit.training._engine._check_mode",
-        "medsamkit.training._inputs imports medsamkit.training._engine._check_trainable",
-        "medsamkit.training._sammix imports medsamkit.training._engine._claim_run_dir",
-        "medsamkit.training._sammix imports medsamkit.training._engine._finish",
-        "medsamkit.training._sammix imports medsamkit.training._engine._loss_fn",
-        "medsamkit.training._sammix imports medsamkit.training._engine._validation_dice",
-        "medsamkit.training._sammix imports medsamkit.training._inputs._inputs",
-        "medsamkit.training._sammix imports medsamkit.training._inputs._record",
-        "medsamkit.training._sammix imports medsamkit.training._trainable._Item",
-        "medsamkit.training._sammix imports medsamkit.training._trainable._Trainable",
-        "medsamkit.training._sammix imports medsamkit.training._trainable._caller_model_restored",
-    }
-)
-
-
-def _what(problem: str) -> str:
-    """``importer imports owner.name`` of a ``file:line: importer imports owner.name (private to owner)`` problem."""
-    return problem.split(": ", 1)[1].split(" (private to ")[0]
-
-
 def test_no_private_names_imported_across_packages_or_modules():
     problems = _private_violations(_modules())
-    new = [p for p in problems if _what(p) not in PRIVATE_IMPORTS_LEFT]
-    assert new == [], "private imports across packages or modules:\n" + "\n".join(new)
-    stale = PRIVATE_IMPORTS_LEFT - {_what(p) for p in problems}
-    assert not stale, f"no longer imported, remove from PRIVATE_IMPORTS_LEFT: {sorted(stale)}"
+    assert problems == [], "private imports across packages or modules:\n" + "\n".join(problems)
 
 
 _ALL_MODULES = sorted(name for name in _modules() if not name.endswith(".__main__"))  # __main__ runs the program

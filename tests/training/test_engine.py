@@ -220,7 +220,7 @@ def _spy_losses(monkeypatch):
     """Record (stem, boxes, target is empty) of every training loss (validation does not call union_loss).
 
     The tiny model has no checkpoint format to reload from: saving the pipeline is left out."""
-    monkeypatch.setattr(_engine, "_finish", lambda *args: (None, 0.5, [], None))
+    monkeypatch.setattr(_engine, "finish_run", lambda *args: (None, 0.5, [], None))
     calls = []
     original = _engine.union_loss
 

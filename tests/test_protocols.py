@@ -93,14 +93,7 @@ def test_every_registered_prompter_class_has_the_provider_contract():
 
 
 def test_every_learned_prompter_has_the_one_fit_signature():
-    assert sorted(fittable_prompters()) == [
-        "cam-box",
-        "decoder-localiser",
-        "embedding-head",
-        "mean-mask-points",
-        "ranked",
-        "yolo-box",
-    ]
+    assert fittable_prompters(), "no learned prompter registered"  # which ones: test_registry derives them
     for name, component in fittable_prompters().items():
         cls = component.cls
         fit = inspect.signature(cls.fit).parameters

@@ -9,6 +9,7 @@ import pytest
 
 import medsamkit as msk
 from medsamkit import (
+    EncoderIdentified,
     FittablePrompter,
     LowResDecoder,
     ParallelEncoder,
@@ -113,7 +114,7 @@ def test_runtime_checks_of_the_protocols():
     fake = FakeSegmenter()
     assert isinstance(fake, Segmenter)
     assert not isinstance(fake, TrainableSegmenter) and not isinstance(fake, LowResDecoder)
-    assert not isinstance(fake, ParallelEncoder)
+    assert not isinstance(fake, ParallelEncoder) and not isinstance(fake, EncoderIdentified)
 
 
 @pytest.mark.real_model
@@ -122,6 +123,8 @@ def test_the_sam_family_is_trainable_and_decode_cacheable(litemedsam, tmp_path):
     assert isinstance(litemedsam, ParallelEncoder)
     cached = msk.CachedSegmenter(litemedsam, tmp_path)
     assert isinstance(cached, Segmenter)
+    assert isinstance(litemedsam, EncoderIdentified) and isinstance(cached, EncoderIdentified)
+    assert cached.encoder_id == litemedsam.encoder_id
 
 
 def test_mean_mask_load_checks_overrides_against_the_saved_parameters(tmp_path):

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from .._geometry import component_boxes_xyxy, grow_boxes_by_fraction, target_at_logits
-from .._protocols import Segmenter
+from .._protocols import EncoderIdentified, Segmenter
 from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
@@ -263,17 +263,52 @@ def map_prompts(rule: MapBoxRule, presence: float, probability_map: Callable[[],
     return Prompts(box_xyxy=boxes)
 
 
+def encoder_id_of(segmenter: Any) -> str | None:
+    """``segmenter.encoder_id`` for an :class:`~medsamkit.EncoderIdentified` segmenter, else None."""
+    return segmenter.encoder_id if isinstance(segmenter, EncoderIdentified) else None
+
+
 def encoder_mismatch(fitted_encoder_id: str | None, fitted_model_id: str | None, segmenter: Any) -> tuple[Any, Any] | None:
     """None when ``segmenter`` computes the embedding a provider was fitted on, else ``(fitted, got)`` ids.
 
     Keys on ``encoder_id`` (the image encoder's weights and numerics: a decoder-only
     fine-tuned checkpoint keeps it) when both sides have one, else on ``model_id``.
     """
-    theirs = getattr(segmenter, "encoder_id", None)
+    theirs = encoder_id_of(segmenter)
     if fitted_encoder_id is not None and theirs is not None:
         return None if theirs == fitted_encoder_id else (fitted_encoder_id, theirs)
-    model_id = getattr(segmenter, "model_id", None)
+    model_id = segmenter.model_id if isinstance(segmenter, Segmenter) else None
     return None if model_id == fitted_model_id else (fitted_model_id, model_id)
+
+
+def bind_checked(
+    segmenter: Any,
+    *,
+    encoder_id: str | None,
+    model_id: str | None,
+    bound_model_ids: set[str],
+    what: str,
+    refit: str,
+) -> None:
+    """The shared body of the fitted providers' ``bind_segmenter``.
+
+    Refuses a segmenter whose image encoder is not the one ``what`` was fitted on
+    (:func:`encoder_mismatch`) and adds its ``model_id`` to ``bound_model_ids``, the
+    encodings the provider then accepts.
+
+    Raises:
+        ValueError: If the segmenter's image encoder differs from the fitted one.
+    """
+    mismatch = encoder_mismatch(encoder_id, model_id, segmenter)
+    if mismatch is not None:
+        fitted, got = mismatch
+        raise ValueError(
+            f"segmenter: the {what} was fitted on the image encoder {fitted!r}, but this segmenter's encoder is "
+            f"{got!r}. A decoder-only fine-tuned checkpoint keeps the encoder and works; a different encoder (other "
+            f"weights, LoRA on the encoder, another model) needs a new fit ({refit})"
+        )
+    if isinstance(segmenter, Segmenter):
+        bound_model_ids.add(segmenter.model_id)
 
 
 def check_encoding_model(encoding: Any, model_id: str | None, bound_model_ids: set[str], what: str) -> None:
@@ -517,7 +552,7 @@ class EmbeddingHeadPrompter:
         head.eval()
         self.head = head
         self.model_id = segmenter.model_id
-        self.encoder_id = getattr(segmenter, "encoder_id", None)
+        self.encoder_id = encoder_id_of(segmenter)
         self._bound_model_ids = set()
         self.image_size = image_size
         if val is not None and len(val):
@@ -597,18 +632,14 @@ class EmbeddingHeadPrompter:
             ValueError: If the segmenter's image encoder differs from the fitted one.
         """
         self._check_fitted()
-        model_id = getattr(segmenter, "model_id", None)
-        mismatch = encoder_mismatch(self.encoder_id, self.model_id, segmenter)  # model ids for heads saved before encoder ids
-        if mismatch is not None:
-            fitted, got = mismatch
-            raise ValueError(
-                f"segmenter: the embedding head was fitted on the image encoder {fitted!r}, but this segmenter's "
-                f"encoder is {got!r}. A decoder-only fine-tuned checkpoint keeps the encoder and works; a different "
-                "encoder (other weights, LoRA on the encoder, another model) needs a new fit "
-                "(medsamkit fit-prompter ... --prompter embedding-head)"
-            )
-        if isinstance(model_id, str):
-            self._bound_model_ids.add(model_id)
+        bind_checked(  # model ids for heads saved before encoder ids
+            segmenter,
+            encoder_id=self.encoder_id,
+            model_id=self.model_id,
+            bound_model_ids=self._bound_model_ids,
+            what="embedding head",
+            refit="medsamkit fit-prompter ... --prompter embedding-head",
+        )
         self._segmenter = segmenter
 
     def _check_encoding(self, encoding: ImageEncoding) -> None:

@@ -29,11 +29,12 @@ from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
 from ._embedding_head import (
+    bind_checked,
     check_encoding_model,
     check_fit_inputs,
     embedding_dataset,
     embedding_of,
-    encoder_mismatch,
+    encoder_id_of,
     load_tensor_file,
     loaded_params,
     map_loss,
@@ -368,7 +369,7 @@ class DecoderLocaliserPrompter:
         for p in net.parameters():
             p.requires_grad_(False)
         self.model_id = segmenter.model_id
-        self.encoder_id = getattr(segmenter, "encoder_id", None)
+        self.encoder_id = encoder_id_of(segmenter)
         self._bound_model_ids = set()
         self.image_size = image_size
         if xv is not None and yv is not None:
@@ -504,16 +505,14 @@ class DecoderLocaliserPrompter:
             ValueError: If the segmenter's image encoder differs from the fitted one.
         """
         self._check_fitted()
-        model_id = getattr(segmenter, "model_id", None)
-        mismatch = encoder_mismatch(self.encoder_id, self.model_id, segmenter)
-        if mismatch is not None:
-            fitted, got = mismatch
-            raise ValueError(
-                f"segmenter: the decoder localiser was fitted on the image encoder {fitted!r}, this segmenter's is "
-                f"{got!r}; fit it again on this segmenter (medsamkit fit-prompter ... --prompter decoder-localiser)"
-            )
-        if isinstance(model_id, str):
-            self._bound_model_ids.add(model_id)
+        bind_checked(
+            segmenter,
+            encoder_id=self.encoder_id,
+            model_id=self.model_id,
+            bound_model_ids=self._bound_model_ids,
+            what="decoder localiser",
+            refit="medsamkit fit-prompter ... --prompter decoder-localiser",
+        )
         self._segmenter = segmenter
 
     def _outputs(self, encoding: ImageEncoding) -> tuple[Any, float]:

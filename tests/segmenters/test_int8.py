@@ -18,7 +18,7 @@ import torch
 
 from medsamkit import LiteMedSAM
 from medsamkit.segmenters import _fast, _int8
-from medsamkit.segmenters._fast import accelerate_encoder, int8_rest_precision
+from medsamkit.segmenters._fast import GRAPH_REVISION, accelerate_encoder, int8_rest_precision
 from medsamkit.segmenters._int8 import calibration_digest, check_calibration_inputs
 
 pytest.importorskip("openvino")
@@ -168,7 +168,7 @@ def test_litemedsam_int8_segments_a_real_cxr_like_the_default(litemedsam, shared
     calibration = [folder / "images" / f"{s}.png" for s in stems[:4]]
     seg = LiteMedSAM(model=litemedsam.model, precision="int8", calibration=calibration)
     digest = calibration_digest(np.stack([seg.preprocess(read_image(p))[0] for p in calibration]))
-    assert seg.model_id.endswith(f":openvino-int8-{int8_rest_precision()}-{digest}")
+    assert seg.model_id.endswith(f":openvino-int8-{int8_rest_precision()}-g{GRAPH_REVISION}-{digest}")
     assert seg.model_id != litemedsam.model_id
     image, mask = read_image(folder / "images" / f"{stems[-1]}.png"), read_mask(folder / "masks" / f"{stems[-1]}.png")
     int8 = Pipeline(OracleBoxPrompter(), seg)(image, target=mask).mask

@@ -48,7 +48,7 @@ def test_int8_encoder_is_quantized_close_to_float32_and_named_by_its_calibration
     calibration = _calibration()
     fast = accelerate_encoder(module, precision="int8", image_size=16, calibration=calibration)
     assert (fast.backend, fast.precision) == ("openvino", "int8")
-    assert fast.tag == f"openvino-int8-{int8_rest_precision()}-{calibration_digest(calibration)}"
+    assert fast.tag == f"openvino-int8-{int8_rest_precision()}-g{GRAPH_REVISION}-{calibration_digest(calibration)}"
     x = torch.from_numpy(_calibration(2, seed=1))
     with torch.no_grad():
         reference = module(x)

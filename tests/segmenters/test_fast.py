@@ -432,15 +432,16 @@ def test_openvino_conversion_uses_the_telemetry_stub(monkeypatch):
 
 
 @pytest.mark.real_model
-def test_fast_decode_runs_a_bf16_decoder_copy_close_to_float32(litemedsam, float32_seg, cxr) -> None:
+def test_fast_decode_runs_a_bf16_decoder_close_to_float32(litemedsam, float32_seg, cxr) -> None:
     if not bf16_supported():
         pytest.skip("this CPU has no native bfloat16")
     image, mask, enc_fast, _ = cxr
+    expected = "openvino" if litemedsam.encoder_backend == "openvino" else "torch"
+    assert litemedsam.decoder_backend == expected and float32_seg.decoder_backend == "float32"
     prompts = OracleBoxPrompter()(image, target=mask)
     fast = litemedsam.decode(enc_fast, prompts).probabilities
-    copy16 = litemedsam._decoder_copy.of(litemedsam.model.mask_decoder)
-    assert next(copy16.parameters()).dtype == torch.bfloat16
     assert next(litemedsam.model.mask_decoder.parameters()).dtype == torch.float32  # the module is untouched
+    assert (litemedsam._openvino_decoder._run is not None) == (expected == "openvino")
     # Same embedding, float32 decoder: only the decoder's numerics differ.
     enc_same = type(enc_fast)(enc_fast.features, enc_fast.size_hw, enc_fast.input_size_hw, float32_seg.model_id)
     exact = float32_seg.decode(enc_same, prompts).probabilities
@@ -449,16 +450,80 @@ def test_fast_decode_runs_a_bf16_decoder_copy_close_to_float32(litemedsam, float
 
 
 @pytest.mark.real_model
-def test_training_and_float32_run_the_float32_decoder(litemedsam, float32_seg, cxr) -> None:
-    image, mask, enc_fast, enc32 = cxr
-    boxes = torch.tensor([[30.0, 40.0, 120.0, 220.0]])
-    with torch.enable_grad():
-        logits, _ = litemedsam.decode_logits(enc_fast.features, boxes, None)
-    assert logits.dtype == torch.float32
+@pytest.mark.parametrize("prompt", ["boxes", "points"])
+def test_openvino_decoder_is_as_close_to_float32_as_the_bf16_copy(litemedsam, float32_seg, cxr, prompt) -> None:
+    pytest.importorskip("openvino")
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    features = cxr[2].features
+    if prompt == "boxes":  # three prompts of two tokens
+        boxes, points = torch.tensor([[30.0, 40.0, 120.0, 220.0], [130.0, 40.0, 230.0, 220.0], [60, 60, 200, 200]]), None
+    else:  # two prompts of three point tokens (two points and the padding point)
+        boxes, points = (
+            None,
+            (torch.tensor([[[80.0, 120.0], [90.0, 60.0]], [[180.0, 120.0], [20.0, 20.0]]]), torch.tensor([[1, 0], [1, 1]])),
+        )
+    model = litemedsam.model
     with torch.inference_mode():
-        reference, _ = float32_seg.decode_logits(enc_fast.features, boxes, None)
-    assert torch.equal(logits.detach(), reference)  # autograd on: the float32 module, bit for bit
-    assert float32_seg._inference_decoder() is None
+        reference, iou_reference = float32_seg.decode_logits(features, boxes, points)
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+        pe = model.prompt_encoder.get_dense_pe()
+        run = _fast.OpenVINODecoder().of(model.mask_decoder, tuple(features.shape[1:]))
+        logits, iou = run(features, pe, sparse, dense)
+        b = torch.bfloat16
+        copy16 = _fast.Bf16Copy().of(model.mask_decoder)
+        torch16, _ = copy16(
+            image_embeddings=features.to(b),
+            image_pe=pe.to(b),
+            sparse_prompt_embeddings=sparse.to(b),
+            dense_prompt_embeddings=dense.to(b),
+            multimask_output=False,
+        )
+    assert logits.shape == reference.shape and iou.shape == iou_reference.shape and logits.dtype == torch.float32
+
+    def rel(x: torch.Tensor) -> float:
+        return float((x.float() - reference).norm() / reference.norm())
+
+    assert 0 < rel(logits) < max(2 * rel(torch16), 0.01), (rel(logits), rel(torch16))
+    assert float(((logits > 0) == (reference > 0)).float().mean()) > 0.999
+    torch.testing.assert_close(iou, iou_reference, atol=0.02, rtol=0)
+
+
+@pytest.mark.real_model
+def test_a_failed_openvino_decoder_falls_back_to_the_bf16_copy(litemedsam, cxr, monkeypatch) -> None:
+    seg = LiteMedSAM(model=litemedsam.model)
+    if seg.decoder_backend != "openvino":
+        pytest.skip("the OpenVINO decoder is not planned here")
+    digest = seg.decoder_digest()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no decoder today")
+
+    monkeypatch.setattr(_fast, "_build_openvino_decoder", broken)
+    boxes = torch.tensor([[30.0, 40.0, 120.0, 220.0]])
+    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="fast decoder: OpenVINO failed"):
+        logits, _ = seg.decode_logits(cxr[2].features, boxes, None)
+    assert seg.decoder_backend == "torch" and logits.dtype == torch.float32
+    assert seg.decoder_digest() != digest  # logits cached from the OpenVINO decoder are not served now
+
+
+@pytest.mark.real_model
+def test_openvino_decoder_follows_weight_changes(litemedsam, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("openvino")
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    monkeypatch.setenv("MEDSAMKIT_OPENVINO_CACHE", str(tmp_path))
+    decoder = copy.deepcopy(litemedsam.model.mask_decoder)
+    decoders = _fast.OpenVINODecoder()
+    first = decoders.of(decoder, (256, 64, 64))
+    assert decoders.of(decoder, (256, 64, 64)) is first
+    with torch.no_grad():
+        decoder.iou_prediction_head.layers[-1].bias.add_(1.0)  # an optimiser step changes the weights in place
+    second = decoders.of(decoder, (256, 64, 64))
+    assert second is not first
+    x = (torch.zeros(1, 256, 64, 64), torch.zeros(1, 256, 64, 64), torch.zeros(1, 2, 256), torch.zeros(1, 256, 64, 64))
+    assert torch.allclose(second(*x)[1], first(*x)[1] + 1.0, atol=0.05)  # the new bias is compiled in
+    assert len(list(tmp_path.glob("*.xml"))) == 2  # both converted graphs kept on disk
 
 
 @pytest.mark.real_model

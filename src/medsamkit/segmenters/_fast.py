@@ -51,6 +51,7 @@ __all__ = [
     "Bf16Copy",
     "GRAPH_REVISION",
     "FastEncoderMixin",
+    "OpenVINODecoder",
     "accelerate_encoder",
     "backend_tag",
     "bf16_supported",
@@ -433,7 +434,7 @@ def import_openvino() -> Any:
         return ov
 
 
-def _ir_key(prepared: Any, example_shape: tuple[int, ...]) -> str:
+def _ir_key(prepared: Any, example_shape: tuple[Any, ...]) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
@@ -584,6 +585,88 @@ def _build_openvino(
     run = runner(compiled.create_infer_request())
     run(example)  # first inference selects kernels
     run.streams = streams  # type: ignore[attr-defined]
+    return run
+
+
+class OpenVINODecoder:
+    """A bfloat16 OpenVINO compilation of a SAM-style mask decoder for inference, rebuilt on change.
+
+    :meth:`of` returns ``run(image_embeddings, image_pe, sparse, dense) -> (logits, iou)``:
+    float32 tensors in and out, the single-mask output (``multimask_output=False``),
+    any number of prompts and of sparse prompt tokens (dynamic shapes). The module is
+    traced once per weights (a frozen copy; the module itself is never changed),
+    converted (kept on disk beside the converted encoders, :func:`openvino_cache_dir`)
+    and compiled with ``INFERENCE_PRECISION_HINT=bf16``; it is rebuilt when another
+    module is passed or its weights were changed in place (as :class:`Bf16Copy`).
+    Raises whatever building raises (the caller falls back to :class:`Bf16Copy`).
+    """
+
+    def __init__(self) -> None:
+        self._run: Any = None
+        self._key: tuple[Any, ...] | None = None
+        self._lock = threading.Lock()
+
+    def of(self, module: Any, image_embedding_shape: tuple[int, int, int], num_threads: int | None = None) -> Any:
+        import torch
+
+        key = (id(module), state_fingerprint(module), tuple(image_embedding_shape))
+        with self._lock:
+            if key != self._key:
+                self._run = _build_openvino_decoder(module, image_embedding_shape, num_threads or torch.get_num_threads())
+                self._key = key
+            return self._run
+
+
+def _build_openvino_decoder(decoder: Any, embedding_shape: tuple[int, int, int], num_threads: int) -> Any:
+    import numpy as np
+    import torch
+
+    ov = import_openvino()
+    core = ov.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise RuntimeError("OpenVINO reports no bfloat16 support on this CPU")
+
+    class SingleMask(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, embeddings: Any, pe: Any, sparse: Any, dense: Any) -> Any:
+            return self.inner(
+                image_embeddings=embeddings,
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+
+    frozen = SingleMask(copy.deepcopy(decoder).eval().requires_grad_(False))
+    c, h, w = embedding_shape
+    # Two prompts of two tokens (a box): the per-prompt expansion of the image embedding is traced.
+    example = (torch.zeros(1, c, h, w), torch.zeros(1, c, h, w), torch.zeros(2, 2, c), torch.zeros(2, c, h, w))
+    shapes = [[1, c, h, w], [1, c, h, w], [-1, -1, c], [-1, c, h, w]]
+
+    def convert() -> Any:
+        with torch.no_grad(), warnings.catch_warnings(), _no_openvino_telemetry():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(frozen, example, check_trace=False)
+            return ov.convert_model(traced, example_input=example, input=[ov.PartialShape(s) for s in shapes])
+
+    model = _cached_model(core, _ir_key(frozen, ("mask-decoder", *map(tuple, shapes))), convert)
+    config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(num_threads)}
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    lock = threading.Lock()
+
+    def as_numpy(t: Any) -> Any:
+        return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+    def run(embeddings: Any, pe: Any, sparse: Any, dense: Any) -> tuple[Any, Any]:
+        inputs = {0: as_numpy(embeddings), 1: as_numpy(pe), 2: as_numpy(sparse), 3: as_numpy(dense)}
+        with lock:
+            request.infer(inputs)
+            logits, iou = (np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True) for i in (0, 1))
+        return torch.from_numpy(logits), torch.from_numpy(iou)
+
     return run
 
 

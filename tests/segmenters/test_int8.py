@@ -231,3 +231,28 @@ def test_cli_int8_options(tmp_path) -> None:
     from medsamkit import Window
 
     assert np.array_equal(images[1], Window(40, 400)(hu[3]))
+
+
+def test_recipe_options_reach_nncf() -> None:
+    nncf = _int8.import_nncf()
+    plain = _int8._recipe(nncf, "ptq1")
+    assert plain == {"model_type": nncf.ModelType.TRANSFORMER}
+    default = _int8._recipe(nncf, _int8.INT8_SCHEME)
+    assert default["model_type"] == nncf.ModelType.TRANSFORMER
+    if "ends" in _int8.INT8_SCHEME:
+        assert default["ignored_scope"].patterns == _int8._ENDS and not default["ignored_scope"].validate
+    options = _int8._recipe(nncf, "ptq1+sdpa+bc+sq0.5+performance")
+    assert options["ignored_scope"].types == ["ScaledDotProductAttention"] and options["fast_bias_correction"] is False
+    assert options["advanced_parameters"].smooth_quant_alphas.matmul == 0.5
+    assert options["preset"] == nncf.QuantizationPreset.PERFORMANCE
+    for bad in ("ptq2", "ptq1+everything"):
+        with pytest.raises(ValueError, match=r"^scheme: "):
+            _int8._recipe(nncf, bad)
+
+
+def test_the_scheme_is_part_of_the_calibration_digest(monkeypatch) -> None:
+    inputs = _calibration()
+    digest = calibration_digest(inputs)
+    monkeypatch.setattr(_int8, "INT8_SCHEME", "ptq1")
+    assert calibration_digest(inputs) != digest
+

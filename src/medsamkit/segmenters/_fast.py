@@ -79,6 +79,10 @@ model's cache key and of every accelerated tag (``-g2``). A rewrite that is exac
 still moves the low-order bits of bfloat16 and int8 results, so encodings made with an
 earlier graph (revision 1: no ``-g`` suffix) never share a cache key with this one."""
 _IR_KEEP = 8  # converted models kept on disk (each about 23 MB)
+_CPU_OPTIONS = {"ENABLE_CPU_PINNING": False}
+"""OpenVINO CPU options of every compilation: threads not pinned to cores (OpenVINO's default
+pins them), 0.90-0.91x the time in interleaved runs on the shared machine, where a pinned
+thread waits whenever another process holds its core (``bench_encoder.py --knobs 30``)."""
 
 
 @lru_cache(maxsize=1)
@@ -559,6 +563,7 @@ def _build_openvino(
         "INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[arithmetic],  # OpenVINO's spelling
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": int(num_threads),
+        **_CPU_OPTIONS,
     }
     compiled = core.compile_model(model, "CPU", config)
     n_outputs = len(compiled.outputs)
@@ -653,7 +658,12 @@ def _build_openvino_decoder(decoder: Any, embedding_shape: tuple[int, int, int],
             return ov.convert_model(traced, example_input=example, input=[ov.PartialShape(s) for s in shapes])
 
     model = _cached_model(core, _ir_key(frozen, ("mask-decoder", *map(tuple, shapes))), convert)
-    config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(num_threads)}
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": int(num_threads),
+        **_CPU_OPTIONS,
+    }
     request = core.compile_model(model, "CPU", config).create_infer_request()
     lock = threading.Lock()
 

@@ -106,7 +106,7 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
     OpenVINO when it is installed, else through an optimised PyTorch copy. Masks agree
     with float32 to a mean Dice difference below 0.005; the embeddings differ
     slightly, so the ``model_id`` gets a suffix naming the numerics (for example
-    ``litemedsam:<digest>:openvino-bf16``) and cached encodings are never mixed. The
+    ``litemedsam:<digest>:openvino-bf16-g2``) and cached encodings are never mixed. The
     fast encoder is a separate copy built on first use; ``model.image_encoder`` is
     never changed, so training through it (LoRA) works as before. On a CPU without
     bfloat16, on other devices, and while ``model.image_encoder`` is replaced by
@@ -124,7 +124,7 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
     own images), the rest as with ``"fast"``. Faster than ``"fast"`` on CPUs with
     AVX512-VNNI or AMX, with a small Dice change (``docs/performance.md``). The
     quantized model is kept on disk beside the converted one; ``model_id`` names the
-    calibration set (``litemedsam:<digest>:openvino-int8-bf16-<calibration digest>``).
+    calibration set (``litemedsam:<digest>:openvino-int8-bf16-g2-<calibration digest>``).
 
     Args:
         checkpoint: Optional path to LiteMedSAM weights (for example a fine-tuned

@@ -128,3 +128,26 @@ def test_precision_option_reaches_the_segmenter_and_its_config(tmp_path, capsys)
     assert reloaded.precision == "float32" and reloaded.encoder_backend == "float32"
     code = main(["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "o2"), "--precision", "fast", *FAKE])
     assert code == 2 and "--precision" in capsys.readouterr().err
+
+
+def test_resize_filter_choices_are_the_segmenters():
+    """The CLI lists the filters itself (no segmenter import at parse time): the same four."""
+    from medsamkit.segmenters import RESIZE_FILTERS
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in SEGMENTER_COMMANDS:
+        option = next(a for a in subcommands.choices[name]._actions if "--resize-filter" in a.option_strings)
+        assert tuple(option.choices) == RESIZE_FILTERS and option.default is None
+
+
+@pytest.mark.parametrize("command", sorted(SEGMENTER_COMMANDS))
+def test_every_command_passes_resize_filter_to_litemedsam_only(command, folders, capsys):
+    from medsamkit.cli._build import segmenter_params
+
+    assert main(_argv(command, folders, "--segmenter", "fake", "--no-cache", "--resize-filter", "pil-bilinear")) == 2
+    assert "--resize-filter: LiteMedSAM only, got --segmenter fake" in capsys.readouterr().err
+    args = build_parser().parse_args(_argv(command, folders, "--resize-filter", "pil-bicubic"))
+    assert segmenter_params(args)["resize_filter"] == "pil-bicubic"
+    args = build_parser().parse_args(_argv(command, folders))
+    assert "resize_filter" not in segmenter_params(args)

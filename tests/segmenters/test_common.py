@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from medsamkit import ImageEncoding, Prompts
+from medsamkit.segmenters import RESIZE_FILTERS, check_resize_filter, resize_image
 from medsamkit.segmenters._common import check_encoding, longest_side_size_hw, prompts_to_model, to_rgb_float
 
 # ---------------------------------------------------------------------------------------
@@ -175,6 +176,109 @@ def test_to_rgb_float_uint16_has_no_full_size_float_copy() -> None:
     assert peak < image.nbytes / 2, f"peak {peak / 1e6:.1f} MB"
     expected = cv2.resize(image, (205, 256), interpolation=cv2.INTER_AREA).astype(np.float32)
     np.testing.assert_array_equal(out[..., 1], expected)
+
+
+# ---------------------------------------------------------------------------------------
+# resize filters (resize_image, to_rgb_float(..., resize_filter))
+# ---------------------------------------------------------------------------------------
+
+
+def test_resize_filters_are_the_documented_four() -> None:
+    assert RESIZE_FILTERS == ("area", "linear", "pil-bilinear", "pil-bicubic")
+
+
+@pytest.mark.parametrize("bad", ["nearest", "AREA", "", None, 1, ("area",)])
+def test_resize_filter_is_validated(bad) -> None:
+    with pytest.raises(ValueError, match=r"resize_filter: expected one of 'area', 'linear', 'pil-bilinear', 'pil-bicubic', got"):
+        check_resize_filter(bad)
+    with pytest.raises(ValueError, match="resize_filter"):
+        to_rgb_float(_gray(), (40, 30), bad)
+    with pytest.raises(ValueError, match="resize_filter"):
+        resize_image(_gray(), (40, 30), bad)
+
+
+# (dtype maker, dtype after an OpenCV filter, dtype after a Pillow filter)
+_DTYPES = {
+    "uint8": (lambda g: g, np.uint8, np.uint8),
+    "uint16": (lambda g: g.astype(np.uint16) * 257, np.uint16, np.float32),
+    "float32": (lambda g: g.astype(np.float32) / 255, np.float32, np.float32),
+    "float64": (lambda g: g.astype(np.float64) * 3.7 - 100, np.float64, np.float32),
+}
+
+
+@pytest.mark.parametrize("resize_filter", RESIZE_FILTERS)
+@pytest.mark.parametrize("dtype", list(_DTYPES))
+def test_resize_shape_and_dtype_per_filter(resize_filter, dtype) -> None:
+    make, cv2_dtype, pil_dtype = _DTYPES[dtype]
+    image = make(_gray())
+    resized = resize_image(image, (40, 30), resize_filter)
+    assert resized.shape == (40, 30)
+    assert resized.dtype == (pil_dtype if resize_filter.startswith("pil") else cv2_dtype)
+    out = to_rgb_float(image, (40, 30), resize_filter)
+    assert out.shape == (40, 30, 3) and out.dtype == np.float32 and np.isfinite(out).all()
+    np.testing.assert_array_equal(out[..., 0], resized.astype(np.float32))
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+    # Values stay in the input's range (bicubic may overshoot a little at edges).
+    lo, hi = float(image.min()), float(image.max())
+    slack = 0.15 * (hi - lo) if resize_filter == "pil-bicubic" else 1e-3 * (hi - lo)
+    assert out.min() >= lo - slack and out.max() <= hi + slack
+
+
+@pytest.mark.parametrize("resize_filter", RESIZE_FILTERS)
+def test_constant_image_stays_constant(resize_filter) -> None:
+    for image in (np.full((90, 70), 200, np.uint8), np.full((90, 70), 40000, np.uint16), np.full((90, 70), -3.5)):
+        out = to_rgb_float(image, (37, 29), resize_filter)
+        np.testing.assert_allclose(out, float(image.flat[0]), rtol=1e-6)
+
+
+def test_exact_halving_area_and_linear_are_the_2x2_block_mean() -> None:
+    # Hand reference: halving with INTER_AREA averages 2 x 2 blocks; INTER_LINEAR samples
+    # midway between pixel centres, which is the same average.
+    image = np.random.default_rng(4).uniform(0, 1000, size=(64, 48))
+    blocks = image.reshape(32, 2, 24, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(resize_image(image, (32, 24), "area"), blocks, rtol=1e-12)
+    np.testing.assert_allclose(resize_image(image, (32, 24), "linear"), blocks, rtol=1e-12)
+
+
+def test_pil_filters_are_antialiased_when_shrinking() -> None:
+    # Stripes of period 3 px (0, 0, 255) shrunk 4x: the mean is 85. INTER_LINEAR samples two
+    # pixels per output (std 60 here), INTER_AREA averages each 4-pixel cell (64 or 128:
+    # std 30), Pillow's bilinear/bicubic widen the kernel to 8+ pixels and come close to flat grey.
+    stripes = np.tile(np.array([0, 0, 255], np.uint8), 40)[None, :].repeat(60, axis=0)  # (60, 120)
+    std = {f: resize_image(stripes, (15, 30), f).astype(float).std() for f in RESIZE_FILTERS}
+    assert std["pil-bilinear"] < 10 and std["pil-bicubic"] < 10
+    assert 20 < std["area"] < 40 and std["linear"] > 50
+
+
+def test_pil_uint16_and_float_paths_agree_and_uint8_uses_pillow() -> None:
+    from PIL import Image
+
+    g = _gray(101, 77)
+    as16 = resize_image(g.astype(np.uint16) * 257, (50, 38), "pil-bilinear")
+    as_float = resize_image(g.astype(np.float64) * 257, (50, 38), "pil-bilinear")
+    np.testing.assert_allclose(as16, as_float, rtol=1e-6)
+    # uint8 goes through Pillow's own 8-bit mode: fixed-point weights and rounding, within 1 of the float result.
+    reference = np.asarray(Image.fromarray(g).resize((38, 50), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(resize_image(g, (50, 38), "pil-bilinear"), reference)
+    np.testing.assert_allclose(reference.astype(float), as_float / 257, atol=1.0)
+
+
+@pytest.mark.parametrize("resize_filter", ["pil-bilinear", "pil-bicubic"])
+def test_pil_rgb_float_channels_are_resized_independently(resize_filter) -> None:
+    rgb = np.random.default_rng(5).uniform(-50, 50, size=(80, 60, 3)).astype(np.float32)
+    out = resize_image(rgb, (40, 30), resize_filter)
+    assert out.shape == (40, 30, 3) and out.dtype == np.float32
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], resize_image(rgb[..., c], (40, 30), resize_filter))
+
+
+@pytest.mark.parametrize("resize_filter", RESIZE_FILTERS)
+def test_resize_never_changes_the_input(resize_filter) -> None:
+    image = _gray(70, 50).astype(np.uint16)
+    before = image.copy()
+    out = to_rgb_float(image[::-1], (35, 25), resize_filter)
+    out -= 1
+    np.testing.assert_array_equal(image, before)
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Every command that builds a segmenter takes the options of
 :func:`~medsamkit.cli._options.add_segmenter_options` (``--segmenter``, ``--checkpoint``,
-``--precision``, ``--cache-dir``, ``--cache-size-gb``, ``--no-cache``; ``evaluate`` and
+``--precision``, ``--resize-filter``, ``--cache-dir``, ``--cache-size-gb``, ``--no-cache``; ``evaluate`` and
 ``segment`` also ``--device``) and builds it with :func:`build_segmenter`.
 """
 
@@ -34,7 +34,8 @@ __all__ = [
 
 
 def segmenter_params(args: argparse.Namespace) -> dict[str, Any]:
-    """``--checkpoint``, ``--precision`` and ``--device`` as segmenter constructor arguments (only those given)."""
+    """``--checkpoint``, ``--precision``, ``--resize-filter`` and ``--device`` as segmenter constructor arguments
+    (only those given)."""
     params: dict[str, Any] = {}
     if getattr(args, "device", None) is not None and args.segmenter != "fake":
         params["device"] = args.device
@@ -44,6 +45,11 @@ def segmenter_params(args: argparse.Namespace) -> dict[str, Any]:
         if args.segmenter == "fake":
             raise UsageError("--precision applies to LiteMedSAM, SAM and HQ-SAM, not to the fake segmenter")
         params["precision"] = args.precision
+    resize_filter = getattr(args, "resize_filter", None)
+    if resize_filter is not None:
+        if args.segmenter != "litemedsam":
+            raise UsageError(f"--resize-filter: LiteMedSAM only, got --segmenter {args.segmenter}")
+        params["resize_filter"] = resize_filter
     calibration = getattr(args, "calibration", None)
     if args.precision == "int8":
         if args.segmenter != "litemedsam":

@@ -67,6 +67,12 @@ def add_segmenter_options(
         'pip install "medsamkit[int8]")',
     )
     parser.add_argument(
+        "--resize-filter",
+        choices=("area", "linear", "pil-bilinear", "pil-bicubic"),
+        help="LiteMedSAM: how the image is resized to the 256 px input: area (OpenCV INTER_AREA, the default), "
+        "linear (OpenCV INTER_LINEAR), pil-bilinear or pil-bicubic (Pillow, antialiased); see docs/results.md",
+    )
+    parser.add_argument(
         "--calibration",
         type=Path,
         help="--precision int8: calibration images, a folder of 2D images or a volume (up to 32 of its slices), "

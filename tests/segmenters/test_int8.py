@@ -255,4 +255,3 @@ def test_the_scheme_is_part_of_the_calibration_digest(monkeypatch) -> None:
     digest = calibration_digest(inputs)
     monkeypatch.setattr(_int8, "INT8_SCHEME", "ptq1")
     assert calibration_digest(inputs) != digest
-

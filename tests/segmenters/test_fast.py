@@ -508,6 +508,26 @@ def test_a_failed_openvino_decoder_falls_back_to_the_bf16_copy(litemedsam, cxr, 
 
 
 @pytest.mark.real_model
+def test_a_fresh_conversion_computes_what_the_cached_one_does(litemedsam, cxr, tmp_path, monkeypatch) -> None:
+    """The first process converts and stores the model, later ones read it: both must give
+    the same bytes (a model fresh from OpenVINO's converter compiled to other bf16 results
+    than the same model read back, so a pipeline rebuilt from its config decoded differently)."""
+    pytest.importorskip("openvino")
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    monkeypatch.setenv("MEDSAMKIT_OPENVINO_CACHE", str(tmp_path))
+    model = litemedsam.model
+    features = cxr[2].features
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(points=None, boxes=torch.tensor([[30.0, 40.0, 120.0, 220.0]]), masks=None)
+        pe = model.prompt_encoder.get_dense_pe()
+    fresh = _fast.OpenVINODecoder().of(model.mask_decoder, (256, 64, 64))
+    assert len(list(tmp_path.glob("*.xml"))) == 1
+    cached = _fast.OpenVINODecoder().of(model.mask_decoder, (256, 64, 64))
+    assert torch.equal(fresh(features, pe, sparse, dense)[0], cached(features, pe, sparse, dense)[0])
+
+
+@pytest.mark.real_model
 def test_openvino_decoder_follows_weight_changes(litemedsam, tmp_path, monkeypatch) -> None:
     pytest.importorskip("openvino")
     if not bf16_supported():

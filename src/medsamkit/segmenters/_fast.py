@@ -528,11 +528,18 @@ def _cached_model(core: Any, key: str, make: Any) -> Any:
         entries = [p for p in folder.glob("*.xml") if not p.name.startswith(".")]
         entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         for old in entries[_IR_KEEP:]:
-            old.unlink(missing_ok=True)
-            old.with_suffix(".bin").unlink(missing_ok=True)
+            if old != xml:
+                old.unlink(missing_ok=True)
+                old.with_suffix(".bin").unlink(missing_ok=True)
     except OSError as exc:  # a read-only or full disk only costs the next process a conversion
         warnings.warn(f"fast encoder: could not keep the converted model in {folder} ({exc})", RuntimeWarning, stacklevel=2)
-    return model
+        return model
+    # Compile what later processes will read: a model fresh from the converter compiles to
+    # other bfloat16 results (in the last bits) than the same model read back from disk.
+    try:
+        return core.read_model(str(xml))
+    except Exception:  # noqa: BLE001 - removed meanwhile by another process: the converter's model
+        return model
 
 
 def _int8_model(core: Any, model: Any, key: str, calibration: Any) -> Any:

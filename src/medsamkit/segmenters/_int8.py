@@ -31,11 +31,12 @@ from ._common import without_openvino_telemetry
 
 __all__ = ["INT8_SCHEME", "calibration_digest", "import_nncf", "nncf_available", "quantize_openvino_model"]
 
-INT8_SCHEME = "ptq1+ends+sq-1"
+INT8_SCHEME = "ptq1+ends+sq0.5"
 """Names the quantization recipe (:func:`quantize_openvino_model`); part of every int8 cache
-key and model id. ``ptq1+ends+sq-1``: NNCF's transformer defaults, with the first
-convolution and the neck left in floating point and SmoothQuant off, which halved the
-Dice cost of ``ptq1`` on lung2 at the same speed (``docs/performance.md``)."""
+key and model id. ``ptq1+ends+sq0.5``: NNCF's transformer defaults, with the first
+convolution and the neck left in floating point and SmoothQuant alpha 0.5 (instead of
+0.95), which removed the Dice cost of ``ptq1`` on lung2 at the same speed
+(``docs/performance.md``)."""
 
 _lock = threading.Lock()
 

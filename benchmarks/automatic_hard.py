@@ -74,8 +74,9 @@ def subset(stems: list[str], n: int, labels: dict[str, str], seed: int = 0) -> l
     )
 
 
-def fit_head(seg, folder, train, val, path: Path, *, epochs: int, seed: int) -> msk.EmbeddingHeadPrompter:
-    """Fit (or load) a head; with ``val`` its presence threshold is (re)calibrated there (cheap: cached encodings)."""
+def fit_head(seg, folder, train, val, path: Path, *, epochs: int, seed: int, flip: bool = False) -> msk.EmbeddingHeadPrompter:
+    """Fit (or load) a head; with ``val`` its presence threshold is (re)calibrated there (cheap: cached encodings).
+    ``flip``: also train on the mirrored training images (``fit(..., flip=True)``)."""
     if path.is_file():
         head = msk.EmbeddingHeadPrompter.load(path, presence_rule="accuracy")
         if val:
@@ -84,12 +85,20 @@ def fit_head(seg, folder, train, val, path: Path, *, epochs: int, seed: int) -> 
         return head
     start = time.perf_counter()
     head = msk.EmbeddingHeadPrompter().fit(
-        folder.subset(train), segmenter=seg, val=folder.subset(val) if val else None, epochs=epochs, seed=seed
+        folder.subset(train), segmenter=seg, val=folder.subset(val) if val else None, epochs=epochs, seed=seed, flip=flip
     )
     seconds = time.perf_counter() - start
     head.save(path)
     path.with_suffix(".json").write_text(
-        json.dumps({"seconds": seconds, "n_train": len(train), "n_val": len(val or []), "presence": head.presence_calibration})
+        json.dumps(
+            {
+                "seconds": seconds,
+                "n_train": len(train),
+                "n_val": len(val or []),
+                "flip": flip,
+                "presence": head.presence_calibration,
+            }
+        )
         + "\n"
     )
     print(f"  {path.name}: fitted on {len(train)} images in {seconds:.0f} s; presence {head.presence_calibration}")
@@ -186,6 +195,77 @@ def val_variants(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
     print(report)
 
 
+def flip_train(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
+    """Flip augmentation in training: the 550-image head refitted with ``fit(..., flip=True)`` (``OUT/heads/head-550-flip.pt``)
+    beside the plain ``OUT/heads/head-550.pt`` (fitted when missing), with and without test flip. Validation by default;
+    ``--test VARIANT`` evaluates that one variant (and it + refine 5%) on the 150 test images."""
+    folder = msk.MaskFolder(args.data / "us-busi")
+    train, val, test, _, _ = busi_split(folder, args.seed)
+    heads_dir = args.out / "heads"
+    heads_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"head": heads_dir / f"head-{len(train)}.pt", "flip-trained head": heads_dir / f"head-{len(train)}-flip.pt"}
+    for name, path in paths.items():
+        fit_head(seg, folder, train, val, path, epochs=args.epochs, seed=args.seed, flip=name.startswith("flip"))
+    variants = {}
+    for name, path in paths.items():
+        for test_flip in (False, True):
+            # the presence threshold calibrated on the validation images at fit time (on the plain map)
+            variants[name + (" + test flip" if test_flip else "")] = msk.EmbeddingHeadPrompter.load(path, test_flip=test_flip)
+    if args.test is None:
+        report = msk.compare_prompters(seg, folder.subset(val), variants, out_dir=args.out / "val-flip-train", progress=False)
+        print(report)
+        return
+    if args.test not in variants:
+        raise SystemExit(f"--test: expected one of {sorted(variants)}, got {args.test!r}")
+    chosen = variants[args.test]
+    providers = {
+        f"{args.test} + presence": chosen,
+        f"{args.test} + presence + refine 5%": msk.RefinedPrompter(chosen, margin_fraction=0.05),
+    }
+    report = msk.compare_prompters(
+        seg, folder.subset(test), providers, out_dir=args.out / "test-flip-train", quality=True, progress=False
+    )
+    print(report)
+
+
+def cam_embedding(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
+    """CAM boxes from a presence classifier on the segmenter's embedding (``CAMBoxPrompter(backbone="embedding")``),
+    fitted on the 550 training images (image-level labels only; best epoch by validation loss), against the 550-image
+    head on the 80 validation images. ``--test VARIANT`` runs one of them on the test split."""
+    from medsamkit.prompters import CAMBoxPrompter
+
+    folder = msk.MaskFolder(args.data / "us-busi")
+    train, val, test, _, _ = busi_split(folder, args.seed)
+    heads_dir = args.out / "heads"
+    heads_dir.mkdir(parents=True, exist_ok=True)
+    head = fit_head(seg, folder, train, val, heads_dir / f"head-{len(train)}.pt", epochs=args.epochs, seed=args.seed)
+    tag = "" if args.epochs == 40 else f"-e{args.epochs}"  # --epochs: the classifier's (the head is loaded when saved)
+    path = heads_dir / f"cam-embedding-{len(train)}{tag}.pt"
+    if path.is_file():
+        cam = CAMBoxPrompter.load(path)
+    else:
+        start = time.perf_counter()
+        cam = CAMBoxPrompter(backbone="embedding").fit(
+            folder.subset(train), segmenter=seg, val=folder.subset(val), epochs=args.epochs, seed=args.seed, progress=True
+        )
+        cam.save(path)
+        print(f"  {path.name}: fitted in {time.perf_counter() - start:.0f} s; best epoch {cam.train_info['best_epoch']}")
+    for row in cam.history:
+        print(
+            f"  epoch {row['epoch']}: loss {row['loss']:.4f}, val loss {row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.3f}"
+        )
+    variants = {"head": head, "CAM boxes, embedding classifier": cam}
+    if args.test is None:
+        print(
+            msk.compare_prompters(seg, folder.subset(val), variants, out_dir=args.out / f"val-cam-embedding{tag}", progress=False)
+        )
+        return
+    if args.test not in variants:
+        raise SystemExit(f"--test: expected one of {sorted(variants)}, got {args.test!r}")
+    chosen = {args.test: variants[args.test]}
+    print(msk.compare_prompters(seg, folder.subset(test), chosen, out_dir=args.out / f"test-cam-embedding{tag}", progress=False))
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__.splitlines()[0], "runs/auto-hard")
     parser.add_argument("--epochs", type=int, default=40)
@@ -195,6 +275,22 @@ def main() -> None:
     parser.add_argument("--cxr", action="store_true", help="only the chest X-ray part (Shenzhen, Shenzhen -> Montgomery)")
     parser.add_argument("--quality-table", action="store_true", help="only print failure detection per quality column")
     parser.add_argument("--val-variants", action="store_true", help="only the box-selection variants on the validation images")
+    parser.add_argument(
+        "--flip-train",
+        action="store_true",
+        help="only flip augmentation in training: the 550-image head fitted with flip=True vs the plain one, on validation",
+    )
+    parser.add_argument(
+        "--cam-embedding",
+        action="store_true",
+        help="only CAM boxes of a presence classifier on the segmenter's embedding vs the head, on validation",
+    )
+    parser.add_argument(
+        "--test",
+        default=None,
+        metavar="VARIANT",
+        help="with --flip-train or --cam-embedding: the variant chosen on validation, run on the test split",
+    )
     args = parser.parse_args()
     if args.quality_table:
         quality_table(args.out)
@@ -209,6 +305,12 @@ def main() -> None:
         return
     if args.val_variants:
         val_variants(args, seg)
+        return
+    if args.flip_train:
+        flip_train(args, seg)
+        return
+    if args.cam_embedding:
+        cam_embedding(args, seg)
         return
     folder = msk.MaskFolder(args.data / "us-busi")
     train, val, test_stems, pool, labels = busi_split(folder, args.seed)

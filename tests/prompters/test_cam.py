@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from medsamkit import ImageEncoding as msk_encoding
 from medsamkit import OracleBoxPrompter, Pipeline, Prompts
+from medsamkit._registry import build_prompter
 from medsamkit.data import MaskFolder
-from medsamkit.prompters._cam import CAM_METHODS, CAMBoxPrompter
+from medsamkit.prompters import CAM_METHODS, CAMBoxPrompter, seeded_classifier
 from medsamkit.testing import FakeSegmenter, make_blob_image, make_presence_folder
 
 SIZE_HW = (64, 80)
@@ -249,3 +251,170 @@ def test_missing_grad_cam_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)
     with pytest.raises(ImportError, match=r"pip install medsamkit\[cam\]"):
         CAMBoxPrompter()
+
+
+# --------------------------------------------------------------------- the "embedding" backbone
+
+
+class _EmbeddingFake(FakeSegmenter):
+    """A weight-free segmenter with a torch embedding (issue 13's "classifier on the segmenter's embedding").
+
+    The image is padded to a square (as LiteMedSAM pads its resized input) and average-pooled to a
+    16 x 16 map of 4 channels; ``features`` also keep the plain image, for ``FakeSegmenter.decode``.
+    """
+
+    SIDE = 16
+
+    def __init__(self, encoder: str = "a") -> None:
+        super().__init__(mode="intensity")
+        self.model_id = f"fake-emb-cam:{encoder}"
+        self.encoder_id = f"fake-emb-cam-encoder:{encoder}"
+
+    def encode(self, image):
+        import cv2
+
+        enc = super().encode(image)
+        h, w = enc.size_hw
+        square = np.zeros((max(h, w), max(h, w)), dtype=np.float32)
+        square[:h, :w] = enc.features
+        gray = torch.from_numpy(cv2.resize(square, (self.SIDE, self.SIDE), interpolation=cv2.INTER_AREA))
+        emb = torch.stack([gray, gray**2, 1 - gray, torch.ones_like(gray)])[None]
+        return msk_encoding(features=(emb, enc.features), size_hw=enc.size_hw, input_size_hw=enc.size_hw, model_id=self.model_id)
+
+    def decode(self, encoding, prompts):
+        plain = msk_encoding(
+            features=encoding.features[1], size_hw=encoding.size_hw, input_size_hw=encoding.size_hw, model_id=encoding.model_id
+        )
+        return super().decode(plain, prompts)
+
+
+EMB = {"backbone": "embedding", "pool": 1, "width": 4, "depth": 2}
+
+
+@pytest.fixture(scope="module")
+def emb_seg():
+    return _EmbeddingFake()
+
+
+@pytest.fixture(scope="module")
+def emb_fitted(data, emb_seg):
+    train, val = data
+    return CAMBoxPrompter(**EMB).fit(train, segmenter=emb_seg, val=val, epochs=15, batch_size=8, lr=1e-2, seed=0)
+
+
+def test_embedding_backbone_learns_presence_and_localises_the_blob(emb_fitted, emb_seg, data):
+    assert emb_fitted.uses_encoding and not CAMBoxPrompter.uses_encoding and not CAMBoxPrompter().uses_encoding
+    assert emb_fitted.history[-1]["loss"] < 0.5 * emb_fitted.history[0]["loss"]
+    assert emb_fitted.channels == 4 and emb_fitted.model_id == emb_seg.model_id
+    correct = [(emb_fitted.presence(i, encoding=emb_seg.encode(i)) >= 0.5) == m.any() for i, m in (s.load() for s in data[1])]
+    assert np.mean(correct) > 0.9
+    oracle, ious = OracleBoxPrompter(), []
+    for image, mask in _val(data, blob=True):
+        encoding = emb_seg.encode(image)
+        cam = emb_fitted.cam_map(image, encoding=encoding)
+        assert cam.shape == SIZE_HW and cam.dtype == np.float32 and 0 <= cam.min() and cam.max() <= 1
+        prompts = emb_fitted(image, encoding=encoding)
+        assert 1 <= prompts.n <= emb_fitted.max_boxes
+        ious.append(_box_iou(prompts.box_xyxy[0], oracle(image, target=mask).box_xyxy[0]))
+    # measured: mean 0.81, min 0.77; 0.50 (min 0.29) when the CAM's padding rows are not cropped
+    # away before resizing (the 64 x 80 images are padded to 80 x 80 by the fake, as LiteMedSAM pads)
+    assert np.mean(ious) > 0.65, ious
+    for image, _ in _val(data, blob=False):
+        assert emb_fitted(image, encoding=emb_seg.encode(image)).n == 0
+
+
+def test_embedding_backbone_in_a_pipeline(emb_fitted, emb_seg, data):
+    image, mask = _val(data, blob=True)[0]
+    result = Pipeline(emb_fitted, emb_seg)(image)
+    assert result.note is None and (result.mask & mask).sum() > 0.5 * mask.sum()
+    image, _ = _val(data, blob=False)[0]
+    assert Pipeline(emb_fitted, emb_seg)(image).note == "no prompt"
+
+
+def test_embedding_backbone_save_load_round_trip(emb_fitted, emb_seg, data, tmp_path):
+    path = emb_fitted.save(tmp_path / "cam-emb.pt")
+    loaded = CAMBoxPrompter.load(path)
+    assert loaded.params() == emb_fitted.params() and loaded.params()["backbone"] == "embedding"
+    assert (loaded.model_id, loaded.encoder_id, loaded.channels) == (emb_fitted.model_id, emb_fitted.encoder_id, 4)
+    assert loaded.uses_encoding
+    for image, _ in (s.load() for s in data[1]):
+        encoding = emb_seg.encode(image)
+        np.testing.assert_array_equal(loaded(image, encoding=encoding).box_xyxy, emb_fitted(image, encoding=encoding).box_xyxy)
+    with pytest.raises(ValueError, match="backbone"):
+        CAMBoxPrompter.load(path, backbone="cnn")
+    with pytest.raises(ValueError, match="pool"):
+        CAMBoxPrompter.load(path, pool=2)
+    # the registry entry (what a saved pipeline config rebuilds) takes the params and the state
+    again = build_prompter("cam-box", state=path, **loaded.params())
+    assert again.backbone == "embedding" and again.model_id == emb_seg.model_id and again.uses_encoding
+
+
+def test_embedding_backbone_clear_errors(emb_fitted, emb_seg, data):
+    train, _ = data
+    image, _ = _val(data, blob=True)[0]
+    with pytest.raises(ValueError, match=r"^encoding: .*backbone='embedding'"):
+        emb_fitted(image)  # no encoding
+    with pytest.raises(ValueError, match="encoding"):
+        emb_fitted.cam_map(image)
+    with pytest.raises(ValueError, match="^encoding: .*fitted on embeddings of 'fake-emb-cam:a'"):
+        emb_fitted(image, encoding=_EmbeddingFake("b").encode(image))
+    with pytest.raises(ValueError, match="^segmenter: .*fitted on the image encoder"):
+        Pipeline(emb_fitted, _EmbeddingFake("b"))
+    with pytest.raises(TypeError, match="^segmenter: .*segmenter=<"):
+        CAMBoxPrompter(**EMB).fit(train[:4], epochs=1)
+    with pytest.raises(TypeError, match=r"^samples: got a segmenter"):
+        CAMBoxPrompter(**EMB).fit(emb_seg, epochs=1)
+    with pytest.raises(TypeError, match="encoding: expected features holding"):
+        CAMBoxPrompter(**EMB).fit(train[:4], segmenter=FakeSegmenter(), epochs=1)  # no torch embedding
+    with pytest.raises(ValueError, match="backbone"):
+        CAMBoxPrompter(backbone="resnet")
+    with pytest.raises(ValueError, match="pool"):
+        CAMBoxPrompter(backbone="embedding", pool=3)
+    with pytest.raises(ValueError, match="channels"):
+        seeded_classifier(4, 2, 0, backbone="embedding")
+
+
+def test_embedding_backbone_cam_of_an_encoding_made_under_inference_mode(emb_fitted, emb_seg, data):
+    """finetune / SAM-Mix validate under inference_mode: the encoding's embedding is then an inference
+    tensor, which autograd (Grad-CAM) refuses unless the prompter copies it out (a run failed so)."""
+    image, _ = _val(data, blob=True)[0]
+    expected = emb_fitted(image, encoding=emb_seg.encode(image)).box_xyxy
+    with torch.inference_mode():
+        encoding = emb_seg.encode(image)
+        np.testing.assert_array_equal(emb_fitted(image, encoding=encoding).box_xyxy, expected)
+    with torch.no_grad():
+        np.testing.assert_array_equal(emb_fitted(image, encoding=encoding).box_xyxy, expected)
+
+
+def test_embedding_classifier_behaves_the_same_in_training_and_eval_mode():
+    """Embeddings are not centred like images: with batch norm, the running statistics of a few
+    steps made the eval-mode classifier say "absent" for every BUSI image in a 5-epoch SAM-Mix run.
+    Group norm normalises each image on its own: the same outputs in both modes from the start."""
+    model = seeded_classifier(4, 3, 0, backbone="embedding", channels=8)
+    x = 5 * torch.randn(6, 8, 8, 8, generator=torch.Generator().manual_seed(0)) + 3
+    model.train()
+    trained = model(x)
+    model.eval()
+    torch.testing.assert_close(model(x), trained)
+
+
+@pytest.mark.real_model
+def test_embedding_backbone_on_litemedsam_learns_presence_and_finds_the_blob(litemedsam, data, tmp_path):
+    """With LiteMedSAM's real embedding the classifier learns presence of the blobs and its CAM box lands on
+    the blob. Measured here (20 training images, 20 epochs): mean box IoU with the oracle box 0.79.
+    Trained much longer (40 images, 40 epochs, the training loss down to 0.001) the CAM of the same design
+    spread over the whole image (IoU 0.19-0.34, mean 0.28, in an ad-hoc run): the classifier then also
+    uses the global context the encoder puts in every cell, so long training can cost the CAM its place."""
+    from medsamkit import CachedSegmenter, EmbeddingCache
+
+    seg = CachedSegmenter(litemedsam, EmbeddingCache(tmp_path / "cache"))
+    train, val = data
+    prompter = CAMBoxPrompter(backbone="embedding", width=8, depth=3).fit(train[:20], segmenter=seg, val=val, epochs=20)
+    correct = [(prompter.presence(i, encoding=seg.encode(i)) >= 0.5) == m.any() for i, m in (s.load() for s in val)]
+    assert np.mean(correct) > 0.9
+    oracle, ious = OracleBoxPrompter(), []
+    for image, mask in _val(data, blob=True):
+        prompts = prompter(image, encoding=seg.encode(image))
+        assert prompts.n >= 1
+        ious.append(_box_iou(prompts.box_xyxy[0], oracle(image, target=mask).box_xyxy[0]))
+    assert np.mean(ious) > 0.6, ious

@@ -335,6 +335,80 @@ def test_bad_input_names_the_parameter_and_writes_nothing(litemedsam, data, tmp_
 
 
 # ---------------------------------------------------------------------------------------
+# the classifier on the segmenter's own embedding (backbone="embedding")
+# ---------------------------------------------------------------------------------------
+
+EMBEDDING = {"mode": "decoder", "batch_size": 3, "backbone": "embedding", "pool": 1, "width": 2, "depth": 2}
+
+
+@pytest.mark.parametrize("fit", [fit_sammix, fit_sam_pp])
+def test_embedding_backbone_trains_on_the_segmenters_embedding(tiny_sam, blobs, tmp_path, monkeypatch, fit):
+    """The plumbing (tiny random-weight SAM: a 32 x 4 x 4 embedding): the classifier reads the embedding in
+    training, in the joint loop's box step and in validation (a missing encoding would raise)."""
+    from medsamkit.training import _engine, _sammix
+
+    # the tiny model has no checkpoint format to reload from: saving the pipeline is left out
+    monkeypatch.setattr(_sammix, "_finish", lambda *args: (None, 0.5, [], None))
+    monkeypatch.setattr(_engine, "_finish", lambda *args: (None, 0.5, [], None))
+    seen = []
+    original = CAMBoxPrompter.__call__
+    monkeypatch.setattr(
+        CAMBoxPrompter, "__call__", lambda self, image, **kw: seen.append(kw["encoding"]) or original(self, image, **kw)
+    )
+    train, val = blobs[:4] + blobs[5:], blobs[4:5] + blobs[5:]
+    result = fit(tiny_sam, train, val, out_dir=tmp_path / "run", epochs=2, progress=False, **EMBEDDING)
+    prompter = result.prompter
+    assert prompter.backbone == "embedding" and prompter.uses_encoding
+    assert prompter.channels == 32 and prompter.model_id == tiny_sam.model_id  # the tiny SAM's 32-channel embedding
+    assert seen and all(e is not None and e.model_id == tiny_sam.model_id for e in seen)
+    if fit is fit_sammix:  # the box step of the joint loop asked the prompter for every labelled image after warm-up
+        assert len(seen) >= 4
+    record = json.loads((result.run_dir / ("sammix.json" if fit is fit_sammix else "sam_pp.json")).read_text())
+    assert record["config"]["backbone"] == "embedding" and record["config"]["pool"] == 1
+    loaded = CAMBoxPrompter.load(prompter.save(tmp_path / "cam.pt"))
+    assert loaded.backbone == "embedding" and loaded.channels == 32
+    for sample in blobs:
+        encoding = tiny_sam.encode(sample.image)
+        assert loaded.presence(sample.image, encoding=encoding) == prompter.presence(sample.image, encoding=encoding)
+
+
+def test_embedding_backbone_needs_decoder_mode_and_cnn_records_stay_as_before(tiny_sam, blobs, tmp_path):
+    for fit in (fit_sammix, fit_sam_pp):
+        with pytest.raises(ValueError, match="^backbone: 'embedding' .*mode='lora'"):
+            fit(tiny_sam, blobs, out_dir=tmp_path / "x", mode="lora", backbone="embedding")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="backbone"):
+        SAMMixConfig(backbone="resnet")
+    with pytest.raises(ValueError, match="pool"):
+        SAMMixConfig(pool=3)
+    # a "cnn" run's record has no backbone / pool: run folders of earlier versions still resume
+    assert "backbone" not in SAMMixConfig().record() and "pool" not in SAMMixConfig().record()
+    assert SAMMixConfig(backbone="embedding").record()["backbone"] == "embedding"
+
+
+@pytest.mark.parametrize(("extra", "method"), [([], "fit_sammix"), (["--two-stage"], "fit_sam_pp")])
+def test_cli_backbone_reaches_the_training_call(tmp_path, monkeypatch, capsys, extra, method):
+    from medsamkit import training
+
+    calls = []
+
+    def stop(segmenter, train, val, **kwargs):
+        calls.append(kwargs)
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr(training, method, stop)
+    data = _folder(tmp_path / "data", 6, 0)
+    base = ["sammix", str(data.root), "--segmenter", "fake", "--no-cache", "--no-progress", *extra]
+    assert main([*base, "--out", str(tmp_path / "a"), "--backbone", "embedding", "--mode", "decoder"]) == 2
+    assert main([*base, "--out", str(tmp_path / "b")]) == 2
+    assert calls[0]["backbone"] == "embedding" and calls[0]["mode"] == "decoder"
+    assert "backbone" not in calls[1]  # the default: nothing new in the settings, earlier run folders resume
+    assert "stopped before training" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(tmp_path / "c"), "--backbone", "resnet"])
+
+
+# ---------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------
 

@@ -46,6 +46,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default="skip",
         help="sam-mix: a labelled image with the target but no CAM box is skipped (default) or gets its oracle box",
     )
+    sm.add_argument(
+        "--backbone",
+        choices=("cnn", "embedding"),
+        default="cnn",
+        help="what the presence classifier reads: the image, a CNN trained from scratch (default), or the segmenter's "
+        "own frozen image embedding (decoder mode only)",
+    )
     add_training_options(
         sm,
         prompter=False,
@@ -73,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.pop("lr")  # SAMMixConfig's default: the paper's 1e-3 for both branches
     if not args.two_stage:
         overrides.update(warmup_epochs=args.warmup_epochs, box_fallback=args.box_fallback)
+    if args.backbone != "cnn":  # a "cnn" run passes nothing new: its record stays that of earlier versions
+        overrides["backbone"] = args.backbone
     folder = limited_folder(data_dir, args.limit)
     present = {s.stem: bool(s.load_mask().any()) for s in folder}
     split = train_val_test_split(

@@ -6,6 +6,12 @@ convolutional block, computed with the ``pytorch-grad-cam`` package, says where 
 looked. The CAM thresholded at ``omega * max`` gives regions, and each region a box
 prompt. Images the classifier calls "absent" get no prompt, so the pipeline returns
 an empty mask for them.
+
+Two backbones: ``"cnn"`` (default) trains a small CNN from scratch on the image;
+``"embedding"`` trains a small conv classifier on the segmenter's own frozen image
+embedding (LiteMedSAM's 256 x 64 x 64, medically pre-trained), read from the
+pipeline's encoding as the embedding head does, and the CAM of its last conv layer
+is upsampled to the image.
 """
 
 from __future__ import annotations
@@ -23,12 +29,16 @@ from .._geometry import component_boxes_xyxy
 from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import as_image, as_mask, check_probability
+from ._embedding_head import check_encoding_model, embedding_of, encoder_mismatch
 
 __all__ = [
+    "CAM_BACKBONES",
     "CAM_METHODS",
     "CAMBoxPrompter",
+    "classifier_arrays",
     "classifier_scores",
     "classifier_step",
+    "embedding_presence_arrays",
     "focal_loss",
     "index_batches",
     "presence_arrays",
@@ -50,6 +60,10 @@ CAM_METHODS: dict[str, str] = {
 Methods that run one forward pass per channel or need per-layer biases (ScoreCAM,
 AblationCAM, FullGrad) are left out: they are slow or do not fit the classifier.
 """
+
+CAM_BACKBONES: tuple[str, ...] = ("cnn", "embedding")
+"""What :class:`CAMBoxPrompter`'s classifier reads: ``"cnn"`` the image (a CNN trained from scratch),
+``"embedding"`` the segmenter's frozen image embedding (a small conv classifier on top)."""
 
 # Inference-only parameters: ``load(path, **overrides)`` may change them; the others fix the network.
 _OVERRIDABLE = ("cam", "omega", "presence_threshold", "max_boxes", "min_area_fraction")
@@ -109,22 +123,79 @@ def _build_classifier(width: int, depth: int) -> Any:
     return PresenceNet()
 
 
+def _build_embedding_classifier(channels: int, width: int, depth: int) -> Any:
+    """The ``"embedding"`` backbone: a 1x1 projection of the ``channels`` embedding channels to
+    ``4 * width``, then ``depth - 1`` blocks of 3x3 conv (each conv followed by group norm, 4 groups,
+    and ReLU) at the embedding's resolution (the last block is the CAM layer), GAP, linear: one
+    presence logit.
+
+    Group norm, not batch norm: it normalises each image on its own, so the classifier behaves the
+    same in training and in eval mode from the first step (batch norm's running statistics need many
+    steps to settle on the embedding's scale, and a SAM-Mix run with few images and epochs asks the
+    classifier for boxes, in eval mode, long before that: it said "absent" for every image).
+    """
+    from torch import nn
+
+    hidden = 4 * width
+    blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.GroupNorm(4, hidden), nn.ReLU(inplace=True))]
+    for _ in range(depth - 1):
+        blocks.append(nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.GroupNorm(4, hidden), nn.ReLU(inplace=True)))
+
+    class EmbeddingPresenceNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(*blocks)
+            self.fc = nn.Linear(hidden, 1)
+
+        def forward(self, x: Any) -> Any:
+            return self.fc(self.features(x).mean(dim=(2, 3)))
+
+    return EmbeddingPresenceNet()
+
+
+def _pooled_embedding(features: Any, pool: int) -> Any:
+    """``(1, C, h / pool, w / pool)`` float32 CPU tensor of an encoding's embedding."""
+    import torch.nn.functional as F
+
+    emb = embedding_of(features).detach().float().cpu()
+    return F.avg_pool2d(emb, pool) if pool > 1 else emb
+
+
+def _image_and_mask(sample: Any, i: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The checked ``(image, mask)`` of a sample with ``load()`` or of an ``(image, mask)`` pair."""
+    if hasattr(sample, "load"):
+        image, mask = sample.load()
+    else:
+        try:
+            image, mask = sample
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name}[{i}]: expected a sample with load() -> (image, mask) or an (image, mask) pair, "
+                f"got {type(sample).__name__}"
+            ) from None
+    image = as_image(image, name=f"{name}[{i}] image")
+    return image, as_mask(mask, name=f"{name}[{i}] mask", size_hw=image.shape[:2])
+
+
+def embedding_presence_arrays(segmenter: Any, samples: Sequence[Any], *, pool: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``"embedding"`` backbone's training data: ``(N, C, h, w)`` float16 embeddings (average-pooled by
+    ``pool``; half the memory, trained in float32) and ``(N,)`` presence labels (mask non-empty).
+
+    Each image is encoded once with ``segmenter`` (wrap it in a ``CachedSegmenter`` to reuse encodings).
+    """
+    images, labels = [], []
+    for i, sample in enumerate(samples):
+        image, mask = _image_and_mask(sample, i, name)
+        images.append(_pooled_embedding(segmenter.encode(image).features, pool)[0].numpy().astype(np.float16))
+        labels.append(float(mask.any()))
+    return np.stack(images), np.asarray(labels, dtype=np.float32)
+
+
 def presence_arrays(samples: Sequence[Any], size: int, *, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed images ``(N, size, size)`` and presence labels ``(N,)`` (mask non-empty)."""
     images, labels = [], []
     for i, sample in enumerate(samples):
-        if hasattr(sample, "load"):
-            image, mask = sample.load()
-        else:
-            try:
-                image, mask = sample
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"{name}[{i}]: expected a sample with load() -> (image, mask) or an (image, mask) pair, "
-                    f"got {type(sample).__name__}"
-                ) from None
-        image = as_image(image, name=f"{name}[{i}] image")
-        mask = as_mask(mask, name=f"{name}[{i}] mask", size_hw=image.shape[:2])
+        image, mask = _image_and_mask(sample, i, name)
         images.append(_to_input(image, size))
         labels.append(float(mask.any()))
     return np.stack(images), np.asarray(labels, dtype=np.float32)
@@ -153,18 +224,40 @@ def _augment(batch: Any, rng: np.random.Generator, *, shift: float, intensity: f
     return out
 
 
+def classifier_arrays(
+    samples: Sequence[Any], *, backbone: str, input_size: int, pool: int, segmenter: Any = None, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's inputs for ``backbone`` and the presence labels ``(N,)``.
+
+    ``"cnn"``: ``(N, 1, S, S)`` float32 images in ``[0, 1]`` (:func:`presence_arrays`);
+    ``"embedding"``: ``(N, C, h, w)`` float16 embeddings of ``segmenter`` (:func:`embedding_presence_arrays`).
+    """
+    if backbone == "embedding":
+        return embedding_presence_arrays(segmenter, samples, pool=pool, name=name)
+    x, y = presence_arrays(samples, input_size, name=name)
+    return x[:, None], y
+
+
 # Pieces of the presence classifier's training, public: CAMBoxPrompter.fit and SAM-Mix's
 # joint loop (medsamkit.training.fit_sammix, which steps the classifier between segmenter
 # steps) train it with the same code.
 
 
-def seeded_classifier(width: int, depth: int, seed: int) -> Any:
-    """A fresh classifier initialised from ``seed`` (the global torch RNG state is left untouched)."""
+def seeded_classifier(width: int, depth: int, seed: int, *, backbone: str = "cnn", channels: int | None = None) -> Any:
+    """A fresh classifier initialised from ``seed`` (the global torch RNG state is left untouched).
+
+    ``backbone="embedding"`` needs ``channels``, the number of embedding channels it reads."""
     import torch
 
+    if backbone not in CAM_BACKBONES:
+        raise ValueError(f"backbone: expected one of {list(CAM_BACKBONES)}, got {backbone!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _build_classifier(width, depth)
+        if backbone == "cnn":
+            return _build_classifier(width, depth)
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels: the embedding backbone needs the embedding's channel count, got {channels!r}")
+        return _build_embedding_classifier(channels, width, depth)
 
 
 def focal_loss(alpha: float | None, gamma: float) -> Any:
@@ -202,7 +295,8 @@ def classifier_step(
     Args:
         model: The classifier (put in training mode here).
         optimizer: Its optimiser.
-        x: ``(N, 1, S, S)`` float32 inputs in ``[0, 1]``.
+        x: ``(N, 1, S, S)`` float32 inputs in ``[0, 1]`` (the ``"embedding"`` backbone: ``(N, C, h, w)``
+            embeddings, float16 or float32; pass ``intensity=0`` and ``flip=False`` for them).
         y: ``(N,)`` float32 presence labels.
         index: Indices of the batch in ``x``.
         rng: Augmentation randomness.
@@ -220,7 +314,7 @@ def classifier_step(
         return None
     rows = torch.as_tensor(index)
     model.train()
-    xb = _augment(x[rows], rng, shift=shift, intensity=intensity, flip=flip)
+    xb = _augment(x[rows].float(), rng, shift=shift, intensity=intensity, flip=flip)
     logits = model(xb)[:, 0]
     loss = loss_fn(logits, y[rows])
     optimizer.zero_grad(set_to_none=True)
@@ -237,7 +331,7 @@ def classifier_scores(model: Any, x: Any, y: Any, loss_fn: Any, *, threshold: fl
 
     model.eval()
     with torch.no_grad():
-        logits = model(x)[:, 0]
+        logits = model(x.float())[:, 0]
     cut = -math.inf if threshold <= 0 else math.inf if threshold >= 1 else math.log(threshold / (1 - threshold))
     return float(loss_fn(logits, y)), float(((logits > cut).float() == y).float().mean())
 
@@ -278,11 +372,26 @@ class CAMBoxPrompter:
         width: Channels of the first conv block (the classifier's size).
         depth: Number of conv blocks, 2 to 6.
 
+        backbone: What the classifier reads (:data:`CAM_BACKBONES`). ``"cnn"`` (default):
+            the image, through the CNN above, trained from scratch. ``"embedding"``: the
+            segmenter's frozen image embedding (LiteMedSAM: 256 x 64 x 64, medically
+            pre-trained), average-pooled by ``pool``, through a 1x1 projection to
+            ``4 * width`` channels and ``depth - 1`` blocks of 3x3 conv + group norm +
+            ReLU (the last is the CAM layer), global average pooling, one logit. Its
+            CAM covers the embedding's square (the padded resized image); the part over
+            the image is resized to the image. It needs the pipeline's ``encoding``
+            (``uses_encoding`` is True), ``fit(..., segmenter=...)``, and a segmenter
+            with the image encoder it was fitted on (checked once by
+            :meth:`bind_segmenter`, as for the embedding head). ``input_size`` plays
+            no part.
+        pool: ``"embedding"`` backbone: average-pooling of the embedding before the
+            classifier (1, 2 or 4; 2: a 32 x 32 CAM for LiteMedSAM, 4x less compute).
+
     Requires the optional ``pytorch-grad-cam`` package (``pip install medsamkit[cam]``).
     """
 
     requires_target = False
-    uses_encoding = False
+    uses_encoding = False  # the class default (the CLI asks the class); an "embedding" instance says True
     state_suffix = ".pt"
 
     def __init__(
@@ -296,7 +405,13 @@ class CAMBoxPrompter:
         input_size: int = 128,
         width: int = 16,
         depth: int = 4,
+        backbone: str = "cnn",
+        pool: int = 2,
     ) -> None:
+        if backbone not in CAM_BACKBONES:
+            raise ValueError(f"backbone: expected one of {list(CAM_BACKBONES)}, got {backbone!r}")
+        if isinstance(pool, bool) or pool not in (1, 2, 4):
+            raise ValueError(f"pool: expected 1, 2 or 4, got {pool!r}")
         if not isinstance(cam, str) or cam.lower() not in CAM_METHODS:
             raise ValueError(f"cam: expected one of {sorted(CAM_METHODS)}, got {cam!r}")
         self.omega = check_probability(omega, name="omega")
@@ -319,13 +434,21 @@ class CAMBoxPrompter:
         self.input_size = input_size
         self.width = width
         self.depth = depth
+        self.backbone = backbone
+        self.pool = pool
+        self.uses_encoding = backbone == "embedding"
+        # The embedding backbone: the segmenter it was fitted on (set by fit / load / set_classifier).
+        self.model_id: str | None = None
+        self.encoder_id: str | None = None
+        self.channels: int | None = None
+        self._bound_model_ids: set[str] = set()
         self.model: Any = None
         self.history: list[dict[str, float]] = []
         self.train_info: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         state = f"fitted on {self.train_info.get('n_train', '?')} images" if self.model is not None else "not fitted"
-        return f"CAMBoxPrompter(cam={self.cam!r}, omega={self.omega}, {state})"
+        return f"CAMBoxPrompter(cam={self.cam!r}, omega={self.omega}, backbone={self.backbone!r}, {state})"
 
     def params(self) -> dict[str, Any]:
         """Constructor arguments (for configs and saving)."""
@@ -338,6 +461,8 @@ class CAMBoxPrompter:
             "input_size": self.input_size,
             "width": self.width,
             "depth": self.depth,
+            "backbone": self.backbone,
+            "pool": self.pool,
         }
 
     # ------------------------------------------------------------------ training
@@ -346,6 +471,7 @@ class CAMBoxPrompter:
         self,
         samples: Sequence[Any],
         *,
+        segmenter: Any = None,
         val: Sequence[Any] | None = None,
         epochs: int = 40,
         batch_size: int = 16,
@@ -365,6 +491,9 @@ class CAMBoxPrompter:
                 ``(image, mask)`` pairs. Include images with empty masks: they are the
                 negatives (BUSI's "normal" images); with only positives the classifier
                 learns nothing useful.
+            segmenter: The ``"embedding"`` backbone: the SAM-family segmenter whose
+                embedding the classifier reads (required; wrap it in a
+                ``CachedSegmenter`` to reuse encodings). Not used by ``"cnn"``.
             val: Optional validation samples. With them, the weights of the epoch with
                 the lowest validation loss are kept (otherwise the last epoch's), and
                 ``history`` records validation loss and accuracy.
@@ -375,11 +504,14 @@ class CAMBoxPrompter:
                 ``1 - alpha``); None: no class weighting.
             gamma: Focal-loss focusing parameter (0: plain binary cross-entropy).
             shift: Random shift of each training image, as a fraction of its side
-                (replicate padding); 0 disables it.
+                (replicate padding); 0 disables it. The ``"embedding"`` backbone shifts
+                the embedding map the same way.
             intensity: Strength of the random gamma / contrast / brightness change; 0
-                disables it.
+                disables it. Image-only: not applied to the ``"embedding"`` backbone.
             flip: Random horizontal flips (off by default: left and right are not
-                interchangeable in many medical images).
+                interchangeable in many medical images). Image-only: not applied to
+                the ``"embedding"`` backbone (a mirrored embedding is not the
+                embedding of the mirrored image).
             seed: Seed of the initialisation, the batch order and the augmentation
                 (the global torch RNG state is left untouched).
             progress: Show a progress bar.
@@ -390,6 +522,10 @@ class CAMBoxPrompter:
         import torch
         from tqdm.auto import tqdm
 
+        if hasattr(samples, "encode") and hasattr(samples, "model_id"):
+            raise TypeError(
+                f"samples: got a segmenter ({type(samples).__name__}); the signature is fit(samples, *, segmenter=..., ...)"
+            )
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -407,26 +543,37 @@ class CAMBoxPrompter:
         if samples is None or len(samples) == 0:
             raise ValueError("samples: expected at least one training sample, got none")
 
+        embedding = self.backbone == "embedding"
+        if embedding:
+            if segmenter is None or not hasattr(segmenter, "encode"):
+                raise TypeError(
+                    "segmenter: CAMBoxPrompter(backbone='embedding').fit needs segmenter=<the SAM-family segmenter "
+                    f"whose embedding it reads>, got {type(segmenter).__name__}"
+                )
         start = time.perf_counter()
-        x_np, y_np = presence_arrays(samples, self.input_size, name="samples")
+        inputs = {"backbone": self.backbone, "input_size": self.input_size, "pool": self.pool, "segmenter": segmenter}
+        x_np, y_np = classifier_arrays(samples, name="samples", **inputs)
         if y_np.min() == y_np.max():
             kind = "non-empty" if y_np[0] else "empty"
             raise ValueError(
                 f"samples: expected images with and without the target, got {len(y_np)} images, all with {kind} "
                 "masks; add images whose mask is empty (or non-empty)"
             )
-        x_train = torch.from_numpy(x_np)[:, None]
-        y_train = torch.from_numpy(y_np)
+        x_train, y_train = torch.from_numpy(x_np), torch.from_numpy(y_np)
         x_val = y_val = None
         if val is not None and len(val):
-            xv, yv = presence_arrays(val, self.input_size, name="val")
-            x_val, y_val = torch.from_numpy(xv)[:, None], torch.from_numpy(yv)
+            xv, yv = classifier_arrays(val, name="val", **inputs)
+            x_val, y_val = torch.from_numpy(xv), torch.from_numpy(yv)
+        if embedding:  # image-only augmentations
+            intensity, flip = 0.0, False
 
         loss_fn = focal_loss(alpha, gamma)
         rng = np.random.default_rng(seed)
         history: list[dict[str, float]] = []
         best: tuple[float, int, dict[str, Any]] | None = None
-        model = seeded_classifier(self.width, self.depth, seed)
+        model = seeded_classifier(
+            self.width, self.depth, seed, backbone=self.backbone, channels=int(x_train.shape[1]) if embedding else None
+        )
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         n = len(y_train)
         for epoch in tqdm(range(1, epochs + 1), desc="fit CAM classifier", unit="epoch", disable=not progress):
@@ -458,7 +605,7 @@ class CAMBoxPrompter:
         if best is not None:
             model.load_state_dict(best[2])
         model.eval()
-        self.model = model
+        self.set_classifier(model, segmenter=segmenter if embedding else None)
         self.history = history
         self.train_info = {
             "n_train": int(n),
@@ -478,31 +625,81 @@ class CAMBoxPrompter:
         }
         return self
 
+    def set_classifier(self, model: Any, *, segmenter: Any = None) -> None:
+        """Use ``model`` (a classifier of :func:`seeded_classifier` for this backbone) as the prompter's classifier.
+
+        What ``fit`` does at its end, public for training loops that train the classifier themselves
+        (SAM-Mix). The ``"embedding"`` backbone also records which segmenter's embedding it reads:
+        ``segmenter`` is required there.
+        """
+        if self.backbone == "embedding":
+            if segmenter is None:
+                raise TypeError("segmenter: the embedding backbone needs the segmenter whose embedding the classifier reads")
+            first = model.features[0][0]
+            self.channels = int(first.in_channels)
+            self.model_id = getattr(segmenter, "model_id", None)
+            self.encoder_id = getattr(segmenter, "encoder_id", None)
+            self._bound_model_ids = set()
+        self.model = model
+
     # ------------------------------------------------------------------ inference
 
     def _check_fitted(self) -> None:
         if self.model is None:
             raise RuntimeError("CAMBoxPrompter is not fitted: call fit(samples) or load(path) first")
 
-    def _tensor(self, image: Any) -> Any:
+    def bind_segmenter(self, segmenter: Any) -> None:
+        """The ``"embedding"`` backbone: check once that ``segmenter`` computes the embedding the classifier was
+        fitted on (a :class:`~medsamkit.Pipeline` calls this when it is built). Nothing to check for ``"cnn"``.
+
+        Raises:
+            ValueError: If the segmenter's image encoder differs from the fitted one.
+        """
+        if self.backbone != "embedding":
+            return
+        self._check_fitted()
+        mismatch = encoder_mismatch(self.encoder_id, self.model_id, segmenter)
+        if mismatch is not None:
+            fitted, got = mismatch
+            raise ValueError(
+                f"segmenter: the CAM classifier (backbone='embedding') was fitted on the image encoder {fitted!r}, but "
+                f"this segmenter's encoder is {got!r}; a decoder-only fine-tuned checkpoint keeps the encoder and works, "
+                "another encoder needs a new fit"
+            )
+        model_id = getattr(segmenter, "model_id", None)
+        if isinstance(model_id, str):
+            self._bound_model_ids.add(model_id)
+
+    def _tensor(self, image: Any, encoding: ImageEncoding | None = None) -> Any:
+        """The classifier's input: the resized image (``"cnn"``) or the pooled embedding of ``encoding``."""
         import torch
 
-        return torch.from_numpy(_to_input(image, self.input_size))[None, None]
+        if self.backbone == "cnn":
+            return torch.from_numpy(_to_input(image, self.input_size))[None, None]
+        if encoding is None:
+            raise ValueError(
+                "encoding: CAMBoxPrompter(backbone='embedding') reads the segmenter's embedding; use it inside a "
+                "Pipeline or pass encoding=segmenter.encode(image)"
+            )
+        check_encoding_model(encoding, self.model_id, self._bound_model_ids, "CAM classifier")
+        return _pooled_embedding(encoding.features, self.pool)
 
-    def presence(self, image: np.ndarray) -> float:
-        """The classifier's probability that ``image`` contains the target."""
+    def presence(self, image: np.ndarray, *, encoding: ImageEncoding | None = None) -> float:
+        """The classifier's probability that ``image`` contains the target (``"embedding"``: ``encoding`` required)."""
         import torch
 
         self._check_fitted()
         with torch.no_grad():
-            return float(torch.sigmoid(self.model(self._tensor(image)))[0, 0])
+            return float(torch.sigmoid(self.model(self._tensor(image, encoding)))[0, 0])
 
-    def cam_map(self, image: np.ndarray) -> np.ndarray:
+    def cam_map(self, image: np.ndarray, *, encoding: ImageEncoding | None = None) -> np.ndarray:
         """``(H, W)`` float32 class activation map in ``[0, 1]`` for the presence logit (at any probability).
 
         Gradient-based CAMs need autograd: it is switched on here, so the prompter also
         works inside ``torch.no_grad()`` or ``torch.inference_mode()`` (e.g. as the
-        validation prompter of :func:`medsamkit.finetune`).
+        validation prompter of :func:`medsamkit.finetune`). The ``"embedding"`` backbone
+        needs ``encoding``; its CAM over the embedding's square is cropped to the image
+        part (the rest is the encoder's padding) before it is resized to the image.
         """
         import cv2
         import torch
@@ -514,10 +711,18 @@ class CAMBoxPrompter:
         explainer = self._cam_class(model=self.model, target_layers=[self.model.features[-1]])
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                cam = explainer(input_tensor=self._tensor(image), targets=[ClassifierOutputTarget(0)])[0]
+                # a copy: an embedding made under inference_mode (a validation pass) is an inference
+                # tensor, which autograd refuses to record
+                tensor = self._tensor(image, encoding).clone()
+                cam = explainer(input_tensor=tensor, targets=[ClassifierOutputTarget(0)])[0]
         finally:
             explainer.activations_and_grads.release()  # remove the hooks from the model
             self.model.zero_grad(set_to_none=True)
+        if encoding is not None and self.backbone == "embedding":
+            side = tensor.shape[-1] / max(encoding.input_size_hw)  # cells per pixel of the resized, padded input
+            cam = np.asarray(cam)[
+                : max(1, round(encoding.input_size_hw[0] * side)), : max(1, round(encoding.input_size_hw[1] * side))
+            ]
         cam = cv2.resize(np.asarray(cam, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
         return np.clip(np.nan_to_num(cam, nan=0.0), 0.0, 1.0)
 
@@ -535,12 +740,14 @@ class CAMBoxPrompter:
         return component_boxes_xyxy(region, min_area=min_area, keep_largest=True)[: self.max_boxes]
 
     def __call__(self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None) -> Prompts:
-        """Box prompts for ``image`` (``target`` is not read); none when the classifier says "absent"."""
+        """Box prompts for ``image`` (``target`` is not read); none when the classifier says "absent".
+
+        The ``"embedding"`` backbone needs ``encoding`` (the pipeline passes it)."""
         self._check_fitted()
         image = as_image(image)
-        if self.presence(image) < self.presence_threshold:
+        if self.presence(image, encoding=encoding) < self.presence_threshold:
             return Prompts.empty()
-        boxes = self.boxes_from_cam(self.cam_map(image))
+        boxes = self.boxes_from_cam(self.cam_map(image, encoding=encoding))
         return Prompts(box_xyxy=boxes) if len(boxes) else Prompts.empty()
 
     # ------------------------------------------------------------------ persistence
@@ -553,7 +760,9 @@ class CAMBoxPrompter:
 
         self._check_fitted()
         buffer = io.BytesIO()
-        meta = {"params": self.params(), "history": self.history, "train_info": self.train_info}
+        meta: dict[str, Any] = {"params": self.params(), "history": self.history, "train_info": self.train_info}
+        if self.backbone == "embedding":
+            meta.update(model_id=self.model_id, encoder_id=self.encoder_id, channels=self.channels)
         torch.save({"model": self.model.state_dict(), "meta": json.dumps(meta)}, buffer)
         path = Path(path)
         atomic_write_bytes(path, buffer.getvalue())
@@ -567,8 +776,9 @@ class CAMBoxPrompter:
             path: The ``.pt`` file.
             **overrides: New values of the inference parameters ``cam``, ``omega``,
                 ``presence_threshold``, ``max_boxes``, ``min_area_fraction``;
-                ``input_size``, ``width`` and ``depth`` must equal the saved ones (they
-                fix the network).
+                ``input_size``, ``width``, ``depth``, ``backbone`` and ``pool`` must
+                equal the saved ones (they fix the network). Files saved before
+                ``backbone`` existed load as ``"cnn"``.
         """
         import torch
 
@@ -591,13 +801,19 @@ class CAMBoxPrompter:
             else:
                 raise TypeError(f"unexpected parameter {key!r}; expected some of {sorted(params)}")
         prompter = cls(**params)
-        model = _build_classifier(prompter.width, prompter.depth)
         try:
+            if prompter.backbone == "embedding":
+                model = _build_embedding_classifier(int(meta["channels"]), prompter.width, prompter.depth)
+            else:
+                model = _build_classifier(prompter.width, prompter.depth)
             model.load_state_dict(state)
-        except RuntimeError as exc:
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"path: {path} does not hold CAMBoxPrompter weights ({exc})") from exc
         model.eval()
         prompter.model = model
+        if prompter.backbone == "embedding":
+            prompter.model_id, prompter.encoder_id = meta.get("model_id"), meta.get("encoder_id")
+            prompter.channels = int(meta["channels"])
         prompter.history = meta.get("history", [])
         prompter.train_info = meta.get("train_info", {})
         return prompter

@@ -87,9 +87,10 @@ def _check_labels(y: np.ndarray, train: list[Any], labelled: tuple[str, ...]) ->
 def _inputs(
     segmenter: TrainableSegmenter, train: Any, val: Any, labelled: Any, config: Any, overrides: dict[str, Any]
 ) -> tuple[SAMMixConfig, list[Any], list[Any], tuple[str, ...], Any, np.ndarray, np.ndarray]:
-    """Everything checked before a file is written: ``(config, train, val, labelled, prompter, x, y)``."""
-    from ..prompters import CAMBoxPrompter
-    from ..prompters import presence_arrays as _samples_to_arrays
+    """Everything checked before a file is written: ``(config, train, val, labelled, prompter, x, y)``.
+
+    ``x``: the classifier's inputs, ``(N, 1, S, S)`` images or (``backbone="embedding"``) ``(N, C, h, w)`` embeddings."""
+    from ..prompters import CAMBoxPrompter, classifier_arrays
 
     _check_trainable(segmenter)
     config = _config(config, overrides)
@@ -98,7 +99,15 @@ def _inputs(
     labelled = _labelled_stems(train, labelled)
     prompter = CAMBoxPrompter(**config.prompter_params())  # checks cam, input_size vs depth; needs grad-cam
     _check_mode(segmenter, config.finetune_config())
-    x, y = _samples_to_arrays(train, config.input_size, name="train")
+    if config.backbone == "embedding":
+        if config.mode != "decoder":
+            raise ValueError(
+                f"backbone: 'embedding' reads the segmenter's frozen image embedding, but mode={config.mode!r} trains "
+                "the image encoder (LoRA); use mode='decoder' with it, or backbone='cnn'"
+            )
+    x, y = classifier_arrays(
+        train, backbone=config.backbone, input_size=config.input_size, pool=config.pool, segmenter=segmenter, name="train"
+    )
     _check_labels(y, train, labelled)
     return config, train, val, labelled, prompter, x, y
 

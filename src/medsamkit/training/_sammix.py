@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._protocols import TrainableSegmenter, prompts_for
-from ._engine import _claim_run_dir, _finish, _loss_fn, _validation_dice
+from .._protocols import TrainableSegmenter
+from ._engine import _claim_run_dir, _finish, _loss_fn, _prompts, _validation_dice
 from ._inputs import _inputs, _record, pick_labelled
 from ._loop import ModulePart, run_epochs
 from ._settings import SAMMixConfig
@@ -203,29 +203,35 @@ def _joint(
     config: SAMMixConfig,
     progress: bool,
 ) -> SAMMixResult:
-    """The joint loop of :func:`fit_sammix` (inputs checked; ``x_np``: ``(N, S, S)`` classifier
-    inputs in ``[0, 1]``, ``y_np``: ``(N,)`` presence labels of ``train``)."""
+    """The joint loop of :func:`fit_sammix` (inputs checked; ``x_np``: the classifier's inputs of
+    ``classifier_arrays``, ``(N, 1, S, S)`` images in ``[0, 1]`` or ``(N, C, h, w)`` embeddings for
+    ``backbone="embedding"``; ``y_np``: ``(N,)`` presence labels of ``train``)."""
     import torch
     from tqdm.auto import tqdm
 
     from ..prompters import OracleBoxPrompter
+    from ..prompters import classifier_arrays as _classifier_arrays
     from ..prompters import classifier_scores as _classifier_scores
     from ..prompters import classifier_step as _classifier_step
     from ..prompters import focal_loss as _focal_loss
     from ..prompters import index_batches as _batches
-    from ..prompters import presence_arrays as _samples_to_arrays
     from ..prompters import seeded_classifier as _seeded_classifier
 
     ft_config = config.finetune_config()
     trainable = _Trainable(segmenter, ft_config)
     seg_optimizer = torch.optim.Adam(trainable.params, lr=ft_config.lr, weight_decay=config.weight_decay)
     seg_loss_fn = _loss_fn(config.loss)
-    classifier = _seeded_classifier(config.width, config.depth, config.seed)
+    embedding = config.backbone == "embedding"
+    classifier = _seeded_classifier(
+        config.width, config.depth, config.seed, backbone=config.backbone, channels=int(x_np.shape[1]) if embedding else None
+    )
     cls_optimizer = torch.optim.Adam(classifier.parameters(), lr=config.classifier_lr or config.lr)
     cls_loss_fn = _focal_loss(config.focal_alpha, config.focal_gamma)
-    prompter.model = classifier
+    prompter.set_classifier(classifier, segmenter=segmenter if embedding else None)
     oracle = OracleBoxPrompter()
     augment: dict[str, Any] = {"shift": config.shift, "intensity": config.intensity, "flip": config.flip}
+    if embedding:  # image-only augmentations
+        augment.update(intensity=0.0, flip=False)
 
     what = "prepare" if trainable.lora else "encode"
     position = {s.stem: i for i, s in enumerate(train)}
@@ -233,10 +239,17 @@ def _joint(
     labelled_items = trainable.prepare([s for s in train if s.stem in chosen], f"{what} labelled", progress)
     item_at = {position[it.stem]: it for it in labelled_items}
     val_items = trainable.prepare(val, f"{what} val", progress)
-    x_train, y_train = torch.from_numpy(x_np)[:, None], torch.from_numpy(y_np)
+    x_train, y_train = torch.from_numpy(x_np), torch.from_numpy(y_np)
     if val_items:
-        xv, yv = _samples_to_arrays([(it.image, it.mask) for it in val_items], config.input_size, name="val")
-        x_val, y_val = torch.from_numpy(xv)[:, None], torch.from_numpy(yv)
+        xv, yv = _classifier_arrays(
+            [(it.image, it.mask) for it in val_items],
+            backbone=config.backbone,
+            input_size=config.input_size,
+            pool=config.pool,
+            segmenter=segmenter,
+            name="val",
+        )
+        x_val, y_val = torch.from_numpy(xv), torch.from_numpy(yv)
 
     def segmentation_jobs(index: np.ndarray) -> tuple[list[tuple[_Item, Any]], int]:
         """(item, prompts) of the batch's labelled images that train the segmenter; images without a box."""
@@ -247,7 +260,8 @@ def _joint(
             if item is None:
                 continue
             positive = bool(item.mask.any())
-            prompts = prompts_for(prompter, item.image)  # presence gate + Grad-CAM boxes; discrete, no gradient
+            # presence gate + Grad-CAM boxes (the embedding backbone reads the item's encoding); discrete, no gradient
+            prompts = _prompts(prompter, item, segmenter.model_id)
             if prompts.n == 0 and positive:
                 no_box += 1
                 if config.box_fallback == "skip":
@@ -328,7 +342,7 @@ def _joint(
     )
     history = loop.history
     classifier.eval()
-    prompter.model = classifier
+    prompter.set_classifier(classifier, segmenter=segmenter if embedding else None)
     prompter.history = [
         {"epoch": h["epoch"], "loss": h["cls_loss"], "accuracy": h["cls_accuracy"]}
         | ({} if h["val_accuracy"] is None else {"val_accuracy": h["val_accuracy"]})
@@ -426,6 +440,7 @@ def fit_sam_pp(
     else:
         prompter.fit(
             train,
+            segmenter=segmenter if config.backbone == "embedding" else None,
             val=val or None,
             epochs=config.epochs,
             batch_size=config.batch_size,

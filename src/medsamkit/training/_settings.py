@@ -26,7 +26,10 @@ _CLASSIFIER_FIELDS = (
     "input_size",
     "width",
     "depth",
+    "backbone",
+    "pool",
 )
+_EMBEDDING_FIELDS = ("backbone", "pool")  # left out of the record of a "cnn" run: older run folders still resume
 
 
 class SegmenterTrainingSettings(BaseModel):
@@ -140,6 +143,11 @@ class SAMMixConfig(SegmenterTrainingSettings):
             settings, as in :class:`FinetuneConfig` (paper: rank 8).
         cam, omega, presence_threshold, max_boxes, min_area_fraction, input_size, width, depth: The
             classifier and its boxes, as in ``CAMBoxPrompter``.
+        backbone, pool: What the classifier reads, as in ``CAMBoxPrompter``: ``"cnn"``
+            (the image, a CNN from scratch) or ``"embedding"`` (the segmenter's frozen
+            image embedding, pooled by ``pool``; decoder mode only, since LoRA changes
+            the encoder the classifier reads; the image-only augmentations
+            ``intensity`` and ``flip`` are not applied to it).
         focal_alpha: Focal-loss weight of the positive class (None: no weighting).
         focal_gamma: Focal-loss focusing parameter (eq. 3).
         shift, intensity, flip: Classifier augmentation, as in ``CAMBoxPrompter.fit``.
@@ -166,6 +174,8 @@ class SAMMixConfig(SegmenterTrainingSettings):
     input_size: int = Field(128, ge=4)
     width: int = Field(16, ge=1)
     depth: int = Field(4, ge=2, le=6)
+    backbone: Literal["cnn", "embedding"] = "cnn"
+    pool: Literal[1, 2, 4] = 2
     focal_alpha: float | None = Field(None, ge=0, le=1)
     focal_gamma: float = Field(2.0, ge=0)
     shift: float = Field(0.1, ge=0, lt=0.5)
@@ -195,6 +205,8 @@ class SAMMixConfig(SegmenterTrainingSettings):
         """The settings that matter (LoRA ones left out in decoder mode); ``extendable``: without
         ``epochs`` and ``patience``, so that a finished run can be continued with more epochs."""
         exclude = set(_LORA_FIELDS) if self.mode == "decoder" else set()
+        if self.backbone == "cnn":
+            exclude |= set(_EMBEDDING_FIELDS)
         if extendable:
             exclude |= {"epochs", "patience"}
         return self.model_dump(exclude=exclude)

@@ -23,6 +23,18 @@ affects the variants alike (medians and ratios are what to compare). Prints:
 
 The warm-cache speed-up of repeated ``evaluate`` runs is measured by
 ``benchmarks/bench_cache.py``.
+
+Other modes (each prints and exits; OpenVINO bf16, 2 threads, interleaved rounds, the
+ratio is the median of per-round ``variant / first`` time ratios):
+
+* ``--graph ROUNDS``: the encoder graph before the layout rewrite (graph revision 1,
+  ``prepare_encoder`` without ``_rewrite_layout``) against the current one, both
+  converted afresh; embedding error of each to the float32 module; OpenVINO's
+  ``PERF_COUNT`` time per node type of each (``--profile``);
+* ``--knobs ROUNDS``: the current encoder compiled with OpenVINO CPU options
+  (``ENABLE_CPU_PINNING``, ``CPU_DENORMALS_OPTIMIZATION``, ``SCHEDULING_CORE_TYPE``);
+* ``--decoder ROUNDS``: the mask decoder for one box on a lung2 slice's embedding:
+  PyTorch bfloat16 copy against the OpenVINO bfloat16 decoder, logits error to float32.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import time
 import tracemalloc
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +99,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
     parser.add_argument("--images", type=int, default=60, help="images per data set for timing and Dice (default 60)")
     parser.add_argument("--eval-images", type=int, default=16, help="chest X-rays per evaluate run (default 16)")
+    parser.add_argument("--graph", type=int, default=0, metavar="ROUNDS", help="revision-1 vs current encoder graph")
+    parser.add_argument("--profile", action="store_true", help="with --graph: PERF_COUNT time per node type")
+    parser.add_argument("--knobs", type=int, default=0, metavar="ROUNDS", help="OpenVINO CPU options")
+    parser.add_argument("--decoder", type=int, default=0, metavar="ROUNDS", help="PyTorch vs OpenVINO bf16 decoder")
     args = parser.parse_args()
+    if args.graph or args.knobs or args.decoder:
+        _comparisons(args)
+        return
 
     load = os.getloadavg()
     print(
@@ -250,6 +270,135 @@ def main() -> None:
 
     load = os.getloadavg()
     print(f"\npeak RSS of the whole run: {_mib_rss():.0f} MiB; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def _interleaved(runs: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for name in names:
+        runs[name]()  # warm-up
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    first = times[names[0]]
+    for name in names:
+        ratio = statistics.median(t / f for t, f in zip(times[name], first, strict=True))
+        print(f"  {name:<34} median {statistics.median(times[name]) * 1000:7.1f} ms   ratio to {names[0]} {ratio:.3f}")
+    return times
+
+
+def _profile(core: Any, model: Any, config: dict[str, Any], x: np.ndarray, top: int = 12) -> None:
+    import collections
+
+    request = core.compile_model(model, "CPU", {**config, "PERF_COUNT": True}).create_infer_request()
+    for _ in range(2):
+        request.infer({0: x})
+    per_type: collections.Counter[tuple[str, str]] = collections.Counter()
+    for _ in range(3):
+        request.infer({0: x})
+        for item in request.profiling_info:
+            per_type[(item.node_type, item.exec_type)] += item.real_time.total_seconds() / 3
+    total = sum(per_type.values())
+    print(f"    total {total * 1000:.0f} ms")
+    for (node, kind), seconds in per_type.most_common(top):
+        print(f"    {node:<22} {kind:<26} {seconds * 1000:7.1f} ms {100 * seconds / total:5.1f}%")
+
+
+def _comparisons(args: argparse.Namespace) -> None:
+    import torch
+
+    import medsamkit as msk
+    from medsamkit._intensity import parse_window
+    from medsamkit.data import read_volume
+    from medsamkit.segmenters import _fast
+
+    print("load average " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    ov = _fast.import_openvino()
+    core = ov.Core()
+    seg = msk.LiteMedSAM(precision="float32")
+    encoder = seg.model.image_encoder
+    lung = args.data / "volumes" / "pyradiomics_lung_ct" / "images" / "lung2.nii.gz"
+    volume = read_volume(lung)
+    chw, _ = seg.preprocess(parse_window("lung")(volume.array[volume.shape[0] // 2]))
+    x = np.ascontiguousarray(chw[None], dtype=np.float32)
+    with torch.inference_mode():
+        exact = encoder(torch.from_numpy(x)).numpy()
+    config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2}
+
+    def request(model: Any, **extra: Any) -> Any:
+        infer = core.compile_model(model, "CPU", {**config, **extra}).create_infer_request()
+
+        def run() -> np.ndarray:
+            infer.infer({0: x})
+            return np.array(infer.get_output_tensor(0).data, copy=True)
+
+        return run
+
+    current = _fast.prepare_encoder(encoder)
+    example = torch.from_numpy(x)
+    if args.graph:
+        rewrite = _fast._rewrite_layout
+        _fast._rewrite_layout = lambda module: None  # graph revision 1
+        try:
+            before = _fast.prepare_encoder(encoder)
+        finally:
+            _fast._rewrite_layout = rewrite
+        models = {"revision 1 (before)": _fast._convert_openvino(before, example)}
+        models[f"revision {_fast.GRAPH_REVISION} (layout rewrite)"] = _fast._convert_openvino(current, example)
+        runs = {name: request(model) for name, model in models.items()}
+        for name, run in runs.items():
+            out = run()
+            print(
+                f"  {name}: embedding rel. error to the float32 module {np.linalg.norm(out - exact) / np.linalg.norm(exact):.4f}"
+            )
+        with torch.inference_mode():
+            eager = [m(example).numpy() for m in (before, current)]
+        print(
+            f"  float32 eager, rewritten vs original module: rel. error {np.linalg.norm(eager[1] - exact) / np.linalg.norm(exact):.2e}"
+        )
+        print(f"encoder, OpenVINO bf16, {args.graph} interleaved rounds:")
+        _interleaved(runs, args.graph)
+        if args.profile:
+            for name, model in models.items():
+                print(f"  PERF_COUNT {name}:")
+                _profile(core, model, config, x)
+    if args.knobs:
+        model, _ = _fast._openvino_model(core, current, example)
+        knobs = {
+            "default": {},
+            "ENABLE_CPU_PINNING=True": {"ENABLE_CPU_PINNING": True},
+            "ENABLE_CPU_PINNING=False": {"ENABLE_CPU_PINNING": False},
+            "CPU_DENORMALS_OPTIMIZATION=True": {"CPU_DENORMALS_OPTIMIZATION": True},
+            "SCHEDULING_CORE_TYPE=ANY_CORE": {"SCHEDULING_CORE_TYPE": "ANY_CORE"},
+        }
+        print(f"encoder, OpenVINO bf16 with CPU options, {args.knobs} interleaved rounds:")
+        _interleaved({name: request(model, **extra) for name, extra in knobs.items()}, args.knobs)
+    if args.decoder:
+        fast = msk.LiteMedSAM()
+        features = torch.from_numpy(exact)
+        boxes = torch.tensor([[60.0, 60.0, 180.0, 160.0]])
+        with torch.inference_mode():
+            reference, _ = seg.decode_logits(features, boxes, None)
+        results: dict[bool, Any] = {}
+
+        def decode(flag: bool) -> Any:
+            def run() -> None:
+                fast._openvino_decoder_failed = not flag  # False: the OpenVINO decoder, True: the PyTorch copy
+                with torch.inference_mode():
+                    results[flag] = fast.decode_logits(features, boxes, None)[0]
+
+            return run
+
+        print(f"mask decoder, one box, {args.decoder} interleaved rounds:")
+        _interleaved({"PyTorch bf16 copy": decode(False), "OpenVINO bf16": decode(True)}, args.decoder)
+        for flag, name in ((False, "PyTorch bf16 copy"), (True, "OpenVINO bf16")):
+            logits = results[flag]
+            error = float((logits - reference).norm() / reference.norm())
+            agree = float(((logits > 0) == (reference > 0)).float().mean())
+            print(f"  {name}: logits rel. error to float32 {error:.4f}, mask pixels agreeing {agree:.5f}")
+    print("load average " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ Calibration set (disjoint from all of them, 24 images): the first 8 cxr-shenzhen
 images, 4 benign and 4 malignant BUSI images from number 101 on, and 8 lung2 slices
 outside the tumour's z-range (lung window). The liver CT gets no images of its own
 in the calibration set. ``--float32`` adds the exact reference encoder (slow).
+``--scheme`` quantizes with another NNCF recipe than the default ``INT8_SCHEME``
+(options of :func:`medsamkit.segmenters._int8.quantize_openvino_model`, e.g.
+``ptq1+ends``); ``--sets`` evaluates some of the sets only (``lung2`` is the volume).
 Not a test.
 """
 
@@ -84,7 +87,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--float32", action="store_true", help="also the exact float32 reference")
+    parser.add_argument("--scheme", default=None, help="NNCF recipe of the int8 encoder (default: INT8_SCHEME)")
+    parser.add_argument("--sets", default=None, help="comma-separated subset of cxr-shenzhen,us-busi,ct-chaos-liver,lung2")
     args = parser.parse_args()
+    if args.scheme:
+        from medsamkit.segmenters import _int8
+
+        _int8.INT8_SCHEME = args.scheme  # read when quantizing and in the calibration digest (so in the model id)
+    chosen = None if args.sets is None else set(args.sets.split(","))
     print(_load(), f"({os.cpu_count()} cores)")
 
     start = time.perf_counter()
@@ -101,6 +111,8 @@ def main() -> None:
 
     times: dict[str, list[float]] = {n: [] for n in segs}
     for set_name, stems in evaluation_sets(args.data).items():
+        if chosen is not None and set_name not in chosen:
+            continue
         pipes = {n: msk.Pipeline(msk.OracleBoxPrompter(), s) for n, s in segs.items()}
         scores: dict[str, list[float]] = {n: [] for n in segs}
         for stem in stems:
@@ -123,6 +135,9 @@ def main() -> None:
                 )
         print(line, flush=True)
 
+    if chosen is not None and "lung2" not in chosen:
+        _summary(times)
+        return
     volume = read_volume(args.data / LUNG[0])
     target = read_volume(args.data / LUNG[1]).array > 0
     window = parse_window("lung")
@@ -133,7 +148,13 @@ def main() -> None:
         m = volume_metrics(result.mask.array, target, spacing=volume.spacing, nsd_tolerance=2.0)
         line += f" | {n}: Dice {m['dice']:.4f} NSD(2 mm) {m['nsd']:.4f}"
     print(line)
+    _summary(times)
 
+
+def _summary(times: dict[str, list[float]]) -> None:
+    if not times["bf16"]:
+        print(_load())
+        return
     ratios = [b / i for b, i in zip(times["bf16"], times["int8"], strict=True)]
     print(
         f"encode time per image (incl. preprocessing), {len(ratios)} images: median bf16 "

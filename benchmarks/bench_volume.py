@@ -148,8 +148,11 @@ def main() -> None:
     segmenter = _segmenter(args.precision)
     timed = _Timed(segmenter)
     window = parse_window(args.window)
-    segmenter.encode(np.zeros((image.shape[1], image.shape[2]), np.uint8))  # build/compile once, not counted
-    print(f"encoder backend {segmenter.encoder_backend} ({segmenter.model_id}), torch threads {_torch_threads()}")
+    _build(segmenter, image.shape[1:])
+    print(
+        f"encoder backend {segmenter.encoder_backend} ({segmenter.model_id}), decoder {segmenter.decoder_backend}, "
+        f"torch threads {_torch_threads()}"
+    )
     # Extra variants, alternated with the default runs: (name, timed segmenter, overlap, one torch thread).
     variants: list[tuple[str, _Timed, bool, bool]] = []
     if args.compare_threads:
@@ -158,8 +161,8 @@ def main() -> None:
         variants.append((f"{args.precision} overlap=True", timed, True, False))
     if args.compare_precision:
         other = _segmenter(args.compare_precision)
-        other.encode(np.zeros((image.shape[1], image.shape[2]), np.uint8))
-        print(f"compared with {other.encoder_backend} ({other.model_id})")
+        _build(other, image.shape[1:])
+        print(f"compared with {other.encoder_backend} ({other.model_id}), decoder {other.decoder_backend}")
         other_timed = _Timed(other)
         variants.append((args.compare_precision, other_timed, False, False))
         if args.overlap:
@@ -249,6 +252,12 @@ def _one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _build(segmenter: Any, size_hw: tuple[int, ...]) -> None:
+    """Build/compile the encoder and the decoder once, outside the timed runs."""
+    encoding = segmenter.encode(np.zeros(tuple(size_hw), np.uint8))
+    segmenter.decode(encoding, msk.Prompts(box_xyxy=[[0, 0, 8, 8]]))
 
 
 def _segmenter(precision: str) -> Any:

@@ -19,7 +19,12 @@ rounds of ``bf16 time / variant time`` for a round of 8 inputs. "rel. error" is
   in flight on 2 requests, as ``segment_volume(overlap=True)`` runs it.
 
 Inputs: 8 lung2 slices inside the tumour's z-range and 8 cxr-shenzhen test images
-(the last 8), none in the calibration set. Not a test.
+(the last 8), none in the calibration set.
+
+``--recipes ptq1,ptq1+ends,...`` compares NNCF recipes instead (the ``scheme`` options of
+:func:`medsamkit.segmenters._int8.quantize_openvino_model`): bf16 and each recipe's
+quantized encoder, same timing and error; the quantized models are kept in ``--out``
+so a second run only compiles. Not a test.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--recipes", default="", help="comma-separated int8 schemes to compare (see the docstring)")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/medsamkit-int8-recipes"))
     args = parser.parse_args()
     print("load average " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     import torch
@@ -95,6 +102,19 @@ def main() -> None:
 
         return run_one
 
+    if args.recipes:
+        variants = {"fp32": compile_(model, "f32"), "bf16": compile_(model)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        for recipe in args.recipes.split(","):
+            path = args.out / f"{recipe}.xml"
+            if not path.is_file():
+                start = time.perf_counter()
+                ov.save_model(quantize_openvino_model(model.clone(), calibration, scheme=recipe), str(path))
+                print(f"{recipe}: quantized in {time.perf_counter() - start:.0f} s", flush=True)
+            variants[recipe] = compile_(core.read_model(str(path)))
+        _compare(variants, inputs, args.repeat)
+        return
+
     start = time.perf_counter()
     weights8 = nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM)
     ptq = quantize_openvino_model(model.clone(), calibration)
@@ -108,12 +128,16 @@ def main() -> None:
         "bf16, 2 streams": compile_(model, streams=2),
         "ptq int8, 2 streams": compile_(ptq, streams=2),
     }
+    _compare(variants, inputs, args.repeat)
+
+
+def _compare(variants: dict[str, Any], inputs: list[np.ndarray], repeat: int) -> None:
     reference = variants["fp32"](inputs)
     for run in variants.values():
         run(inputs[:2])  # warm-up
     times: dict[str, list[float]] = {n: [] for n in variants}
     errors = {}
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         for name, run in variants.items():
             t0 = time.perf_counter()
             out = run(inputs)

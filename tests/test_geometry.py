@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsamkit._geometry import component_boxes_xyxy, connected_components, grow_boxes_xyxy, mask_to_xyxy, target_at_logits
+from medsamkit._geometry import (
+    component_boxes_xyxy,
+    connected_components,
+    grow_boxes_by_fraction,
+    grow_boxes_xyxy,
+    mask_to_xyxy,
+    target_at_logits,
+)
 
 
 def two_rectangles() -> np.ndarray:
@@ -109,6 +116,15 @@ class TestGrowBoxes:
 
     def test_empty(self):
         assert grow_boxes_xyxy(np.zeros((0, 4)), 5, (10, 10)).shape == (0, 4)
+
+    def test_by_fraction_of_the_side(self):
+        # a 20 x 10 box (x 10..29, y 5..14): 10% of its side is 2 px in x, 1 px in y
+        boxes = np.array([[10, 5, 29, 14], [0, 0, 9, 9]], np.int64)
+        out = grow_boxes_by_fraction(boxes, 0.1, (40, 50))
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, [[8, 4, 31, 15], [0, 0, 10, 10]])  # the second clipped at the top left
+        np.testing.assert_array_equal(grow_boxes_by_fraction(boxes[:1], -0.1, (40, 50)), [[12, 6, 27, 13]])
+        np.testing.assert_array_equal(boxes, [[10, 5, 29, 14], [0, 0, 9, 9]])  # input untouched
 
 
 def test_component_boxes_match_scipy_labelling_on_random_masks():

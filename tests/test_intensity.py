@@ -97,3 +97,17 @@ def test_hu_image_without_step_is_said_once(caplog):
         Pipeline(OracleBoxPrompter(), FakeSegmenter())(image, target=mask)  # uint8: nothing to say
         Pipeline(OracleBoxPrompter(), FakeSegmenter(), preprocess=[Window(40, 400)])(hu, target=mask)
     assert not [r for r in caplog.records if "intensity step" in r.getMessage()]
+
+
+def test_a_copy_made_by_replace_shares_the_note_said_once(caplog):
+    image, mask = make_blob_image((32, 40), seed=3)
+    hu = image.astype(np.int16) - 1024
+    pipe = Pipeline(OracleBoxPrompter(), FakeSegmenter())
+    with caplog.at_level(logging.WARNING, logger="medsamkit"):
+        pipe.replace(threshold=0.6)(hu, target=mask)  # the copy says it ...
+        pipe(hu, target=mask)  # ... for its original too
+        pipe.replace(threshold=0.4)(hu, target=mask)
+    assert len([r for r in caplog.records if "without an intensity step" in r.getMessage()]) == 1
+    with caplog.at_level(logging.WARNING, logger="medsamkit"):
+        Pipeline(OracleBoxPrompter(), FakeSegmenter())(hu, target=mask)  # another pipeline says it again
+    assert len([r for r in caplog.records if "without an intensity step" in r.getMessage()]) == 2

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsamkit import FillHoles, KeepLargestComponents, Prompts, RemoveSmallComponents, _registry
+import medsamkit.prompters
+from medsamkit import FillHoles, FittablePrompter, KeepLargestComponents, Prompts, RemoveSmallComponents, _registry
 from medsamkit._registry import (
     POSTPROCESSORS,
     PREPROCESSORS,
@@ -197,17 +198,20 @@ class TestRegistration:
         monkeypatch.setattr(_registry, "_TABLES", {kind: dict(table) for kind, table in _registry._TABLES.items()})
         monkeypatch.setattr(_registry, "_NAMES_OF", dict(_registry._NAMES_OF))
 
-    def test_fittable_prompters_are_the_learned_ones(self):
-        assert sorted(fittable_prompters()) == [
-            "cam-box",
-            "decoder-localiser",
-            "embedding-head",
-            "mean-mask-points",
-            "ranked",
-            "yolo-box",
-        ]
+    def test_fittable_prompters_are_the_prompters_with_the_fittable_contract(self):
+        """The registry's ``fitted`` flag and the FittablePrompter protocol agree: no second list of names.
+
+        ``isinstance`` on the class object checks that the class carries every member of
+        the protocol (``fit``, ``save``, ``load``, ``params``, ``state_suffix``, ...).
+        """
+        prompters = components("prompter")
+        with_contract = {name for name, component in prompters.items() if isinstance(component.cls, FittablePrompter)}
+        assert set(fittable_prompters()) == with_contract
+        assert {"embedding-head", "oracle-box"} <= set(prompters) and "oracle-box" not in with_contract
         assert all(component.fitted for component in fittable_prompters().values())
-        assert not components("prompter")["oracle-box"].fitted
+        public = [getattr(medsamkit.prompters, name) for name in medsamkit.prompters.__all__]
+        learned = {cls for cls in public if isinstance(cls, type) and isinstance(cls, FittablePrompter)}
+        assert learned == {component.cls for component in fittable_prompters().values()}
 
     def test_components_know_their_classes(self):
         assert components("prompter")["oracle-box"].cls is OracleBoxPrompter

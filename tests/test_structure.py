@@ -4,9 +4,13 @@
   also those inside functions (a lazy import still ties two modules together); only
   imports under ``if TYPE_CHECKING:`` are left out (they never run).
 * No ``_private`` name imported across packages: a module may import the private
-  names of its own package and of the packages above it (``from .._types import
+  modules of its own package and of the packages above it (``from .._types import
   Prompts`` is fine), never those of a sibling package (``from ..training._engine
-  import ...``) nor the private names defined in another package's module.
+  import ...``).
+* A name private to a module stays in it: no module imports another module's
+  ``_name``, not even a sibling's in the same package (``from ._engine import
+  _finish`` is refused; a helper two modules share gets a public name in its module,
+  which the package's ``__init__`` need not re-export).
 * Every module imports on its own: a fresh interpreter loads only the third-party
   libraries medsamkit's modules import at their top (numpy, cv2, pydantic; no medsamkit
   module), then forks one child per module, which imports that module alone. Each import
@@ -183,7 +187,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _private_violations(modules: dict[str, Module]) -> list[str]:
-    """``file:line: what`` for every private name imported across packages."""
+    """``file:line: what`` for every private module imported across packages and every private name of another module."""
     root = next(m.path.parent for m in modules.values() if m.name == ROOT).parent
     problems = []
     for name, module in modules.items():
@@ -197,7 +201,7 @@ def _private_violations(modules: dict[str, Module]) -> list[str]:
                 if owner in modules and modules[owner].is_package:
                     allowed = own == owner or own.startswith(owner + ".")  # our package or one above it
                 else:
-                    allowed = owner in modules and modules[owner].package == own  # a module of our own package
+                    allowed = False  # a name private to another module, even one of our own package
                 if not allowed:
                     where = module.path.relative_to(root)
                     problems.append(f"{where}:{imported.line}: {name} imports {imported.path} (private to {owner})")
@@ -216,9 +220,9 @@ def test_no_import_circles():
     assert cycles == [], "import circles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
-def test_no_private_names_imported_across_packages():
+def test_no_private_names_imported_across_packages_or_modules():
     problems = _private_violations(_modules())
-    assert problems == [], "private imports across packages:\n" + "\n".join(problems)
+    assert problems == [], "private imports across packages or modules:\n" + "\n".join(problems)
 
 
 _ALL_MODULES = sorted(name for name in _modules() if not name.endswith(".__main__"))  # __main__ runs the program
@@ -348,7 +352,7 @@ def test_type_checking_imports_make_no_circle(tmp_path):
     assert _cycles(_graph(modules)) == []
 
 
-def test_private_imports_across_packages_are_found(tmp_path):
+def test_private_imports_across_packages_and_modules_are_found(tmp_path):
     modules = _write(
         tmp_path,
         {
@@ -365,7 +369,7 @@ def test_private_imports_across_packages_are_found(tmp_path):
                 "    from .._types import _hidden\n"
                 "    from ..training import _engine\n"
             ),
-            "training/_same.py": "from ._engine import _target\n",
+            "training/_same.py": "from ._engine import _target, train\nfrom . import _engine\n",
         },
     )
     problems = _private_violations(modules)
@@ -374,6 +378,7 @@ def test_private_imports_across_packages_are_found(tmp_path):
         "medsamkit.prompters._bad imports medsamkit.training._engine.train (private to medsamkit.training)",
         "medsamkit.prompters._bad imports medsamkit._types._hidden (private to medsamkit._types)",
         "medsamkit.prompters._bad imports medsamkit.training._engine (private to medsamkit.training)",
+        "medsamkit.training._same imports medsamkit.training._engine._target (private to medsamkit.training._engine)",
     ]
 
 

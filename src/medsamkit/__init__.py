@@ -29,6 +29,7 @@ _EXPORTS = {
     "Segmenter": "._protocols",
     "TrainableSegmenter": "._protocols",
     "LowResDecoder": "._protocols",
+    "EncoderIdentified": "._protocols",
     "ParallelEncoder": "._protocols",
     "prompts_for": "._protocols",
     # pipeline
@@ -134,6 +135,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._pipeline import ComponentConfig, Pipeline, PipelineConfig
     from ._postprocess import FillHoles, KeepLargestComponents, RemoveSmallComponents
     from ._protocols import (
+        EncoderIdentified,
         FittablePrompter,
         LowResDecoder,
         ParallelEncoder,

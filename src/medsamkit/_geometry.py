@@ -105,6 +105,20 @@ def grow_boxes_xyxy(box_xyxy: np.ndarray, margin: float, size_hw: tuple[int, int
     return boxes
 
 
+def grow_boxes_by_fraction(box_xyxy: np.ndarray, fraction: float, size_hw: tuple[int, int]) -> np.ndarray:
+    """Grow (``fraction`` < 0: shrink) each inclusive-pixel box by ``fraction`` of its width / height per side,
+    clipped to the image (:func:`grow_boxes_xyxy`: a shrunk box never inverts).
+
+    Returns:
+        ``(N, 4)`` float32 boxes.
+    """
+    boxes = np.asarray(box_xyxy, dtype=np.float32).copy()
+    size = boxes[:, 2:] - boxes[:, :2] + 1
+    boxes[:, :2] -= fraction * size
+    boxes[:, 2:] += fraction * size
+    return grow_boxes_xyxy(boxes, 0, size_hw)
+
+
 def target_at_logits(mask: np.ndarray, input_size_hw: tuple[int, int], image_size: int, logits_side: int) -> Any:
     """A reference mask in a SAM-family model's low-resolution frame (the training target).
 

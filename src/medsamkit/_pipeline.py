@@ -187,7 +187,7 @@ class Pipeline:
         self.combine = combine
         self.postprocess = tuple(steps)
         self.preprocess = _check_steps(preprocess, name="preprocess", what="image -> image (e.g. [Window(40, 400)])")
-        self._told_normalisation = False
+        self._said: set[str] = set()  # the notes said once (shared with the copies replace() makes)
 
     def __repr__(self) -> str:
         return (
@@ -197,7 +197,8 @@ class Pipeline:
         )
 
     def replace(self, **changes: Any) -> Pipeline:
-        """A copy with some arguments changed (``pipe.replace(threshold=0.6)``); models are shared."""
+        """A copy with some arguments changed (``pipe.replace(threshold=0.6)``); models are shared, and so
+        are the notes said once (a copy does not say again what its original said, nor the reverse)."""
         kwargs: dict[str, Any] = {
             "prompter": self.prompter,
             "segmenter": self.segmenter,
@@ -210,7 +211,9 @@ class Pipeline:
         if unknown:
             raise TypeError(f"replace: unknown arguments {sorted(unknown)}; expected some of {sorted(kwargs)}")
         kwargs.update(changes)
-        return Pipeline(kwargs.pop("prompter"), kwargs.pop("segmenter"), **kwargs)
+        copy = Pipeline(kwargs.pop("prompter"), kwargs.pop("segmenter"), **kwargs)
+        copy._said = self._said
+        return copy
 
     def prompts_for(
         self, image: np.ndarray, *, target: np.ndarray | None = None, encoding: ImageEncoding | None = None
@@ -300,8 +303,8 @@ class Pipeline:
             if out.shape[:2] != image.shape[:2]:
                 raise ValueError(f"preprocess[{i}] output: expected size {image.shape[:2]}, got {out.shape[:2]}")
             image = out
-        if not self.preprocess and not self._told_normalisation and image.dtype.kind in "fi":
-            self._told_normalisation = True
+        if not self.preprocess and "normalisation" not in self._said and image.dtype.kind in "fi":
+            self._said.add("normalisation")
             _log.warning(
                 "medsamkit: a %s image (values %.4g..%.4g) reaches the segmenter without an intensity step; "
                 "it is min-max scaled per image to [0, 1], as for any image. For CT in HU give "

@@ -132,6 +132,23 @@ class LowResDecoder(Segmenter, Protocol):
 
 
 @runtime_checkable
+class EncoderIdentified(Segmenter, Protocol):
+    """A segmenter that names its image encoder apart from the rest of the model.
+
+    Providers fitted on the segmenter's embeddings (the embedding head, the decoder
+    localiser, the CAM classifier on the embedding) bind to ``encoder_id``: equal ids
+    mean the same image embeddings, so a checkpoint whose mask decoder was fine-tuned
+    keeps the id and a fitted provider keeps working with it. Segmenters without it are
+    compared by ``model_id``.
+    """
+
+    @property
+    def encoder_id(self) -> str:
+        """The image encoder's weights and numerics, e.g. ``litemedsam-encoder:<digest>:openvino-bf16``."""
+        ...
+
+
+@runtime_checkable
 class ParallelEncoder(Segmenter, Protocol):
     """A segmenter whose ``encode`` may run in several threads at once, beside ``decode``.
 

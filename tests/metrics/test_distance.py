@@ -213,10 +213,10 @@ def test_edges_equal_scipy_erosion_edges():
     """The OpenCV erosion behind the boundary pixels equals scipy's default binary erosion."""
     from scipy import ndimage
 
-    from medsamkit.metrics._distance import _edges
+    from medsamkit.metrics._distance import mask_edges
 
     rng = np.random.default_rng(1)
     for trial in range(200):
         mask = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.uniform(0.1, 0.95)
         expected = np.logical_xor(mask, ndimage.binary_erosion(mask))
-        np.testing.assert_array_equal(_edges(mask), expected, err_msg=f"trial {trial}")
+        np.testing.assert_array_equal(mask_edges(mask), expected, err_msg=f"trial {trial}")

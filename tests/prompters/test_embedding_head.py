@@ -323,3 +323,25 @@ def test_test_flip_averages_the_maps_of_the_image_and_its_mirror(fake_head, tmp_
     np.testing.assert_array_equal(tta(image, encoding=enc).box_xyxy, by_hand(image, encoding=enc).box_xyxy)
     with pytest.raises(TypeError, match="test_flip: expected a bool"):
         msk.EmbeddingHeadPrompter(test_flip="yes")
+
+
+def test_map_prompts_gates_on_presence_before_reading_the_map():
+    """The shared tail of the head and the localiser: below the presence threshold no prompt and no map."""
+    from types import SimpleNamespace
+
+    from medsamkit.prompters._embedding_head import boxes_from_map, map_prompts
+
+    prob = np.zeros((40, 50), dtype=np.float32)
+    prob[5:15, 10:30] = 0.9
+    prob[25:35, 35:45] = 0.8
+    rule = SimpleNamespace(presence_threshold=0.5, threshold=0.5, min_area_fraction=0.01, max_boxes=1, margin_fraction=0.1)
+
+    def must_not_run():
+        raise AssertionError("the map was computed for an image judged empty")
+
+    assert map_prompts(rule, 0.49, must_not_run).box_xyxy.shape == (0, 4)
+    prompts = map_prompts(rule, 0.5, lambda: prob)
+    expected = boxes_from_map(prob, threshold=0.5, min_area_fraction=0.01, max_boxes=1, margin_fraction=0.1)
+    assert len(expected) == 1
+    np.testing.assert_array_equal(prompts.box_xyxy, expected)
+    np.testing.assert_array_equal(expected[0], [8, 4, 31, 15])  # by hand: x 10..29 and y 5..14 grown by 2 and 1 px

@@ -198,6 +198,22 @@ def test_errors(fitted, tmp_path):
         RankedPrompter.load(path, colour="red")
     with pytest.raises(ValueError, match="hidden"):
         RankedPrompter.load(path, hidden=prompter.hidden + 1)
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"damaged\.pt is not a saved RankedPrompter"):
+        RankedPrompter.load(damaged)
+    import torch
+
+    data = torch.load(path, weights_only=True)
+    data["base"] = "not the bytes of a saved head"
+    torch.save(data, tmp_path / "wrong-base.pt")
+    with pytest.raises(ValueError, match=r"wrong-base\.pt is not a saved RankedPrompter"):
+        RankedPrompter.load(tmp_path / "wrong-base.pt")
+    data = torch.load(path, weights_only=True)
+    del data["ranker"]
+    torch.save(data, tmp_path / "no-ranker.pt")
+    with pytest.raises(ValueError, match=r"no-ranker\.pt is not a saved RankedPrompter \('ranker'\)"):
+        RankedPrompter.load(tmp_path / "no-ranker.pt")
     unbound = RankedPrompter.load(path)
     image, _ = test[0].load()
     with pytest.raises(ValueError, match="segmenter"):

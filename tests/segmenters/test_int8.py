@@ -18,7 +18,7 @@ import torch
 
 from medsamkit import LiteMedSAM
 from medsamkit.segmenters import _fast, _int8
-from medsamkit.segmenters._fast import accelerate_encoder, int8_rest_precision
+from medsamkit.segmenters._fast import GRAPH_REVISION, accelerate_encoder, int8_rest_precision
 from medsamkit.segmenters._int8 import calibration_digest, check_calibration_inputs
 
 pytest.importorskip("openvino")
@@ -48,7 +48,7 @@ def test_int8_encoder_is_quantized_close_to_float32_and_named_by_its_calibration
     calibration = _calibration()
     fast = accelerate_encoder(module, precision="int8", image_size=16, calibration=calibration)
     assert (fast.backend, fast.precision) == ("openvino", "int8")
-    assert fast.tag == f"openvino-int8-{int8_rest_precision()}-{calibration_digest(calibration)}"
+    assert fast.tag == f"openvino-int8-{int8_rest_precision()}-g{GRAPH_REVISION}-{calibration_digest(calibration)}"
     x = torch.from_numpy(_calibration(2, seed=1))
     with torch.no_grad():
         reference = module(x)
@@ -168,7 +168,7 @@ def test_litemedsam_int8_segments_a_real_cxr_like_the_default(litemedsam, shared
     calibration = [folder / "images" / f"{s}.png" for s in stems[:4]]
     seg = LiteMedSAM(model=litemedsam.model, precision="int8", calibration=calibration)
     digest = calibration_digest(np.stack([seg.preprocess(read_image(p))[0] for p in calibration]))
-    assert seg.model_id.endswith(f":openvino-int8-{int8_rest_precision()}-{digest}")
+    assert seg.model_id.endswith(f":openvino-int8-{int8_rest_precision()}-g{GRAPH_REVISION}-{digest}")
     assert seg.model_id != litemedsam.model_id
     image, mask = read_image(folder / "images" / f"{stems[-1]}.png"), read_mask(folder / "masks" / f"{stems[-1]}.png")
     int8 = Pipeline(OracleBoxPrompter(), seg)(image, target=mask).mask
@@ -231,3 +231,27 @@ def test_cli_int8_options(tmp_path) -> None:
     from medsamkit import Window
 
     assert np.array_equal(images[1], Window(40, 400)(hu[3]))
+
+
+def test_recipe_options_reach_nncf() -> None:
+    nncf = _int8.import_nncf()
+    plain = _int8._recipe(nncf, "ptq1")
+    assert plain == {"model_type": nncf.ModelType.TRANSFORMER}
+    default = _int8._recipe(nncf, _int8.INT8_SCHEME)
+    assert default["model_type"] == nncf.ModelType.TRANSFORMER
+    if "ends" in _int8.INT8_SCHEME:
+        assert default["ignored_scope"].patterns == _int8._ENDS and not default["ignored_scope"].validate
+    options = _int8._recipe(nncf, "ptq1+sdpa+bc+sq0.5+performance")
+    assert options["ignored_scope"].types == ["ScaledDotProductAttention"] and options["fast_bias_correction"] is False
+    assert options["advanced_parameters"].smooth_quant_alphas.matmul == 0.5
+    assert options["preset"] == nncf.QuantizationPreset.PERFORMANCE
+    for bad in ("ptq2", "ptq1+everything"):
+        with pytest.raises(ValueError, match=r"^scheme: "):
+            _int8._recipe(nncf, bad)
+
+
+def test_the_scheme_is_part_of_the_calibration_digest(monkeypatch) -> None:
+    inputs = _calibration()
+    digest = calibration_digest(inputs)
+    monkeypatch.setattr(_int8, "INT8_SCHEME", "ptq1")
+    assert calibration_digest(inputs) != digest

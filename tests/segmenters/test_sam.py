@@ -22,6 +22,7 @@ from medsamkit import ImageEncoding, Prompts, Segmenter
 from medsamkit._registry import component_config
 from medsamkit.segmenters import _sam
 from medsamkit.segmenters._common import prompts_to_model
+from medsamkit.segmenters._fast import GRAPH_REVISION
 from medsamkit.segmenters._sam import (
     HQSAM,
     SAM,
@@ -555,7 +556,7 @@ def test_fast_precision_encodes_close_to_float32(cls, sam_model, hq_model, image
         assert fast.model_id == exact.model_id and fast.encoder_backend == "float32"
         return
     assert fast.encoder_backend in ("openvino", "torch")
-    assert fast.model_id == f"{exact.model_id}:{fast.encoder_backend}-bf16"
+    assert fast.model_id == f"{exact.model_id}:{fast.encoder_backend}-bf16-g{GRAPH_REVISION}"
     if cls is HQSAM:  # both outputs of the HQ-SAM encoder are accelerated
         assert isinstance(enc16.features, HQSAMFeatures)
         assert _rel(enc16.features[0], enc32.features[0]) < 0.05

@@ -18,6 +18,7 @@ from medsamkit import _epochs
 from medsamkit._cache import CachedSegmenter, EmbeddingCache
 from medsamkit.testing import FakeSegmenter
 from medsamkit.training import FinetuneConfig, _engine, finetune
+from medsamkit.training._trainable import encode_items
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster (conftest)
 
@@ -169,7 +170,7 @@ def test_sweep_probabilities_equal_the_pipeline_union(seg, small_cxr):
     _, val = small_cxr
     image, mask = val[0].load()
     big = (cv2.resize(image, (400, 380)), cv2.resize(mask.astype(np.uint8), (400, 380), interpolation=cv2.INTER_NEAREST) > 0)
-    item = _engine._prepare(seg, [SimpleNamespace(stem="big", load=lambda: big)], "encode", False)[0]
+    item = encode_items(seg, [SimpleNamespace(stem="big", load=lambda: big)], "encode", False)[0]
     prompts = msk.OracleBoxPrompter()(item.image, target=item.mask)
     assert prompts.n == 2  # two lungs: the union matters
     swept = _engine._full_probabilities(seg, item, prompts)
@@ -219,7 +220,7 @@ def _spy_losses(monkeypatch):
     """Record (stem, boxes, target is empty) of every training loss (validation does not call union_loss).
 
     The tiny model has no checkpoint format to reload from: saving the pipeline is left out."""
-    monkeypatch.setattr(_engine, "_finish", lambda *args: (None, 0.5, [], None))
+    monkeypatch.setattr(_engine, "finish_run", lambda *args: (None, 0.5, [], None))
     calls = []
     original = _engine.union_loss
 

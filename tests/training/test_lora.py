@@ -213,7 +213,7 @@ def test_frozen_tinyvit_prefix_is_computed_once_and_gives_the_full_encoder_outpu
     model = litemedsam.model
     encoder = model.image_encoder
     try:
-        trainable = _engine._Trainable(litemedsam, FinetuneConfig(mode="lora"))
+        trainable = _engine.Trainable(litemedsam, FinetuneConfig(mode="lora"))
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:
@@ -315,7 +315,7 @@ def test_lora_attaches_to_the_vit_qkv_of_sam_and_trains_one_step(family, tmp_pat
     model = seg.model
     base = {k: v.clone() for k, v in model.state_dict().items()}
     encoder = model.image_encoder
-    trainable = _engine._Trainable(seg, FinetuneConfig(mode="lora"))
+    trainable = _engine.Trainable(seg, FinetuneConfig(mode="lora"))
     try:
         adapted = [n for n, m in model.image_encoder.named_modules() if n.endswith("attn.qkv") and hasattr(m, "lora_A")]
         assert len(adapted) == 2  # one per ViT block
@@ -327,7 +327,7 @@ def test_lora_attaches_to_the_vit_qkv_of_sam_and_trains_one_step(family, tmp_pat
         trainable.train()
         item = items[0]
         prompts = Prompts(box_xyxy=[[30, 20, 100, 70]])
-        loss = union_loss(seg, trainable, item, prompts, _engine._loss_fn("dicefocal"))
+        loss = union_loss(seg, trainable, item, prompts, _engine.loss_by_name("dicefocal"))
         loss.backward()
         # B starts at zero, so only B gets a gradient on the first step (A's is B^T times something).
         assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)

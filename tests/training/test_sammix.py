@@ -348,8 +348,8 @@ def test_embedding_backbone_trains_on_the_segmenters_embedding(tiny_sam, blobs, 
     from medsamkit.training import _engine, _sammix
 
     # the tiny model has no checkpoint format to reload from: saving the pipeline is left out
-    monkeypatch.setattr(_sammix, "_finish", lambda *args: (None, 0.5, [], None))
-    monkeypatch.setattr(_engine, "_finish", lambda *args: (None, 0.5, [], None))
+    monkeypatch.setattr(_sammix, "finish_run", lambda *args: (None, 0.5, [], None))
+    monkeypatch.setattr(_engine, "finish_run", lambda *args: (None, 0.5, [], None))
     seen = []
     original = CAMBoxPrompter.__call__
     monkeypatch.setattr(

@@ -370,3 +370,16 @@ def test_real_overlap_is_byte_identical_to_the_sequential_loop(litemedsam):
     assert len(sequential.encoded_slices) == 11
     assert overlapped.mask.array.tobytes() == sequential.mask.array.tobytes()
     assert all(np.array_equal(overlapped.scores[k], sequential.scores[k]) for k in sequential.scores)
+
+
+def test_a_volume_without_intensity_step_is_said_once_per_pipeline_also_with_a_cache(tmp_path, caplog):
+    """The cached copy of the pipeline that segment_volume runs shares the original's once-said note."""
+    import logging
+
+    vol, mask = _ellipsoid_volume(shape=(4, 32, 40), centre=(2, 16, 20), radii=(1.5, 8, 9))
+    pipe = Pipeline(OracleBoxPrompter(), FakeSegmenter())  # HU without a Window: said once
+    with caplog.at_level(logging.WARNING, logger="medsamkit"):
+        segment_volume(pipe, vol, "box3d", target=mask, cache=tmp_path / "cache")
+        segment_volume(pipe, vol, "box3d", target=mask, cache=tmp_path / "cache")
+        segment_volume(pipe, vol, "box3d", target=mask)
+    assert len([r for r in caplog.records if "without an intensity step" in r.getMessage()]) == 1

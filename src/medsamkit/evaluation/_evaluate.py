@@ -127,7 +127,8 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def _as_samples(data: Any) -> Sequence[Any]:
+def as_samples(data: Any) -> Sequence[Any]:
+    """``data`` as a sequence of samples: a folder path becomes a :class:`~medsamkit.MaskFolder`."""
     from ..data import MaskFolder
 
     if isinstance(data, (str, Path)):
@@ -190,7 +191,7 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary.result()
 
 
-def _check_same_run(out_dir: Path, run: dict[str, Any], *, keys: Sequence[str] = ("pipeline", "metrics", "spacing")) -> None:
+def check_same_run(out_dir: Path, run: dict[str, Any], *, keys: Sequence[str] = ("pipeline", "metrics", "spacing")) -> None:
     """Refuse to resume into ``out_dir`` when its ``run.json`` describes another run."""
     path = out_dir / RUN_FILE
     if not path.is_file():
@@ -319,7 +320,7 @@ def _missing_masks(data: Any, samples: Sequence[Any]) -> list[str]:
     return sorted(set(missing))
 
 
-def _key(sample: Any, digest: str) -> str:
+def sample_key_if_readable(sample: Any, digest: str) -> str:
     """:func:`sample_key`, or ``""`` when a file cannot be read (loading it fails later, with the reason)."""
     try:
         return sample_key(sample, digest)
@@ -327,7 +328,7 @@ def _key(sample: Any, digest: str) -> str:
         return ""
 
 
-def _split_finished(
+def split_finished(
     samples: Iterable[Any], out_dir: Path, digest: str
 ) -> tuple[dict[str, str], dict[str, dict[str, Any]], list[Any]]:
     """Resume: each sample's content key, the rows of its intact matching record, and the samples still to do."""
@@ -335,7 +336,7 @@ def _split_finished(
     rows: dict[str, dict[str, Any]] = {}
     pending = []
     for sample in samples:
-        keys[sample.stem] = _key(sample, digest)
+        keys[sample.stem] = sample_key_if_readable(sample, digest)
         record = read_record(out_dir, sample.stem, keys[sample.stem]) if keys[sample.stem] else None
         if record is not None:
             rows[sample.stem] = record["row"]
@@ -350,7 +351,7 @@ def _finished_row(out_dir: Path, sample: Any, digest: str) -> dict[str, Any] | N
     """The row of ``sample`` from a previous run into ``out_dir`` still valid for its content, or None."""
     if not (out_dir / "records" / f"{sample.stem}.json").is_file():
         return None  # nothing to hash the image for
-    key = _key(sample, digest)
+    key = sample_key_if_readable(sample, digest)
     record = read_record(out_dir, sample.stem, key) if key else None
     return None if record is None else record["row"]
 
@@ -420,7 +421,7 @@ def evaluate_samples(
     from ._prefetch import prefetch
 
     for sample, loaded, read_error in prefetch(samples, lambda s: s.load()):
-        key = keys[sample.stem] if keys is not None and sample.stem in keys else _key(sample, digest)
+        key = keys[sample.stem] if keys is not None and sample.stem in keys else sample_key_if_readable(sample, digest)
         yield (
             sample,
             _evaluate_one(
@@ -525,7 +526,7 @@ def evaluate(
     from ._ray import engine_options as parse_engine
 
     engine_options = parse_engine(engine)
-    samples = _as_samples(data)
+    samples = as_samples(data)
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit: expected a positive int, got {limit!r}")
@@ -588,7 +589,7 @@ def _evaluate_locked(
     from ..data import atomic_write_text, csv_text
     from ._quality import QUALITY_COLUMNS, failure_detection
 
-    _check_same_run(out_dir, run)
+    check_same_run(out_dir, run)
     config = run["pipeline"]
     try:
         pipeline.save(out_dir)
@@ -618,7 +619,7 @@ def _evaluate_locked(
         )
     if not isinstance(samples, (list, tuple)) and callable(getattr(samples, "sample_from_row", None)):
         samples = samples[:]  # a CSV listing: read it once, not at every flush
-    keys, rows, pending = _split_finished(samples, out_dir, digest)
+    keys, rows, pending = split_finished(samples, out_dir, digest)
     errors: dict[str, str] = {}
 
     def ordered() -> list[dict[str, Any]]:

@@ -81,11 +81,11 @@ def _segment_locked(
     from tqdm.auto import tqdm
 
     from ..data import atomic_write_text, csv_text
-    from ._evaluate import RUN_FILE, _check_same_run, _split_finished, run_digest
+    from ._evaluate import RUN_FILE, check_same_run, run_digest, split_finished
     from ._plots import save_overlay
 
     run = {"pipeline": pipeline.config.model_dump(mode="json"), "command": "segment"}
-    _check_same_run(out_dir, run, keys=("pipeline", "command"))
+    check_same_run(out_dir, run, keys=("pipeline", "command"))
     atomic_write_text(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
     try:
         pipeline.save(out_dir)
@@ -107,7 +107,7 @@ def _segment_locked(
             progress=progress,
             digest=digest,
         )
-    keys, rows, pending = _split_finished(images, out_dir, digest)
+    keys, rows, pending = split_finished(images, out_dir, digest)
     errors: dict[str, str] = {}
     overlays = len(list((out_dir / "overlays").glob("*.png")))  # a resumed run keeps counting
 
@@ -138,11 +138,11 @@ def _segment_locked(
 
 def _finished_segment_row(out_dir: Path, sample: Any, digest: str) -> dict[str, Any] | None:
     """The row of ``sample`` from a previous ``segment`` run into ``out_dir`` still valid for its content, or None."""
-    from ._evaluate import _key, read_record
+    from ._evaluate import read_record, sample_key_if_readable
 
     if not (out_dir / "records" / f"{sample.stem}.json").is_file():
         return None  # nothing to hash the image for
-    key = _key(sample, digest)
+    key = sample_key_if_readable(sample, digest)
     record = read_record(out_dir, sample.stem, key) if key else None
     return None if record is None else record["row"]
 
@@ -167,7 +167,7 @@ def segment_samples(
     writes nothing (retried on resume). ``on_result(sample, image, target, result)`` is
     called for each success before its record is written.
     """
-    from ._evaluate import _key, write_record
+    from ._evaluate import sample_key_if_readable, write_record
     from ._prefetch import prefetch
 
     for sample, loaded, read_error in prefetch(samples, _load_for_segment):
@@ -194,7 +194,7 @@ def segment_samples(
         }
         if on_result is not None:
             on_result(sample, image, target, result)
-        key = keys[sample.stem] if keys is not None and sample.stem in keys else _key(sample, digest)
+        key = keys[sample.stem] if keys is not None and sample.stem in keys else sample_key_if_readable(sample, digest)
         write_record(out_dir, sample.stem, row, result, key=key)
         yield sample, row
 

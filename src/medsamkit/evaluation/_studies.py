@@ -144,12 +144,12 @@ def compare_prompters(
     from .._types import Prompts
     from ..data import atomic_write_text, csv_text
     from ..metrics import summarize
-    from ._evaluate import _as_samples, evaluate
+    from ._evaluate import as_samples, evaluate
     from ._plots import save_grouped_boxplot
 
     if not prompters:
         raise ValueError("prompters: expected at least one {label: prompt provider}, got none")
-    samples = _as_samples(data)
+    samples = as_samples(data)
     if limit is not None:
         samples = samples[:limit]
     out_dir = Path(out_dir)

@@ -16,28 +16,28 @@ import numpy as np
 
 from .._validation import describe
 from ._distance import (
-    _check_spacing,
-    _hausdorff_from_distances,
-    _percentile_from_distances,
-    _surface_distances,
+    boundary_distances,
+    check_pixel_spacing,
     hausdorff,
+    hausdorff_from_distances,
     hd95,
+    percentile_from_distances,
 )
 from ._overlap import (
-    _counts,
-    _dice_from_counts,
-    _f1_from_counts,
-    _iou_from_counts,
-    _precision_from_counts,
-    _recall_from_counts,
-    _validate_pair,
     dice,
+    dice_from_counts,
     f1,
+    f1_from_counts,
     iou,
+    iou_from_counts,
+    overlap_counts,
     precision,
+    precision_from_counts,
     recall,
+    recall_from_counts,
+    validate_pair,
 )
-from ._surface import _nsd
+from ._surface import nsd_from_distances
 
 __all__ = ["DEFAULT_METRICS", "METRICS", "NSD_TOLERANCE", "MetricAccumulator", "compute_metrics", "nsd", "summarize"]
 
@@ -48,8 +48,8 @@ NSD_TOLERANCE = 2.0
 def nsd(pred: Any, target: Any, *, spacing: Any = (1.0, 1.0)) -> float:
     """Normalized surface Dice of two 2D masks at :data:`NSD_TOLERANCE` (see
     :func:`~medsamkit.metrics.normalized_surface_dice` for any tolerance and 3D)."""
-    pred_mask, target_mask = _validate_pair(pred, target)
-    return _nsd(_surface_distances(pred_mask, target_mask, _check_spacing(spacing)), NSD_TOLERANCE)
+    pred_mask, target_mask = validate_pair(pred, target)
+    return nsd_from_distances(boundary_distances(pred_mask, target_mask, check_pixel_spacing(spacing)), NSD_TOLERANCE)
 
 
 METRICS: dict[str, Callable[..., float]] = {
@@ -72,11 +72,11 @@ DEFAULT_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "f1", 
 """Metrics computed by :func:`compute_metrics` and :class:`MetricAccumulator` by default."""
 
 _FROM_COUNTS: dict[str, Callable[[int, int, int], float]] = {
-    "dice": _dice_from_counts,
-    "iou": _iou_from_counts,
-    "precision": _precision_from_counts,
-    "recall": _recall_from_counts,
-    "f1": _f1_from_counts,
+    "dice": dice_from_counts,
+    "iou": iou_from_counts,
+    "precision": precision_from_counts,
+    "recall": recall_from_counts,
+    "f1": f1_from_counts,
 }
 _DISTANCE_METRICS = ("hausdorff", "hd95", "nsd")
 _UNSET = object()
@@ -137,8 +137,8 @@ def compute_metrics(
             ``spacing``, or an unknown metric name (the message lists the valid names).
     """
     names = _check_metric_names(metrics)
-    sampling = _check_spacing(spacing)
-    pred_mask, target_mask = _validate_pair(pred, target)
+    sampling = check_pixel_spacing(spacing)
+    pred_mask, target_mask = validate_pair(pred, target)
 
     results: dict[str, float] = {}
     counts: tuple[int, int, int] | None = None
@@ -146,17 +146,17 @@ def compute_metrics(
     for name in names:
         if name in _FROM_COUNTS:
             if counts is None:
-                counts = _counts(pred_mask, target_mask)
+                counts = overlap_counts(pred_mask, target_mask)
             results[name] = float(_FROM_COUNTS[name](*counts))
         elif name in _DISTANCE_METRICS:
             if distances is _UNSET:
-                distances = _surface_distances(pred_mask, target_mask, sampling)
+                distances = boundary_distances(pred_mask, target_mask, sampling)
             if name == "hausdorff":
-                results[name] = _hausdorff_from_distances(distances)
+                results[name] = hausdorff_from_distances(distances)
             elif name == "nsd":
-                results[name] = _nsd(distances, NSD_TOLERANCE)
+                results[name] = nsd_from_distances(distances, NSD_TOLERANCE)
             else:
-                results[name] = _percentile_from_distances(distances, 95.0)
+                results[name] = percentile_from_distances(distances, 95.0)
         else:  # a metric registered in METRICS by the user
             results[name] = float(METRICS[name](pred_mask, target_mask))
     return results
@@ -243,7 +243,7 @@ class MetricAccumulator:
 
     def __init__(self, metrics: Sequence[str] = DEFAULT_METRICS, *, spacing: Any = (1.0, 1.0)) -> None:
         self._metrics = _check_metric_names(metrics)
-        self._spacing = _check_spacing(spacing)
+        self._spacing = check_pixel_spacing(spacing)
         self._rows: list[dict[str, Any]] = []
 
     @property

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from .._validation import describe
-from ._overlap import _validate_pair
+from ._overlap import validate_pair
 
 __all__ = ["hausdorff", "hd95"]
 
 
-def _check_spacing(spacing: Any) -> tuple[float, float]:
+def check_pixel_spacing(spacing: Any) -> tuple[float, float]:
     """Validate a pixel spacing ``(row, col)``: two positive finite numbers."""
     if isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__"):
         raise TypeError(f"spacing: expected a pair (row, col) of positive numbers, got {describe(spacing)}")
@@ -54,7 +54,7 @@ def _check_percentile(percentile: Any) -> float:
     return value
 
 
-def _crop_to_union(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def crop_to_union(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Crop both masks (2D or 3D) to the bounding box of their union plus a 1-voxel zero border.
 
     The zero border reproduces erosion with background outside the image (scipy's
@@ -83,7 +83,7 @@ def _crop_to_union(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=np.uint8)
 
 
-def _edges(mask: np.ndarray) -> np.ndarray:
+def mask_edges(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels (voxels in 3D) ``mask XOR binary_erosion(mask)`` (MONAI's ``get_mask_edges``)."""
     if mask.ndim != 2:
         from scipy import ndimage
@@ -99,7 +99,7 @@ def _edges(mask: np.ndarray) -> np.ndarray:
     return np.logical_xor(mask, eroded.view(bool))
 
 
-def _surface_distances(
+def boundary_distances(
     pred: np.ndarray, target: np.ndarray, spacing: tuple[float, float]
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Directed boundary distances for two validated boolean masks.
@@ -110,11 +110,11 @@ def _surface_distances(
         units of ``spacing``. ``None`` when both masks are empty. Both arrays are empty
         when exactly one mask is empty.
     """
-    cropped = _crop_to_union(pred, target)
+    cropped = crop_to_union(pred, target)
     if cropped is None:
         return None
     pred_crop, target_crop = cropped
-    return edge_distances(_edges(pred_crop), _edges(target_crop), spacing)
+    return edge_distances(mask_edges(pred_crop), mask_edges(target_crop), spacing)
 
 
 def edge_distances(pred_edges: np.ndarray, target_edges: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +138,8 @@ def edge_distances(pred_edges: np.ndarray, target_edges: np.ndarray, spacing: tu
     return to_target, to_pred
 
 
-def _hausdorff_from_distances(distances: tuple[np.ndarray, np.ndarray] | None) -> float:
+def hausdorff_from_distances(distances: tuple[np.ndarray, np.ndarray] | None) -> float:
+    """The largest of :func:`boundary_distances` (0.0 for two empty masks, NaN when one is empty)."""
     if distances is None:
         return 0.0
     to_target, to_pred = distances
@@ -147,7 +148,8 @@ def _hausdorff_from_distances(distances: tuple[np.ndarray, np.ndarray] | None) -
     return float(max(to_target.max(), to_pred.max()))
 
 
-def _percentile_from_distances(distances: tuple[np.ndarray, np.ndarray] | None, percentile: float) -> float:
+def percentile_from_distances(distances: tuple[np.ndarray, np.ndarray] | None, percentile: float) -> float:
+    """The larger directed ``percentile`` of :func:`boundary_distances` (0.0 for two empty masks, NaN when one is empty)."""
     if distances is None:
         return 0.0
     to_target, to_pred = distances
@@ -179,9 +181,9 @@ def hausdorff(pred: Any, target: Any, *, spacing: Any = (1.0, 1.0)) -> float:
         ValueError: If a mask is not 2-D, holds NaN, the shapes differ, or ``spacing``
             is not two positive finite numbers.
     """
-    pred_mask, target_mask = _validate_pair(pred, target)
-    sampling = _check_spacing(spacing)
-    return _hausdorff_from_distances(_surface_distances(pred_mask, target_mask, sampling))
+    pred_mask, target_mask = validate_pair(pred, target)
+    sampling = check_pixel_spacing(spacing)
+    return hausdorff_from_distances(boundary_distances(pred_mask, target_mask, sampling))
 
 
 def hd95(pred: Any, target: Any, *, spacing: Any = (1.0, 1.0), percentile: float = 95.0) -> float:
@@ -211,7 +213,7 @@ def hd95(pred: Any, target: Any, *, spacing: Any = (1.0, 1.0), percentile: float
         ValueError: If a mask is not 2-D, holds NaN, the shapes differ, ``spacing`` is
             not two positive finite numbers, or ``percentile`` is outside ``[0, 100]``.
     """
-    pred_mask, target_mask = _validate_pair(pred, target)
-    sampling = _check_spacing(spacing)
+    pred_mask, target_mask = validate_pair(pred, target)
+    sampling = check_pixel_spacing(spacing)
     q = _check_percentile(percentile)
-    return _percentile_from_distances(_surface_distances(pred_mask, target_mask, sampling), q)
+    return percentile_from_distances(boundary_distances(pred_mask, target_mask, sampling), q)

@@ -22,14 +22,14 @@ from .._validation import as_mask
 __all__ = ["dice", "f1", "iou", "precision", "recall"]
 
 
-def _validate_pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
+def validate_pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate ``pred`` and ``target`` as boolean ``(H, W)`` masks of the same shape."""
     pred_mask = as_mask(pred, name="pred")
     target_mask = as_mask(target, name="target", size_hw=pred_mask.shape)
     return pred_mask, target_mask
 
 
-def _counts(pred: np.ndarray, target: np.ndarray) -> tuple[int, int, int]:
+def overlap_counts(pred: np.ndarray, target: np.ndarray) -> tuple[int, int, int]:
     """Return ``(tp, n_pred, n_target)`` pixel counts for two validated boolean masks."""
     n_pred = int(np.count_nonzero(pred))
     n_target = int(np.count_nonzero(target))
@@ -39,35 +39,40 @@ def _counts(pred: np.ndarray, target: np.ndarray) -> tuple[int, int, int]:
     return tp, n_pred, n_target
 
 
-def _dice_from_counts(tp: int, n_pred: int, n_target: int) -> float:
+def dice_from_counts(tp: int, n_pred: int, n_target: int) -> float:
+    """Dice from :func:`overlap_counts` (1.0 when both masks are empty)."""
     denominator = n_pred + n_target
     if denominator == 0:
         return 1.0
     return 2 * tp / denominator
 
 
-def _iou_from_counts(tp: int, n_pred: int, n_target: int) -> float:
+def iou_from_counts(tp: int, n_pred: int, n_target: int) -> float:
+    """IoU from :func:`overlap_counts` (1.0 when both masks are empty)."""
     union = n_pred + n_target - tp
     if union == 0:
         return 1.0
     return tp / union
 
 
-def _precision_from_counts(tp: int, n_pred: int, n_target: int) -> float:
+def precision_from_counts(tp: int, n_pred: int, n_target: int) -> float:
+    """Precision from :func:`overlap_counts` (empty prediction: 1.0 if the target is empty too, else 0.0)."""
     if n_pred == 0:
         return 1.0 if n_target == 0 else 0.0
     return tp / n_pred
 
 
-def _recall_from_counts(tp: int, n_pred: int, n_target: int) -> float:
+def recall_from_counts(tp: int, n_pred: int, n_target: int) -> float:
+    """Recall from :func:`overlap_counts` (empty target: 1.0 if the prediction is empty too, else 0.0)."""
     if n_target == 0:
         return 1.0 if n_pred == 0 else 0.0
     return tp / n_target
 
 
-def _f1_from_counts(tp: int, n_pred: int, n_target: int) -> float:
-    p = _precision_from_counts(tp, n_pred, n_target)
-    r = _recall_from_counts(tp, n_pred, n_target)
+def f1_from_counts(tp: int, n_pred: int, n_target: int) -> float:
+    """F1 (harmonic mean of precision and recall) from :func:`overlap_counts`."""
+    p = precision_from_counts(tp, n_pred, n_target)
+    r = recall_from_counts(tp, n_pred, n_target)
     if p + r == 0.0:
         return 0.0
     return 2 * p * r / (p + r)
@@ -89,7 +94,7 @@ def dice(pred: Any, target: Any) -> float:
         ValueError: If a mask is not 2-D, holds NaN, or the shapes differ (the error
             names ``target`` and gives both shapes).
     """
-    return _dice_from_counts(*_counts(*_validate_pair(pred, target)))
+    return dice_from_counts(*overlap_counts(*validate_pair(pred, target)))
 
 
 def iou(pred: Any, target: Any) -> float:
@@ -107,7 +112,7 @@ def iou(pred: Any, target: Any) -> float:
         TypeError: If a mask is not a numeric or bool array.
         ValueError: If a mask is not 2-D, holds NaN, or the shapes differ.
     """
-    return _iou_from_counts(*_counts(*_validate_pair(pred, target)))
+    return iou_from_counts(*overlap_counts(*validate_pair(pred, target)))
 
 
 def precision(pred: Any, target: Any) -> float:
@@ -127,7 +132,7 @@ def precision(pred: Any, target: Any) -> float:
         TypeError: If a mask is not a numeric or bool array.
         ValueError: If a mask is not 2-D, holds NaN, or the shapes differ.
     """
-    return _precision_from_counts(*_counts(*_validate_pair(pred, target)))
+    return precision_from_counts(*overlap_counts(*validate_pair(pred, target)))
 
 
 def recall(pred: Any, target: Any) -> float:
@@ -146,7 +151,7 @@ def recall(pred: Any, target: Any) -> float:
         TypeError: If a mask is not a numeric or bool array.
         ValueError: If a mask is not 2-D, holds NaN, or the shapes differ.
     """
-    return _recall_from_counts(*_counts(*_validate_pair(pred, target)))
+    return recall_from_counts(*overlap_counts(*validate_pair(pred, target)))
 
 
 def f1(pred: Any, target: Any) -> float:
@@ -169,4 +174,4 @@ def f1(pred: Any, target: Any) -> float:
         TypeError: If a mask is not a numeric or bool array.
         ValueError: If a mask is not 2-D, holds NaN, or the shapes differ.
     """
-    return _f1_from_counts(*_counts(*_validate_pair(pred, target)))
+    return f1_from_counts(*overlap_counts(*validate_pair(pred, target)))

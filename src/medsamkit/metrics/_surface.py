@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import describe
-from ._distance import _crop_to_union, _edges, _percentile_from_distances, edge_distances
+from ._distance import crop_to_union, edge_distances, mask_edges, percentile_from_distances
 
 __all__ = [
     "average_surface_distance",
@@ -105,10 +105,10 @@ def surface_distances(pred: Any, target: Any, *, spacing: Any = None) -> tuple[n
 
 
 def _distances(pred: np.ndarray, target: np.ndarray, sampling: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray] | None:
-    cropped = _crop_to_union(pred, target)
+    cropped = crop_to_union(pred, target)
     if cropped is None:
         return None
-    return edge_distances(_edges(cropped[0]), _edges(cropped[1]), sampling)
+    return edge_distances(mask_edges(cropped[0]), mask_edges(cropped[1]), sampling)
 
 
 def _asd(distances: tuple[np.ndarray, np.ndarray] | None) -> float:
@@ -120,7 +120,8 @@ def _asd(distances: tuple[np.ndarray, np.ndarray] | None) -> float:
     return float(np.concatenate([a, b]).mean())
 
 
-def _nsd(distances: tuple[np.ndarray, np.ndarray] | None, tolerance: float) -> float:
+def nsd_from_distances(distances: tuple[np.ndarray, np.ndarray] | None, tolerance: float) -> float:
+    """Share of boundary distances within ``tolerance`` (1.0 for two empty masks, 0.0 when one is empty)."""
     if distances is None:
         return 1.0
     a, b = distances
@@ -154,7 +155,7 @@ def volume_hd95(pred: Any, target: Any, *, spacing: Any = None, percentile: floa
     pred_mask, target_mask, sampling = _validate(pred, target, spacing)
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 <= percentile <= 100:
         raise ValueError(f"percentile: expected a number in [0, 100], got {percentile!r}")
-    return _percentile_from_distances(_distances(pred_mask, target_mask, sampling), float(percentile))
+    return percentile_from_distances(_distances(pred_mask, target_mask, sampling), float(percentile))
 
 
 def average_surface_distance(pred: Any, target: Any, *, spacing: Any = None) -> float:
@@ -177,7 +178,7 @@ def normalized_surface_dice(pred: Any, target: Any, *, tolerance: float = 2.0, s
     """
     tau = _check_positive(tolerance, name="tolerance")
     pred_mask, target_mask, sampling = _validate(pred, target, spacing)
-    return _nsd(_distances(pred_mask, target_mask, sampling), tau)
+    return nsd_from_distances(_distances(pred_mask, target_mask, sampling), tau)
 
 
 def volume_metrics(pred: Any, target: Any, *, spacing: Any = None, nsd_tolerance: float = 2.0) -> dict[str, float]:
@@ -193,7 +194,7 @@ def volume_metrics(pred: Any, target: Any, *, spacing: Any = None, nsd_tolerance
     return {
         "dice": d,
         "iou": j,
-        "nsd": _nsd(distances, tau),
-        "hd95": _percentile_from_distances(distances, 95.0),
+        "nsd": nsd_from_distances(distances, tau),
+        "hd95": percentile_from_distances(distances, 95.0),
         "asd": _asd(distances),
     }

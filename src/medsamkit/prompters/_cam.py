@@ -29,7 +29,7 @@ from .._geometry import component_boxes_xyxy
 from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import as_image, as_mask, check_probability
-from ._embedding_head import check_encoding_model, embedding_of, encoder_mismatch
+from ._embedding_head import bind_checked, check_encoding_model, embedding_of, encoder_id_of
 
 __all__ = [
     "CAM_BACKBONES",
@@ -638,7 +638,7 @@ class CAMBoxPrompter:
             first = model.features[0][0]
             self.channels = int(first.in_channels)
             self.model_id = getattr(segmenter, "model_id", None)
-            self.encoder_id = getattr(segmenter, "encoder_id", None)
+            self.encoder_id = encoder_id_of(segmenter)
             self._bound_model_ids = set()
         self.model = model
 
@@ -658,17 +658,14 @@ class CAMBoxPrompter:
         if self.backbone != "embedding":
             return
         self._check_fitted()
-        mismatch = encoder_mismatch(self.encoder_id, self.model_id, segmenter)
-        if mismatch is not None:
-            fitted, got = mismatch
-            raise ValueError(
-                f"segmenter: the CAM classifier (backbone='embedding') was fitted on the image encoder {fitted!r}, but "
-                f"this segmenter's encoder is {got!r}; a decoder-only fine-tuned checkpoint keeps the encoder and works, "
-                "another encoder needs a new fit"
-            )
-        model_id = getattr(segmenter, "model_id", None)
-        if isinstance(model_id, str):
-            self._bound_model_ids.add(model_id)
+        bind_checked(
+            segmenter,
+            encoder_id=self.encoder_id,
+            model_id=self.model_id,
+            bound_model_ids=self._bound_model_ids,
+            what="CAM classifier (backbone='embedding')",
+            refit="medsamkit fit-prompter ... --prompter cam-box",
+        )
 
     def _tensor(self, image: Any, encoding: ImageEncoding | None = None) -> Any:
         """The classifier's input: the resized image (``"cnn"``) or the pooled embedding of ``encoding``."""

@@ -12,14 +12,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from .._geometry import component_boxes_xyxy, grow_boxes_xyxy, target_at_logits
-from .._protocols import Segmenter
+from .._geometry import component_boxes_xyxy, grow_boxes_by_fraction, target_at_logits
+from .._protocols import EncoderIdentified, Segmenter
 from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
@@ -27,6 +27,8 @@ from .._validation import check_probability
 __all__ = ["EmbeddingHeadPrompter"]
 
 _log = logging.getLogger("medsamkit")
+
+_SegmenterT = TypeVar("_SegmenterT")
 
 
 def map_loss(logits: Any, target: Any) -> Any:
@@ -54,15 +56,19 @@ def save_tensor_file(path: str | Path, tensors: dict[str, Any], meta: dict[str, 
 
 
 def load_tensor_file(
-    path: Path, what: str, *, keys: tuple[str, ...], file_format: str | None = None
+    path: Path, what: str, *, keys: tuple[str, ...], file_format: str | None = None, bytes_keys: tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(tensors, meta)`` of a file written by :func:`save_tensor_file`, read with
     ``torch.load(weights_only=True)`` (never unpickled).
 
+    ``bytes_keys`` name entries that hold bytes as a ``uint8`` tensor (a nested saved
+    file): they are returned as ``bytes``.
+
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If it is not a saved ``what``: unreadable, without ``meta`` or one of
-            ``keys``, or (with ``file_format``) of another format.
+            ``keys`` / ``bytes_keys``, a ``bytes_keys`` entry that is not a tensor, or (with
+            ``file_format``) of another format.
     """
     import torch
 
@@ -73,11 +79,37 @@ def load_tensor_file(
         meta = json.loads(data["meta"])
         for key in keys:
             data[key]  # noqa: B018 - a missing key is a KeyError named in the message below
+        for key in bytes_keys:
+            data[key] = data[key].numpy().tobytes()
         if file_format is not None and meta.get("format") != file_format:
             raise ValueError(f"format {meta.get('format')!r}")
     except Exception as exc:
         raise ValueError(f"path: {path} is not a saved {what} ({exc})") from exc
     return data, meta
+
+
+def check_fit_inputs(samples: Any, segmenter: _SegmenterT | None, *, epochs: Any, batch_size: Any, needs: str) -> _SegmenterT:
+    """The checks a prompter trained on the segmenter's embedding makes first in ``fit``; returns the segmenter.
+
+    Args:
+        needs: What the message for a missing segmenter says after ``segmenter:``.
+
+    Raises:
+        TypeError: If ``samples`` is a segmenter (the old positional signature) or ``segmenter`` is None.
+        ValueError: For no samples, or ``epochs`` / ``batch_size`` that are not positive ints.
+    """
+    if hasattr(samples, "encode") and hasattr(samples, "model_id"):
+        raise TypeError(
+            f"samples: got a segmenter ({type(samples).__name__}); the signature is fit(samples, *, segmenter=..., ...)"
+        )
+    if segmenter is None:
+        raise TypeError(f"segmenter: {needs}")
+    if len(samples) == 0:
+        raise ValueError("samples: expected at least one training sample, got none")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return segmenter
 
 
 def embedding_of(features: Any) -> Any:
@@ -147,6 +179,49 @@ def presence_threshold_for(values: Any, labels: Any, *, rule: str = "accuracy") 
     return float((best + lower.max()) / 2) if len(lower) else best
 
 
+def presence_values(
+    presence: Callable[[ImageEncoding], float], segmenter: Any, samples: Sequence[Any], *, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(presence scores, has a target)`` of validation samples: ``presence`` of each image's encoding, and
+    whether its mask is not empty (what :func:`presence_calibration` reads)."""
+    from tqdm.auto import tqdm
+
+    values, labels = [], []
+    for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
+        image, mask = sample.load()
+        values.append(presence(segmenter.encode(image)))
+        labels.append(bool(np.asarray(mask).any()))
+    return np.asarray(values, dtype=np.float64), np.asarray(labels, dtype=bool)
+
+
+def presence_calibration(values: np.ndarray, labels: np.ndarray, *, rule: str, current: float, what: str) -> dict[str, float]:
+    """The presence threshold :func:`presence_threshold_for` picks on validation scores, and how it does.
+
+    Returns:
+        ``{"n_target", "n_empty", "threshold", "sensitivity", "specificity"}``; without images
+        of both kinds the threshold stays ``current`` and the last two are left out. ``what``
+        names the prompter in the log line.
+    """
+    result: dict[str, float] = {"n_target": int(labels.sum()), "n_empty": int((~labels).sum())}
+    threshold = presence_threshold_for(values, labels, rule=rule)
+    if threshold is None:
+        result["threshold"] = current
+        return result
+    result.update(
+        threshold=threshold,
+        sensitivity=float((values[labels] >= threshold).mean()),
+        specificity=float((values[~labels] < threshold).mean()),
+    )
+    _log.info(
+        "%s: presence threshold %.3f (validation sensitivity %.3f, specificity %.3f)",
+        what,
+        threshold,
+        result["sensitivity"],
+        result["specificity"],
+    )
+    return result
+
+
 def boxes_from_map(
     prob: np.ndarray, *, threshold: float, min_area_fraction: float, max_boxes: int, margin_fraction: float
 ) -> np.ndarray:
@@ -160,13 +235,37 @@ def boxes_from_map(
     h, w = region.shape
     min_area = max(1, int(min_area_fraction * h * w))
     boxes = component_boxes_xyxy(region, min_area=min_area, keep_largest=False)[:max_boxes]
-    if len(boxes) and margin_fraction:
-        size = boxes[:, 2:] - boxes[:, :2] + 1
-        grown = boxes.copy()
-        grown[:, :2] -= margin_fraction * size
-        grown[:, 2:] += margin_fraction * size
-        boxes = grow_boxes_xyxy(grown, 0, (h, w))
-    return boxes
+    return grow_boxes_by_fraction(boxes, margin_fraction, (h, w)) if len(boxes) and margin_fraction else boxes
+
+
+class MapBoxRule(Protocol):
+    """What :func:`map_prompts` reads of a map-based prompter: its presence gate and how its map becomes boxes."""
+
+    presence_threshold: float
+    threshold: float
+    min_area_fraction: float
+    max_boxes: int
+    margin_fraction: float
+
+
+def map_prompts(rule: MapBoxRule, presence: float, probability_map: Callable[[], np.ndarray]) -> Prompts:
+    """The prompt of a map-based prompter: no prompt when ``presence`` is below ``rule.presence_threshold``,
+    else the :func:`boxes_from_map` of ``probability_map()`` (only computed then) with ``rule``'s settings."""
+    if presence < rule.presence_threshold:
+        return Prompts.empty()
+    boxes = boxes_from_map(
+        probability_map(),
+        threshold=rule.threshold,
+        min_area_fraction=rule.min_area_fraction,
+        max_boxes=rule.max_boxes,
+        margin_fraction=rule.margin_fraction,
+    )
+    return Prompts(box_xyxy=boxes)
+
+
+def encoder_id_of(segmenter: Any) -> str | None:
+    """``segmenter.encoder_id`` for an :class:`~medsamkit.EncoderIdentified` segmenter, else None."""
+    return segmenter.encoder_id if isinstance(segmenter, EncoderIdentified) else None
 
 
 def encoder_mismatch(fitted_encoder_id: str | None, fitted_model_id: str | None, segmenter: Any) -> tuple[Any, Any] | None:
@@ -175,11 +274,41 @@ def encoder_mismatch(fitted_encoder_id: str | None, fitted_model_id: str | None,
     Keys on ``encoder_id`` (the image encoder's weights and numerics: a decoder-only
     fine-tuned checkpoint keeps it) when both sides have one, else on ``model_id``.
     """
-    theirs = getattr(segmenter, "encoder_id", None)
+    theirs = encoder_id_of(segmenter)
     if fitted_encoder_id is not None and theirs is not None:
         return None if theirs == fitted_encoder_id else (fitted_encoder_id, theirs)
-    model_id = getattr(segmenter, "model_id", None)
+    model_id = segmenter.model_id if isinstance(segmenter, Segmenter) else None
     return None if model_id == fitted_model_id else (fitted_model_id, model_id)
+
+
+def bind_checked(
+    segmenter: Any,
+    *,
+    encoder_id: str | None,
+    model_id: str | None,
+    bound_model_ids: set[str],
+    what: str,
+    refit: str,
+) -> None:
+    """The shared body of the fitted providers' ``bind_segmenter``.
+
+    Refuses a segmenter whose image encoder is not the one ``what`` was fitted on
+    (:func:`encoder_mismatch`) and adds its ``model_id`` to ``bound_model_ids``, the
+    encodings the provider then accepts.
+
+    Raises:
+        ValueError: If the segmenter's image encoder differs from the fitted one.
+    """
+    mismatch = encoder_mismatch(encoder_id, model_id, segmenter)
+    if mismatch is not None:
+        fitted, got = mismatch
+        raise ValueError(
+            f"segmenter: the {what} was fitted on the image encoder {fitted!r}, but this segmenter's encoder is "
+            f"{got!r}. A decoder-only fine-tuned checkpoint keeps the encoder and works; a different encoder (other "
+            f"weights, LoRA on the encoder, another model) needs a new fit ({refit})"
+        )
+    if isinstance(segmenter, Segmenter):
+        bound_model_ids.add(segmenter.model_id)
 
 
 def check_encoding_model(encoding: Any, model_id: str | None, bound_model_ids: set[str], what: str) -> None:
@@ -397,17 +526,13 @@ class EmbeddingHeadPrompter:
         """
         import torch
 
-        if hasattr(samples, "encode") and hasattr(samples, "model_id"):
-            raise TypeError(
-                f"samples: got a segmenter ({type(samples).__name__}); the signature is fit(samples, *, segmenter=..., ...)"
-            )
-        if segmenter is None:
-            raise TypeError("segmenter: EmbeddingHeadPrompter.fit needs segmenter=<the segmenter whose embedding it reads>")
-        if len(samples) == 0:
-            raise ValueError("samples: expected at least one training sample, got none")
-        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        segmenter = check_fit_inputs(
+            samples,
+            segmenter,
+            epochs=epochs,
+            batch_size=batch_size,
+            needs="EmbeddingHeadPrompter.fit needs segmenter=<the segmenter whose embedding it reads>",
+        )
         image_size = getattr(segmenter, "image_size", None)
         if not isinstance(image_size, int):
             raise TypeError(f"segmenter: expected a SAM-family segmenter with image_size, got {type(segmenter).__name__}")
@@ -427,7 +552,7 @@ class EmbeddingHeadPrompter:
         head.eval()
         self.head = head
         self.model_id = segmenter.model_id
-        self.encoder_id = getattr(segmenter, "encoder_id", None)
+        self.encoder_id = encoder_id_of(segmenter)
         self._bound_model_ids = set()
         self.image_size = image_size
         if val is not None and len(val):
@@ -475,35 +600,14 @@ class EmbeddingHeadPrompter:
             ``{"threshold", "sensitivity", "specificity", "n_target", "n_empty"}``
             on the validation images (also kept in ``self.presence_calibration``).
         """
-        from tqdm.auto import tqdm
-
         self._check_fitted()
         _log.info("embedding head: calibrating the presence threshold on %d validation images", len(samples))
-        values, labels = [], []
-        for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
-            image, mask = sample.load()
-            values.append(self.presence(segmenter.encode(image)))
-            labels.append(bool(np.asarray(mask).any()))
-        s, y = np.asarray(values, dtype=np.float64), np.asarray(labels)
-        result: dict[str, float] = {"n_target": int(y.sum()), "n_empty": int((~y).sum())}
-        threshold = presence_threshold_for(s, y, rule=self.presence_rule)
-        if threshold is None:
-            result["threshold"] = self.presence_threshold
-            self.presence_calibration = result
-            return result
-        self.presence_threshold = threshold
-        result.update(
-            threshold=self.presence_threshold,
-            sensitivity=float((s[y] >= self.presence_threshold).mean()),
-            specificity=float((s[~y] < self.presence_threshold).mean()),
+        values, labels = presence_values(self.presence, segmenter, samples, progress=progress)
+        result = presence_calibration(
+            values, labels, rule=self.presence_rule, current=self.presence_threshold, what="embedding head"
         )
+        self.presence_threshold = result["threshold"]
         self.presence_calibration = result
-        _log.info(
-            "embedding head: presence threshold %.3f (validation sensitivity %.3f, specificity %.3f)",
-            self.presence_threshold,
-            result["sensitivity"],
-            result["specificity"],
-        )
         return result
 
     def _pooled(self, emb: Any) -> Any:
@@ -528,18 +632,14 @@ class EmbeddingHeadPrompter:
             ValueError: If the segmenter's image encoder differs from the fitted one.
         """
         self._check_fitted()
-        model_id = getattr(segmenter, "model_id", None)
-        mismatch = encoder_mismatch(self.encoder_id, self.model_id, segmenter)  # model ids for heads saved before encoder ids
-        if mismatch is not None:
-            fitted, got = mismatch
-            raise ValueError(
-                f"segmenter: the embedding head was fitted on the image encoder {fitted!r}, but this segmenter's "
-                f"encoder is {got!r}. A decoder-only fine-tuned checkpoint keeps the encoder and works; a different "
-                "encoder (other weights, LoRA on the encoder, another model) needs a new fit "
-                "(medsamkit fit-prompter ... --prompter embedding-head)"
-            )
-        if isinstance(model_id, str):
-            self._bound_model_ids.add(model_id)
+        bind_checked(  # model ids for heads saved before encoder ids
+            segmenter,
+            encoder_id=self.encoder_id,
+            model_id=self.model_id,
+            bound_model_ids=self._bound_model_ids,
+            what="embedding head",
+            refit="medsamkit fit-prompter ... --prompter embedding-head",
+        )
         self._segmenter = segmenter
 
     def _check_encoding(self, encoding: ImageEncoding) -> None:
@@ -601,16 +701,7 @@ class EmbeddingHeadPrompter:
                 "or pass encoding=segmenter.encode(image)"
             )
         logits = self._flip_averaged_logits(image, encoding) if self.test_flip else self._low_res_logits(encoding)
-        if float(logits.max().sigmoid()) < self.presence_threshold:
-            return Prompts.empty()
-        boxes = boxes_from_map(
-            self._probability_map(logits, encoding),
-            threshold=self.threshold,
-            min_area_fraction=self.min_area_fraction,
-            max_boxes=self.max_boxes,
-            margin_fraction=self.margin_fraction,
-        )
-        return Prompts(box_xyxy=boxes)
+        return map_prompts(self, float(logits.max().sigmoid()), lambda: self._probability_map(logits, encoding))
 
     def save(self, path: str | Path) -> Path:
         """Save the head, its parameters and the segmenter's model id (``.pt``), atomically."""

@@ -29,15 +29,18 @@ from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
 from ._embedding_head import (
-    boxes_from_map,
+    bind_checked,
     check_encoding_model,
+    check_fit_inputs,
     embedding_dataset,
     embedding_of,
-    encoder_mismatch,
+    encoder_id_of,
     load_tensor_file,
     loaded_params,
     map_loss,
-    presence_threshold_for,
+    map_prompts,
+    presence_calibration,
+    presence_values,
     save_tensor_file,
 )
 
@@ -313,17 +316,13 @@ class DecoderLocaliserPrompter:
         Returns:
             self.
         """
-        if hasattr(samples, "encode") and hasattr(samples, "model_id"):
-            raise TypeError(
-                f"samples: got a segmenter ({type(samples).__name__}); the signature is fit(samples, *, segmenter=..., ...)"
-            )
-        if segmenter is None:
-            raise TypeError("segmenter: DecoderLocaliserPrompter.fit needs segmenter=<the segmenter whose decoder it copies>")
-        if len(samples) == 0:
-            raise ValueError("samples: expected at least one training sample, got none")
-        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        segmenter = check_fit_inputs(
+            samples,
+            segmenter,
+            epochs=epochs,
+            batch_size=batch_size,
+            needs="DecoderLocaliserPrompter.fit needs segmenter=<the segmenter whose decoder it copies>",
+        )
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience: expected an int >= 0, got {patience!r}")
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
@@ -370,7 +369,7 @@ class DecoderLocaliserPrompter:
         for p in net.parameters():
             p.requires_grad_(False)
         self.model_id = segmenter.model_id
-        self.encoder_id = getattr(segmenter, "encoder_id", None)
+        self.encoder_id = encoder_id_of(segmenter)
         self._bound_model_ids = set()
         self.image_size = image_size
         if xv is not None and yv is not None:
@@ -473,21 +472,10 @@ class DecoderLocaliserPrompter:
 
     def _calibrate(self, values: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Set ``presence_threshold`` from validation presence probabilities (``presence_rule``)."""
-        result: dict[str, float] = {"n_target": int(labels.sum()), "n_empty": int((~labels).sum())}
-        threshold = presence_threshold_for(values, labels, rule=self.presence_rule)
-        if threshold is not None:
-            self.presence_threshold = threshold
-            result.update(
-                sensitivity=float((values[labels] >= threshold).mean()),
-                specificity=float((values[~labels] < threshold).mean()),
-            )
-            _log.info(
-                "decoder localiser: presence threshold %.3f (validation sensitivity %.3f, specificity %.3f)",
-                threshold,
-                result["sensitivity"],
-                result["specificity"],
-            )
-        result["threshold"] = self.presence_threshold
+        result = presence_calibration(
+            values, labels, rule=self.presence_rule, current=self.presence_threshold, what="decoder localiser"
+        )
+        self.presence_threshold = result["threshold"]
         self.presence_calibration = result
         return result
 
@@ -495,18 +483,11 @@ class DecoderLocaliserPrompter:
         """Set ``presence_threshold`` from validation images (with and without the target).
 
         Returns:
-            ``{"threshold", "sensitivity", "specificity", "n_target", "n_empty"}`` (the
-            last two only without images of both kinds); kept in ``self.presence_calibration``.
+            ``{"threshold", "sensitivity", "specificity", "n_target", "n_empty"}``
+            (:func:`presence_calibration`); kept in ``self.presence_calibration``.
         """
-        from tqdm.auto import tqdm
-
         self._check_fitted()
-        values, labels = [], []
-        for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
-            image, mask = sample.load()
-            values.append(self.presence(segmenter.encode(image)))
-            labels.append(bool(np.asarray(mask).any()))
-        return self._calibrate(np.asarray(values, dtype=np.float64), np.asarray(labels, dtype=bool))
+        return self._calibrate(*presence_values(self.presence, segmenter, samples, progress=progress))
 
     # ---------------------------------------------------------------- inference
 
@@ -524,16 +505,14 @@ class DecoderLocaliserPrompter:
             ValueError: If the segmenter's image encoder differs from the fitted one.
         """
         self._check_fitted()
-        model_id = getattr(segmenter, "model_id", None)
-        mismatch = encoder_mismatch(self.encoder_id, self.model_id, segmenter)
-        if mismatch is not None:
-            fitted, got = mismatch
-            raise ValueError(
-                f"segmenter: the decoder localiser was fitted on the image encoder {fitted!r}, this segmenter's is "
-                f"{got!r}; fit it again on this segmenter (medsamkit fit-prompter ... --prompter decoder-localiser)"
-            )
-        if isinstance(model_id, str):
-            self._bound_model_ids.add(model_id)
+        bind_checked(
+            segmenter,
+            encoder_id=self.encoder_id,
+            model_id=self.model_id,
+            bound_model_ids=self._bound_model_ids,
+            what="decoder localiser",
+            refit="medsamkit fit-prompter ... --prompter decoder-localiser",
+        )
         self._segmenter = segmenter
 
     def _outputs(self, encoding: ImageEncoding) -> tuple[Any, float]:
@@ -587,16 +566,7 @@ class DecoderLocaliserPrompter:
                 "or pass encoding=segmenter.encode(image)"
             )
         prob, presence = self._flip_averaged(image, encoding) if self.test_flip else self._outputs(encoding)
-        if presence < self.presence_threshold:
-            return Prompts.empty()
-        boxes = boxes_from_map(
-            self._at_image(prob, encoding),
-            threshold=self.threshold,
-            min_area_fraction=self.min_area_fraction,
-            max_boxes=self.max_boxes,
-            margin_fraction=self.margin_fraction,
-        )
-        return Prompts(box_xyxy=boxes)
+        return map_prompts(self, presence, lambda: self._at_image(prob, encoding))
 
     # -------------------------------------------------------------- save / load
 

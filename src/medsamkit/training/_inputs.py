@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._protocols import Segmenter, TrainableSegmenter
-from ._engine import _check_mode, _check_trainable
+from ._engine import check_mode, check_trainable
 from ._settings import SAMMixConfig
 
 __all__ = ["pick_labelled"]
@@ -84,7 +84,7 @@ def _check_labels(y: np.ndarray, train: list[Any], labelled: tuple[str, ...]) ->
         )
 
 
-def _inputs(
+def checked_inputs(
     segmenter: TrainableSegmenter, train: Any, val: Any, labelled: Any, config: Any, overrides: dict[str, Any]
 ) -> tuple[SAMMixConfig, list[Any], list[Any], tuple[str, ...], Any, np.ndarray, np.ndarray]:
     """Everything checked before a file is written: ``(config, train, val, labelled, prompter, x, y)``.
@@ -92,13 +92,13 @@ def _inputs(
     ``x``: the classifier's inputs, ``(N, 1, S, S)`` images or (``backbone="embedding"``) ``(N, C, h, w)`` embeddings."""
     from ..prompters import CAMBoxPrompter, classifier_arrays
 
-    _check_trainable(segmenter)
+    check_trainable(segmenter)
     config = _config(config, overrides)
     train = _check_samples(train, "train", required=True)
     val = _check_samples(val, "val", required=False)
     labelled = _labelled_stems(train, labelled)
     prompter = CAMBoxPrompter(**config.prompter_params())  # checks cam, input_size vs depth; needs grad-cam
-    _check_mode(segmenter, config.finetune_config())
+    check_mode(segmenter, config.finetune_config())
     if config.backbone == "embedding":
         if config.mode != "decoder":
             raise ValueError(
@@ -112,9 +112,10 @@ def _inputs(
     return config, train, val, labelled, prompter, x, y
 
 
-def _record(
+def run_record(
     method: str, segmenter: Segmenter, config: SAMMixConfig, train: Sequence[Any], val: Sequence[Any], labelled: Sequence[str]
 ) -> dict[str, Any]:
+    """The ``record`` of a SAM-Mix / SAM-PP run (what a resumed run must match)."""
     return {
         "method": method,
         "config": config.record(extendable=method == "sam-mix"),

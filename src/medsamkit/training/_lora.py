@@ -44,7 +44,7 @@ _DECODER_PREFIX = "mask_decoder."
 _ADAPTER = "default"  # peft's adapter name
 
 
-def _peft() -> Any:
+def import_peft() -> Any:
     """Import peft, or say how to install it."""
     try:
         import peft
@@ -124,7 +124,7 @@ def apply_lora(
         raise ValueError(f"target_modules: expected non-empty module name suffixes, got {target_modules!r}")
     if has_lora(model):
         raise ValueError("model: already has LoRA adapters; merge_lora or unload_lora them first")
-    peft = _peft()
+    peft = import_peft()
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=float(dropout), target_modules=targets)
     try:
         adapted = peft.get_peft_model(model.image_encoder, config)
@@ -204,7 +204,7 @@ def save_lora(model: Any, path: str | Path, *, decoder: bool = False, base_model
     from ..data import atomic_write_bytes
 
     _require_lora(model)
-    peft = _peft()
+    peft = import_peft()
     tensors = {
         key: value.detach().cpu().contiguous() for key, value in peft.get_peft_model_state_dict(model.image_encoder).items()
     }
@@ -261,7 +261,7 @@ def read_lora(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return tensors, info
 
 
-def _base_segmenter(segmenter: Segmenter) -> Any:
+def base_segmenter(segmenter: Segmenter) -> Any:
     """The segmenter itself, out of wrappers such as a CachedSegmenter (their ``config_component``)."""
     base: Any = segmenter
     while callable(getattr(type(base), "config_component", None)):
@@ -306,7 +306,7 @@ def load_lora(segmenter: TrainableSegmenter, path: str | Path, *, merge: bool = 
     import warnings
 
     tensors, info = read_lora(path)
-    base = _base_segmenter(segmenter)
+    base = base_segmenter(segmenter)
     if not hasattr(base, "model") or not callable(getattr(base, "params", None)):
         raise TypeError(f"segmenter: expected a SAM-family segmenter with a torch model, got {type(segmenter).__name__}")
     _check_model(base.model)
@@ -318,7 +318,7 @@ def load_lora(segmenter: TrainableSegmenter, path: str | Path, *, merge: bool = 
             UserWarning,
             stacklevel=2,
         )
-    peft = _peft()
+    peft = import_peft()
     settings = info["lora"]
     model = copy.deepcopy(base.model)
     if has_lora(model):

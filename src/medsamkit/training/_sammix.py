@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._protocols import TrainableSegmenter
-from ._engine import _claim_run_dir, _finish, _loss_fn, _prompts, _validation_dice
-from ._inputs import _inputs, _record, pick_labelled
+from ._engine import claim_run_dir, finish_run, item_prompts, loss_by_name, validation_dice
+from ._inputs import checked_inputs, pick_labelled, run_record
 from ._loop import ModulePart, run_epochs
 from ._settings import SAMMixConfig
-from ._trainable import _caller_model_restored, _Item, _Trainable, union_loss
+from ._trainable import Trainable, TrainingItem, caller_model_restored, union_loss
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..prompters import CAMBoxPrompter
@@ -176,18 +176,18 @@ def fit_sammix(
     """
     import torch
 
-    config, train, val, labelled, prompter, x, y = _inputs(segmenter, train, val, labelled, config, overrides)
+    config, train, val, labelled, prompter, x, y = checked_inputs(segmenter, train, val, labelled, config, overrides)
     if config.warmup_epochs >= config.epochs:
         raise ValueError(
             f"warmup_epochs: expected fewer than epochs ({config.epochs}) so that the segmenter trains, "
             f"got {config.warmup_epochs}"
         )
     run_dir = Path(out_dir)
-    _claim_run_dir(
-        run_dir, _record("sam-mix", segmenter, config, train, val, labelled), SAMMIX_RECORD, "SAM-Mix", inputs=[*train, *val]
+    claim_run_dir(
+        run_dir, run_record("sam-mix", segmenter, config, train, val, labelled), SAMMIX_RECORD, "SAM-Mix", inputs=[*train, *val]
     )
     torch.manual_seed(config.seed)
-    with _caller_model_restored(segmenter):
+    with caller_model_restored(segmenter):
         return _joint(segmenter, train, val, labelled, prompter, x, y, run_dir, config, progress)
 
 
@@ -218,9 +218,9 @@ def _joint(
     from ..prompters import seeded_classifier as _seeded_classifier
 
     ft_config = config.finetune_config()
-    trainable = _Trainable(segmenter, ft_config)
+    trainable = Trainable(segmenter, ft_config)
     seg_optimizer = torch.optim.Adam(trainable.params, lr=ft_config.lr, weight_decay=config.weight_decay)
-    seg_loss_fn = _loss_fn(config.loss)
+    seg_loss_fn = loss_by_name(config.loss)
     embedding = config.backbone == "embedding"
     classifier = _seeded_classifier(
         config.width, config.depth, config.seed, backbone=config.backbone, channels=int(x_np.shape[1]) if embedding else None
@@ -251,7 +251,7 @@ def _joint(
         )
         x_val, y_val = torch.from_numpy(xv), torch.from_numpy(yv)
 
-    def segmentation_jobs(index: np.ndarray) -> tuple[list[tuple[_Item, Any]], int]:
+    def segmentation_jobs(index: np.ndarray) -> tuple[list[tuple[TrainingItem, Any]], int]:
         """(item, prompts) of the batch's labelled images that train the segmenter; images without a box."""
         jobs, no_box = [], 0
         classifier.eval()
@@ -261,7 +261,7 @@ def _joint(
                 continue
             positive = bool(item.mask.any())
             # presence gate + Grad-CAM boxes (the embedding backbone reads the item's encoding); discrete, no gradient
-            prompts = _prompts(prompter, item, segmenter.model_id)
+            prompts = item_prompts(prompter, item, segmenter.model_id)
             if prompts.n == 0 and positive:
                 no_box += 1
                 if config.box_fallback == "skip":
@@ -303,7 +303,7 @@ def _joint(
         trainable.eval()
         val_dice = val_accuracy = None
         if val_items:
-            val_dice = _validation_dice(segmenter, trainable, val_items, prompter)
+            val_dice = validation_dice(segmenter, trainable, val_items, prompter)
             val_accuracy = _classifier_scores(classifier, x_val, y_val, cls_loss_fn, threshold=config.presence_threshold)[1]
         return {
             "cls_loss": float(np.sum(cls_losses) / n),
@@ -365,7 +365,9 @@ def _joint(
         "flip": config.flip,
         "seed": config.seed,
     }
-    pipeline, threshold, sweep, adapters = _finish(segmenter, trainable, run_dir, prompter, val, val_items, ft_config, progress)
+    pipeline, threshold, sweep, adapters = finish_run(
+        segmenter, trainable, run_dir, prompter, val, val_items, ft_config, progress
+    )
     return SAMMixResult(
         method="sam-mix",
         run_dir=run_dir,
@@ -429,10 +431,10 @@ def fit_sam_pp(
     from ..prompters import CAMBoxPrompter
     from . import _engine
 
-    config, train, val, labelled, prompter, _, _ = _inputs(segmenter, train, val, labelled, config, overrides)
+    config, train, val, labelled, prompter, _, _ = checked_inputs(segmenter, train, val, labelled, config, overrides)
     run_dir = Path(out_dir)
-    _claim_run_dir(
-        run_dir, _record("sam-pp", segmenter, config, train, val, labelled), SAM_PP_RECORD, "SAM-PP", inputs=[*train, *val]
+    claim_run_dir(
+        run_dir, run_record("sam-pp", segmenter, config, train, val, labelled), SAM_PP_RECORD, "SAM-PP", inputs=[*train, *val]
     )
     classifier_path = run_dir / CLASSIFIER_FILE
     if classifier_path.is_file():

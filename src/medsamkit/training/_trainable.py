@@ -1,6 +1,6 @@
 """What trains in a segmenter and the loss of one image: shared by :func:`finetune` and :func:`fit_sammix`.
 
-* :class:`_Trainable`: the mask decoder (features encoded once per image) or LoRA
+* :class:`Trainable`: the mask decoder (features encoded once per image) or LoRA
   adapters on a copy of the image encoder (features computed at every use, see
   :class:`_LoraEncoder`), with snapshots of their weights;
 * :func:`union_loss`: the prompts' low-resolution logits from the segmenter's own
@@ -26,7 +26,9 @@ from ._settings import FinetuneConfig
 
 
 @dataclass
-class _Item:
+class TrainingItem:
+    """One training image, loaded and encoded once (:func:`encode_items`)."""
+
     stem: str
     features: Any
     size_hw: tuple[int, int]
@@ -38,18 +40,19 @@ class _Item:
     prefix: Any = None  # LoRA mode: output of the frozen encoder layers before the first adapter
 
 
-def _prepare(segmenter: TrainableSegmenter, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
+def encode_items(segmenter: TrainableSegmenter, samples: Sequence[Any], desc: str, progress: bool) -> list[TrainingItem]:
+    """Load and encode each sample once (a progress bar ``desc`` when ``progress``): the training items."""
     from tqdm.auto import tqdm
 
     items = []
     for sample in tqdm(samples, desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
         image, mask = sample.load()
         enc = segmenter.encode(image)
-        items.append(_Item(sample.stem, enc.features, enc.size_hw, enc.input_size_hw, image, mask))
+        items.append(TrainingItem(sample.stem, enc.features, enc.size_hw, enc.input_size_hw, image, mask))
     return items
 
 
-def item_encoding(segmenter: TrainableSegmenter, item: _Item, features: Any = None) -> ImageEncoding:
+def item_encoding(segmenter: TrainableSegmenter, item: TrainingItem, features: Any = None) -> ImageEncoding:
     """The item as an :class:`~medsamkit.ImageEncoding` of ``segmenter`` (``features``: the item's own by default)."""
     return ImageEncoding(
         features=item.features if features is None else features,
@@ -59,7 +62,7 @@ def item_encoding(segmenter: TrainableSegmenter, item: _Item, features: Any = No
     )
 
 
-def union_loss(segmenter: TrainableSegmenter, trainable: _Trainable, item: _Item, prompts: Prompts, loss_fn: Any) -> Any:
+def union_loss(segmenter: TrainableSegmenter, trainable: Trainable, item: TrainingItem, prompts: Prompts, loss_fn: Any) -> Any:
     """The segmentation loss of one image under the current weights (differentiable).
 
     The low-resolution logits of all ``prompts`` (the segmenter's own decode path) are
@@ -76,7 +79,7 @@ def union_loss(segmenter: TrainableSegmenter, trainable: _Trainable, item: _Item
 
 
 @contextlib.contextmanager
-def _caller_model_restored(segmenter: TrainableSegmenter) -> Iterator[None]:
+def caller_model_restored(segmenter: TrainableSegmenter) -> Iterator[None]:
     """Give the caller's model back as it was, however training ends.
 
     Decoder mode trains the caller's mask decoder in place (its weights are put
@@ -96,7 +99,7 @@ def _caller_model_restored(segmenter: TrainableSegmenter) -> Iterator[None]:
             p.requires_grad_(False)
 
 
-class _Trainable:
+class Trainable:
     """What trains: its parameters, snapshots of their values, and the image features.
 
     Decoder mode: the mask decoder; features are encoded once per image. LoRA mode:
@@ -132,12 +135,12 @@ class _Trainable:
             self.state_key = "decoder"
         self.params = [p for p in model.parameters() if p.requires_grad]
 
-    def prepare(self, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
+    def prepare(self, samples: Sequence[Any], desc: str, progress: bool) -> list[TrainingItem]:
         if self.encoder is None:
-            return _prepare(self.segmenter, samples, desc, progress)
+            return encode_items(self.segmenter, samples, desc, progress)
         return self.encoder.prepare(samples, desc, progress)
 
-    def features(self, item: _Item) -> Any:
+    def features(self, item: TrainingItem) -> Any:
         return item.features if self.encoder is None else self.encoder(item)
 
     def train(self) -> None:
@@ -188,16 +191,16 @@ class _LoraEncoder:
     """
 
     def __init__(self, segmenter: TrainableSegmenter) -> None:
-        from ._lora import _base_segmenter
+        from ._lora import base_segmenter
 
-        self.base = _base_segmenter(segmenter)
+        self.base = base_segmenter(segmenter)
         self.model = self.base.model
         self.device = self.base.device
         self._split_ok: bool | None = None
         self._cached_bytes = 0
         self._inner = self._tinyvit()
 
-    def prepare(self, samples: Sequence[Any], desc: str, progress: bool) -> list[_Item]:
+    def prepare(self, samples: Sequence[Any], desc: str, progress: bool) -> list[TrainingItem]:
         import torch
         from tqdm.auto import tqdm
 
@@ -205,7 +208,7 @@ class _LoraEncoder:
         for sample in tqdm(samples, desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
             image, mask = sample.load()
             chw, input_size_hw = self.base.preprocess(image)
-            item = _Item(sample.stem, None, (int(image.shape[0]), int(image.shape[1])), input_size_hw, image, mask)
+            item = TrainingItem(sample.stem, None, (int(image.shape[0]), int(image.shape[1])), input_size_hw, image, mask)
             item.x = torch.from_numpy(chw)[None]
             items.append(item)
         return items
@@ -243,7 +246,7 @@ class _LoraEncoder:
         side = round(h.shape[1] ** 0.5)
         return inner.neck(h.view(b, side, side, c).permute(0, 3, 1, 2))
 
-    def __call__(self, item: _Item) -> Any:
+    def __call__(self, item: TrainingItem) -> Any:
         import torch
 
         x = item.x.to(self.device)

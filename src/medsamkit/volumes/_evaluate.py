@@ -156,19 +156,32 @@ def _finished_row(out: Path, sample: Any) -> dict[str, Any] | None:
     return None
 
 
+@dataclass(frozen=True)
+class _VolumeRun:
+    """What one volume run does to each volume: the settings :func:`evaluate_volumes` and
+    :func:`segment_volumes` fix, carried through to the per-volume loop (and to Ray workers).
+
+    Attributes:
+        prompt: ``"oracle"``, ``"box3d"``, ``"propagate"`` or ``"auto"``.
+        with_masks: Load the reference masks and score against them.
+        nsd_tolerance: NSD tolerance in mm.
+        label: Reference label of multi-label masks (None: any non-zero).
+        box3d: Stem -> 3D box, for ``"box3d"`` without reference masks.
+        save_masks: Write the predicted masks.
+        pictures: Write a picture of a few slices per volume.
+    """
+
+    prompt: str
+    with_masks: bool
+    nsd_tolerance: float = 2.0
+    label: int | None = None
+    box3d: dict[str, Any] | None = None
+    save_masks: bool = True
+    pictures: bool = True
+
+
 def _volume_rows(
-    pipeline: Any,
-    samples: Any,
-    *,
-    out_dir: Path,
-    prompt: str,
-    with_masks: bool,
-    nsd_tolerance: float,
-    label: int | None,
-    box3d: dict[str, Any] | None,
-    save_masks: bool,
-    pictures: bool,
-    cache: Any = None,
+    pipeline: Any, samples: Any, settings: _VolumeRun, *, out_dir: Path, cache: Any = None
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
     """The per-volume loop of both engines: yields ``(sample, row)`` in order.
 
@@ -183,22 +196,24 @@ def _volume_rows(
 
     for sample in samples:
         try:
-            if with_masks:
-                image, target_volume = sample.load(label=label)
+            if settings.with_masks:
+                image, target_volume = sample.load(label=settings.label)
                 target = target_volume.array
             else:
                 image, target = sample.load_image(), None
-            vp = volume_prompt(prompt, target=target, box3d=(box3d or {}).get(sample.stem))
+            vp = volume_prompt(settings.prompt, target=target, box3d=(settings.box3d or {}).get(sample.stem))
             start = time.perf_counter()
             result = segment_volume(pipeline, image, vp, cache=cache)
             seconds = time.perf_counter() - start
             pred = result.mask.array
             values = (
-                volume_metrics(pred, target, spacing=image.spacing, nsd_tolerance=nsd_tolerance) if target is not None else {}
+                volume_metrics(pred, target, spacing=image.spacing, nsd_tolerance=settings.nsd_tolerance)
+                if target is not None
+                else {}
             )
-            if save_masks:
+            if settings.save_masks:
                 _write_prediction(out_dir, sample, image, pred)
-            if pictures:
+            if settings.pictures:
                 write_image(out_dir / "pictures" / f"{sample.stem}.png", _slice_picture(pipeline, image, pred, target))
         except Exception as exc:  # one bad volume must not stop the run
             message = f"{type(exc).__name__}: {exc}"
@@ -224,15 +239,9 @@ def _volume_rows(
 def _run_folder(
     pipeline: Any,
     data: Any,
+    settings: _VolumeRun,
     *,
     out_dir: str | Path,
-    prompt: str,
-    with_masks: bool,
-    nsd_tolerance: float,
-    label: int | None,
-    box3d: dict[str, Any] | None,
-    save_masks: bool,
-    pictures: bool,
     overwrite: bool,
     cache: Any,
     progress: bool,
@@ -245,7 +254,7 @@ def _run_folder(
 
     options = engine_options(engine)
     if isinstance(data, (str, Path)):
-        data = VolumeFolder(data, require_masks=with_masks)
+        data = VolumeFolder(data, require_masks=settings.with_masks)
     out = Path(out_dir)
     inputs = input_folders(data)
     inputs += [s.image_path for s in data if s.image_path.is_dir()]  # a DICOM series folder itself
@@ -256,35 +265,15 @@ def _run_folder(
         data = list(data)[:limit]
     with out_dir_lock(out):
         claim_out_dir(out, inputs=inputs, owned=VOLUME_OWNED, overwrite=overwrite)
-        return _run_claimed(
-            pipeline,
-            data,
-            out,
-            prompt=prompt,
-            with_masks=with_masks,
-            nsd_tolerance=nsd_tolerance,
-            label=label,
-            box3d=box3d,
-            save_masks=save_masks,
-            pictures=pictures,
-            cache=cache,
-            progress=progress,
-            engine_options=options,
-        )
+        return _run_claimed(pipeline, data, out, settings, cache=cache, progress=progress, engine_options=options)
 
 
 def _run_claimed(
     pipeline: Any,
     data: Any,
     out: Path,
+    settings: _VolumeRun,
     *,
-    prompt: str,
-    with_masks: bool,
-    nsd_tolerance: float,
-    label: int | None,
-    box3d: dict[str, Any] | None,
-    save_masks: bool,
-    pictures: bool,
     cache: Any,
     progress: bool,
     engine_options: Any = None,
@@ -295,9 +284,9 @@ def _run_claimed(
 
     run = {
         "pipeline": pipeline.config.model_dump(mode="json"),
-        "prompt": prompt,
-        "nsd_tolerance_mm": float(nsd_tolerance),
-        "label": label,
+        "prompt": settings.prompt,
+        "nsd_tolerance_mm": float(settings.nsd_tolerance),
+        "label": settings.label,
     }
     _prepare(out, run)
     try:
@@ -309,17 +298,8 @@ def _run_claimed(
                 f"and this pipeline cannot be saved ({exc})"
             ) from exc
         print(f"medsamkit: note: pipeline cannot be saved for re-running ({exc})", file=sys.stderr)
-    work = functools.partial(
-        _volume_rows,
-        prompt=prompt,
-        with_masks=with_masks,
-        nsd_tolerance=nsd_tolerance,
-        label=label,
-        box3d=box3d,
-        save_masks=save_masks,
-        pictures=pictures,
-    )
-    names = VOLUME_METRICS if with_masks else ()
+    work = functools.partial(_volume_rows, settings=settings)
+    names = VOLUME_METRICS if settings.with_masks else ()
     if engine_options is not None:  # the same loop on Ray Data workers; the rows stream back here
         from .._rayjob import cache_settings, table_on_ray
         from ..data import VolumeSample
@@ -412,14 +392,10 @@ def evaluate_volumes(
     return _run_folder(
         pipeline,
         data,
+        _VolumeRun(
+            prompt=prompt, with_masks=True, nsd_tolerance=nsd_tolerance, label=label, save_masks=save_masks, pictures=pictures
+        ),
         out_dir=out_dir,
-        prompt=prompt,
-        with_masks=True,
-        nsd_tolerance=nsd_tolerance,
-        label=label,
-        box3d=None,
-        save_masks=save_masks,
-        pictures=pictures,
         overwrite=overwrite,
         cache=cache,
         progress=progress,
@@ -456,14 +432,8 @@ def segment_volumes(
     return _run_folder(
         pipeline,
         data,
+        _VolumeRun(prompt=prompt, with_masks=False, box3d=box3d, pictures=pictures),
         out_dir=out_dir,
-        prompt=prompt,
-        with_masks=False,
-        nsd_tolerance=2.0,
-        label=None,
-        box3d=box3d,
-        save_masks=True,
-        pictures=pictures,
         overwrite=overwrite,
         cache=cache,
         progress=progress,

@@ -464,8 +464,7 @@ def segment_volume(
         from .._cache import CachedSegmenter, EmbeddingCache
 
         cached = CachedSegmenter(pipeline.segmenter, cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(Path(cache)))
-        pipe = pipeline.replace(segmenter=cached)
-        pipe._told_normalisation = getattr(pipeline, "_told_normalisation", False)
+        pipe = pipeline.replace(segmenter=cached)  # shares the notes said once with the caller's pipeline
     hits_before = cached.cache.hits if cached is not None else 0
     if not isinstance(overlap, bool):
         raise TypeError(f"overlap: expected True or False, got {overlap!r}")
@@ -475,6 +474,5 @@ def segment_volume(
     runner.result.seconds = time.perf_counter() - start
     if cached is not None:
         runner.result.cache_hits = cached.cache.hits - hits_before
-        pipeline._told_normalisation = getattr(pipe, "_told_normalisation", False)
     runner.result.mask = vol.with_array(runner.mask)
     return runner.result

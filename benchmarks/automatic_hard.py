@@ -45,9 +45,9 @@ def benchmark_parser(description: str, out: str) -> argparse.ArgumentParser:
     return parser
 
 
-def cached_litemedsam(cache: Path | None) -> msk.CachedSegmenter:
-    """LiteMedSAM (default fast encoder) behind a 12 GiB embedding cache in ``cache``."""
-    return msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(cache, max_bytes=12 * 1024**3))
+def cached_litemedsam(cache: Path | None, gib: int = 12) -> msk.CachedSegmenter:
+    """LiteMedSAM (default fast encoder) behind a ``gib`` GiB embedding cache in ``cache``."""
+    return msk.CachedSegmenter(msk.LiteMedSAM(), msk.EmbeddingCache(cache, max_bytes=gib * 1024**3))
 
 
 def busi_split(
@@ -74,18 +74,85 @@ def subset(stems: list[str], n: int, labels: dict[str, str], seed: int = 0) -> l
     )
 
 
-def fit_head(seg, folder, train, val, path: Path, *, epochs: int, seed: int, flip: bool = False) -> msk.EmbeddingHeadPrompter:
+class AugmentedSample:
+    """One augmented copy of a training sample, in memory: ``load()`` returns ``(image, mask)`` transformed by
+    :func:`augment` with a generator seeded by ``(seed, the stem's CRC-32, copy)`` (the same pixels on every run,
+    so the embedding cache recognises them and a re-run resumes)."""
+
+    def __init__(self, sample, copy: int, seed: int = 0) -> None:
+        self.sample, self.copy, self.seed = sample, copy, seed
+        self.stem = f"{sample.stem}-aug{copy}"
+
+    def load(self):
+        import zlib
+
+        import numpy as np
+
+        image, mask = self.sample.load()
+        rng = np.random.default_rng([self.seed, zlib.crc32(self.sample.stem.encode()), self.copy])
+        return augment(image, mask, rng)
+
+
+def augment(image, mask, rng):
+    """A random geometric + intensity transform suited to ultrasound lesions: scale 0.8-1.25 (log-uniform) with a
+    shift of up to 10% of each side and a rotation within +-10 degrees about the centre (one affine map for image and
+    mask; bilinear for the image, nearest neighbour for the mask; outside the image: 0, i.e. cropped or padded back to
+    the original size), then gamma 0.7-1.4 and contrast 0.8-1.25 about the mean on the image only. No flips
+    (the fit mirrors every sample itself)."""
+    import numpy as np
+    from scipy import ndimage
+
+    h, w = mask.shape
+    scale = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+    angle = np.deg2rad(rng.uniform(-10.0, 10.0))
+    shift = rng.uniform(-0.1, 0.1, size=2) * np.array([h, w])
+    gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+    contrast = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+    # output (row, col) o = scale * R (i - c) + c + shift  =>  input i = R^T (o - c - shift) / scale + c
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    matrix = rot.T / scale
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    offset = centre - matrix @ (centre + shift)
+
+    def warp(plane, order):
+        return ndimage.affine_transform(plane, matrix, offset=offset, output_shape=(h, w), order=order, mode="constant", cval=0)
+
+    out_mask = warp(mask.astype(np.uint8), 0).astype(mask.dtype)
+    planes = image[..., None] if image.ndim == 2 else image
+    warped = np.stack([warp(planes[..., c].astype(np.float32), 1) for c in range(planes.shape[-1])], axis=-1)
+    top = 255.0 if image.dtype == np.uint8 else max(float(warped.max()), 1e-6)
+    x = np.clip(warped / top, 0.0, 1.0) ** gamma
+    x = np.clip((x - x.mean()) * contrast + x.mean(), 0.0, 1.0) * top
+    x = np.rint(x) if np.issubdtype(image.dtype, np.integer) else x
+    out_image = x.astype(image.dtype)
+    return (out_image[..., 0] if image.ndim == 2 else out_image), out_mask
+
+
+def fit_head(
+    seg, folder, train, val, path: Path, *, epochs: int, seed: int, flip: bool = False, augment_copies: int = 0
+) -> msk.EmbeddingHeadPrompter:
     """Fit (or load) a head; with ``val`` its presence threshold is (re)calibrated there (cheap: cached encodings).
-    ``flip``: also train on the mirrored training images (``fit(..., flip=True)``)."""
+    ``flip``: also train on the mirrored training images (``fit(..., flip=True)``). ``augment_copies``: also train on
+    that many :class:`AugmentedSample` copies of each training image (progress bars on)."""
     if path.is_file():
         head = msk.EmbeddingHeadPrompter.load(path, presence_rule="accuracy")
         if val:
             head.calibrate_presence(seg, folder.subset(val))
         print(f"  {path.name}: loaded; presence {head.presence_calibration}")
         return head
+    import os
+
+    samples = list(folder.subset(train))
+    samples += [AugmentedSample(sample, copy, seed) for sample in samples for copy in range(augment_copies)]
     start = time.perf_counter()
     head = msk.EmbeddingHeadPrompter().fit(
-        folder.subset(train), segmenter=seg, val=folder.subset(val) if val else None, epochs=epochs, seed=seed, flip=flip
+        samples,
+        segmenter=seg,
+        val=folder.subset(val) if val else None,
+        epochs=epochs,
+        seed=seed,
+        flip=flip,
+        progress=augment_copies > 0,
     )
     seconds = time.perf_counter() - start
     head.save(path)
@@ -96,6 +163,9 @@ def fit_head(seg, folder, train, val, path: Path, *, epochs: int, seed: int, fli
                 "n_train": len(train),
                 "n_val": len(val or []),
                 "flip": flip,
+                "augment_copies": augment_copies,
+                "n_samples": len(samples),
+                "load_average_at_end": os.getloadavg(),
                 "presence": head.presence_calibration,
             }
         )
@@ -228,6 +298,44 @@ def flip_train(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
     print(report)
 
 
+def augment_train(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
+    """More augmentation in training: the 550-image head fitted as the flip-trained one (``flip=True``, same epochs,
+    seed, presence calibrated on the 80 validation images) on the training images plus ``--augment-train K``
+    augmented copies of each (:func:`augment`; every copy mirrored too), ``OUT/heads/head-550-aug<K>-flip.pt``,
+    against ``OUT/heads/head-550-flip.pt`` (fitted when missing), both with and without test flip, on validation.
+    ``--test VARIANT`` evaluates that variant (and it + refine 5%) on the 150 test images."""
+    folder = msk.MaskFolder(args.data / "us-busi")
+    train, val, test, _, _ = busi_split(folder, args.seed)
+    heads_dir = args.out / "heads"
+    heads_dir.mkdir(parents=True, exist_ok=True)
+    k = args.augment_train
+    paths = {
+        "flip-trained head": (heads_dir / f"head-{len(train)}-flip.pt", 0),
+        f"flip + augment x{k} head": (heads_dir / f"head-{len(train)}-aug{k}-flip.pt", k),
+    }
+    for path, copies in paths.values():
+        fit_head(seg, folder, train, val, path, epochs=args.epochs, seed=args.seed, flip=True, augment_copies=copies)
+    variants = {}
+    for name, (path, _) in paths.items():
+        for test_flip in (False, True):
+            variants[name + (" + test flip" if test_flip else "")] = msk.EmbeddingHeadPrompter.load(path, test_flip=test_flip)
+    if args.test is None:
+        report = msk.compare_prompters(seg, folder.subset(val), variants, out_dir=args.out / f"val-aug{k}", progress=False)
+        print(report)
+        return
+    if args.test not in variants:
+        raise SystemExit(f"--test: expected one of {sorted(variants)}, got {args.test!r}")
+    chosen = variants[args.test]
+    providers = {
+        f"{args.test} + presence": chosen,
+        f"{args.test} + presence + refine 5%": msk.RefinedPrompter(chosen, margin_fraction=0.05),
+    }
+    report = msk.compare_prompters(
+        seg, folder.subset(test), providers, out_dir=args.out / f"test-aug{k}", quality=True, progress=False
+    )
+    print(report)
+
+
 def cam_embedding(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
     """CAM boxes from a presence classifier on the segmenter's embedding (``CAMBoxPrompter(backbone="embedding")``),
     fitted on the 550 training images (image-level labels only; best epoch by validation loss), against the 550-image
@@ -281,6 +389,15 @@ def main() -> None:
         help="only flip augmentation in training: the 550-image head fitted with flip=True vs the plain one, on validation",
     )
     parser.add_argument(
+        "--augment-train",
+        type=int,
+        default=0,
+        metavar="K",
+        help="only more augmentation in training: the flip-trained 550-image head refitted on the training images plus "
+        "K augmented copies of each (scale, shift, rotation, gamma, contrast) vs the flip-trained one, on validation",
+    )
+    parser.add_argument("--cache-gib", type=int, default=12, help="size bound of the embedding cache in GiB")
+    parser.add_argument(
         "--cam-embedding",
         action="store_true",
         help="only CAM boxes of a presence classifier on the segmenter's embedding vs the head, on validation",
@@ -289,7 +406,7 @@ def main() -> None:
         "--test",
         default=None,
         metavar="VARIANT",
-        help="with --flip-train or --cam-embedding: the variant chosen on validation, run on the test split",
+        help="with --flip-train, --augment-train or --cam-embedding: the variant chosen on validation, run on the test split",
     )
     args = parser.parse_args()
     if args.quality_table:
@@ -299,7 +416,9 @@ def main() -> None:
 
     torch.set_num_threads(1)  # small heads and single-image decodes: threads only wait for each other on a busy machine
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    seg = cached_litemedsam(args.cache)
+    if args.augment_train < 0:
+        raise SystemExit(f"--augment-train: expected K >= 0, got {args.augment_train}")
+    seg = cached_litemedsam(args.cache, args.cache_gib)
     if args.cxr:
         cxr(args, seg)
         return
@@ -308,6 +427,9 @@ def main() -> None:
         return
     if args.flip_train:
         flip_train(args, seg)
+        return
+    if args.augment_train:
+        augment_train(args, seg)
         return
     if args.cam_embedding:
         cam_embedding(args, seg)

@@ -74,66 +74,12 @@ def subset(stems: list[str], n: int, labels: dict[str, str], seed: int = 0) -> l
     )
 
 
-class AugmentedSample:
-    """One augmented copy of a training sample, in memory: ``load()`` returns ``(image, mask)`` transformed by
-    :func:`augment` with a generator seeded by ``(seed, the stem's CRC-32, copy)`` (the same pixels on every run,
-    so the embedding cache recognises them and a re-run resumes)."""
-
-    def __init__(self, sample, copy: int, seed: int = 0) -> None:
-        self.sample, self.copy, self.seed = sample, copy, seed
-        self.stem = f"{sample.stem}-aug{copy}"
-
-    def load(self):
-        import zlib
-
-        import numpy as np
-
-        image, mask = self.sample.load()
-        rng = np.random.default_rng([self.seed, zlib.crc32(self.sample.stem.encode()), self.copy])
-        return augment(image, mask, rng)
-
-
-def augment(image, mask, rng):
-    """A random geometric + intensity transform suited to ultrasound lesions: scale 0.8-1.25 (log-uniform) with a
-    shift of up to 10% of each side and a rotation within +-10 degrees about the centre (one affine map for image and
-    mask; bilinear for the image, nearest neighbour for the mask; outside the image: 0, i.e. cropped or padded back to
-    the original size), then gamma 0.7-1.4 and contrast 0.8-1.25 about the mean on the image only. No flips
-    (the fit mirrors every sample itself)."""
-    import numpy as np
-    from scipy import ndimage
-
-    h, w = mask.shape
-    scale = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-    angle = np.deg2rad(rng.uniform(-10.0, 10.0))
-    shift = rng.uniform(-0.1, 0.1, size=2) * np.array([h, w])
-    gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
-    contrast = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-    # output (row, col) o = scale * R (i - c) + c + shift  =>  input i = R^T (o - c - shift) / scale + c
-    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    matrix = rot.T / scale
-    centre = np.array([(h - 1) / 2, (w - 1) / 2])
-    offset = centre - matrix @ (centre + shift)
-
-    def warp(plane, order):
-        return ndimage.affine_transform(plane, matrix, offset=offset, output_shape=(h, w), order=order, mode="constant", cval=0)
-
-    out_mask = warp(mask.astype(np.uint8), 0).astype(mask.dtype)
-    planes = image[..., None] if image.ndim == 2 else image
-    warped = np.stack([warp(planes[..., c].astype(np.float32), 1) for c in range(planes.shape[-1])], axis=-1)
-    top = 255.0 if image.dtype == np.uint8 else max(float(warped.max()), 1e-6)
-    x = np.clip(warped / top, 0.0, 1.0) ** gamma
-    x = np.clip((x - x.mean()) * contrast + x.mean(), 0.0, 1.0) * top
-    x = np.rint(x) if np.issubdtype(image.dtype, np.integer) else x
-    out_image = x.astype(image.dtype)
-    return (out_image[..., 0] if image.ndim == 2 else out_image), out_mask
-
-
 def fit_head(
     seg, folder, train, val, path: Path, *, epochs: int, seed: int, flip: bool = False, augment_copies: int = 0
 ) -> msk.EmbeddingHeadPrompter:
     """Fit (or load) a head; with ``val`` its presence threshold is (re)calibrated there (cheap: cached encodings).
     ``flip``: also train on the mirrored training images (``fit(..., flip=True)``). ``augment_copies``: also train on
-    that many :class:`AugmentedSample` copies of each training image (progress bars on)."""
+    that many augmented copies of each training image (``fit(..., augment=K)``; progress bars on)."""
     if path.is_file():
         head = msk.EmbeddingHeadPrompter.load(path, presence_rule="accuracy")
         if val:
@@ -143,7 +89,6 @@ def fit_head(
     import os
 
     samples = list(folder.subset(train))
-    samples += [AugmentedSample(sample, copy, seed) for sample in samples for copy in range(augment_copies)]
     start = time.perf_counter()
     head = msk.EmbeddingHeadPrompter().fit(
         samples,
@@ -152,6 +97,7 @@ def fit_head(
         epochs=epochs,
         seed=seed,
         flip=flip,
+        augment=augment_copies,
         progress=augment_copies > 0,
     )
     seconds = time.perf_counter() - start
@@ -164,7 +110,7 @@ def fit_head(
                 "n_val": len(val or []),
                 "flip": flip,
                 "augment_copies": augment_copies,
-                "n_samples": len(samples),
+                "n_samples": len(samples) * (1 + augment_copies),
                 "load_average_at_end": os.getloadavg(),
                 "presence": head.presence_calibration,
             }
@@ -301,7 +247,7 @@ def flip_train(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
 def augment_train(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
     """More augmentation in training: the 550-image head fitted as the flip-trained one (``flip=True``, same epochs,
     seed, presence calibrated on the 80 validation images) on the training images plus ``--augment-train K``
-    augmented copies of each (:func:`augment`; every copy mirrored too), ``OUT/heads/head-550-aug<K>-flip.pt``,
+    augmented copies of each (``fit(..., augment=K)``; every copy mirrored too), ``OUT/heads/head-550-aug<K>-flip.pt``,
     against ``OUT/heads/head-550-flip.pt`` (fitted when missing), both with and without test flip, on validation.
     ``--test VARIANT`` evaluates that variant (and it + refine 5%) on the 150 test images."""
     folder = msk.MaskFolder(args.data / "us-busi")

@@ -66,6 +66,11 @@ def test_fit_prompter_options_for_other_prompters_are_usage_errors(tmp_path, cap
     args = ["fit-prompter", str(tmp_path / "d"), "--prompter", "mean-mask-points", "--out", str(tmp_path / "p.npz")]
     assert cli_main([*args, "--flip"]) == 2
     assert "--flip" in capsys.readouterr().err
+    assert cli_main([*args, "--augment", "2"]) == 2
+    assert "--augment: mean-mask-points has no augmented-copy training" in capsys.readouterr().err
+    head = ["fit-prompter", str(tmp_path / "d"), "--prompter", "embedding-head", "--out", str(tmp_path / "h.pt")]
+    assert cli_main([*head, "--augment", "-1"]) == 2
+    assert "--augment: expected K >= 0, got -1" in capsys.readouterr().err
 
 
 @pytest.mark.real_model

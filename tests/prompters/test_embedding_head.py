@@ -263,6 +263,11 @@ def test_flip_doubles_the_training_views(tmp_path):
     seg.encode = lambda image: calls.append(1) or real(image)
     msk.EmbeddingHeadPrompter(hidden=8).fit(_blob_samples(3), segmenter=seg, epochs=1, flip=True)
     assert len(calls) == 6
+    calls.clear()
+    msk.EmbeddingHeadPrompter(hidden=8).fit(_blob_samples(3), segmenter=seg, epochs=1, flip=True, augment=2)
+    assert len(calls) == 18  # 3 images and 2 copies of each, every one mirrored too
+    with pytest.raises(ValueError, match="^augment:"):
+        msk.EmbeddingHeadPrompter().fit(_blob_samples(1), segmenter=seg, augment=-1)
     with pytest.raises(ValueError, match="batch_size"):
         msk.EmbeddingHeadPrompter().fit(_blob_samples(1), segmenter=seg, batch_size=0)
 

@@ -37,6 +37,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     fp.add_argument(
         "--flip", action="store_true", help="embedding-head, decoder-localiser: also train on mirrored images (encodes twice)"
     )
+    fp.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="K",
+        help="embedding-head: also train on K augmented copies of each image (scale, shift, rotation, gamma, contrast; "
+        "each encoded once)",
+    )
     add_segmenter_options(fp, segmenter_help="embedding-head: whose embedding to read (default: litemedsam)")
     fp.add_argument("--limit", type=int, help="only the first N images in sorted order")
     add_progress_option(fp)
@@ -73,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
         if "flip" not in fit:
             raise UsageError(f"--flip: {args.prompter} has no mirrored-image training")
         settings["flip"] = True
+    if args.augment:
+        if "augment" not in fit:
+            raise UsageError(f"--augment: {args.prompter} has no augmented-copy training")
+        if args.augment < 0:
+            raise UsageError(f"--augment: expected K >= 0, got {args.augment}")
+        settings["augment"] = args.augment
     if args.val_data is not None:
         settings["val"] = limited_folder(args.val_data, None)
     if getattr(cls, "uses_encoding", False):  # it learns on the segmenter's embedding

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from .._augment import augmented_copies
 from .._geometry import component_boxes_xyxy, grow_boxes_by_fraction, target_at_logits
 from .._protocols import EncoderIdentified, Segmenter
 from .._registry import register_component
@@ -496,6 +497,7 @@ class EmbeddingHeadPrompter:
         lr: float = 1e-3,
         batch_size: int = 8,
         flip: bool = False,
+        augment: int = 0,
         seed: int = 0,
         progress: bool = False,
     ) -> EmbeddingHeadPrompter:
@@ -518,7 +520,11 @@ class EmbeddingHeadPrompter:
             lr: Peak AdamW learning rate.
             batch_size: Embeddings per optimiser step.
             flip: Also train on the left-right mirrored images (encodes each image twice).
-            seed: Seed of the initialisation and the order.
+            augment: Also train on this many augmented copies of each image (random scale,
+                shift, rotation, gamma and contrast, seeded by ``seed`` and the sample's
+                stem; each copy is encoded once, and mirrored too with ``flip``). On BUSI
+                two copies took the test Dice from 0.730 to 0.753 (docs/results.md).
+            seed: Seed of the initialisation, the order and the augmented copies.
             progress: Show progress bars.
 
         Returns:
@@ -536,8 +542,14 @@ class EmbeddingHeadPrompter:
         image_size = getattr(segmenter, "image_size", None)
         if not isinstance(image_size, int):
             raise TypeError(f"segmenter: expected a SAM-family segmenter with image_size, got {type(segmenter).__name__}")
-        _log.info("embedding head: encoding %d training images%s", len(samples), " and their mirror images" if flip else "")
-        x_all, y_all = embedding_dataset(segmenter, samples, pool=self.pool, flip=flip, progress=progress)
+        training = augmented_copies(samples, augment, seed)
+        _log.info(
+            "embedding head: encoding %d training images%s%s",
+            len(samples),
+            f", {augment} augmented copies of each" if augment else "",
+            " and their mirror images" if flip else "",
+        )
+        x_all, y_all = embedding_dataset(segmenter, training, pool=self.pool, flip=flip, progress=progress)
         torch.manual_seed(seed)
         head = _build_head(x_all.shape[1], self.hidden, self.arch)
         _log.info("embedding head: training on %d embeddings, %d epochs", len(x_all), epochs)

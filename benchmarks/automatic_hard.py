@@ -211,6 +211,26 @@ def val_variants(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
     print(report)
 
 
+def validate_or_test(args: argparse.Namespace, seg, folder, val, test, variants: dict, *, tag: str) -> None:
+    """Head variants on the validation images (``OUT/val-<tag>``), or with ``--test VARIANT`` that variant with
+    presence and + refine 5% on the test images (``OUT/test-<tag>``, with the quality estimate)."""
+    if args.test is None:
+        report = msk.compare_prompters(seg, folder.subset(val), variants, out_dir=args.out / f"val-{tag}", progress=False)
+        print(report)
+        return
+    if args.test not in variants:
+        raise SystemExit(f"--test: expected one of {sorted(variants)}, got {args.test!r}")
+    chosen = variants[args.test]
+    providers = {
+        f"{args.test} + presence": chosen,
+        f"{args.test} + presence + refine 5%": msk.RefinedPrompter(chosen, margin_fraction=0.05),
+    }
+    report = msk.compare_prompters(
+        seg, folder.subset(test), providers, out_dir=args.out / f"test-{tag}", quality=True, progress=False
+    )
+    print(report)
+
+
 def flip_train(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
     """Flip augmentation in training: the 550-image head refitted with ``fit(..., flip=True)`` (``OUT/heads/head-550-flip.pt``)
     beside the plain ``OUT/heads/head-550.pt`` (fitted when missing), with and without test flip. Validation by default;
@@ -227,21 +247,7 @@ def flip_train(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
         for test_flip in (False, True):
             # the presence threshold calibrated on the validation images at fit time (on the plain map)
             variants[name + (" + test flip" if test_flip else "")] = msk.EmbeddingHeadPrompter.load(path, test_flip=test_flip)
-    if args.test is None:
-        report = msk.compare_prompters(seg, folder.subset(val), variants, out_dir=args.out / "val-flip-train", progress=False)
-        print(report)
-        return
-    if args.test not in variants:
-        raise SystemExit(f"--test: expected one of {sorted(variants)}, got {args.test!r}")
-    chosen = variants[args.test]
-    providers = {
-        f"{args.test} + presence": chosen,
-        f"{args.test} + presence + refine 5%": msk.RefinedPrompter(chosen, margin_fraction=0.05),
-    }
-    report = msk.compare_prompters(
-        seg, folder.subset(test), providers, out_dir=args.out / "test-flip-train", quality=True, progress=False
-    )
-    print(report)
+    validate_or_test(args, seg, folder, val, test, variants, tag="flip-train")
 
 
 def augment_train(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
@@ -265,21 +271,7 @@ def augment_train(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:
     for name, (path, _) in paths.items():
         for test_flip in (False, True):
             variants[name + (" + test flip" if test_flip else "")] = msk.EmbeddingHeadPrompter.load(path, test_flip=test_flip)
-    if args.test is None:
-        report = msk.compare_prompters(seg, folder.subset(val), variants, out_dir=args.out / f"val-aug{k}", progress=False)
-        print(report)
-        return
-    if args.test not in variants:
-        raise SystemExit(f"--test: expected one of {sorted(variants)}, got {args.test!r}")
-    chosen = variants[args.test]
-    providers = {
-        f"{args.test} + presence": chosen,
-        f"{args.test} + presence + refine 5%": msk.RefinedPrompter(chosen, margin_fraction=0.05),
-    }
-    report = msk.compare_prompters(
-        seg, folder.subset(test), providers, out_dir=args.out / f"test-aug{k}", quality=True, progress=False
-    )
-    print(report)
+    validate_or_test(args, seg, folder, val, test, variants, tag=f"aug{k}")
 
 
 def cam_embedding(args: argparse.Namespace, seg: msk.CachedSegmenter) -> None:

@@ -92,6 +92,23 @@ def _to_input(image: Any, size: int, *, name: str = "image") -> np.ndarray:
     return cv2.resize(gray, (size, size), interpolation=interpolation)
 
 
+def _presence_net(blocks: list[Any], channels: int, *, offset: float) -> Any:
+    """Either backbone's network: ``blocks`` (the last one is the CAM layer) on the input minus
+    ``offset``, global average pooling, a linear layer to one presence logit."""
+    from torch import nn
+
+    class PresenceNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(*blocks)
+            self.fc = nn.Linear(channels, 1)
+
+        def forward(self, x: Any) -> Any:
+            return self.fc(self.features(x - offset if offset else x).mean(dim=(2, 3)))
+
+    return PresenceNet()
+
+
 def _build_classifier(width: int, depth: int) -> Any:
     """``depth`` blocks of 3x3 conv + BN + ReLU (max-pool between), GAP, linear: one presence logit.
 
@@ -111,16 +128,7 @@ def _build_classifier(width: int, depth: int) -> Any:
         )
         c_in = c_out
 
-    class PresenceNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.features = nn.Sequential(*layers)
-            self.fc = nn.Linear(c_in, 1)
-
-        def forward(self, x: Any) -> Any:
-            return self.fc(self.features(x - 0.5).mean(dim=(2, 3)))
-
-    return PresenceNet()
+    return _presence_net(layers, c_in, offset=0.5)
 
 
 def _build_embedding_classifier(channels: int, width: int, depth: int) -> Any:
@@ -141,16 +149,7 @@ def _build_embedding_classifier(channels: int, width: int, depth: int) -> Any:
     for _ in range(depth - 1):
         blocks.append(nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.GroupNorm(4, hidden), nn.ReLU(inplace=True)))
 
-    class EmbeddingPresenceNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.features = nn.Sequential(*blocks)
-            self.fc = nn.Linear(hidden, 1)
-
-        def forward(self, x: Any) -> Any:
-            return self.fc(self.features(x).mean(dim=(2, 3)))
-
-    return EmbeddingPresenceNet()
+    return _presence_net(blocks, hidden, offset=0.0)
 
 
 def _pooled_embedding(features: Any, pool: int) -> Any:
